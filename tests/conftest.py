@@ -1,0 +1,103 @@
+"""Shared fixtures: the demo catalog, an app client, and a real server on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from tileserver.app import create_app
+from tileserver.catalog.sqlite import SQLiteStore
+from tileserver.demo import ensure_demo
+from tileserver.settings import Settings
+
+DEMO_IMAGE = "sentinel-2-l2a:S2A_MSIL2A_20240612T102031_T33UVU"  # a clear date, no orbit edge
+DEMO_TILE = (12, 2219, 1347)  # a WebMercatorQuad z/x/y inside every demo footprint
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """The demo data, generated once per test session."""
+    return tmp_path_factory.mktemp("demo")
+
+
+@pytest.fixture(scope="session")
+def demo_store(demo_dir) -> SQLiteStore:
+    """A catalog holding the demo product."""
+    store = SQLiteStore(demo_dir / "catalog.db")
+    ensure_demo(store, demo_dir / "data", progress=False)
+    yield store
+    store.close()
+
+
+def make_settings(tmp: Path, **extra) -> Settings:
+    """Settings pointing at a test folder."""
+    return Settings(catalog_url=f"sqlite:///{tmp / 'catalog.db'}", data_dir=tmp, **extra)
+
+
+@pytest.fixture(scope="session")
+def demo_app(demo_dir, demo_store):
+    """The app over the demo catalog."""
+    return create_app(make_settings(demo_dir), store=demo_store)
+
+
+@pytest.fixture()
+def client(demo_app) -> TestClient:
+    """An in-process HTTP client of the demo app."""
+    with TestClient(demo_app) as test_client:
+        yield test_client
+
+
+@pytest.fixture()
+def empty_client(tmp_path) -> TestClient:
+    """A client of an app over an empty catalog of its own."""
+    store = SQLiteStore(tmp_path / "catalog.db")
+    with TestClient(create_app(make_settings(tmp_path), store=store)) as test_client:
+        yield test_client
+    store.close()
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveServer:
+    """uvicorn serving an app on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("live server did not start")
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(demo_app) -> LiveServer:
+    """A real HTTP server over the demo catalog, for browsers and GDAL clients."""
+    with LiveServer(demo_app) as server:
+        yield server

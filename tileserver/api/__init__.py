@@ -1,0 +1,1 @@
+"""HTTP API: FastAPI routers, one per resource, and their shared dependencies."""

@@ -1,0 +1,157 @@
+"""Shared request dependencies: each query parameter is parsed here and nowhere else."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+import morecantile
+from fastapi import Depends, HTTPException, Query, Request
+from morecantile import TileMatrixSet
+from rio_tiler.colormap import InvalidColorMapName, cmap
+
+from tileserver.catalog.store import CatalogStore
+from tileserver.render.pipeline import RenderParams
+from tileserver.settings import Settings
+
+MODES = ("raw", "auto", "display", "physical")
+Resampling = Literal[
+    "nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "rms"
+]
+
+
+def get_store(request: Request) -> CatalogStore:
+    """The app's catalog store."""
+    return request.app.state.store
+
+
+def get_settings(request: Request) -> Settings:
+    """The app's settings."""
+    return request.app.state.settings
+
+
+def bad_request(message: str) -> HTTPException:
+    """A 400 whose detail names the problem."""
+    return HTTPException(status_code=400, detail=message)
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def parse_scaling_entry(text: str) -> Any:
+    """One scaling entry: a mode, `none`, or comma-separated numbers / percents."""
+    text = text.strip()
+    if text.lower() in ("", "none", "null"):
+        return None
+    if text.lower() in MODES:
+        return text.lower()
+    items = []
+    for item in text.strip("()[]").split(","):
+        item = item.strip()
+        try:
+            items.append(f"{_number(item[:-1])}%" if item.endswith("%") else _number(item))
+        except ValueError:
+            raise bad_request(
+                f"scaling entry '{text}': '{item}' is neither a number nor a percent like 2%; "
+                f"an entry is one of {', '.join(MODES)} or lo,hi or lo,hi,outlo,outhi"
+            ) from None
+    return tuple(items)
+
+
+def parse_scaling(values: list[str] | None) -> Any:
+    """The `scaling` parameter: once for all bands, once per band, or a JSON object.
+
+    One mode applies to every band; one tuple is repeated for every band; several
+    values give one entry per band; `{"B04": [0, 3000], "default_": "display"}`
+    maps band names to entries.
+    """
+    if not values:
+        return None
+    if len(values) == 1 and values[0].lstrip().startswith("{"):
+        try:
+            mapping = json.loads(values[0])
+        except json.JSONDecodeError as exc:
+            raise bad_request(f"scaling is not valid JSON: {exc}") from None
+        if not isinstance(mapping, dict):
+            raise bad_request("scaling JSON must be an object of band name -> entry")
+        return {
+            key: tuple(v) if isinstance(v, list) else v for key, v in mapping.items()
+        }
+    entries = [parse_scaling_entry(v) for v in values]
+    return entries[0] if len(entries) == 1 else entries
+
+
+def render_params(
+    bands: Annotated[
+        str | None,
+        Query(description="comma-separated band names (default: the product's RGB)"),
+    ] = None,
+    scaling: Annotated[
+        list[str] | None,
+        Query(
+            description="raw, auto, display, physical, lo,hi or lo,hi,outlo,outhi (percents "
+            "allowed); once for all bands, once per band, or a JSON object with default_"
+        ),
+    ] = None,
+    data_type: Annotated[
+        str | None, Query(description="output type: Byte, UInt16, Int16, ... Float64")
+    ] = None,
+    processing_level: Annotated[str | None, Query()] = None,
+    expression: Annotated[
+        str | None, Query(description="band math over band names, e.g. (B08-B04)/(B08+B04)")
+    ] = None,
+    colormap_name: Annotated[str | None, Query(description="a rio-tiler colormap")] = None,
+    nodata: Annotated[float | None, Query(description="override the bands' nodata")] = None,
+    resampling: Annotated[Resampling, Query()] = "nearest",
+) -> RenderParams:
+    """Every pixel-changing parameter, parsed once."""
+    names = None
+    if bands is not None:
+        names = tuple(b.strip() for b in bands.split(",") if b.strip())
+        if not names:
+            raise bad_request("bands is empty: name one or more bands, comma-separated")
+    colormap = None
+    if colormap_name:
+        try:
+            colormap = cmap.get(colormap_name.lower())
+        except InvalidColorMapName:
+            raise bad_request(
+                f"unknown colormap_name '{colormap_name}' (e.g. viridis, rdylgn, greys)"
+            ) from None
+    parsed = parse_scaling(scaling)
+    return RenderParams(
+        bands=names,
+        scaling=parsed,
+        data_type=data_type,
+        processing_level=processing_level,
+        expression=expression,
+        colormap=colormap,
+        colormap_name=colormap_name.lower() if colormap_name else None,
+        nodata=nodata,
+        resampling=resampling,
+    )
+
+
+def get_tms(tms_id: str) -> TileMatrixSet:
+    """A morecantile tile matrix set by id; 404 names the known ones."""
+    try:
+        return morecantile.tms.get(tms_id)
+    except Exception:
+        known = ", ".join(morecantile.tms.list())
+        raise HTTPException(
+            status_code=404, detail=f"unknown tile matrix set '{tms_id}' (known: {known})"
+        ) from None
+
+
+def tms_query(
+    tms: Annotated[str, Query(description="tile matrix set id")] = "WebMercatorQuad",
+) -> TileMatrixSet:
+    """A tile matrix set named by the `tms` query parameter."""
+    return get_tms(tms)
+
+
+RenderParamsDep = Annotated[RenderParams, Depends(render_params)]
+StoreDep = Annotated[CatalogStore, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -1,0 +1,212 @@
+"""Tiles of one image: XYZ/TMS tiles, TileJSON, WMTS capabilities and a map page."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import HTMLResponse
+from morecantile import TileMatrixSet
+from starlette.concurrency import run_in_threadpool
+
+from rasterio.crs import CRS
+from titiler.core.utils import tms_limits, tms_limits_to_xml, tms_to_xml
+
+from tileserver.api.deps import RenderParamsDep, SettingsDep, StoreDep, get_tms, tms_query
+from tileserver.api.templates import render_template, root_path
+from tileserver.cache import CachedTile, make_etag
+from tileserver.catalog.models import Image, Product
+from tileserver.render.encode import ImageFormat
+from tileserver.render.tile import render_tile, zoom_range
+
+router = APIRouter(tags=["tiles"])
+WGS84 = CRS.from_epsg(4326)
+
+# query parameters that do not change a tile's bytes, and so stay out of its cache key
+NON_RENDER_PARAMS = {"tms", "tile_format", "api_key"}
+
+
+def load(store, image_id: str) -> tuple[Image, Product]:
+    """The image and its product."""
+    image = store.get_image(image_id)
+    return image, store.get_product(image.product_id)
+
+
+def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
+    """Reject zooms and indices outside the tile matrix set with a 400/404 that says why."""
+    if not tms.minzoom <= z <= tms.maxzoom:
+        raise HTTPException(
+            400, f"zoom {z} out of range for {tms.id}: {tms.minzoom}..{tms.maxzoom}"
+        )
+    matrix = tms.matrix(z)
+    if not (0 <= x < matrix.matrixWidth and 0 <= y < matrix.matrixHeight):
+        raise HTTPException(
+            404,
+            f"tile {z}/{x}/{y} is outside {tms.id}: at zoom {z} x is 0..{matrix.matrixWidth - 1}"
+            f" and y is 0..{matrix.matrixHeight - 1}",
+        )
+
+
+def render_query(request: Request) -> str:
+    """The request's rendering query string, sorted, for cache keys and templated URLs."""
+    items = sorted((k, v) for k, v in request.query_params.multi_items()
+                   if k not in NON_RENDER_PARAMS)
+    return urlencode(items)
+
+
+async def tile_response(
+    request: Request,
+    key: str,
+    render,
+    fmt: ImageFormat,
+    cache_control: str,
+) -> Response:
+    """Serve from the cache or render; answer 304 when the client's ETag matches."""
+    cache = request.app.state.cache
+    entry = cache.get(key)
+    if entry is None:
+        content = await run_in_threadpool(render)
+        entry = CachedTile(content, fmt.media_type, make_etag(content))
+        cache.put(key, entry)
+    headers = {"ETag": entry.etag, "Cache-Control": cache_control}
+    if entry.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(entry.content, media_type=entry.media_type, headers=headers)
+
+
+def tile_scale(request: Request) -> int:
+    """The @Nx multiplier of a tile path (1 without it)."""
+    raw = request.path_params.get("scale", "1")
+    if not raw.isdigit() or not 1 <= int(raw) <= 4:
+        raise HTTPException(400, f"tile scale @{raw}x must be @1x..@4x")
+    return int(raw)
+
+
+def _tile_route(paths: list[str]):
+    def decorator(func):
+        for path in paths:
+            router.add_api_route(
+                path, func, methods=["GET"], response_class=Response,
+                responses={200: {"content": {"image/png": {}, "image/jpeg": {},
+                                             "image/webp": {}, "image/tiff": {},
+                                             "application/x-binary": {}}}},
+                include_in_schema="@" not in path,
+            )
+        return func
+    return decorator
+
+
+@_tile_route([  # the @Nx form first: the plain one would take "12@2x" as y
+    "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}@{scale}x.{fmt}",
+    "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}.{fmt}",
+])
+async def image_tile(
+    request: Request,
+    image_id: str,
+    tms_id: str,
+    z: int,
+    x: int,
+    y: int,
+    fmt: ImageFormat,
+    params: RenderParamsDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    scale: Annotated[int, Depends(tile_scale)],
+) -> Response:
+    """One tile of one image, in png, jpeg, webp, tif or npy."""
+    tms = get_tms(tms_id)
+    check_tile(tms, z, x, y)
+    image, product = load(store, image_id)
+    tilesize = scale * tms.matrix(z).tileWidth
+    if tilesize > settings.max_tile_size:
+        raise HTTPException(400, f"tile size {tilesize} exceeds {settings.max_tile_size}")
+    key = "|".join([
+        "image", image.id, str(image.modified), str(product.modified), tms.id,
+        f"{z}/{x}/{y}@{scale}.{fmt.value}", render_query(request),
+    ])
+
+    def render() -> bytes:
+        return render_tile(image, product, tms, x, y, z, tilesize, params, fmt,
+                           settings.reader_threads)
+
+    return await tile_response(request, key, render, fmt, settings.cache_control)
+
+
+def tile_url_template(
+    request: Request, image_id: str, tms: TileMatrixSet, fmt: str, xyz=("{z}", "{x}", "{y}")
+) -> str:
+    """The tile URL with placeholders, carrying the request's rendering parameters."""
+    base = str(request.url_for(
+        "image_tile", image_id=image_id, tms_id=tms.id, z=xyz[0], x=xyz[1], y=xyz[2], fmt=fmt
+    ))
+    for placeholder in xyz:  # url_for percent-encodes the braces
+        encoded = placeholder.replace("{", "%7B").replace("}", "%7D")
+        base = base.replace(encoded, placeholder)
+    query = render_query(request)
+    return f"{base}?{query}" if query else base
+
+
+@router.get("/images/{image_id}/tilejson.json")
+def image_tilejson(
+    request: Request,
+    image_id: str,
+    store: StoreDep,
+    params: RenderParamsDep,
+    tms: Annotated[TileMatrixSet, Depends(tms_query)],
+    tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
+) -> dict:
+    """TileJSON 3.0 for the image with the request's rendering parameters."""
+    image, _ = load(store, image_id)
+    minzoom, maxzoom = zoom_range(image, tms) if image.files else (0, tms.maxzoom)
+    west, south, east, north = image.bbox
+    return {
+        "tilejson": "3.0.0",
+        "name": image.id,
+        "version": "1.0.0",
+        "scheme": "xyz",
+        "tiles": [tile_url_template(request, image.id, tms, tile_format.value)],
+        "minzoom": minzoom,
+        "maxzoom": maxzoom,
+        "bounds": [west, south, east, north],
+        "center": [(west + east) / 2, (south + north) / 2, minzoom],
+    }
+
+
+@router.get("/images/{image_id}/WMTSCapabilities.xml", response_class=Response)
+def image_wmts(
+    request: Request,
+    image_id: str,
+    store: StoreDep,
+    params: RenderParamsDep,
+    tms: Annotated[TileMatrixSet, Depends(tms_query)],
+    tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
+) -> Response:
+    """OGC WMTS 1.0 capabilities (RESTful) for QGIS, GDAL and OpenLayers."""
+    image, _ = load(store, image_id)
+    minzoom, maxzoom = zoom_range(image, tms) if image.files else (0, tms.maxzoom)
+    xyz = ("{TileMatrix}", "{TileCol}", "{TileRow}")
+    epsg = tms.crs._pyproj_crs.to_epsg()
+    xml = render_template(
+        "wmts.xml",
+        title=image.id,
+        layer=image.id.replace(":", "_"),
+        bounds=image.bbox,
+        media_type=tile_format.media_type,
+        tms_id=tms.id,
+        limits=tms_limits_to_xml(
+            tms_limits(tms, image.bbox, zooms=(minzoom, maxzoom), geographic_crs=WGS84)
+        ),
+        matrices=tms_to_xml(tms, minzoom, maxzoom),
+        supported_crs=f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else tms.crs.srs,
+        tile_url=tile_url_template(request, image.id, tms, tile_format.value, xyz),
+        capabilities_url=str(request.url),
+    )
+    return Response(xml, media_type="application/xml")
+
+
+@router.get("/images/{image_id}/map", response_class=HTMLResponse)
+def image_map(request: Request, image_id: str, store: StoreDep) -> HTMLResponse:
+    """The web viewer opened on one image."""
+    image, _ = load(store, image_id)
+    return HTMLResponse(render_template("viewer.html", image_id=image.id, root=root_path(request)))

@@ -1,0 +1,106 @@
+"""The FastAPI application: routers, error mapping, static files."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from rasterio.errors import RasterioIOError
+from rio_tiler.errors import InvalidExpression, TileOutsideBounds
+
+from tileserver import __version__
+from tileserver.api import catalog, tiles
+from tileserver.api.templates import render_template, root_path
+from tileserver.cache import TileCache
+from tileserver.catalog.store import CatalogStore, Conflict, NotFound, open_store
+from tileserver.render.errors import ImageNotReadable, RenderError
+from tileserver.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# exception -> status code; the message becomes the JSON `detail`
+STATUS_CODES: dict[type[Exception], int] = {
+    NotFound: 404,
+    Conflict: 409,
+    TileOutsideBounds: 404,
+    RenderError: 400,
+    InvalidExpression: 400,
+    ImageNotReadable: 409,
+}
+
+
+def _handler(status: int):
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status)
+
+    return handle
+
+
+async def _validation_handler(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with a readable detail: 'where: what' for each problem."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
+        problems.append(f"{where}: {error.get('msg')}")
+    return JSONResponse({"detail": "; ".join(problems), "errors": jsonable(exc.errors())},
+                        status_code=422)
+
+
+def jsonable(errors: list[dict]) -> list[dict]:
+    """Validation errors without the non-JSON bits (exceptions in ctx)."""
+    return [{k: (str(v) if k in ("ctx", "input") else v) for k, v in e.items()} for e in errors]
+
+
+async def _io_handler(request: Request, exc: RasterioIOError) -> JSONResponse:
+    logger.warning("unreadable file for %s: %s", request.url.path, exc)
+    return JSONResponse({"detail": f"image file cannot be read: {exc}"}, status_code=424)
+
+
+def create_app(settings: Settings | None = None, store: CatalogStore | None = None) -> FastAPI:
+    """Build the app; the store is opened from settings unless given."""
+    settings = settings or get_settings()
+    own_store = store is None
+    store = store or open_store(settings.catalog_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        if own_store:
+            store.close()
+
+    app = FastAPI(
+        title="tileserver",
+        version=__version__,
+        description="Dynamic web-map tiles, catalog and downloads for satellite imagery.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.cache = TileCache(settings.cache_max_bytes)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"],
+                       expose_headers=["ETag"])
+    for exc, status in STATUS_CODES.items():
+        app.add_exception_handler(exc, _handler(status))
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(RasterioIOError, _io_handler)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def viewer(request: Request) -> HTMLResponse:
+        """The web viewer."""
+        return HTMLResponse(render_template("viewer.html", image_id="", root=root_path(request)))
+
+    app.include_router(catalog.router)
+    app.include_router(tiles.router)
+    if settings.static_dir.is_dir():
+        app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
+    return app

@@ -1,0 +1,1 @@
+"""Catalog: products, bands and images, and the stores that keep them."""

@@ -1,0 +1,253 @@
+"""Catalog records: products (STAC collections), their bands, and images (STAC items).
+
+Band attributes follow the Descartes Labs Catalog so that its scaling rules
+(SEMANTICS.md section 1) apply unchanged.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DataType = Literal["Byte", "UInt16", "Int16", "UInt32", "Int32", "Float32", "Float64"]
+BandType = Literal["spectral", "mask", "class", "generic", "microwave"]
+StorageState = Literal["available", "remote"]
+
+NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+Range = tuple[float, float]
+
+# numpy/rasterio dtype name -> catalog data type
+NUMPY_TO_DATA_TYPE: dict[str, DataType] = {
+    "uint8": "Byte",
+    "int8": "Int16",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
+}
+DATA_TYPE_TO_NUMPY: dict[str, str] = {
+    "Byte": "uint8",
+    "UInt16": "uint16",
+    "Int16": "int16",
+    "UInt32": "uint32",
+    "Int32": "int32",
+    "Float32": "float32",
+    "Float64": "float64",
+}
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware, so stored times always carry UTC."""
+    return datetime.now(timezone.utc)
+
+
+class Resolution(BaseModel):
+    """Nominal ground sample distance of a band."""
+
+    value: float = Field(gt=0)
+    unit: Literal["meters", "degrees"] = "meters"
+
+
+class ProcessingStep(BaseModel):
+    """One step of a processing level: the band's ranges once the step is applied."""
+
+    function: str | None = Field(None, description="'linear' (parameter [gain, offset]) or None")
+    parameter: Any = None
+    index: int | None = None
+    data_type: DataType | None = None
+    data_range: Range | None = None
+    display_range: Range | None = None
+    physical_range: Range | None = None
+    physical_range_unit: str | None = None
+
+
+class Band(BaseModel):
+    """A band of a product: where its pixels are in an image's files and how to scale them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=200)
+    description: str | None = None
+    type: BandType = "spectral"
+    data_type: DataType = "UInt16"
+    nodata: float | None = None
+    data_range: Range = (0, 10000)
+    display_range: Range | None = None
+    physical_range: Range | None = None
+    physical_range_unit: str | None = None
+    resolution: Resolution | None = None
+    file_index: int = Field(0, ge=0, description="0-based index into the image's files")
+    band_index: int = Field(0, ge=0, description="0-based band index inside that file")
+    is_alpha: bool = Field(False, description="a mask band whose 0 pixels are transparent")
+    colormap_name: str | None = None
+    colormap: list[tuple[int, int, int, int]] | None = None
+    class_labels: list[str | None] | None = None
+    wavelength_nm_center: float | None = None
+    wavelength_nm_min: float | None = None
+    wavelength_nm_max: float | None = None
+    wavelength_nm_fwhm: float | None = None
+    processing_levels: dict[str, list[ProcessingStep]] | None = None
+    vendor_order: int | None = None
+    tags: list[str] = []
+
+    @model_validator(mode="after")
+    def _defaults_and_checks(self) -> Band:
+        if self.display_range is None:
+            self.display_range = self.data_range
+        if self.physical_range is None:
+            self.physical_range = self.data_range
+        if self.is_alpha and self.type != "mask":
+            raise ValueError("is_alpha is only allowed on mask bands")
+        if self.colormap is not None and len(self.colormap) > 256:
+            raise ValueError("a class colormap has at most 256 entries")
+        return self
+
+
+class Product(BaseModel):
+    """A product (STAC collection): a family of images with the same bands."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=NAME_PATTERN, max_length=200)
+    name: str | None = None
+    description: str | None = None
+    tags: list[str] = []
+    default_bands: list[str] | None = Field(
+        None, description="bands shown when a request names none (e.g. the RGB composite)"
+    )
+    start_datetime: datetime | None = None
+    end_datetime: datetime | None = None
+    owners: list[str] = []
+    readers: list[str] = []
+    writers: list[str] = []
+    properties: dict[str, Any] = {}
+    bands: list[Band] = []
+    created: datetime | None = None
+    modified: datetime | None = None
+
+    @field_validator("bands")
+    @classmethod
+    def _unique_band_names(cls, bands: list[Band]) -> list[Band]:
+        names = [b.name for b in bands]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate band names: {', '.join(dupes)}")
+        return bands
+
+    @model_validator(mode="after")
+    def _default_bands_exist(self) -> Product:
+        if self.default_bands:
+            missing = [b for b in self.default_bands if self.band(b) is None]
+            if missing:
+                raise ValueError(f"default_bands names unknown bands: {', '.join(missing)}")
+        return self
+
+    def band(self, name: str) -> Band | None:
+        """The band called `name`, or None."""
+        for band in self.bands:
+            if band.name == name:
+                return band
+        return None
+
+    def display_bands(self) -> list[str]:
+        """Bands to show when a request names none: the product's RGB, else the first band."""
+        if self.default_bands:
+            return list(self.default_bands)
+        by_name = {b.name.lower(): b.name for b in self.bands}
+        if all(c in by_name for c in ("red", "green", "blue")):
+            return [by_name["red"], by_name["green"], by_name["blue"]]
+        spectral = [b for b in self.bands if b.type not in ("mask", "class")]
+        return [spectral[0].name] if spectral else [self.bands[0].name] if self.bands else []
+
+    def alpha_band(self) -> Band | None:
+        """The product's alpha band (a mask band with is_alpha), if any."""
+        return next((b for b in self.bands if b.is_alpha), None)
+
+
+class BandStatistics(BaseModel):
+    """Statistics of one band of one image, read from an overview at ingest."""
+
+    min: float
+    max: float
+    mean: float | None = None
+    std: float | None = None
+    valid_percent: float | None = None
+    percentiles: dict[int, float] = Field(
+        default_factory=dict, description="percentile (1..99) -> value"
+    )
+
+
+class ImageFile(BaseModel):
+    """One file of an image (a path, a /vsi path or a URL GDAL can open)."""
+
+    href: str
+    size: int | None = None
+
+
+class Image(BaseModel):
+    """One acquisition (STAC item) of a product."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = ""
+    name: str = Field(pattern=NAME_PATTERN, max_length=300)
+    product_id: str = Field(pattern=NAME_PATTERN)
+    acquired: datetime
+    geometry: dict[str, Any] = Field(description="GeoJSON footprint in WGS84")
+    bbox: tuple[float, float, float, float] | None = None
+    cloud_cover: float | None = Field(None, ge=0, le=100, description="percent")
+    storage_state: StorageState = "available"
+    files: list[ImageFile] = []
+    crs: str | None = Field(None, description="the image's CRS, EPSG:xxxx or WKT")
+    geotrans: tuple[float, float, float, float, float, float] | None = Field(
+        None, description="GDAL geotransform of the finest file"
+    )
+    width: int | None = None
+    height: int | None = None
+    band_stats: dict[str, BandStatistics] = {}
+    properties: dict[str, Any] = {}
+    created: datetime | None = None
+    modified: datetime | None = None
+
+    @field_validator("acquired")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return aware.astimezone(timezone.utc)
+
+    @model_validator(mode="after")
+    def _derive(self) -> Image:
+        expected = image_id(self.product_id, self.name)
+        if self.id and self.id != expected:
+            raise ValueError(f"image id must be '{expected}' (product_id:name), got '{self.id}'")
+        self.id = expected
+        if self.storage_state == "available" and not self.files:
+            raise ValueError("an available image needs files; use storage_state 'remote'")
+        if self.bbox is None:
+            from shapely.geometry import shape
+
+            self.bbox = tuple(shape(self.geometry).bounds)
+        return self
+
+
+def image_id(product_id: str, name: str) -> str:
+    """Global image id: `product_id:name`."""
+    return f"{product_id}:{name}"
+
+
+def split_image_id(value: str) -> tuple[str, str]:
+    """Split a global image id into (product_id, name); ValueError when it has no ':'."""
+    product_id, sep, name = value.partition(":")
+    if not sep or not product_id or not name:
+        raise ValueError(f"image id '{value}' is not of the form product_id:name")
+    return product_id, name
+
+
+def safe_name(value: str) -> str:
+    """Turn a file stem into a valid image/band name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("_") or "unnamed"

@@ -1,0 +1,77 @@
+"""The catalog store protocol: what every backend (SQLite now, pgSTAC later) provides."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from tileserver.catalog.models import Image, Product
+
+
+class CatalogError(Exception):
+    """Base class of catalog errors; the API maps each subclass to a 4xx."""
+
+
+class NotFound(CatalogError):
+    """The product or image does not exist."""
+
+
+class Conflict(CatalogError):
+    """The write contradicts what is stored (exists already, still has images, ...)."""
+
+
+class ImagePage(BaseModel):
+    """One page of a product's images, newest first, and the token of the next page."""
+
+    images: list[Image]
+    next_token: str | None = None
+
+
+class CatalogStore(Protocol):
+    """Products, bands and images; writes of one scene are atomic."""
+
+    def list_products(self) -> list[Product]:
+        """Every product, by id."""
+
+    def get_product(self, product_id: str) -> Product:
+        """The product with its bands; NotFound if absent."""
+
+    def create_product(self, product: Product) -> Product:
+        """Insert a new product; Conflict if the id exists."""
+
+    def put_product(self, product: Product) -> Product:
+        """Create or replace a product and its bands."""
+
+    def delete_product(self, product_id: str, cascade: bool = False) -> None:
+        """Delete a product; Conflict if it has images and cascade is False."""
+
+    def get_image(self, image_id: str) -> Image:
+        """The image; NotFound if absent."""
+
+    def put_images(self, images: Iterable[Image]) -> list[Image]:
+        """Create or replace images in one transaction; NotFound if a product is missing."""
+
+    def delete_image(self, image_id: str) -> None:
+        """Delete one image; NotFound if absent."""
+
+    def list_images(
+        self, product_id: str, limit: int = 100, token: str | None = None
+    ) -> ImagePage:
+        """A page of the product's images, newest first."""
+
+    def count_images(self, product_id: str) -> int:
+        """How many images the product has."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def open_store(url: str) -> CatalogStore:
+    """Open the store a catalog URL names."""
+    if url.startswith("sqlite:///") or url == "sqlite://":
+        from tileserver.catalog.sqlite import SQLiteStore
+
+        return SQLiteStore(url.removeprefix("sqlite:///") or ":memory:")
+    raise ValueError(f"unsupported catalog URL '{url}': use sqlite:///PATH")

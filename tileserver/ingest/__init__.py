@@ -1,0 +1,1 @@
+"""Ingest: turn files (GeoTIFF/COG, STAC items) into catalog records."""

@@ -1,0 +1,1 @@
+"""Rendering: pure functions from files to encoded tiles; no FastAPI here."""

@@ -1,0 +1,119 @@
+"""Encode a rendered array as png / jpeg / webp / tif / npy, refusing what a format can't hold."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy
+from affine import Affine
+from rasterio.crs import CRS
+from rio_tiler.utils import render
+
+from tileserver.render.errors import RenderError
+
+
+class ImageFormat(str, Enum):
+    """Output formats of tiles; the value is the URL extension."""
+
+    png = "png"
+    jpeg = "jpeg"
+    jpg = "jpg"
+    webp = "webp"
+    tif = "tif"
+    npy = "npy"
+
+    @property
+    def media_type(self) -> str:
+        """The Content-Type of the encoded bytes."""
+        return MEDIA_TYPES[self]
+
+
+MEDIA_TYPES = {
+    ImageFormat.png: "image/png",
+    ImageFormat.jpeg: "image/jpeg",
+    ImageFormat.jpg: "image/jpeg",
+    ImageFormat.webp: "image/webp",
+    ImageFormat.tif: "image/tiff; application=geotiff",
+    ImageFormat.npy: "application/x-binary",
+}
+DRIVERS = {
+    ImageFormat.png: "PNG",
+    ImageFormat.jpeg: "JPEG",
+    ImageFormat.jpg: "JPEG",
+    ImageFormat.webp: "WEBP",
+    ImageFormat.tif: "GTiff",
+    ImageFormat.npy: "NPY",
+}
+# What each picture format can hold: numpy dtypes and band counts (before the alpha band).
+PICTURE_DTYPES = {
+    ImageFormat.png: ("uint8", "uint16"),
+    ImageFormat.jpeg: ("uint8",),
+    ImageFormat.jpg: ("uint8",),
+    ImageFormat.webp: ("uint8",),
+}
+PICTURE_BANDS = {
+    ImageFormat.png: (1, 2, 3),
+    ImageFormat.jpeg: (1, 3),
+    ImageFormat.jpg: (1, 3),
+    ImageFormat.webp: (1, 3),
+}
+CREATION_OPTIONS = {
+    ImageFormat.png: {"zlevel": 6},
+    ImageFormat.jpeg: {"quality": 85},
+    ImageFormat.jpg: {"quality": 85},
+    ImageFormat.webp: {"quality": 85},
+    ImageFormat.tif: {"compress": "deflate"},
+    ImageFormat.npy: {},
+}
+DATA_TYPE_NAMES = {
+    "uint8": "Byte",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
+}
+
+
+def check_format(fmt: ImageFormat, dtype: str, count: int, colormap: bool = False) -> None:
+    """Raise RenderError when `fmt` cannot hold `count` bands of `dtype`."""
+    if fmt not in PICTURE_DTYPES:
+        return
+    if str(dtype) not in PICTURE_DTYPES[fmt]:
+        allowed = " or ".join(DATA_TYPE_NAMES[d] for d in PICTURE_DTYPES[fmt])
+        raise RenderError(
+            f"{fmt.value} cannot hold {DATA_TYPE_NAMES.get(str(dtype), dtype)} data "
+            f"(only {allowed}): ask for tif or npy, or scale to Byte "
+            "(e.g. scaling=display or data_type=Byte)"
+        )
+    if colormap:
+        if count != 1:
+            raise RenderError(f"a colormap applies to one band, not {count}")
+        return
+    if count not in PICTURE_BANDS[fmt]:
+        raise RenderError(
+            f"{fmt.value} holds {' or '.join(map(str, PICTURE_BANDS[fmt]))} bands, "
+            f"not {count}: ask for fewer bands or for tif/npy"
+        )
+
+
+def encode(
+    data: numpy.ndarray,
+    mask: numpy.ndarray | None,
+    fmt: ImageFormat,
+    colormap: dict | None = None,
+    crs: CRS | None = None,
+    transform: Affine | None = None,
+) -> bytes:
+    """Encode (bands, rows, cols) `data`; `mask` (0 invalid, 255 valid) becomes alpha.
+
+    JPEG has no alpha; TIFF and NPY carry the mask as a last band, as rio-tiler does.
+    """
+    check_format(fmt, data.dtype, data.shape[0], colormap is not None)
+    options = dict(CREATION_OPTIONS[fmt])
+    if fmt is ImageFormat.tif and crs is not None and transform is not None:
+        options.update(crs=crs, transform=transform)
+    if mask is not None:
+        mask = mask.astype(data.dtype)
+    return render(data, mask, img_format=DRIVERS[fmt], colormap=colormap, **options)

@@ -1,0 +1,129 @@
+"""Read the pixels of named bands of one catalog image, whatever files they live in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy
+from morecantile import TileMatrixSet
+from rasterio.errors import RasterioIOError
+from rio_tiler.io import Reader
+from rio_tiler.models import ImageData
+
+from tileserver.catalog.models import Band, Image, Product
+from tileserver.render.errors import ImageNotReadable, UnknownBand
+
+
+@dataclass(frozen=True)
+class FileRead:
+    """The bands read from one file in one call (same nodata for all of them)."""
+
+    href: str
+    indexes: tuple[int, ...]  # 1-based, as GDAL counts
+    positions: tuple[int, ...]  # where each band goes in the output stack
+    nodata: float | None
+
+
+def resolve_bands(product: Product, names: Sequence[str]) -> list[Band]:
+    """The product's Band records for `names`, in that order; UnknownBand names the culprit."""
+    bands = []
+    for name in names:
+        band = product.band(name)
+        if band is None:
+            known = ", ".join(b.name for b in product.bands)
+            raise UnknownBand(f"unknown band '{name}' for product '{product.id}' (bands: {known})")
+        bands.append(band)
+    return bands
+
+
+def plan_reads(image: Image, bands: Sequence[Band], nodata: float | None = None) -> list[FileRead]:
+    """Group the bands by file so each file is opened once per request."""
+    if image.storage_state == "remote" or not image.files:
+        raise ImageNotReadable(
+            f"image '{image.id}' is remote: it is in the catalog but has no files to read"
+        )
+    groups: dict[tuple[str, float | None], tuple[list[int], list[int]]] = {}
+    for position, band in enumerate(bands):
+        if band.file_index >= len(image.files):
+            raise ImageNotReadable(
+                f"band '{band.name}' is in file {band.file_index} but image '{image.id}' "
+                f"has {len(image.files)} file(s)"
+            )
+        band_nodata = nodata if nodata is not None else band.nodata
+        key = (image.files[band.file_index].href, band_nodata)
+        indexes, positions = groups.setdefault(key, ([], []))
+        indexes.append(band.band_index + 1)
+        positions.append(position)
+    return [
+        FileRead(href, tuple(indexes), tuple(positions), band_nodata)
+        for (href, band_nodata), (indexes, positions) in groups.items()
+    ]
+
+
+def _stack(reads: Sequence[FileRead], results: Sequence[ImageData], count: int) -> ImageData:
+    """Put each file's bands back in request order."""
+    first = results[0]
+    data = numpy.ma.masked_all((count, first.height, first.width), dtype="float64")
+    dtypes = []
+    for read, result in zip(reads, results, strict=True):
+        dtypes.append(result.array.dtype)
+        for i, position in enumerate(read.positions):
+            data[position] = result.array[i]
+    dtype = numpy.result_type(*dtypes)
+    array = numpy.ma.MaskedArray(data.data.astype(dtype), mask=numpy.ma.getmaskarray(data))
+    return ImageData(array, bounds=first.bounds, crs=first.crs)
+
+
+def read_bands(
+    image: Image,
+    bands: Sequence[Band],
+    read: Callable[[Reader, FileRead], ImageData],
+    tms: TileMatrixSet | None = None,
+    nodata: float | None = None,
+    threads: int = 4,
+) -> ImageData:
+    """Read `bands` of `image` with `read(reader, file_read)` per file; one masked stack.
+
+    Each band's `nodata` (or the request's `nodata`) masks its pixels; the file's own
+    mask (internal nodata, alpha, mask band) applies too.
+    """
+    reads = plan_reads(image, bands, nodata)
+
+    def one(file_read: FileRead) -> ImageData:
+        options = {"nodata": file_read.nodata} if file_read.nodata is not None else {}
+        try:
+            kwargs = {"tms": tms} if tms is not None else {}
+            with Reader(file_read.href, options=options, **kwargs) as reader:
+                return read(reader, file_read)
+        except RasterioIOError as exc:
+            raise ImageNotReadable(
+                f"cannot read file {file_read.href} of image '{image.id}': {exc}"
+            ) from exc
+
+    if len(reads) == 1 or threads <= 1:
+        results = [one(r) for r in reads]
+    else:
+        with ThreadPoolExecutor(max_workers=min(threads, len(reads))) as pool:
+            results = list(pool.map(one, reads))
+    return _stack(reads, results, len(bands))
+
+
+def tile_reader(
+    x: int, y: int, z: int, tilesize: int, resampling: str
+) -> Callable[[Reader, FileRead], ImageData]:
+    """A `read` for read_bands that reads one tile of the reader's TMS."""
+
+    def read(reader: Reader, file_read: FileRead) -> ImageData:
+        return reader.tile(
+            x,
+            y,
+            z,
+            tilesize=tilesize,
+            indexes=file_read.indexes,
+            resampling_method=resampling,
+            reproject_method=resampling,
+        )
+
+    return read

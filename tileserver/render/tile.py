@@ -1,0 +1,63 @@
+"""One map tile of one image: read the bands it needs, render, encode."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from morecantile import TileMatrixSet
+from rio_tiler.io import Reader
+
+from tileserver.catalog.models import Band, Image, Product
+from tileserver.render.encode import ImageFormat, encode
+from tileserver.render.pipeline import RenderParams, render_array, requested_bands
+from tileserver.render.reader import read_bands, resolve_bands, tile_reader
+
+
+def split_alpha(product: Product, bands: Sequence[Band]) -> tuple[list[Band], Band | None]:
+    """The bands to render and the alpha band that masks them.
+
+    A requested band list ending in an alpha band uses it as the alpha channel;
+    otherwise the product's alpha band, if any, masks every request.
+    """
+    bands = list(bands)
+    if len(bands) > 1 and bands[-1].is_alpha:
+        return bands[:-1], bands[-1]
+    alpha = product.alpha_band()
+    if alpha is not None and alpha in bands:
+        alpha = None
+    return bands, alpha
+
+
+def render_tile(
+    image: Image,
+    product: Product,
+    tms: TileMatrixSet,
+    x: int,
+    y: int,
+    z: int,
+    tilesize: int,
+    params: RenderParams,
+    fmt: ImageFormat,
+    threads: int = 4,
+) -> bytes:
+    """Encoded tile bytes; `auto` scaling uses the image's stored statistics."""
+    bands, alpha_band = split_alpha(product, resolve_bands(product, requested_bands(product, params)))
+    to_read = bands + ([alpha_band] if alpha_band else [])
+    img = read_bands(
+        image, to_read, tile_reader(x, y, z, tilesize, params.resampling), tms,
+        params.nodata, threads,
+    )
+    data, alpha = img.array, None
+    if alpha_band is not None:
+        alpha, data = data[-1].filled(0), data[:-1]
+    rendered = render_array(data, bands, params, stats=image.band_stats, alpha=alpha)
+    return encode(
+        rendered.data, rendered.mask, fmt, rendered.colormap, crs=img.crs,
+        transform=img.transform,
+    )
+
+
+def zoom_range(image: Image, tms: TileMatrixSet) -> tuple[int, int]:
+    """The zooms a client should ask for, from the finest file of the image (rio-tiler's rule)."""
+    with Reader(image.files[0].href, tms=tms) as reader:
+        return reader.minzoom, reader.maxzoom

@@ -1,0 +1,41 @@
+"""Server settings: one object, every knob a TILESERVER_* environment variable."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_dir() -> Path:
+    """Where the embedded catalog and the demo data live unless told otherwise."""
+    return Path.home() / ".local" / "share" / "tileserver"
+
+
+class Settings(BaseSettings):
+    """Everything configurable; read once per process."""
+
+    model_config = SettingsConfigDict(env_prefix="TILESERVER_", env_file=None)
+
+    catalog_url: str = Field(
+        default_factory=lambda: f"sqlite:///{default_data_dir() / 'catalog.db'}",
+        description="sqlite:///PATH for the embedded catalog",
+    )
+    data_dir: Path = Field(default_factory=default_data_dir)
+    static_dir: Path = PROJECT_ROOT / "static"
+    cache_max_bytes: int = Field(256 * 1024 * 1024, description="in-process tile cache size")
+    cache_control: str = "public, max-age=3600"
+    max_tile_size: int = Field(1024, description="largest tile edge in pixels (with @Nx)")
+    max_tile_scale: int = 4
+    default_tms: str = "WebMercatorQuad"
+    reader_threads: int = Field(4, description="threads reading the files of one image")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings."""
+    return Settings()
