@@ -44,7 +44,7 @@ def footprint(src: rasterio.DatasetReader, nodata: float | None = None) -> dict:
         valid = src.dataset_mask(out_shape=(rows, cols)) > 0
     if not valid.any():
         raise IngestError(f"{src.name} has no valid pixel")
-    transform = src.transform * Affine.scale(src.width / cols, src.height / rows)
+    transform = src.transform @ Affine.scale(src.width / cols, src.height / rows)
     pieces = [
         shape(geom)
         for geom, value in rasterio.features.shapes(
