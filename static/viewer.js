@@ -294,6 +294,15 @@
       keepBuffer: 1,
     });
 
+    // a new image: frame it first, so the layer asks only for the tiles it will show
+    if (state.shownImage !== imageId) {
+      state.shownImage = imageId;
+      if (state.layer) map.removeLayer(state.layer);
+      state.layer = null;
+      drawFootprint(imageId, bounds);
+      map.fitBounds(bounds, { padding: [16, 16], animate: false });
+    }
+
     const previous = state.layer;
     state.layer = layer;
     let errors = 0;
@@ -313,12 +322,6 @@
     if (previous) {
       // keep the old picture until the new one has loaded, but never for long
       setTimeout(() => map.hasLayer(previous) && map.removeLayer(previous), 5000);
-    }
-
-    if (state.shownImage !== imageId) {
-      state.shownImage = imageId;
-      drawFootprint(imageId, bounds);
-      map.fitBounds(bounds, { padding: [16, 16] });
     }
   }
 

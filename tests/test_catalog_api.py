@@ -12,20 +12,44 @@ from tileserver.demo import DATES, PRODUCT_ID, generate
 
 GEOMETRY = {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]]}
 BAND_ATTRIBUTES = {
-    "name": "swir", "description": "short-wave infrared", "type": "spectral",
-    "data_type": "Int16", "nodata": -1, "data_range": [-100, 12000],
-    "display_range": [0, 6000], "physical_range": [-0.01, 1.2],
-    "physical_range_unit": "reflectance", "resolution": {"value": 20, "unit": "meters"},
-    "band_index": 2, "file_index": 1, "wavelength_nm_center": 1610,
-    "wavelength_nm_min": 1560, "wavelength_nm_max": 1660, "wavelength_nm_fwhm": 90,
-    "processing_levels": {"toa": [{"function": "linear", "parameter": [0.0001, 0],
-                                   "data_type": "Float32", "physical_range": [0, 1]}]},
+    "name": "swir",
+    "description": "short-wave infrared",
+    "type": "spectral",
+    "data_type": "Int16",
+    "nodata": -1,
+    "data_range": [-100, 12000],
+    "display_range": [0, 6000],
+    "physical_range": [-0.01, 1.2],
+    "physical_range_unit": "reflectance",
+    "resolution": {"value": 20, "unit": "meters"},
+    "band_index": 2,
+    "file_index": 1,
+    "wavelength_nm_center": 1610,
+    "wavelength_nm_min": 1560,
+    "wavelength_nm_max": 1660,
+    "wavelength_nm_fwhm": 90,
+    "processing_levels": {
+        "toa": [
+            {
+                "function": "linear",
+                "parameter": [0.0001, 0],
+                "data_type": "Float32",
+                "physical_range": [0, 1],
+            }
+        ]
+    },
 }
 
 
 def remote_image(name: str, acquired: str, product: str = "p") -> dict:
-    return {"name": name, "product_id": product, "acquired": acquired,
-            "geometry": GEOMETRY, "storage_state": "remote", "cloud_cover": 5}
+    return {
+        "name": name,
+        "product_id": product,
+        "acquired": acquired,
+        "geometry": GEOMETRY,
+        "storage_state": "remote",
+        "cloud_cover": 5,
+    }
 
 
 def test_healthz(client):
@@ -33,13 +57,31 @@ def test_healthz(client):
 
 
 def test_product_crud_keeps_every_band_attribute(empty_client):
-    product = {"id": "p", "name": "P", "owners": ["user:a"], "readers": ["org:b"],
-               "writers": [], "bands": [BAND_ATTRIBUTES,
-                                        {"name": "qa", "type": "mask", "is_alpha": True,
-                                         "data_type": "Byte", "data_range": [0, 1]},
-                                        {"name": "lc", "type": "class", "data_type": "Byte",
-                                         "data_range": [0, 2], "colormap": [[0, 0, 0, 0]],
-                                         "class_labels": ["none"]}]}
+    product = {
+        "id": "p",
+        "name": "P",
+        "owners": ["user:a"],
+        "readers": ["org:b"],
+        "writers": [],
+        "bands": [
+            BAND_ATTRIBUTES,
+            {
+                "name": "qa",
+                "type": "mask",
+                "is_alpha": True,
+                "data_type": "Byte",
+                "data_range": [0, 1],
+            },
+            {
+                "name": "lc",
+                "type": "class",
+                "data_type": "Byte",
+                "data_range": [0, 2],
+                "colormap": [[0, 0, 0, 0]],
+                "class_labels": ["none"],
+            },
+        ],
+    }
     created = empty_client.post("/products", json=product)
     assert created.status_code == 201, created.text
     fetched = empty_client.get("/products/p").json()
@@ -89,8 +131,9 @@ def test_images_paged_newest_first(empty_client):
     empty_client.post("/products", json={"id": "p", "bands": [{"name": "b"}]})
     days = ["2024-01-03", "2024-01-01", "2024-01-05", "2024-01-02", "2024-01-04"]
     for i, day in enumerate(days):
-        response = empty_client.put(f"/images/p:i{i}",
-                                    json=remote_image(f"i{i}", f"{day}T10:00:00Z"))
+        response = empty_client.put(
+            f"/images/p:i{i}", json=remote_image(f"i{i}", f"{day}T10:00:00Z")
+        )
         assert response.status_code == 200, response.text
     seen, url, params = [], "/products/p/images", {"limit": 2}
     while True:
@@ -115,8 +158,12 @@ def test_image_crud_and_ids(empty_client):
     assert image["bbox"] == [0, 0, 1, 1]
     assert empty_client.get("/images/p:one").json()["cloud_cover"] == 5
     assert empty_client.put("/images/p:two", json=body).status_code == 400
-    assert empty_client.put("/images/q:one", json=remote_image("one", "2024-01-01T00:00:00Z",
-                                                                "q")).status_code == 404
+    assert (
+        empty_client.put(
+            "/images/q:one", json=remote_image("one", "2024-01-01T00:00:00Z", "q")
+        ).status_code
+        == 404
+    )
     no_files = dict(body, storage_state="available")
     assert empty_client.put("/images/p:one", json=no_files).status_code == 422
     assert empty_client.delete("/products/p").status_code == 409
@@ -139,12 +186,17 @@ def test_demo_catalog_holds_what_design_promises(client):
     bands = {b["name"]: b for b in product["bands"]}
     assert list(bands) == ["B02", "B03", "B04", "B08", "B11", "SCL"]
     assert {n: bands[n]["resolution"]["value"] for n in bands} == {
-        "B02": 10, "B03": 10, "B04": 10, "B08": 10, "B11": 20, "SCL": 20}
+        "B02": 10,
+        "B03": 10,
+        "B04": 10,
+        "B08": 10,
+        "B11": 20,
+        "SCL": 20,
+    }
     assert bands["SCL"]["type"] == "class" and len(bands["SCL"]["class_labels"]) == 12
     images = client.get(f"/products/{PRODUCT_ID}/images").json()["images"]
     assert len(images) == len(DATES) >= 6
-    assert [i["acquired"] for i in images] == sorted((i["acquired"] for i in images),
-                                                     reverse=True)
+    assert [i["acquired"] for i in images] == sorted((i["acquired"] for i in images), reverse=True)
     clouds = [i["cloud_cover"] for i in images]
     assert min(clouds) == 0 and max(clouds) > 10
     bboxes = {tuple(i["bbox"]) for i in images}
@@ -153,8 +205,11 @@ def test_demo_catalog_holds_what_design_promises(client):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_demo_data_is_deterministic(tmp_path):

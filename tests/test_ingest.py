@@ -17,12 +17,28 @@ from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.cli import cli
 
 
-def write_tif(path: Path, data: numpy.ndarray, crs: str, transform, nodata=None, tags=None,
-              descriptions=None, overviews=False, tiled=False) -> Path:
+def write_tif(
+    path: Path,
+    data: numpy.ndarray,
+    crs: str,
+    transform,
+    nodata=None,
+    tags=None,
+    descriptions=None,
+    overviews=False,
+    tiled=False,
+) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1],
-               "width": data.shape[2], "dtype": str(data.dtype), "crs": crs,
-               "transform": transform, "nodata": nodata}
+    profile = {
+        "driver": "GTiff",
+        "count": data.shape[0],
+        "height": data.shape[1],
+        "width": data.shape[2],
+        "dtype": str(data.dtype),
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+    }
     if tiled:
         profile.update(tiled=True, blockxsize=128, blockysize=128)
     with rasterio.open(path, "w", **profile) as dst:
@@ -37,8 +53,9 @@ def write_tif(path: Path, data: numpy.ndarray, crs: str, transform, nodata=None,
 
 
 def run_ingest(catalog: Path, *args: str):
-    result = CliRunner().invoke(cli, ["ingest", *args, "--catalog", f"sqlite:///{catalog}",
-                                      "--quiet"])
+    result = CliRunner().invoke(
+        cli, ["ingest", *args, "--catalog", f"sqlite:///{catalog}", "--quiet"]
+    )
     return result
 
 
@@ -49,15 +66,28 @@ def folder(tmp_path) -> Path:
     rng = numpy.random.default_rng(7)
     utm = rng.integers(100, 5000, size=(2, 300, 400)).astype("uint16")
     utm[:, :, :200] = 0  # left half is nodata: the footprint must start in the middle
-    write_tif(root / "utm" / "scene_20240105.tif", utm, "EPSG:32633",
-              from_origin(500000, 5800000, 10, 10), nodata=0, descriptions=["red", "nir"],
-              overviews=True, tiled=True)
+    write_tif(
+        root / "utm" / "scene_20240105.tif",
+        utm,
+        "EPSG:32633",
+        from_origin(500000, 5800000, 10, 10),
+        nodata=0,
+        descriptions=["red", "nir"],
+        overviews=True,
+        tiled=True,
+    )
     geo = rng.normal(0, 1, size=(1, 100, 120)).astype("float32")
-    write_tif(root / "geo" / "sub" / "anomaly.tif", geo, "EPSG:4326",
-              from_origin(10.0, 50.0, 0.01, 0.01), tags={"TIFFTAG_DATETIME": "2023:07:01 12:30:00"})
+    write_tif(
+        root / "geo" / "sub" / "anomaly.tif",
+        geo,
+        "EPSG:4326",
+        from_origin(10.0, 50.0, 0.01, 0.01),
+        tags={"TIFFTAG_DATETIME": "2023:07:01 12:30:00"},
+    )
     byte = rng.integers(0, 255, size=(3, 64, 64)).astype("uint8")
-    path = write_tif(root / "rgb_2022-03-04.tif", byte, "EPSG:3857",
-                     from_origin(1000000, 6000000, 30, 30))
+    path = write_tif(
+        root / "rgb_2022-03-04.tif", byte, "EPSG:3857", from_origin(1000000, 6000000, 30, 30)
+    )
     with rasterio.Env(TIFF_USE_OVR=True), rasterio.open(path, "r+") as src:  # external .ovr
         src.build_overviews([2])
     assert path.with_suffix(".tif.ovr").exists()
@@ -69,7 +99,7 @@ def test_ingest_folder_of_geotiffs(tmp_path, folder):
     # the three files have different band layouts: one product each
     result = run_ingest(catalog, str(folder / "utm"), "--product", "utm")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output[result.output.index("{"):])
+    report = json.loads(result.output[result.output.index("{") :])
     assert report == {"registered": 1, "failed": []}
     result = run_ingest(catalog, str(folder / "geo"), "--product", "geo")
     assert result.exit_code == 0, result.output
@@ -129,7 +159,7 @@ def test_mismatched_file_is_reported_and_others_land(tmp_path, folder):
     catalog = tmp_path / "catalog.db"
     assert run_ingest(catalog, str(folder / "utm"), "--product", "mixed").exit_code == 0
     result = run_ingest(catalog, str(folder), "--product", "mixed")
-    report = json.loads(result.output[result.output.index("{"):])
+    report = json.loads(result.output[result.output.index("{") :])
     # the 2-band UTM file fits again, the 1-band float file does not; the RGB file has
     # 3 bands so it holds the 2 bands the product expects and is registered
     reasons = {Path(f["path"]).name: f["reason"] for f in report["failed"]}
@@ -145,8 +175,9 @@ def test_no_time_needs_datetime_option(tmp_path):
     result = run_ingest(catalog, str(tmp_path / "in"), "--product", "p")
     assert result.exit_code == 1
     assert "--datetime" in result.output
-    result = run_ingest(catalog, str(tmp_path / "in"), "--product", "p",
-                        "--datetime", "2020-02-02T02:02:02+02:00")
+    result = run_ingest(
+        catalog, str(tmp_path / "in"), "--product", "p", "--datetime", "2020-02-02T02:02:02+02:00"
+    )
     assert result.exit_code == 0, result.output
     store = SQLiteStore(catalog)
     assert store.get_image("p:plain").acquired.isoformat() == "2020-02-02T00:02:02+00:00"
@@ -155,11 +186,12 @@ def test_no_time_needs_datetime_option(tmp_path):
 
 def test_band_overrides_from_yaml(tmp_path, folder):
     overrides = tmp_path / "bands.yaml"
-    overrides.write_text("red:\n  display_range: [0, 3000]\n  wavelength_nm_center: 665\n"
-                         "nir:\n  data_range: [0, 10000]\n")
+    overrides.write_text(
+        "red:\n  display_range: [0, 3000]\n  wavelength_nm_center: 665\n"
+        "nir:\n  data_range: [0, 10000]\n"
+    )
     catalog = tmp_path / "catalog.db"
-    result = run_ingest(catalog, str(folder / "utm"), "--product", "utm", "--bands",
-                        str(overrides))
+    result = run_ingest(catalog, str(folder / "utm"), "--product", "utm", "--bands", str(overrides))
     assert result.exit_code == 0, result.output
     store = SQLiteStore(catalog)
     red, nir = store.get_product("utm").bands
@@ -168,16 +200,21 @@ def test_band_overrides_from_yaml(tmp_path, folder):
     store.close()
     bad = tmp_path / "bad.yaml"
     bad.write_text("swir:\n  display_range: [0, 1]\n")
-    result = run_ingest(tmp_path / "other.db", str(folder / "utm"), "--product", "utm",
-                        "--bands", str(bad))
+    result = run_ingest(
+        tmp_path / "other.db", str(folder / "utm"), "--product", "utm", "--bands", str(bad)
+    )
     assert "swir" in result.output
 
 
 def test_antimeridian_footprint_is_split(tmp_path):
     # UTM zone 60S, extending east across 180 degrees
     data = numpy.ones((1, 100, 100), dtype="uint8")
-    write_tif(tmp_path / "in" / "fiji_20200101.tif", data, "EPSG:32760",
-              from_origin(780000, 8000000, 1000, 1000))
+    write_tif(
+        tmp_path / "in" / "fiji_20200101.tif",
+        data,
+        "EPSG:32760",
+        from_origin(780000, 8000000, 1000, 1000),
+    )
     catalog = tmp_path / "catalog.db"
     assert run_ingest(catalog, str(tmp_path / "in"), "--product", "p").exit_code == 0
     store = SQLiteStore(catalog)
@@ -193,29 +230,45 @@ def stac_item(folder: Path) -> Path:
     rng = numpy.random.default_rng(3)
     vis = rng.integers(1, 10000, size=(2, 50, 50)).astype("uint16")
     swir = rng.integers(1, 10000, size=(1, 25, 25)).astype("uint16")
-    write_tif(folder / "vis.tif", vis, "EPSG:32631", from_origin(600000, 5000000, 10, 10),
-              nodata=0)
-    write_tif(folder / "swir.tif", swir, "EPSG:32631", from_origin(600000, 5000000, 20, 20),
-              nodata=0)
+    write_tif(folder / "vis.tif", vis, "EPSG:32631", from_origin(600000, 5000000, 10, 10), nodata=0)
+    write_tif(
+        folder / "swir.tif", swir, "EPSG:32631", from_origin(600000, 5000000, 20, 20), nodata=0
+    )
     item = {
-        "type": "Feature", "stac_version": "1.0.0", "id": "item-1",
-        "geometry": {"type": "Polygon", "coordinates": [[[3, 45], [3.01, 45], [3.01, 45.01],
-                                                          [3, 45.01], [3, 45]]]},
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": "item-1",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[3, 45], [3.01, 45], [3.01, 45.01], [3, 45.01], [3, 45]]],
+        },
         "bbox": [3, 45, 3.01, 45.01],
-        "properties": {"datetime": "2021-05-06T07:08:09Z", "eo:cloud_cover": 12.5,
-                       "platform": "sat-1"},
+        "properties": {
+            "datetime": "2021-05-06T07:08:09Z",
+            "eo:cloud_cover": 12.5,
+            "platform": "sat-1",
+        },
         "links": [],
         "assets": {
-            "visual": {"href": "vis.tif", "type": "image/tiff; application=geotiff",
-                       "roles": ["data"],
-                       "eo:bands": [{"name": "red", "center_wavelength": 0.665},
-                                    {"name": "nir", "center_wavelength": 0.842}],
-                       "raster:bands": [{"data_type": "uint16", "nodata": 0, "scale": 0.0001},
-                                        {"data_type": "uint16", "nodata": 0,
-                                         "scale": 0.0001}]},
-            "swir": {"href": "swir.tif", "type": "image/tiff", "roles": ["data"],
-                     "raster:bands": [{"data_type": "uint16", "nodata": 0,
-                                       "spatial_resolution": 20}]},
+            "visual": {
+                "href": "vis.tif",
+                "type": "image/tiff; application=geotiff",
+                "roles": ["data"],
+                "eo:bands": [
+                    {"name": "red", "center_wavelength": 0.665},
+                    {"name": "nir", "center_wavelength": 0.842},
+                ],
+                "raster:bands": [
+                    {"data_type": "uint16", "nodata": 0, "scale": 0.0001},
+                    {"data_type": "uint16", "nodata": 0, "scale": 0.0001},
+                ],
+            },
+            "swir": {
+                "href": "swir.tif",
+                "type": "image/tiff",
+                "roles": ["data"],
+                "raster:bands": [{"data_type": "uint16", "nodata": 0, "spatial_resolution": 20}],
+            },
             "thumbnail": {"href": "thumb.png", "type": "image/png", "roles": ["thumbnail"]},
         },
     }
@@ -231,13 +284,16 @@ def test_stac_item_ingest(tmp_path):
     catalog = tmp_path / "catalog.db"
     result = run_ingest(catalog, str(folder), "--product", "s")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output[result.output.index("{"):])
+    report = json.loads(result.output[result.output.index("{") :])
     # the item's assets are not ingested again as lone GeoTIFFs
     assert report == {"registered": 1, "failed": []}
     store = SQLiteStore(catalog)
     bands = store.get_product("s").bands
     assert [(b.name, b.file_index, b.band_index) for b in bands] == [
-        ("red", 0, 0), ("nir", 0, 1), ("swir", 1, 0)]
+        ("red", 0, 0),
+        ("nir", 0, 1),
+        ("swir", 1, 0),
+    ]
     assert bands[0].physical_range == (0, 1) and bands[0].wavelength_nm_center == 665
     assert bands[2].resolution.value == 20
     image = store.get_image("s:item-1")

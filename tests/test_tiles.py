@@ -17,14 +17,32 @@ PRODUCT = {
     "id": "synth",
     "default_bands": ["red", "green", "blue"],
     "bands": [
-        {"name": n, "data_type": "UInt16", "data_range": [0, 10000],
-         "display_range": [0, 4000], "physical_range": [0, 1], "band_index": i, "nodata": 0}
+        {
+            "name": n,
+            "data_type": "UInt16",
+            "data_range": [0, 10000],
+            "display_range": [0, 4000],
+            "physical_range": [0, 1],
+            "band_index": i,
+            "nodata": 0,
+        }
         for i, n in enumerate(["red", "green", "blue"])
-    ] + [{"name": "alpha", "type": "mask", "is_alpha": True, "data_type": "Byte",
-          "data_range": [0, 255], "band_index": 3}],
+    ]
+    + [
+        {
+            "name": "alpha",
+            "type": "mask",
+            "is_alpha": True,
+            "data_type": "Byte",
+            "data_range": [0, 255],
+            "band_index": 3,
+        }
+    ],
 }
-GEOMETRY = {"type": "Polygon", "coordinates": [[[13.35, 52.5], [13.71, 52.5], [13.71, 52.72],
-                                                [13.35, 52.72], [13.35, 52.5]]]}
+GEOMETRY = {
+    "type": "Polygon",
+    "coordinates": [[[13.35, 52.5], [13.71, 52.5], [13.71, 52.72], [13.35, 52.72], [13.35, 52.5]]],
+}
 
 
 def decode(content: bytes) -> numpy.ndarray:
@@ -48,17 +66,23 @@ def synth(tmp_path, empty_client):
     alpha[0, :, 248:] = 0  # transparent columns on the right
     path = write(tmp_path / "synth.tif", numpy.concatenate([data, alpha]).astype("uint16"))
     assert empty_client.post("/products", json=PRODUCT).status_code == 201
-    image = {"name": "one", "product_id": "synth", "acquired": "2024-06-01T10:00:00Z",
-             "geometry": GEOMETRY, "files": [{"href": str(path)}],
-             "band_stats": {"red": {"min": 1000, "max": 3000}}}
+    image = {
+        "name": "one",
+        "product_id": "synth",
+        "acquired": "2024-06-01T10:00:00Z",
+        "geometry": GEOMETRY,
+        "files": [{"href": str(path)}],
+        "band_stats": {"red": {"min": 1000, "max": 3000}},
+    }
     response = empty_client.put("/images/synth:one", json=image)
     assert response.status_code == 200, response.text
     return empty_client, data
 
 
 def tile(client, fmt="png", **params):
-    response = client.get(f"/images/synth:one/tiles/WebMercatorQuad/{Z}/{X}/{Y}.{fmt}",
-                          params=params)
+    response = client.get(
+        f"/images/synth:one/tiles/WebMercatorQuad/{Z}/{X}/{Y}.{fmt}", params=params
+    )
     return response
 
 
@@ -99,8 +123,11 @@ def test_per_band_and_percent_scaling(synth):
     client, data = synth
     pixels = decode(tile(client, scaling=["0,1000", "0,2000", "0,8000"]).content)
     # (60, 10): red 700, green 1700, blue 2700
-    assert list(pixels[:3, 60, 10]) == [display(700, 0, 1000), display(1700, 0, 2000),
-                                        display(2700, 0, 8000)]
+    assert list(pixels[:3, 60, 10]) == [
+        display(700, 0, 1000),
+        display(1700, 0, 2000),
+        display(2700, 0, 8000),
+    ]
     # 0%..50% of the display range 0..4000 is 0..2000
     pixels = decode(tile(client, scaling="0%,50%").content)
     assert pixels[0, 60, 10] == display(700, 0, 2000)
@@ -167,8 +194,9 @@ def test_expression_with_colormap_png(synth):
 
 def test_physical_scaling_float(synth):
     client, _ = synth
-    values = numpy.load(io.BytesIO(tile(client, fmt="npy", bands="red",
-                                        scaling="physical").content))
+    values = numpy.load(
+        io.BytesIO(tile(client, fmt="npy", bands="red", scaling="physical").content)
+    )
     assert values.dtype == "float64"
     assert values[0, 100, 100] == pytest.approx(0.2)  # 2000 of 0..10000 -> 0..1
     assert values[1, 100, 100] == 255  # the mask band rio-tiler appends
@@ -185,8 +213,9 @@ def test_jpeg_webp_accept_bytes_refuse_uint16(synth):
 
 def test_scale_2x(synth):
     client, _ = synth
-    response = client.get(f"/images/synth:one/tiles/WebMercatorQuad/{Z}/{X}/{Y}@2x.png",
-                          params={"scaling": "display"})
+    response = client.get(
+        f"/images/synth:one/tiles/WebMercatorQuad/{Z}/{X}/{Y}@2x.png", params={"scaling": "display"}
+    )
     assert decode(response.content).shape == (4, 512, 512)
 
 
@@ -195,8 +224,11 @@ def test_etag_and_conditional_request(synth):
     first = tile(client, scaling="display")
     assert first.headers["cache-control"].startswith("public")
     etag = first.headers["etag"]
-    again = client.get(f"/images/synth:one/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png",
-                       params={"scaling": "display"}, headers={"If-None-Match": etag})
+    again = client.get(
+        f"/images/synth:one/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png",
+        params={"scaling": "display"},
+        headers={"If-None-Match": etag},
+    )
     assert again.status_code == 304 and again.content == b""
     other = tile(client, scaling="auto")
     assert other.headers["etag"] != etag
@@ -218,36 +250,74 @@ def test_cache_invalidated_when_product_changes(synth):
     [
         ("/images/synth:nope/tiles/WebMercatorQuad/10/550/335.png", {}, 404, "nope"),
         ("/images/nocolon/tiles/WebMercatorQuad/10/550/335.png", {}, 404, "nocolon"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png", {"bands": "nir"}, 400,
-         "nir"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png", {"scaling": "bright"},
-         400, "bright"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png", {"scaling": "1,2,3"},
-         400, "scaling"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png", {"scaling": "a,b"},
-         400, "a,b"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png", {"scaling": "{oops"},
-         400, "JSON"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
-         {"data_type": "Int128"}, 400, "Int128"),
+        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png", {"bands": "nir"}, 400, "nir"),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"scaling": "bright"},
+            400,
+            "bright",
+        ),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"scaling": "1,2,3"},
+            400,
+            "scaling",
+        ),
+        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png", {"scaling": "a,b"}, 400, "a,b"),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"scaling": "{oops"},
+            400,
+            "JSON",
+        ),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"data_type": "Int128"},
+            400,
+            "Int128",
+        ),
         ("/images/synth:one/tiles/WebMercatorQuad/25/0/0.png", {}, 400, "zoom 25"),
         ("/images/synth:one/tiles/WebMercatorQuad/3/9/0.png", {}, 404, "outside"),
         ("/images/synth:one/tiles/WebMercatorQuad/10/0/0.png", {}, 404, "outside"),
         ("/images/synth:one/tiles/NoSuchGrid/10/550/335.png", {}, 404, "NoSuchGrid"),
         ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.gif", {}, 422, "fmt"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
-         {"expression": "red+nir"}, 400, "nir"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
-         {"expression": "__import__('os')"}, 400, "expression"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
-         {"expression": "red", "colormap_name": "nosuch"}, 400, "nosuch"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
-         {"bands": "red,green,blue,red", "scaling": "display"}, 400, "bands"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
-         {"processing_level": "nosuch"}, 400, "nosuch"),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"expression": "red+nir"},
+            400,
+            "nir",
+        ),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"expression": "__import__('os')"},
+            400,
+            "expression",
+        ),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"expression": "red", "colormap_name": "nosuch"},
+            400,
+            "nosuch",
+        ),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"bands": "red,green,blue,red", "scaling": "display"},
+            400,
+            "bands",
+        ),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"processing_level": "nosuch"},
+            400,
+            "nosuch",
+        ),
         ("/images/synth:one/tiles/WebMercatorQuad/10/550/335@9x.png", {}, 400, "@9x"),
-        ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
-         {"resampling": "sideways"}, 422, "resampling"),
+        (
+            "/images/synth:one/tiles/WebMercatorQuad/10/550/335.png",
+            {"resampling": "sideways"},
+            422,
+            "resampling",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_4xx(synth, path, params, status, words):
@@ -259,8 +329,13 @@ def test_bad_input_is_a_clear_4xx(synth, path, params, status, words):
 
 def test_remote_image_has_no_tiles(synth):
     client, _ = synth
-    remote = {"name": "far", "product_id": "synth", "acquired": "2024-06-02T10:00:00Z",
-              "geometry": GEOMETRY, "storage_state": "remote"}
+    remote = {
+        "name": "far",
+        "product_id": "synth",
+        "acquired": "2024-06-02T10:00:00Z",
+        "geometry": GEOMETRY,
+        "storage_state": "remote",
+    }
     assert client.put("/images/synth:far", json=remote).status_code == 200
     response = client.get(f"/images/synth:far/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png")
     assert response.status_code == 409
@@ -269,8 +344,13 @@ def test_remote_image_has_no_tiles(synth):
 
 def test_missing_file_is_a_clear_error(synth, tmp_path):
     client, _ = synth
-    gone = {"name": "gone", "product_id": "synth", "acquired": "2024-06-03T10:00:00Z",
-            "geometry": GEOMETRY, "files": [{"href": str(tmp_path / "missing.tif")}]}
+    gone = {
+        "name": "gone",
+        "product_id": "synth",
+        "acquired": "2024-06-03T10:00:00Z",
+        "geometry": GEOMETRY,
+        "files": [{"href": str(tmp_path / "missing.tif")}],
+    }
     assert client.put("/images/synth:gone", json=gone).status_code == 200
     response = client.get(f"/images/synth:gone/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png")
     assert response.status_code in (409, 424)
@@ -294,12 +374,26 @@ def test_class_band_uses_its_colormap(tmp_path, empty_client):
     classes[0, :, 128:] = 2
     classes[0, :, :128] = 1
     path = write(tmp_path / "classes.tif", classes)
-    product = {"id": "landcover", "bands": [
-        {"name": "lc", "type": "class", "data_type": "Byte", "data_range": [0, 2],
-         "colormap": [[0, 0, 0, 0], [255, 0, 0, 255], [0, 0, 255, 255]]}]}
+    product = {
+        "id": "landcover",
+        "bands": [
+            {
+                "name": "lc",
+                "type": "class",
+                "data_type": "Byte",
+                "data_range": [0, 2],
+                "colormap": [[0, 0, 0, 0], [255, 0, 0, 255], [0, 0, 255, 255]],
+            }
+        ],
+    }
     assert empty_client.post("/products", json=product).status_code == 201
-    image = {"name": "a", "product_id": "landcover", "acquired": "2024-01-01T00:00:00Z",
-             "geometry": GEOMETRY, "files": [{"href": str(path)}]}
+    image = {
+        "name": "a",
+        "product_id": "landcover",
+        "acquired": "2024-01-01T00:00:00Z",
+        "geometry": GEOMETRY,
+        "files": [{"href": str(path)}],
+    }
     assert empty_client.put("/images/landcover:a", json=image).status_code == 200
     response = empty_client.get(f"/images/landcover:a/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png")
     pixels = decode(response.content)

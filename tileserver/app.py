@@ -47,8 +47,9 @@ async def _validation_handler(request: Request, exc: RequestValidationError) -> 
     for error in exc.errors():
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "request"
         problems.append(f"{where}: {error.get('msg')}")
-    return JSONResponse({"detail": "; ".join(problems), "errors": jsonable(exc.errors())},
-                        status_code=422)
+    return JSONResponse(
+        {"detail": "; ".join(problems), "errors": jsonable(exc.errors())}, status_code=422
+    )
 
 
 def jsonable(errors: list[dict]) -> list[dict]:
@@ -82,8 +83,9 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.settings = settings
     app.state.store = store
     app.state.cache = TileCache(settings.cache_max_bytes)
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"],
-                       expose_headers=["ETag"])
+    app.add_middleware(
+        CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"], expose_headers=["ETag"]
+    )
     for exc, status in STATUS_CODES.items():
         app.add_exception_handler(exc, _handler(status))
     app.add_exception_handler(RequestValidationError, _validation_handler)

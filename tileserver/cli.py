@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -57,21 +57,29 @@ def serve(host: str, port: int, workers: int, demo: bool, catalog: str | None, l
         click.echo(f"demo product '{product}' ready", err=True)
     os.environ["TILESERVER_CATALOG_URL"] = settings.catalog_url
     click.echo(f"tileserver on http://{host}:{port}/ (catalog {settings.catalog_url})", err=True)
-    uvicorn.run(
-        "tileserver.main:app", host=host, port=port, workers=workers, log_level=log_level
-    )
+    uvicorn.run("tileserver.main:app", host=host, port=port, workers=workers, log_level=log_level)
 
 
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--product", "product_id", required=True, help="product to register images into")
 @click.option("--datetime", "when", help="acquisition time for every file (ISO 8601)")
-@click.option("--bands", "bands_file", type=click.Path(exists=True, path_type=Path),
-              help="JSON/YAML file overriding inferred band attributes: {band: {attr: value}}")
+@click.option(
+    "--bands",
+    "bands_file",
+    type=click.Path(exists=True, path_type=Path),
+    help="JSON/YAML file overriding inferred band attributes: {band: {attr: value}}",
+)
 @click.option("--catalog", help="catalog URL")
 @click.option("--quiet", is_flag=True, help="no progress bar")
-def ingest(path: Path, product_id: str, when: str | None, bands_file: Path | None,
-           catalog: str | None, quiet: bool) -> None:
+def ingest(
+    path: Path,
+    product_id: str,
+    when: str | None,
+    bands_file: Path | None,
+    catalog: str | None,
+    quiet: bool,
+) -> None:
     """Register every GeoTIFF/COG and STAC Item under PATH into a product."""
     from tileserver.catalog.store import open_store
     from tileserver.ingest.folder import ingest as run_ingest
@@ -83,7 +91,7 @@ def ingest(path: Path, product_id: str, when: str | None, bands_file: Path | Non
         acquired = parse_time(when)
         if acquired is None:
             raise click.BadParameter(f"'{when}' is not an ISO 8601 time", param_hint="--datetime")
-        acquired = acquired.astimezone(timezone.utc)
+        acquired = acquired.astimezone(UTC)
     try:
         overrides = load_band_overrides(bands_file)
     except (IngestError, ValueError) as exc:
@@ -93,9 +101,15 @@ def ingest(path: Path, product_id: str, when: str | None, bands_file: Path | Non
         report = run_ingest(store, path, product_id, acquired, overrides, progress=not quiet)
     finally:
         store.close()
-    click.echo(json.dumps({"registered": len(report.registered),
-                           "failed": [{"path": p, "reason": r} for p, r in report.failed]},
-                          indent=2))
+    click.echo(
+        json.dumps(
+            {
+                "registered": len(report.registered),
+                "failed": [{"path": p, "reason": r} for p, r in report.failed],
+            },
+            indent=2,
+        )
+    )
     if report.failed and not report.registered:
         sys.exit(1)
 

@@ -9,7 +9,7 @@ are shifted east so footprints only partly overlap. Same seed, same bytes, every
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy
@@ -27,14 +27,14 @@ CRS = "EPSG:32633"
 ORIGIN = (500000.0, 5800000.0)  # upper-left corner, near 52.3 N 15.0 E
 SIZE = 1024  # pixels at 10 m
 DATES = [
-    datetime(2024, 5, 3, 10, 20, 31, tzinfo=timezone.utc),
-    datetime(2024, 5, 13, 10, 20, 31, tzinfo=timezone.utc),
-    datetime(2024, 5, 23, 10, 20, 31, tzinfo=timezone.utc),
-    datetime(2024, 6, 2, 10, 20, 31, tzinfo=timezone.utc),
-    datetime(2024, 6, 12, 10, 20, 31, tzinfo=timezone.utc),
-    datetime(2024, 6, 22, 10, 20, 31, tzinfo=timezone.utc),
-    datetime(2024, 7, 2, 10, 20, 31, tzinfo=timezone.utc),
-    datetime(2024, 7, 12, 10, 20, 31, tzinfo=timezone.utc),
+    datetime(2024, 5, 3, 10, 20, 31, tzinfo=UTC),
+    datetime(2024, 5, 13, 10, 20, 31, tzinfo=UTC),
+    datetime(2024, 5, 23, 10, 20, 31, tzinfo=UTC),
+    datetime(2024, 6, 2, 10, 20, 31, tzinfo=UTC),
+    datetime(2024, 6, 12, 10, 20, 31, tzinfo=UTC),
+    datetime(2024, 6, 22, 10, 20, 31, tzinfo=UTC),
+    datetime(2024, 7, 2, 10, 20, 31, tzinfo=UTC),
+    datetime(2024, 7, 12, 10, 20, 31, tzinfo=UTC),
 ]
 # per date: cloud blobs, orbit edge (nodata on the left), east shift in 10 m pixels
 SCENARIO = [
@@ -54,18 +54,35 @@ REFLECTANCE = {
     "water": (500, 450, 300, 150, 80),
     "urban": (1300, 1400, 1500, 2000, 2300),
 }
-SCL = {"nodata": 0, "shadow": 3, "vegetation": 4, "bare": 5, "water": 6, "urban": 5,
-       "cloud_medium": 8, "cloud_high": 9}
+SCL = {
+    "nodata": 0,
+    "shadow": 3,
+    "vegetation": 4,
+    "bare": 5,
+    "water": 6,
+    "urban": 5,
+    "cloud_medium": 8,
+    "cloud_high": 9,
+}
 SCL_CLASSES = [
-    (0, "no_data", None), (1, "saturated_or_defective", "ff0000"),
-    (2, "dark_area_pixels", "2f2f2f"), (3, "cloud_shadows", "643200"),
-    (4, "vegetation", "00a000"), (5, "not_vegetated", "ffe65a"), (6, "water", "0000ff"),
-    (7, "unclassified", "808080"), (8, "cloud_medium_probability", "c0c0c0"),
-    (9, "cloud_high_probability", "ffffff"), (10, "thin_cirrus", "64c8ff"),
+    (0, "no_data", None),
+    (1, "saturated_or_defective", "ff0000"),
+    (2, "dark_area_pixels", "2f2f2f"),
+    (3, "cloud_shadows", "643200"),
+    (4, "vegetation", "00a000"),
+    (5, "not_vegetated", "ffe65a"),
+    (6, "water", "0000ff"),
+    (7, "unclassified", "808080"),
+    (8, "cloud_medium_probability", "c0c0c0"),
+    (9, "cloud_high_probability", "ffffff"),
+    (10, "thin_cirrus", "64c8ff"),
     (11, "snow", "ff96ff"),
 ]
 SPECTRAL = [  # name, center wavelength nm, resolution m
-    ("B02", 492.4, 10), ("B03", 559.8, 10), ("B04", 664.6, 10), ("B08", 832.8, 10),
+    ("B02", 492.4, 10),
+    ("B03", 559.8, 10),
+    ("B04", 664.6, 10),
+    ("B08", 832.8, 10),
     ("B11", 1613.7, 20),
 ]
 
@@ -192,16 +209,24 @@ def write_cog(path: Path, data: numpy.ndarray, transform: Affine, descriptions, 
         mem.write(data)
         for i, description in enumerate(descriptions, start=1):
             mem.set_band_description(i, description)
-        copy_dataset(mem, path, driver="COG", compress="DEFLATE", blocksize=256,
-                     overview_resampling="nearest")
+        copy_dataset(
+            mem,
+            path,
+            driver="COG",
+            compress="DEFLATE",
+            blocksize=256,
+            overview_resampling="nearest",
+        )
 
 
 def stac_item(name: str, when: datetime, footprint: dict, bbox, cloud: float, hrefs) -> dict:
     """A STAC 1.0 item with eo/raster/classification band metadata."""
+
     def raster(name_):
         return {"data_type": "uint16", "nodata": 0, "scale": 0.0001, "offset": 0}
 
     ten = [n for n, _, r in SPECTRAL if r == 10]
+    cog = "image/tiff; application=geotiff; profile=cloud-optimized"
     centers = {n: c / 1000 for n, c, _ in SPECTRAL}
     return {
         "type": "Feature",
@@ -224,20 +249,26 @@ def stac_item(name: str, when: datetime, footprint: dict, bbox, cloud: float, hr
         "links": [],
         "assets": {
             "bands_10m": {
-                "href": hrefs[0], "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                "roles": ["data"], "gsd": 10,
+                "href": hrefs[0],
+                "type": cog,
+                "roles": ["data"],
+                "gsd": 10,
                 "eo:bands": [{"name": n, "center_wavelength": centers[n]} for n in ten],
                 "raster:bands": [raster(n) for n in ten],
             },
             "B11": {
-                "href": hrefs[1], "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                "roles": ["data"], "gsd": 20,
+                "href": hrefs[1],
+                "type": cog,
+                "roles": ["data"],
+                "gsd": 20,
                 "eo:bands": [{"name": "B11", "center_wavelength": centers["B11"]}],
                 "raster:bands": [raster("B11")],
             },
             "SCL": {
-                "href": hrefs[2], "type": "image/tiff; application=geotiff; profile=cloud-optimized",
-                "roles": ["data"], "gsd": 20,
+                "href": hrefs[2],
+                "type": cog,
+                "roles": ["data"],
+                "gsd": 20,
                 "raster:bands": [{"data_type": "uint8", "nodata": 0}],
                 "classification:classes": [
                     {"value": v, "name": label, **({"color_hint": c.upper()} if c else {})}
@@ -276,8 +307,14 @@ def generate(folder: Path) -> list[Path]:
         valid = scl != 0
         cloudy = numpy.isin(scl, (3, 8, 9, 10)) & valid
         cloud = round(100 * cloudy.sum() / max(valid.sum(), 1), 2)
-        item = stac_item(name, when, geometry, shape(geometry).bounds, cloud,
-                         ["bands_10m.tif", "B11.tif", "SCL.tif"])
+        item = stac_item(
+            name,
+            when,
+            geometry,
+            shape(geometry).bounds,
+            cloud,
+            ["bands_10m.tif", "B11.tif", "SCL.tif"],
+        )
         path = scene / f"{name}.json"
         path.write_text(json.dumps(item, indent=2))
         items.append(path)

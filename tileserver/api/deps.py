@@ -76,9 +76,7 @@ def parse_scaling(values: list[str] | None) -> Any:
             raise bad_request(f"scaling is not valid JSON: {exc}") from None
         if not isinstance(mapping, dict):
             raise bad_request("scaling JSON must be an object of band name -> entry")
-        return {
-            key: tuple(v) if isinstance(v, list) else v for key, v in mapping.items()
-        }
+        return {key: tuple(v) if isinstance(v, list) else v for key, v in mapping.items()}
     entries = [parse_scaling_entry(v) for v in values]
     return entries[0] if len(entries) == 1 else entries
 

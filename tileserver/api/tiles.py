@@ -8,9 +8,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from morecantile import TileMatrixSet
-from starlette.concurrency import run_in_threadpool
-
 from rasterio.crs import CRS
+from starlette.concurrency import run_in_threadpool
 from titiler.core.utils import tms_limits, tms_limits_to_xml, tms_to_xml
 
 from tileserver.api.deps import RenderParamsDep, SettingsDep, StoreDep, get_tms, tms_query
@@ -50,8 +49,9 @@ def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
 
 def render_query(request: Request) -> str:
     """The request's rendering query string, sorted, for cache keys and templated URLs."""
-    items = sorted((k, v) for k, v in request.query_params.multi_items()
-                   if k not in NON_RENDER_PARAMS)
+    items = sorted(
+        (k, v) for k, v in request.query_params.multi_items() if k not in NON_RENDER_PARAMS
+    )
     return urlencode(items)
 
 
@@ -87,20 +87,34 @@ def _tile_route(paths: list[str]):
     def decorator(func):
         for path in paths:
             router.add_api_route(
-                path, func, methods=["GET"], response_class=Response,
-                responses={200: {"content": {"image/png": {}, "image/jpeg": {},
-                                             "image/webp": {}, "image/tiff": {},
-                                             "application/x-binary": {}}}},
+                path,
+                func,
+                methods=["GET"],
+                response_class=Response,
+                responses={
+                    200: {
+                        "content": {
+                            "image/png": {},
+                            "image/jpeg": {},
+                            "image/webp": {},
+                            "image/tiff": {},
+                            "application/x-binary": {},
+                        }
+                    }
+                },
                 include_in_schema="@" not in path,
             )
         return func
+
     return decorator
 
 
-@_tile_route([  # the @Nx form first: the plain one would take "12@2x" as y
-    "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}@{scale}x.{fmt}",
-    "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}.{fmt}",
-])
+@_tile_route(
+    [  # the @Nx form first: the plain one would take "12@2x" as y
+        "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}@{scale}x.{fmt}",
+        "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}.{fmt}",
+    ]
+)
 async def image_tile(
     request: Request,
     image_id: str,
@@ -121,14 +135,22 @@ async def image_tile(
     tilesize = scale * tms.matrix(z).tileWidth
     if tilesize > settings.max_tile_size:
         raise HTTPException(400, f"tile size {tilesize} exceeds {settings.max_tile_size}")
-    key = "|".join([
-        "image", image.id, str(image.modified), str(product.modified), tms.id,
-        f"{z}/{x}/{y}@{scale}.{fmt.value}", render_query(request),
-    ])
+    key = "|".join(
+        [
+            "image",
+            image.id,
+            str(image.modified),
+            str(product.modified),
+            tms.id,
+            f"{z}/{x}/{y}@{scale}.{fmt.value}",
+            render_query(request),
+        ]
+    )
 
     def render() -> bytes:
-        return render_tile(image, product, tms, x, y, z, tilesize, params, fmt,
-                           settings.reader_threads)
+        return render_tile(
+            image, product, tms, x, y, z, tilesize, params, fmt, settings.reader_threads
+        )
 
     return await tile_response(request, key, render, fmt, settings.cache_control)
 
@@ -137,9 +159,11 @@ def tile_url_template(
     request: Request, image_id: str, tms: TileMatrixSet, fmt: str, xyz=("{z}", "{x}", "{y}")
 ) -> str:
     """The tile URL with placeholders, carrying the request's rendering parameters."""
-    base = str(request.url_for(
-        "image_tile", image_id=image_id, tms_id=tms.id, z=xyz[0], x=xyz[1], y=xyz[2], fmt=fmt
-    ))
+    base = str(
+        request.url_for(
+            "image_tile", image_id=image_id, tms_id=tms.id, z=xyz[0], x=xyz[1], y=xyz[2], fmt=fmt
+        )
+    )
     for placeholder in xyz:  # url_for percent-encodes the braces
         encoded = placeholder.replace("{", "%7B").replace("}", "%7D")
         base = base.replace(encoded, placeholder)

@@ -7,7 +7,7 @@ Band attributes follow the Descartes Labs Catalog so that its scaling rules
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -43,7 +43,7 @@ DATA_TYPE_TO_NUMPY: dict[str, str] = {
 
 def utcnow() -> datetime:
     """Now, timezone-aware, so stored times always carry UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Resolution(BaseModel):
@@ -217,8 +217,8 @@ class Image(BaseModel):
     @field_validator("acquired")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
-        aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return aware.astimezone(timezone.utc)
+        aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return aware.astimezone(UTC)
 
     @model_validator(mode="after")
     def _derive(self) -> Image:

@@ -106,9 +106,11 @@ class SQLiteStore:
 
     def get_product(self, product_id: str) -> Product:
         """The product with its bands."""
-        row = self._connection().execute(
-            "SELECT doc FROM products WHERE id = ?", (product_id,)
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT doc FROM products WHERE id = ?", (product_id,))
+            .fetchone()
+        )
         if row is None:
             raise NotFound(f"product '{product_id}' not found")
         return Product.model_validate_json(row[0])
@@ -156,9 +158,11 @@ class SQLiteStore:
 
     def get_image(self, image_id: str) -> Image:
         """One image by its global id."""
-        row = self._connection().execute(
-            "SELECT doc FROM images WHERE id = ?", (image_id,)
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute("SELECT doc FROM images WHERE id = ?", (image_id,))
+            .fetchone()
+        )
         if row is None:
             raise NotFound(f"image '{image_id}' not found")
         return Image.model_validate_json(row[0])
@@ -205,9 +209,7 @@ class SQLiteStore:
             if db.execute("DELETE FROM images WHERE id = ?", (image_id,)).rowcount == 0:
                 raise NotFound(f"image '{image_id}' not found")
 
-    def list_images(
-        self, product_id: str, limit: int = 100, token: str | None = None
-    ) -> ImagePage:
+    def list_images(self, product_id: str, limit: int = 100, token: str | None = None) -> ImagePage:
         """A page of a product's images, newest first (keyset paging on acquired, id)."""
         self.get_product(product_id)
         sql = "SELECT acquired, id, doc FROM images WHERE product_id = ?"
@@ -227,7 +229,9 @@ class SQLiteStore:
 
     def count_images(self, product_id: str) -> int:
         """How many images the product has."""
-        (count,) = self._connection().execute(
-            "SELECT count(*) FROM images WHERE product_id = ?", (product_id,)
-        ).fetchone()
+        (count,) = (
+            self._connection()
+            .execute("SELECT count(*) FROM images WHERE product_id = ?", (product_id,))
+            .fetchone()
+        )
         return count

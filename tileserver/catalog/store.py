@@ -56,9 +56,7 @@ class CatalogStore(Protocol):
     def delete_image(self, image_id: str) -> None:
         """Delete one image; NotFound if absent."""
 
-    def list_images(
-        self, product_id: str, limit: int = 100, token: str | None = None
-    ) -> ImagePage:
+    def list_images(self, product_id: str, limit: int = 100, token: str | None = None) -> ImagePage:
         """A page of the product's images, newest first."""
 
     def count_images(self, product_id: str) -> int:

@@ -1,4 +1,4 @@
-"""Ingest a folder: find STAC items and GeoTIFFs, register each as one image, one transaction each."""
+"""Ingest a folder: STAC items and GeoTIFFs, each registered as one image in its own transaction."""
 
 from __future__ import annotations
 

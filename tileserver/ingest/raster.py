@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy
@@ -86,14 +86,14 @@ def parse_time(value: str) -> datetime | None:
     text = value.strip()
     for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y%m%dT%H%M%S"):
         try:
-            return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc)
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC)
         except ValueError:
             pass
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def time_from_name(path: str) -> datetime | None:
@@ -102,8 +102,13 @@ def time_from_name(path: str) -> datetime | None:
         year, month, day, hh, mm, ss = match.groups()
         try:
             return datetime(
-                int(year), int(month), int(day), int(hh or 0), int(mm or 0), int(ss or 0),
-                tzinfo=timezone.utc,
+                int(year),
+                int(month),
+                int(day),
+                int(hh or 0),
+                int(mm or 0),
+                int(ss or 0),
+                tzinfo=UTC,
             )
         except ValueError:
             continue

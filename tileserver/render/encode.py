@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import numpy
 from affine import Affine
@@ -12,7 +12,7 @@ from rio_tiler.utils import render
 from tileserver.render.errors import RenderError
 
 
-class ImageFormat(str, Enum):
+class ImageFormat(StrEnum):
     """Output formats of tiles; the value is the URL extension."""
 
     png = "png"

@@ -70,15 +70,11 @@ def expression_bands(product: Product, expression: str) -> list[str]:
     for block in expression_blocks(expression):
         tree = ast.parse(block, mode="eval")
         called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
-        names |= {
-            n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called
-        }
+        names |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and id(n) not in called}
     unknown = sorted(n for n in names if product.band(n) is None)
     if unknown:
         known = ", ".join(b.name for b in product.bands)
-        raise UnknownBand(
-            f"expression uses unknown band(s) {', '.join(unknown)} (bands: {known})"
-        )
+        raise UnknownBand(f"expression uses unknown band(s) {', '.join(unknown)} (bands: {known})")
     if not names:
         raise RenderError(f"expression '{expression}' uses no band")
     return [b.name for b in product.bands if b.name in names]
@@ -172,9 +168,7 @@ def render_array(
         raise RenderError(str(exc)) from exc
     auto_ranges = None
     if stats and not params.expression:
-        auto_ranges = [
-            (stats[n].min, stats[n].max) if n in stats else None for n in names
-        ]
+        auto_ranges = [(stats[n].min, stats[n].max) if n in stats else None for n in names]
     out = scale_array(data, scales, data_type, auto_ranges=auto_ranges)
     valid = numpy.logical_and.reduce(~numpy.ma.getmaskarray(data), axis=0)
     mask = numpy.where(valid, 255, 0).astype("uint8")

@@ -41,18 +41,27 @@ def render_tile(
     threads: int = 4,
 ) -> bytes:
     """Encoded tile bytes; `auto` scaling uses the image's stored statistics."""
-    bands, alpha_band = split_alpha(product, resolve_bands(product, requested_bands(product, params)))
+    names = requested_bands(product, params)
+    bands, alpha_band = split_alpha(product, resolve_bands(product, names))
     to_read = bands + ([alpha_band] if alpha_band else [])
     img = read_bands(
-        image, to_read, tile_reader(x, y, z, tilesize, params.resampling), tms,
-        params.nodata, threads,
+        image,
+        to_read,
+        tile_reader(x, y, z, tilesize, params.resampling),
+        tms,
+        params.nodata,
+        threads,
     )
     data, alpha = img.array, None
     if alpha_band is not None:
         alpha, data = data[-1].filled(0), data[:-1]
     rendered = render_array(data, bands, params, stats=image.band_stats, alpha=alpha)
     return encode(
-        rendered.data, rendered.mask, fmt, rendered.colormap, crs=img.crs,
+        rendered.data,
+        rendered.mask,
+        fmt,
+        rendered.colormap,
+        crs=img.crs,
         transform=img.transform,
     )
 
