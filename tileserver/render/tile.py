@@ -14,13 +14,13 @@ from tileserver.render.reader import read_bands, resolve_bands, tile_reader
 
 
 def split_alpha(product: Product, bands: Sequence[Band]) -> tuple[list[Band], Band | None]:
-    """The bands to render and the alpha band that masks them.
+    """The bands to render and the mask band that makes their pixels transparent.
 
-    A requested band list ending in an alpha band uses it as the alpha channel;
-    otherwise the product's alpha band, if any, masks every request.
+    A requested band list ending in a mask band uses it as the alpha channel (0 is
+    transparent); otherwise the product's alpha band, if any, masks every request.
     """
     bands = list(bands)
-    if len(bands) > 1 and bands[-1].is_alpha:
+    if len(bands) > 1 and bands[-1].type == "mask":
         return bands[:-1], bands[-1]
     alpha = product.alpha_band()
     if alpha is not None and alpha in bands:
