@@ -34,6 +34,13 @@ TILES_LOADED = """() => {
     const tiles = [...document.querySelectorAll('.leaflet-tile-pane img.leaflet-tile')];
     return tiles.length > 0 && tiles.every((t) => t.complete && t.naturalWidth > 0);
 }"""
+XYZ_PARAMS_ARE = """(expected) => {
+    const value = document.querySelector('#xyz-url').value;
+    if (!value) return false;
+    const query = new URL(value).searchParams;
+    return [...query.keys()].length === Object.keys(expected).length
+        && Object.entries(expected).every(([k, v]) => query.get(k) === v);
+}"""
 
 
 @dataclass
@@ -44,8 +51,10 @@ class Problems:
     failed: list[str] = field(default_factory=list)
     bad_status: list[str] = field(default_factory=list)
 
-    def all(self) -> list[str]:
-        return self.console + self.failed + self.bad_status
+    def all(self, aborted_ok: bool = False) -> list[str]:
+        """Every problem; with aborted_ok, not the tiles Leaflet cancels when a layer goes."""
+        failed = [f for f in self.failed if not (aborted_ok and "ERR_ABORTED" in f)]
+        return self.console + failed + self.bad_status
 
 
 @dataclass
@@ -63,6 +72,11 @@ class Viewer:
         """The status line says the layer loaded, and every tile <img> has pixels."""
         self.page.wait_for_selector('#status[data-state="ready"]', timeout=TIMEOUT_MS)
         self.page.wait_for_function(TILES_LOADED, timeout=TIMEOUT_MS)
+
+    def wait_rendered(self, **params: str) -> None:
+        """The XYZ URL carries exactly these parameters, and the layer made of them loaded."""
+        self.page.wait_for_function(XYZ_PARAMS_ARE, arg=params, timeout=TIMEOUT_MS)
+        self.wait_ready()
 
     def map_pixels(self) -> numpy.ndarray:
         """The map area as an (rows, cols, 3) uint8 array, from a PNG screenshot."""
@@ -152,21 +166,34 @@ def test_map_page_preselects_and_rerenders_on_change(viewer):
 
     with page.expect_request(lambda r: TILE_PATH in r.url and "scaling=auto" in r.url):
         page.select_option("#scaling", "auto")
-    viewer.wait_ready()
-    assert viewer.xyz_params()["scaling"] == "auto"
+    viewer.wait_rendered(bands="B04,B03,B02", scaling="auto")
 
     with page.expect_request(lambda r: TILE_PATH in r.url and "B08%2CB03%2CB02" in r.url):
         page.select_option("#band-r", "B08")
-    viewer.wait_ready()
+    viewer.wait_rendered(bands="B08,B03,B02", scaling="auto")
     assert viewer.xyz_params() == {"bands": "B08,B03,B02", "scaling": "auto"}
-    assert all(DEMO_IMAGE in url for url in viewer.requests)
+    assert viewer.tile_requests(bands="B08,B03,B02", scaling="auto")
 
     page.check('input[name="mode"][value="single"]')
     page.select_option("#colormap", "greys")
+    viewer.wait_rendered(bands="B08", scaling="auto", colormap_name="greys")
+    assert viewer.tile_requests(bands="B08", scaling="auto", colormap_name="greys")
+    assert all(DEMO_IMAGE in url for url in viewer.requests)
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_choosing_another_image_shows_its_tiles(viewer):
+    viewer.open(f"/images/{DEMO_IMAGE}/map")
+    page = viewer.page
+    other = page.locator("#image option").nth(0).get_attribute("value")
+    assert other != DEMO_IMAGE
+    with page.expect_request(lambda r: TILE_PATH in r.url and other in r.url):
+        page.select_option("#image", other)
+    page.wait_for_function("(id) => document.querySelector('#xyz-url').value.includes(id)",
+                           arg=other)
     viewer.wait_ready()
-    assert viewer.xyz_params() == {"bands": "B08", "scaling": "auto", "colormap_name": "greys"}
-    assert viewer.tile_requests(bands="B08", colormap_name="greys")
-    assert not viewer.problems.all(), viewer.problems
+    assert page.url.endswith(f"/images/{other}/map")  # the address follows, to be shared
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
 
 
 def test_expression_with_colormap_shows_tiles(viewer):
@@ -176,16 +203,15 @@ def test_expression_with_colormap_shows_tiles(viewer):
     page.fill("#expression", "(B08-B04)/(B08+B04)")
     page.select_option("#colormap", "viridis")
     page.click("#apply")
-    page.wait_for_function("() => document.querySelector('#xyz-url').value.includes('viridis')")
-    viewer.wait_ready()
     expected = {"expression": "(B08-B04)/(B08+B04)", "colormap_name": "viridis",
                 "scaling": "display"}
+    viewer.wait_rendered(**expected)
     assert viewer.xyz_params() == expected
     assert viewer.tile_requests(**expected)
     pixels = viewer.map_pixels()
     assert painted_fraction(pixels) > 0.15
     assert colour_count(pixels) >= 3
-    assert not viewer.problems.all(), viewer.problems
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
 
 
 def test_bad_expression_shows_the_server_detail(viewer):

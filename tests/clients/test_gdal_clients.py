@@ -26,7 +26,7 @@ import pytest
 import rasterio
 from affine import Affine
 from rasterio.io import MemoryFile
-from rasterio.warp import Resampling, reproject, transform_bounds
+from rasterio.warp import Resampling, reproject, transform, transform_bounds
 from rasterio.windows import Window
 
 from tests.conftest import DEMO_IMAGE, DEMO_TILE
@@ -143,36 +143,37 @@ def source_b04(demo_store):
     return src
 
 
-def nearest_sources(src, dst_transform: Affine, shape: tuple[int, int]):
-    """Warp B04, and the (row, col) of each source pixel, onto a Web Mercator grid (nearest).
-
-    Returns the warped values (0 = nodata / outside) and the flat source index (-1 outside).
-    """
+def direct_nearest(src, dst_transform: Affine, shape: tuple[int, int]) -> np.ndarray:
+    """B04 warped onto a Web Mercator pixel grid with nearest resampling (0 = nodata)."""
     values = np.zeros(shape, "uint16")
     reproject(
         rasterio.band(src, B04_INDEX), values, dst_transform=dst_transform,
         dst_crs="EPSG:3857", resampling=Resampling.nearest, src_nodata=0, dst_nodata=0,
     )
-    index = np.arange(1, src.width * src.height + 1, dtype="uint32").reshape(src.shape)
-    picked = np.zeros(shape, "uint32")
-    reproject(
-        index, picked, src_transform=src.transform, src_crs=src.crs,
-        dst_transform=dst_transform, dst_crs="EPSG:3857", resampling=Resampling.nearest,
-        src_nodata=0, dst_nodata=0,
-    )
-    return values, picked.astype("int64") - 1
+    return values
 
 
-def neighbourhood(band: np.ndarray, flat: np.ndarray) -> np.ndarray:
-    """(9, rows, cols): the source values around each picked source pixel (3 x 3)."""
-    rows, cols = np.divmod(np.maximum(flat, 0), band.shape[1])
-    out = []
-    for dr in (-1, 0, 1):
-        for dc in (-1, 0, 1):
-            r = np.clip(rows + dr, 0, band.shape[0] - 1)
-            c = np.clip(cols + dc, 0, band.shape[1] - 1)
-            out.append(band[r, c])
-    return np.stack(out)
+def source_positions(src, dst_transform: Affine, shape: tuple[int, int]):
+    """Exact fractional (col, row) in the source of each destination pixel's centre."""
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]] + 0.5
+    xs, ys = dst_transform * (cols.ravel(), rows.ravel())
+    east, north = transform("EPSG:3857", src.crs, xs, ys)
+    col, row = ~src.transform * (np.asarray(east), np.asarray(north))
+    return col.reshape(shape), row.reshape(shape)
+
+
+def candidates(band: np.ndarray, col: np.ndarray, row: np.ndarray, delta: float):
+    """(9, rows, cols) source values within `delta` source pixels of each position, and
+    whether each is valid (inside the file and not nodata 0). Index 4 is the exact nearest."""
+    values, valid = [], []
+    for dr in (-delta, 0.0, delta):
+        for dc in (-delta, 0.0, delta):
+            r, c = np.floor(row + dr).astype(int), np.floor(col + dc).astype(int)
+            inside = (r >= 0) & (r < band.shape[0]) & (c >= 0) & (c < band.shape[1])
+            v = band[np.clip(r, 0, band.shape[0] - 1), np.clip(c, 0, band.shape[1] - 1)]
+            values.append(v)
+            valid.append(inside & (v != 0))
+    return np.stack(values), np.stack(valid)
 
 
 def tms_xml(server, z: int, query: str) -> str:
@@ -196,17 +197,23 @@ def tms_xml(server, z: int, query: str) -> str:
 
 # Windows (col, row offsets in zoom-wide pixels) that straddle 3 x 3 tiles and the image's
 # west edge (lon 15.0), so GDAL stitches nine tiles and the alpha band has both values.
-# z14 is finer than the 10 m source: the server warps straight onto the tile grid, exactly
-# what rasterio.warp.reproject does, so pixels must be identical. z13 (the image's maxzoom)
-# is coarser: rio-tiler warps onto a grid at the source resolution, then takes nearest
-# pixels of that, so a pixel may come from a source neighbour of the direct nearest one.
 WINDOWS = {
     14: Window(8874 * 256 + 64, 5388 * 256 + 100, 600, 500),
     13: Window(4437 * 256 + 32, 2693 * 256 + 80, 560, 480),
 }
-# Pixels allowed to disagree: 0.1 %, i.e. at most a few hundred of ~280 000. The two warps
-# use the same GDAL kernel and grid, so only ties at exactly half a pixel could land on
-# another source pixel; a wrong band, scaling or axis order gets most pixels wrong.
+# How far (in 10 m source pixels) from a pixel centre's exact source position the value may
+# come from. Nearest-neighbour warps are only exact up to GDAL's approximate transformer
+# (0.125 destination pixel, the default error threshold of the server's WarpedVRT and of
+# rasterio.warp.reproject, which interpolate it over different chunks), so:
+# z14 (9.55 m Web Mercator pixels = 5.8 m on the ground, finer than the source): the server
+#   warps straight onto the tile grid; 0.125 px = 0.07 source px, rounded up to 0.1.
+# z13 (the image's maxzoom, 11.7 m on the ground, coarser than the source): rio-tiler warps
+#   onto a grid at the source resolution (1 source px), then takes the nearest pixel of that
+#   (up to 0.5 px away), so 0.5 + 0.125 -> 0.7 source px.
+DELTA = {14: 0.1, 13: 0.7}
+# Opaque pixels allowed to miss: 0.1 %, i.e. at most ~280 of ~280 000 (positions that sit
+# within float noise of a boundary). A wrong band, stretch or axis order misses > 20 %:
+# the test checks that too, so the tolerance cannot hide those mistakes.
 TOLERANCE = 0.001
 
 
@@ -223,7 +230,7 @@ def test_wms_tms_minidriver_matches_source_pixels(live_server, demo_store, gdal,
     }
     assert len(expected_tiles) == 9
 
-    # what the server sends for one 1-band request: gray + alpha (the mask) PNG
+    # what the server sends for one 1-band request: a gray + alpha (the mask) PNG
     response = httpx.get(sorted(expected_tiles)[0], timeout=30)
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
@@ -241,40 +248,48 @@ def test_wms_tms_minidriver_matches_source_pixels(live_server, demo_store, gdal,
     dst_transform = zoom_transform(zoom) * Affine.translation(window.col_off, window.row_off)
     shape = (window.height, window.width)
     with source_b04(demo_store) as src:
-        values, picked = nearest_sources(src, dst_transform, shape)
-        band = src.read(B04_INDEX)
-    valid = values != 0
-    expected = np.where(valid, display(values, *B04_RANGE), 0)
-    assert 0.2 < valid.mean() < 0.95, "the window should hold the image's edge"
-    assert set(np.unique(alpha)) == {0, 255}
+        direct = direct_nearest(src, dst_transform, shape)
+        col, row = source_positions(src, dst_transform, shape)
+        b04 = src.read(B04_INDEX)
+        b03 = src.read(B04_INDEX - 1)
 
-    if zoom == 14:
-        assert (np.asarray(alpha == 255) != valid).mean() <= TOLERANCE
-        both = valid & (alpha == 255)
-        assert (gray[both] != expected[both]).mean() <= TOLERANCE
-        assert (gray[~valid] == 0).all()
-        return
-
-    # z13: each pixel must be the display value of one of the 3 x 3 source pixels around
-    # the direct nearest one, and transparent where they all are (opaque where none is).
-    around = neighbourhood(band, picked)
-    around_valid = (around != 0) & (picked >= 0)
-    candidates = np.where(around_valid, display(around, *B04_RANGE), -1)
-    inner = around_valid.all(axis=0)
-    outer = ~around_valid.any(axis=0)
+    # alpha: opaque where every candidate source pixel is valid, clear where none is
+    values, valid = candidates(b04, col, row, DELTA[zoom])
+    inner, outer = valid.all(axis=0), ~valid.any(axis=0)
+    assert 0.2 < outer.mean() and 0.5 < inner.mean(), "the window should hold the west edge"
     assert (alpha[inner] != 255).mean() <= TOLERANCE
     assert (alpha[outer] != 0).mean() <= TOLERANCE
+    assert (gray[alpha == 0] == 0).all()
+    assert set(np.unique(alpha)) == {0, 255}
 
-    def misses(pixels: np.ndarray, cands: np.ndarray) -> float:
-        opaque = inner & (alpha == 255)
-        return float((~(cands == pixels).any(axis=0))[opaque].mean())
+    opaque = alpha == 255
 
-    assert misses(gray, candidates) <= TOLERANCE
-    assert (gray == expected)[inner].mean() > 0.5  # most pixels are the direct nearest one
-    # the neighbourhood check is strict enough to catch flipped axes and a wrong stretch
-    assert misses(gray[::-1], candidates) > 0.2
-    assert misses(gray[:, ::-1], candidates) > 0.2
-    assert misses(gray, np.where(around_valid, display(around, 0, 5000), -1)) > 0.2
+    def misses(pixels: np.ndarray, stretch=B04_RANGE, band=b04) -> float:
+        """The share of opaque pixels whose value is no candidate's display value."""
+        vals, ok = candidates(band, col, row, DELTA[zoom])
+        allowed = np.where(ok, display(vals, *stretch), -1)
+        return float((~(allowed == pixels).any(axis=0))[opaque].mean())
+
+    assert misses(gray) <= TOLERANCE
+    # most pixels are exactly the direct nearest-neighbour warp, display-stretched
+    expected = display(direct, *B04_RANGE)
+    same = (gray == expected)[opaque & (direct != 0)].mean()
+    assert same > (0.95 if zoom == 14 else 0.5)
+    # the check is strict enough to catch flipped axes, a wrong stretch and a wrong band
+    assert misses(gray[::-1]) > 0.2
+    assert misses(gray[:, ::-1]) > 0.2
+    assert misses(gray[::-1, ::-1]) > 0.2
+    assert misses(gray, stretch=(0, 5000)) > 0.2
+    assert misses(gray, band=b03) > 0.2
+
+
+def grid_origin(ds) -> tuple[int, int]:
+    """The (col, row) of a dataset's top-left corner on its zoom's pixel grid: whole numbers
+    when GDAL's georeferencing says where its pixels really are."""
+    col = (ds.bounds.left + WORLD) / ds.res[0]
+    row = (WORLD - ds.bounds.top) / ds.res[1]
+    assert (col, row) == pytest.approx((round(col), round(row)), abs=1e-6), (col, row)
+    return round(col), round(row)
 
 
 def capabilities_url(server, query: str) -> str:
@@ -304,17 +319,14 @@ def test_wmts_driver_reads_the_tiles_the_server_serves(live_server, demo_store, 
             assert [c.name for c in ds.colorinterp] == ["red", "green", "blue", "alpha"]
             assert ds.res == pytest.approx((res, res))
             assert ds.overviews(1) == [2**i for i in range(1, maxzoom - minzoom + 1)]
-            # GDAL rounds the layer's extent to whole pixels of the finest matrix
-            assert ds.bounds.left <= bbox[0] + res and ds.bounds.right >= bbox[2] - res
-            assert ds.bounds.bottom <= bbox[1] + res and ds.bounds.top >= bbox[3] - res
-            assert ds.bounds.left >= bbox[0] - res and ds.bounds.right <= bbox[2] + res
-            assert ds.bounds.bottom >= bbox[1] - res and ds.bounds.top <= bbox[3] + res
+            # the extent holds the image's bbox, up to GDAL rounding it to whole pixels of the
+            # finest matrix, and exceeds it by less than a pixel of the coarsest one
+            outward = (bbox[0] - ds.bounds.left, ds.bounds.right - bbox[2],
+                       bbox[1] - ds.bounds.bottom, ds.bounds.top - bbox[3])
+            coarsest = zoom_transform(minzoom).a
+            assert all(-res <= d < coarsest for d in outward), outward
 
-            col0 = (ds.bounds.left + WORLD) / res  # the dataset's origin in zoom pixels
-            row0 = (WORLD - ds.bounds.top) / res
-            assert col0 == pytest.approx(round(col0), abs=1e-6)
-            assert row0 == pytest.approx(round(row0), abs=1e-6)
-            col0, row0 = round(col0), round(row0)
+            col0, row0 = grid_origin(ds)
 
             # one whole tile at maxzoom: a child of DEMO_TILE, inside the image
             z, x, y = DEMO_TILE[0] + 1, DEMO_TILE[1] * 2 + 1, DEMO_TILE[2] * 2 + 1
@@ -333,11 +345,12 @@ def test_wmts_driver_reads_the_tiles_the_server_serves(live_server, demo_store, 
             ], axis=1)
             np.testing.assert_array_equal(got, mosaic[:, 50:450, 100:400])
 
-        # the first overview is the next zoom out: DEMO_TILE itself
-        with rasterio.open(connection, overview_level=0) as ds:
+        # the first overview is the next zoom out: DEMO_TILE itself. With the extent of the
+        # finest matrix's tile limits every overview is on its zoom's pixel grid.
+        with rasterio.open(connection, overview_level=0,
+                           EXTENT_METHOD="MOST_PRECISE_TILE_MATRIX") as ds:
             assert ds.res == pytest.approx((2 * res, 2 * res))
-            col0 = round((ds.bounds.left + WORLD) / (2 * res))
-            row0 = round((WORLD - ds.bounds.top) / (2 * res))
+            col0, row0 = grid_origin(ds)
             z, x, y = DEMO_TILE
             got = ds.read(window=Window(x * 256 - col0, y * 256 - row0, 256, 256))
             np.testing.assert_array_equal(got, server_tile(z, x, y))
@@ -346,6 +359,25 @@ def test_wmts_driver_reads_the_tiles_the_server_serves(live_server, demo_store, 
     assert capabilities_url(live_server, query) in urls
     tiles = [u for u in urls if "/tiles/" in u]
     assert tiles and all(u.endswith(".png?" + tile_query) for u in tiles)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "WMTSCapabilities.xml has no EPSG:3857 ows:BoundingBox snapped to the coarsest matrix's "
+    "pixel grid, so GDAL's default extent (the WGS84 bbox rounded at maxzoom) starts at an odd "
+    "maxzoom pixel and its overviews are misregistered by half a pixel"
+))
+def test_wmts_default_extent_overviews_are_on_the_tile_grid(live_server, gdal, tilejson):
+    query = "bands=B04,B03,B02&scaling=display"
+    tile_query = "bands=B04%2CB03%2CB02&scaling=display"
+    z, x, y = DEMO_TILE
+    assert z == tilejson["maxzoom"] - 1
+    response = httpx.get(tile_url(live_server, z, x, y, tile_query), timeout=30)
+    with gdal.env(), rasterio.open(
+        f'WMTS:"{capabilities_url(live_server, query)}"', overview_level=0
+    ) as ds:
+        col0, row0 = grid_origin(ds)
+        got = ds.read(window=Window(x * 256 - col0, y * 256 - row0, 256, 256))
+    np.testing.assert_array_equal(got, decode(response.content))
 
 
 def wmts_document(server, params: list[tuple[str, str]]) -> tuple[ET.Element, str]:

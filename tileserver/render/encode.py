@@ -78,6 +78,8 @@ DATA_TYPE_NAMES = {
 
 def check_format(fmt: ImageFormat, dtype: str, count: int, colormap: bool = False) -> None:
     """Raise RenderError when `fmt` cannot hold `count` bands of `dtype`."""
+    if colormap and count != 1:
+        raise RenderError(f"a colormap applies to one band, not {count}")
     if fmt not in PICTURE_DTYPES:
         return
     if str(dtype) not in PICTURE_DTYPES[fmt]:
@@ -87,11 +89,7 @@ def check_format(fmt: ImageFormat, dtype: str, count: int, colormap: bool = Fals
             f"(only {allowed}): ask for tif or npy, or scale to Byte "
             "(e.g. scaling=display or data_type=Byte)"
         )
-    if colormap:
-        if count != 1:
-            raise RenderError(f"a colormap applies to one band, not {count}")
-        return
-    if count not in PICTURE_BANDS[fmt]:
+    if not colormap and count not in PICTURE_BANDS[fmt]:
         raise RenderError(
             f"{fmt.value} holds {' or '.join(map(str, PICTURE_BANDS[fmt]))} bands, "
             f"not {count}: ask for fewer bands or for tif/npy"

@@ -169,7 +169,8 @@ def render_array(
     auto_ranges = None
     if stats and not params.expression:
         auto_ranges = [(stats[n].min, stats[n].max) if n in stats else None for n in names]
-    out = scale_array(data, scales, data_type, auto_ranges=auto_ranges)
+    with numpy.errstate(all="ignore"):  # overflowing band math saturates, as clipping says
+        out = scale_array(data, scales, data_type, auto_ranges=auto_ranges)
     valid = numpy.logical_and.reduce(~numpy.ma.getmaskarray(data), axis=0)
     mask = numpy.where(valid, 255, 0).astype("uint8")
     colormap = params.colormap
