@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -9,6 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from morecantile import TileMatrixSet
 from rasterio.crs import CRS
+from rasterio.warp import transform_bounds
 from starlette.concurrency import run_in_threadpool
 from titiler.core.utils import tms_limits, tms_limits_to_xml, tms_to_xml
 
@@ -197,6 +199,25 @@ def image_tilejson(
     }
 
 
+def snapped_bounds(
+    tms: TileMatrixSet, bbox: tuple[float, float, float, float], zoom: int
+) -> tuple[float, float, float, float]:
+    """The WGS84 bbox in the grid's CRS, snapped outward to whole pixels of `zoom`.
+
+    Without it GDAL's WMTS driver rounds the WGS84 box to the finest zoom and its
+    overviews land half a pixel off the tile grid.
+    """
+    minx, miny, maxx, maxy = transform_bounds(WGS84, tms.rasterio_crs, *bbox, densify_pts=21)
+    matrix = tms.matrix(zoom)
+    size, (x0, y0) = matrix.cellSize, matrix.pointOfOrigin
+    return (
+        x0 + math.floor((minx - x0) / size) * size,
+        y0 - math.ceil((y0 - miny) / size) * size,
+        x0 + math.ceil((maxx - x0) / size) * size,
+        y0 - math.floor((y0 - maxy) / size) * size,
+    )
+
+
 @router.get("/images/{image_id}/WMTSCapabilities.xml", response_class=Response)
 def image_wmts(
     request: Request,
@@ -216,6 +237,7 @@ def image_wmts(
         title=image.id,
         layer=image.id.replace(":", "_"),
         bounds=image.bbox,
+        native_bounds=snapped_bounds(tms, image.bbox, minzoom),
         media_type=tile_format.media_type,
         tms_id=tms.id,
         limits=tms_limits_to_xml(
