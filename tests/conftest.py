@@ -38,7 +38,7 @@ def demo_store(demo_dir) -> SQLiteStore:
 
 def make_settings(tmp: Path, **extra) -> Settings:
     """Settings pointing at a test folder."""
-    return Settings(catalog_url=f"sqlite:///{tmp / 'catalog.db'}", data_dir=tmp, **extra)
+    return Settings(**{"catalog_url": f"sqlite:///{tmp / 'catalog.db'}", "data_dir": tmp, **extra})
 
 
 @pytest.fixture(scope="session")

@@ -304,3 +304,34 @@ def test_stac_item_ingest(tmp_path):
         swir = src.read(1)
     assert image.band_stats["swir"].max == swir.max()
     store.close()
+
+
+def test_ingested_geotiff_serves_expected_tile(tmp_path):
+    """The user's path: `tileserver ingest`, then tiles of the new image over HTTP."""
+    from fastapi.testclient import TestClient
+
+    from tests.conftest import make_settings
+    from tests.synthetic import TILE, gradient, write
+    from tests.test_tiles import decode, display
+    from tileserver.app import create_app
+
+    (tmp_path / "in").mkdir()
+    data = gradient("uint16", 3)
+    write(tmp_path / "in" / "field_20230810.tif", data, descriptions=["red", "green", "blue"])
+    overrides = tmp_path / "bands.json"
+    overrides.write_text(
+        json.dumps({b: {"display_range": [0, 4000]} for b in ("red", "green", "blue")})
+    )
+    catalog = tmp_path / "catalog.db"
+    result = run_ingest(catalog, str(tmp_path / "in"), "--product", "f", "--bands", str(overrides))
+    assert result.exit_code == 0, result.output
+    settings = make_settings(tmp_path, catalog_url=f"sqlite:///{catalog}")
+    with TestClient(create_app(settings)) as client:
+        product = client.get("/products/f").json()
+        assert product["bands"][0]["name"] == "red"
+        url = f"/images/f:field_20230810/tiles/WebMercatorQuad/{TILE.z}/{TILE.x}/{TILE.y}.png"
+        pixels = decode(
+            client.get(url, params={"bands": "red,green,blue", "scaling": "display"}).content
+        )
+    for band in range(3):
+        assert numpy.array_equal(pixels[band], display(data[band]))

@@ -206,15 +206,29 @@ def test_processing_level_linear_step(synth):
     client, _ = synth
     product = client.get("/products/synth").json()
     product["bands"][0]["processing_levels"] = {
-        "radiance": [{"function": "linear", "parameter": [0.5, 10], "data_type": "Float32",
-                      "data_range": [10, 5010], "physical_range": [10, 5010]}]}
+        "radiance": [
+            {
+                "function": "linear",
+                "parameter": [0.5, 10],
+                "data_type": "Float32",
+                "data_range": [10, 5010],
+                "physical_range": [10, 5010],
+            }
+        ]
+    }
     assert client.put("/products/synth", json=product).status_code == 200
-    values = numpy.load(io.BytesIO(tile(client, fmt="npy", bands="red", scaling="physical",
-                                        processing_level="radiance").content))
+    values = numpy.load(
+        io.BytesIO(
+            tile(
+                client, fmt="npy", bands="red", scaling="physical", processing_level="radiance"
+            ).content
+        )
+    )
     assert values[0, 100, 100] == pytest.approx(2000 * 0.5 + 10)
     # display over the level's display range (its data range here): 1010 of 10..5010
-    pixels = decode(tile(client, bands="red", scaling="display",
-                         processing_level="radiance").content)
+    pixels = decode(
+        tile(client, bands="red", scaling="display", processing_level="radiance").content
+    )
     assert pixels[0, 100, 100] == display(1010, 10, 5010)
 
 
@@ -223,17 +237,32 @@ def test_requested_mask_band_is_the_alpha_channel(tmp_path, empty_client):
     cloud = numpy.ones((1, 256, 256), dtype="uint16")
     cloud[0, 100:, :] = 0  # masked (cloudy) lower part
     path = write(tmp_path / "m.tif", numpy.concatenate([data, cloud]))
-    product = {"id": "m", "bands": [
-        {"name": "v", "data_range": [0, 10000], "display_range": [0, 4000]},
-        {"name": "clear", "type": "mask", "data_type": "UInt16", "data_range": [0, 1],
-         "band_index": 1}]}
+    product = {
+        "id": "m",
+        "bands": [
+            {"name": "v", "data_range": [0, 10000], "display_range": [0, 4000]},
+            {
+                "name": "clear",
+                "type": "mask",
+                "data_type": "UInt16",
+                "data_range": [0, 1],
+                "band_index": 1,
+            },
+        ],
+    }
     assert empty_client.post("/products", json=product).status_code == 201
-    image = {"name": "a", "product_id": "m", "acquired": "2024-01-01T00:00:00Z",
-             "geometry": GEOMETRY, "files": [{"href": str(path)}]}
+    image = {
+        "name": "a",
+        "product_id": "m",
+        "acquired": "2024-01-01T00:00:00Z",
+        "geometry": GEOMETRY,
+        "files": [{"href": str(path)}],
+    }
     assert empty_client.put("/images/m:a", json=image).status_code == 200
     url = f"/images/m:a/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png"
-    pixels = decode(empty_client.get(url, params={"bands": "v,clear",
-                                                  "scaling": "display"}).content)
+    pixels = decode(
+        empty_client.get(url, params={"bands": "v,clear", "scaling": "display"}).content
+    )
     assert pixels.shape == (2, 256, 256)
     assert (pixels[1, :100] == 255).all() and (pixels[1, 100:] == 0).all()
     assert pixels[0, 50, 50] == display(1000)
