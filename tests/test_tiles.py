@@ -472,3 +472,12 @@ def test_tif_tile_is_georeferenced(synth):
     with MemoryFile(tile(client, fmt="tif").content) as memfile, memfile.open() as src:
         assert src.crs == rasterio.crs.CRS.from_epsg(3857)
         assert src.width == 256
+
+
+def test_tilejson_rejects_bad_bands_up_front(synth):
+    client, _ = synth
+    for params in ({"bands": "nir"}, {"expression": "nir/red"}):
+        response = client.get("/images/synth:one/tilejson.json", params=params)
+        assert response.status_code == 400 and "nir" in response.json()["detail"]
+        response = client.get("/images/synth:one/WMTSCapabilities.xml", params=params)
+        assert response.status_code == 400

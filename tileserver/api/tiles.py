@@ -19,6 +19,8 @@ from tileserver.api.templates import render_template, root_path
 from tileserver.cache import CachedTile, make_etag
 from tileserver.catalog.models import Image, Product
 from tileserver.render.encode import ImageFormat
+from tileserver.render.pipeline import requested_bands
+from tileserver.render.reader import resolve_bands
 from tileserver.render.tile import render_tile, zoom_range
 
 router = APIRouter(tags=["tiles"])
@@ -183,7 +185,8 @@ def image_tilejson(
     tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
 ) -> dict:
     """TileJSON 3.0 for the image with the request's rendering parameters."""
-    image, _ = load(store, image_id)
+    image, product = load(store, image_id)
+    resolve_bands(product, requested_bands(product, params))  # bad bands: one 400, here
     minzoom, maxzoom = zoom_range(image, tms) if image.files else (0, tms.maxzoom)
     west, south, east, north = image.bbox
     return {
@@ -228,7 +231,8 @@ def image_wmts(
     tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
 ) -> Response:
     """OGC WMTS 1.0 capabilities (RESTful) for QGIS, GDAL and OpenLayers."""
-    image, _ = load(store, image_id)
+    image, product = load(store, image_id)
+    resolve_bands(product, requested_bands(product, params))
     minzoom, maxzoom = zoom_range(image, tms) if image.files else (0, tms.maxzoom)
     xyz = ("{TileMatrix}", "{TileCol}", "{TileRow}")
     epsg = tms.crs._pyproj_crs.to_epsg()
