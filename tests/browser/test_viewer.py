@@ -16,8 +16,14 @@ from tests.conftest import DEMO_IMAGE
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 MAP_BACKGROUND = (230, 233, 237)  # --map-bg in static/viewer.css
 TILE_PATH = "/tiles/WebMercatorQuad/"
@@ -29,8 +35,9 @@ if os.environ.get("CI") == "true":  # CI installs Chromium: a skip there would h
 else:
     pytestmark = [
         pytest.mark.browser,
-        pytest.mark.skipif(not CHROMIUM.exists(),
-                           reason=f"{CHROMIUM} is missing: apt-get install chromium"),
+        pytest.mark.skipif(
+            not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"
+        ),
     ]
 
 import playwright.sync_api as sync_api  # noqa: E402  (a test extra: always installed)
@@ -134,8 +141,9 @@ def viewer(chromium, live_server) -> Viewer:
     page.on("console", lambda m: m.type == "error" and problems.console.append(m.text))
     page.on("pageerror", lambda exc: problems.console.append(f"uncaught: {exc}"))
     page.on("requestfailed", lambda r: problems.failed.append(f"{r.url}: {r.failure}"))
-    page.on("response", lambda r: r.status >= 400 and problems.bad_status.append(
-        f"{r.status} {r.url}"))
+    page.on(
+        "response", lambda r: r.status >= 400 and problems.bad_status.append(f"{r.status} {r.url}")
+    )
     page.on("request", lambda r: TILE_PATH in r.url and requests.append(r.url))
     yield Viewer(page, problems, requests, live_server.url)
     context.close()
@@ -194,8 +202,9 @@ def test_choosing_another_image_shows_its_tiles(viewer):
     assert other != DEMO_IMAGE
     with page.expect_request(lambda r: TILE_PATH in r.url and other in r.url):
         page.select_option("#image", other)
-    page.wait_for_function("(id) => document.querySelector('#xyz-url').value.includes(id)",
-                           arg=other)
+    page.wait_for_function(
+        "(id) => document.querySelector('#xyz-url').value.includes(id)", arg=other
+    )
     viewer.wait_ready()
     assert page.url.endswith(f"/images/{other}/map")  # the address follows, to be shared
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
@@ -208,8 +217,11 @@ def test_expression_with_colormap_shows_tiles(viewer):
     page.fill("#expression", "(B08-B04)/(B08+B04)")
     page.select_option("#colormap", "viridis")
     page.click("#apply")
-    expected = {"expression": "(B08-B04)/(B08+B04)", "colormap_name": "viridis",
-                "scaling": "display"}
+    expected = {
+        "expression": "(B08-B04)/(B08+B04)",
+        "colormap_name": "viridis",
+        "scaling": "display",
+    }
     viewer.wait_rendered(**expected)
     assert viewer.xyz_params() == expected
     assert viewer.tile_requests(**expected)

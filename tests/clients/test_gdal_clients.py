@@ -147,8 +147,13 @@ def direct_nearest(src, dst_transform: Affine, shape: tuple[int, int]) -> np.nda
     """B04 warped onto a Web Mercator pixel grid with nearest resampling (0 = nodata)."""
     values = np.zeros(shape, "uint16")
     reproject(
-        rasterio.band(src, B04_INDEX), values, dst_transform=dst_transform,
-        dst_crs="EPSG:3857", resampling=Resampling.nearest, src_nodata=0, dst_nodata=0,
+        rasterio.band(src, B04_INDEX),
+        values,
+        dst_transform=dst_transform,
+        dst_crs="EPSG:3857",
+        resampling=Resampling.nearest,
+        src_nodata=0,
+        dst_nodata=0,
     )
     return values
 
@@ -323,8 +328,12 @@ def test_wmts_driver_reads_the_tiles_the_server_serves(live_server, demo_store, 
             assert ds.overviews(1) == [2**i for i in range(1, maxzoom - minzoom + 1)]
             # the extent holds the image's bbox, up to GDAL rounding it to whole pixels of the
             # finest matrix, and exceeds it by less than a pixel of the coarsest one
-            outward = (bbox[0] - ds.bounds.left, ds.bounds.right - bbox[2],
-                       bbox[1] - ds.bounds.bottom, ds.bounds.top - bbox[3])
+            outward = (
+                bbox[0] - ds.bounds.left,
+                ds.bounds.right - bbox[2],
+                bbox[1] - ds.bounds.bottom,
+                ds.bounds.top - bbox[3],
+            )
             coarsest = zoom_transform(minzoom).a
             assert all(-res <= d < coarsest for d in outward), outward
 
@@ -341,16 +350,20 @@ def test_wmts_driver_reads_the_tiles_the_server_serves(live_server, demo_store, 
             # a window across 2 x 2 tiles, off the tile grid: GDAL stitches them
             left, top = (x - 1) * 256 + 100, (y - 1) * 256 + 50
             got = ds.read(window=Window(left - col0, top - row0, 300, 400))
-            mosaic = np.concatenate([
-                np.concatenate([server_tile(z, tx, ty) for tx in (x - 1, x)], axis=2)
-                for ty in (y - 1, y, y + 1)
-            ], axis=1)
+            mosaic = np.concatenate(
+                [
+                    np.concatenate([server_tile(z, tx, ty) for tx in (x - 1, x)], axis=2)
+                    for ty in (y - 1, y, y + 1)
+                ],
+                axis=1,
+            )
             np.testing.assert_array_equal(got, mosaic[:, 50:450, 100:400])
 
         # the first overview is the next zoom out: DEMO_TILE itself. With the extent of the
         # finest matrix's tile limits every overview is on its zoom's pixel grid.
-        with rasterio.open(connection, overview_level=0,
-                           EXTENT_METHOD="MOST_PRECISE_TILE_MATRIX") as ds:
+        with rasterio.open(
+            connection, overview_level=0, EXTENT_METHOD="MOST_PRECISE_TILE_MATRIX"
+        ) as ds:
             assert ds.res == pytest.approx((2 * res, 2 * res))
             col0, row0 = grid_origin(ds)
             z, x, y = DEMO_TILE
@@ -369,9 +382,10 @@ def test_wmts_default_extent_overviews_are_on_the_tile_grid(live_server, gdal, t
     z, x, y = DEMO_TILE
     assert z == tilejson["maxzoom"] - 1
     response = httpx.get(tile_url(live_server, z, x, y, tile_query), timeout=30)
-    with gdal.env(), rasterio.open(
-        f'WMTS:"{capabilities_url(live_server, query)}"', overview_level=0
-    ) as ds:
+    with (
+        gdal.env(),
+        rasterio.open(f'WMTS:"{capabilities_url(live_server, query)}"', overview_level=0) as ds,
+    ):
         col0, row0 = grid_origin(ds)
         got = ds.read(window=Window(x * 256 - col0, y * 256 - row0, 256, 256))
     np.testing.assert_array_equal(got, decode(response.content))
@@ -437,7 +451,8 @@ def test_wmts_capabilities_structure(live_server, demo_store, tilejson, params):
     via_template = httpx.get(filled, timeout=30)
     direct = httpx.get(
         f"{live_server.url}/images/{DEMO_IMAGE}/tiles/WebMercatorQuad/{z}/{x}/{y}.png",
-        params=render, timeout=30,
+        params=render,
+        timeout=30,
     )
     assert via_template.status_code == direct.status_code == 200
     assert via_template.content == direct.content
@@ -479,7 +494,13 @@ def test_wmts_capabilities_structure(live_server, demo_store, tilejson, params):
     for z, lim in zip(zooms, limits, strict=True):
         min_col, min_row = lonlat_to_tile(west, north, z)
         max_col, max_row = lonlat_to_tile(east, south, z)
-        got = {k: int(lim.findtext(f"wmts:{k}", namespaces=NS))
-               for k in ("MinTileRow", "MaxTileRow", "MinTileCol", "MaxTileCol")}
-        assert got == {"MinTileRow": min_row, "MaxTileRow": max_row,
-                       "MinTileCol": min_col, "MaxTileCol": max_col}
+        got = {
+            k: int(lim.findtext(f"wmts:{k}", namespaces=NS))
+            for k in ("MinTileRow", "MaxTileRow", "MinTileCol", "MaxTileCol")
+        }
+        assert got == {
+            "MinTileRow": min_row,
+            "MaxTileRow": max_row,
+            "MinTileCol": min_col,
+            "MaxTileCol": max_col,
+        }
