@@ -481,3 +481,21 @@ def test_tilejson_rejects_bad_bands_up_front(synth):
         assert response.status_code == 400 and "nir" in response.json()["detail"]
         response = client.get("/images/synth:one/WMTSCapabilities.xml", params=params)
         assert response.status_code == 400
+
+
+def test_per_band_scaling_order_is_kept_in_cache_and_urls(synth):
+    client, _ = synth
+    first = decode(tile(client, bands="red", scaling=["0,4000"]).content)
+    swapped = decode(
+        tile(client, bands="red,green", fmt="tif", scaling=["0,8000", "0,1000"]).content
+    )
+    ordered = decode(
+        tile(client, bands="red,green", fmt="tif", scaling=["0,1000", "0,8000"]).content
+    )
+    assert first[0, 60, 10] == display(700)
+    assert swapped[0, 60, 10] == display(700, 0, 8000)
+    assert ordered[0, 60, 10] == display(700, 0, 1000)
+    doc = client.get(
+        "/images/synth:one/tilejson.json", params=[("scaling", "0,8000"), ("scaling", "0,1000")]
+    ).json()
+    assert doc["tiles"][0].endswith("?scaling=0%2C8000&scaling=0%2C1000")

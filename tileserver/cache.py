@@ -16,7 +16,6 @@ class CachedTile:
     content: bytes
     media_type: str
     etag: str
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 def make_etag(content: bytes) -> str:

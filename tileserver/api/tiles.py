@@ -52,9 +52,13 @@ def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
 
 
 def render_query(request: Request) -> str:
-    """The request's rendering query string, sorted, for cache keys and templated URLs."""
+    """The request's rendering query string for cache keys and templated URLs.
+
+    Sorted by name only: repeated parameters (one `scaling` per band) keep their order.
+    """
     items = sorted(
-        (k, v) for k, v in request.query_params.multi_items() if k not in NON_RENDER_PARAMS
+        ((k, v) for k, v in request.query_params.multi_items() if k not in NON_RENDER_PARAMS),
+        key=lambda item: item[0],
     )
     return urlencode(items)
 
