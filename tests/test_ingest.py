@@ -13,43 +13,20 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 from shapely.geometry import shape
 
+from tests.synthetic import write_raster
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.cli import cli
 
 
 def write_tif(
-    path: Path,
-    data: numpy.ndarray,
-    crs: str,
-    transform,
-    nodata=None,
-    tags=None,
-    descriptions=None,
-    overviews=False,
-    tiled=False,
+    path: Path, data: numpy.ndarray, crs: str, transform, overviews=False, tiled=False, **extra
 ) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {
-        "driver": "GTiff",
-        "count": data.shape[0],
-        "height": data.shape[1],
-        "width": data.shape[2],
-        "dtype": str(data.dtype),
-        "crs": crs,
-        "transform": transform,
-        "nodata": nodata,
-    }
+    """A GeoTIFF in any CRS; `overviews` builds internal 2x and 4x ones."""
     if tiled:
-        profile.update(tiled=True, blockxsize=128, blockysize=128)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        for i, text in enumerate(descriptions or [], start=1):
-            dst.set_band_description(i, text)
-        if tags:
-            dst.update_tags(**tags)
-        if overviews:
-            dst.build_overviews([2, 4])
-    return path
+        extra.update(tiled=True, blockxsize=128, blockysize=128)
+    return write_raster(
+        path, data, crs, transform, overviews=[2, 4] if overviews else None, **extra
+    )
 
 
 def run_ingest(catalog: Path, *args: str):

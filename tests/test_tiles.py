@@ -45,6 +45,23 @@ GEOMETRY = {
 }
 
 
+def register(client, product: dict, path, name: str = "a", **extra) -> str:
+    """Create `product` and one image of it over `path`; returns the image id."""
+    assert client.post("/products", json=product).status_code == 201
+    image = {
+        "name": name,
+        "product_id": product["id"],
+        "acquired": "2024-01-01T00:00:00Z",
+        "geometry": GEOMETRY,
+        "files": [{"href": str(path)}],
+        **extra,
+    }
+    image_id = f"{product['id']}:{name}"
+    response = client.put(f"/images/{image_id}", json=image)
+    assert response.status_code == 200, response.text
+    return image_id
+
+
 def decode(content: bytes) -> numpy.ndarray:
     """Pixels of an encoded PNG/JPEG/WebP/TIFF."""
     with MemoryFile(content) as memfile, memfile.open() as src:
@@ -65,17 +82,9 @@ def synth(tmp_path, empty_client):
     alpha = numpy.full((1, 256, 256), 255, dtype="uint16")
     alpha[0, :, 248:] = 0  # transparent columns on the right
     path = write(tmp_path / "synth.tif", numpy.concatenate([data, alpha]).astype("uint16"))
-    assert empty_client.post("/products", json=PRODUCT).status_code == 201
-    image = {
-        "name": "one",
-        "product_id": "synth",
-        "acquired": "2024-06-01T10:00:00Z",
-        "geometry": GEOMETRY,
-        "files": [{"href": str(path)}],
-        "band_stats": {"red": {"min": 1000, "max": 3000}},
-    }
-    response = empty_client.put("/images/synth:one", json=image)
-    assert response.status_code == 200, response.text
+    register(
+        empty_client, PRODUCT, path, name="one", band_stats={"red": {"min": 1000, "max": 3000}}
+    )
     return empty_client, data
 
 
@@ -250,15 +259,7 @@ def test_requested_mask_band_is_the_alpha_channel(tmp_path, empty_client):
             },
         ],
     }
-    assert empty_client.post("/products", json=product).status_code == 201
-    image = {
-        "name": "a",
-        "product_id": "m",
-        "acquired": "2024-01-01T00:00:00Z",
-        "geometry": GEOMETRY,
-        "files": [{"href": str(path)}],
-    }
-    assert empty_client.put("/images/m:a", json=image).status_code == 200
+    register(empty_client, product, path)
     url = f"/images/m:a/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png"
     pixels = decode(
         empty_client.get(url, params={"bands": "v,clear", "scaling": "display"}).content
@@ -452,15 +453,7 @@ def test_class_band_uses_its_colormap(tmp_path, empty_client):
             }
         ],
     }
-    assert empty_client.post("/products", json=product).status_code == 201
-    image = {
-        "name": "a",
-        "product_id": "landcover",
-        "acquired": "2024-01-01T00:00:00Z",
-        "geometry": GEOMETRY,
-        "files": [{"href": str(path)}],
-    }
-    assert empty_client.put("/images/landcover:a", json=image).status_code == 200
+    register(empty_client, product, path)
     response = empty_client.get(f"/images/landcover:a/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png")
     pixels = decode(response.content)
     assert tuple(pixels[:, 10, 10]) == (255, 0, 0, 255)
