@@ -30,8 +30,6 @@ class Settings(BaseSettings):
     cache_max_bytes: int = Field(256 * 1024 * 1024, description="in-process tile cache size")
     cache_control: str = "public, max-age=3600"
     max_tile_size: int = Field(1024, description="largest tile edge in pixels (with @Nx)")
-    max_tile_scale: int = 4
-    default_tms: str = "WebMercatorQuad"
     reader_threads: int = Field(4, description="threads reading the files of one image")
 
 

@@ -126,7 +126,6 @@ def render_params(
         processing_level=processing_level,
         expression=expression,
         colormap=colormap,
-        colormap_name=colormap_name.lower() if colormap_name else None,
         nodata=nodata,
         resampling=resampling,
     )

@@ -39,7 +39,6 @@ class RenderParams:
     processing_level: str | None = None
     expression: str | None = None
     colormap: dict | None = field(default=None, compare=False)
-    colormap_name: str | None = None
     nodata: float | None = None
     resampling: str = "nearest"
 
@@ -50,9 +49,7 @@ class Rendered:
 
     data: numpy.ndarray
     mask: numpy.ndarray
-    data_type: str
     colormap: dict | None
-    band_names: list[str]
 
 
 def expression_blocks(expression: str) -> list[str]:
@@ -114,13 +111,6 @@ def apply_processing_level(
     return out
 
 
-def scaling_bands(bands: Sequence[Band], count: int | None = None) -> list[dict | Band]:
-    """Bands as scaling_parameters sees them; expression outputs are EXPRESSION_BAND."""
-    if count is not None:
-        return [dict(EXPRESSION_BAND, name=f"expression{i + 1}") for i in range(count)]
-    return list(bands)
-
-
 def render_array(
     data: numpy.ma.MaskedArray,
     bands: Sequence[Band],
@@ -150,13 +140,14 @@ def render_array(
             numpy.logical_or.reduce(numpy.ma.getmaskarray(data)), values.shape
         ).copy()
         data = values
-        scale_bands = scaling_bands(bands, count=data.shape[0])
-        names = [b["name"] for b in scale_bands]
+        scale_bands = [
+            dict(EXPRESSION_BAND, name=f"expression{i + 1}") for i in range(data.shape[0])
+        ]
         if scaling is None and params.colormap is not None:
             scaling = "display"
         processing_level = None
     else:
-        scale_bands = scaling_bands(bands)
+        scale_bands = list(bands)
         processing_level = params.processing_level
     if isinstance(scaling, tuple):
         scaling = [scaling] * len(scale_bands)
@@ -176,4 +167,4 @@ def render_array(
     colormap = params.colormap
     if colormap is None and len(bands) == 1 and bands[0].colormap and not params.expression:
         colormap = {i: tuple(c) for i, c in enumerate(bands[0].colormap)}
-    return Rendered(out, mask, data_type, colormap, names)
+    return Rendered(out, mask, colormap)
