@@ -19,9 +19,8 @@ from tileserver.api.templates import render_template, root_path
 from tileserver.cache import CachedTile, make_etag
 from tileserver.catalog.models import Image, Product
 from tileserver.render.encode import ImageFormat
-from tileserver.render.pipeline import requested_bands
-from tileserver.render.reader import resolve_bands
-from tileserver.render.tile import render_tile, zoom_range
+from tileserver.render.pipeline import RenderParams
+from tileserver.render.tile import render_tile, request_bands, zoom_range
 
 router = APIRouter(tags=["tiles"])
 WGS84 = CRS.from_epsg(4326)
@@ -34,6 +33,14 @@ def load(store, image_id: str) -> tuple[Image, Product]:
     """The image and its product."""
     image = store.get_image(image_id)
     return image, store.get_product(image.product_id)
+
+
+def layer(store, image_id: str, params: RenderParams, tms: TileMatrixSet) -> tuple[Image, int, int]:
+    """The image a TileJSON/WMTS describes and its zooms; bad bands are one 400, here."""
+    image, product = load(store, image_id)
+    request_bands(product, params)
+    minzoom, maxzoom = zoom_range(image, tms) if image.files else (0, tms.maxzoom)
+    return image, minzoom, maxzoom
 
 
 def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
@@ -189,9 +196,7 @@ def image_tilejson(
     tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
 ) -> dict:
     """TileJSON 3.0 for the image with the request's rendering parameters."""
-    image, product = load(store, image_id)
-    resolve_bands(product, requested_bands(product, params))  # bad bands: one 400, here
-    minzoom, maxzoom = zoom_range(image, tms) if image.files else (0, tms.maxzoom)
+    image, minzoom, maxzoom = layer(store, image_id, params, tms)
     west, south, east, north = image.bbox
     return {
         "tilejson": "3.0.0",
@@ -235,9 +240,7 @@ def image_wmts(
     tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
 ) -> Response:
     """OGC WMTS 1.0 capabilities (RESTful) for QGIS, GDAL and OpenLayers."""
-    image, product = load(store, image_id)
-    resolve_bands(product, requested_bands(product, params))
-    minzoom, maxzoom = zoom_range(image, tms) if image.files else (0, tms.maxzoom)
+    image, minzoom, maxzoom = layer(store, image_id, params, tms)
     xyz = ("{TileMatrix}", "{TileCol}", "{TileRow}")
     epsg = tms.crs._pyproj_crs.to_epsg()
     xml = render_template(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from morecantile import TileMatrixSet
 from rio_tiler.io import Reader
 
@@ -13,13 +11,14 @@ from tileserver.render.pipeline import RenderParams, render_array, requested_ban
 from tileserver.render.reader import read_bands, resolve_bands, tile_reader
 
 
-def split_alpha(product: Product, bands: Sequence[Band]) -> tuple[list[Band], Band | None]:
-    """The bands to render and the mask band that makes their pixels transparent.
+def request_bands(product: Product, params: RenderParams) -> tuple[list[Band], Band | None]:
+    """The bands a request renders and the mask band that makes their pixels transparent.
 
+    Unknown bands raise here, so endpoints that only describe a layer can check them.
     A requested band list ending in a mask band uses it as the alpha channel (0 is
     transparent); otherwise the product's alpha band, if any, masks every request.
     """
-    bands = list(bands)
+    bands = resolve_bands(product, requested_bands(product, params))
     if len(bands) > 1 and bands[-1].type == "mask":
         return bands[:-1], bands[-1]
     alpha = product.alpha_band()
@@ -41,8 +40,7 @@ def render_tile(
     threads: int = 4,
 ) -> bytes:
     """Encoded tile bytes; `auto` scaling uses the image's stored statistics."""
-    names = requested_bands(product, params)
-    bands, alpha_band = split_alpha(product, resolve_bands(product, names))
+    bands, alpha_band = request_bands(product, params)
     to_read = bands + ([alpha_band] if alpha_band else [])
     img = read_bands(
         image,
@@ -67,6 +65,6 @@ def render_tile(
 
 
 def zoom_range(image: Image, tms: TileMatrixSet) -> tuple[int, int]:
-    """The zooms a client should ask for, from the finest file of the image (rio-tiler's rule)."""
+    """The zooms a client should ask for, from the image's first file (rio-tiler's rule)."""
     with Reader(image.files[0].href, tms=tms) as reader:
         return reader.minzoom, reader.maxzoom
