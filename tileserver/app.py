@@ -14,11 +14,14 @@ from rasterio.errors import RasterioIOError
 from rio_tiler.errors import InvalidExpression, TileOutsideBounds
 
 from tileserver import __version__
-from tileserver.api import catalog, tiles
+from tileserver.api import catalog, searches, stac, tiles
+from tileserver.api.searches import MOSAIC_HEADERS
 from tileserver.api.templates import render_template, root_path
 from tileserver.cache import TileCache
+from tileserver.catalog.cql2sql import FilterError
 from tileserver.catalog.store import CatalogStore, Conflict, NotFound, open_store
 from tileserver.render.errors import ImageNotReadable, RenderError
+from tileserver.render.mosaic import EmptyTile
 from tileserver.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,8 @@ STATUS_CODES: dict[type[Exception], int] = {
     RenderError: 400,
     InvalidExpression: 400,
     ImageNotReadable: 409,
+    EmptyTile: 404,
+    FilterError: 400,
 }
 
 
@@ -84,7 +89,11 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.store = store
     app.state.cache = TileCache(settings.cache_max_bytes)
     app.add_middleware(
-        CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"], expose_headers=["ETag"]
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "HEAD", "POST"],
+        allow_headers=["Content-Type"],
+        expose_headers=["ETag", *MOSAIC_HEADERS],
     )
     for exc, status in STATUS_CODES.items():
         app.add_exception_handler(exc, _handler(status))
@@ -103,6 +112,8 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
 
     app.include_router(catalog.router)
     app.include_router(tiles.router)
+    app.include_router(searches.router)
+    app.include_router(stac.router, prefix="/stac")
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     return app

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cachetools import LRUCache
 
 
 @dataclass(frozen=True)
 class CachedTile:
-    """Encoded bytes with their media type and ETag."""
+    """Encoded bytes with their media type, ETag and headers that describe them."""
 
     content: bytes
     media_type: str
     etag: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def make_etag(content: bytes) -> str:

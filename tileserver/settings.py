@@ -31,6 +31,14 @@ class Settings(BaseSettings):
     cache_control: str = "public, max-age=3600"
     max_tile_size: int = Field(1024, description="largest tile edge in pixels (with @Nx)")
     reader_threads: int = Field(4, description="threads reading the files of one image")
+    mosaic_max_images: int = Field(
+        30, ge=1, description="most images one mosaic tile reads (header X-Mosaic-Cap-Reached)"
+    )
+    mosaic_minzoom: int | None = Field(
+        None,
+        description="lowest zoom mosaic tiles answer; default: the zoom at which one image's "
+        "coarsest overview fills a tile",
+    )
 
 
 @lru_cache

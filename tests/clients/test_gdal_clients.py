@@ -181,9 +181,9 @@ def candidates(band: np.ndarray, col: np.ndarray, row: np.ndarray, delta: float)
     return np.stack(values), np.stack(valid)
 
 
-def tms_xml(server, z: int, query: str) -> str:
+def tms_xml(server, z: int, query: str, url: str | None = None) -> str:
     """A GDAL_WMS service description with the TMS minidriver, as for an XYZ layer."""
-    url = tile_url(server, "${z}", "${x}", "${y}", query).replace("&", "&amp;")
+    url = (url or tile_url(server, "${z}", "${x}", "${y}", query)).replace("&", "&amp;")
     return (
         "<GDAL_WMS>"
         f'<Service name="TMS"><ServerUrl>{url}</ServerUrl></Service>'
@@ -504,3 +504,50 @@ def test_wmts_capabilities_structure(live_server, demo_store, tilejson, params):
             "MinTileCol": min_col,
             "MaxTileCol": max_col,
         }
+
+
+def test_wms_tms_minidriver_reads_a_mosaic(live_server, gdal):
+    """GDAL stitches mosaic tiles of a registered search; each pixel is the newer image's
+    where that one is opaque and the older image's elsewhere (its orbit edge and shift)."""
+    newer = "S2A_MSIL2A_20240622T102031_T33UVU"  # orbit edge and shifted east
+    older = DEMO_IMAGE.split(":", 1)[1]
+    body = {"collections": ["sentinel-2-l2a"], "ids": [older, newer]}
+    search = httpx.post(f"{live_server.url}/searches", json=body, timeout=30).json()
+    query = "bands=B04&scaling=display"
+    base = f"{live_server.url}/searches/{search['id']}"
+    template = f"{base}/tiles/WebMercatorQuad/${{z}}/${{x}}/${{y}}.png?{query}"
+    z, tiles = 12, [(2219, 1347), (2220, 1347)]
+    tj = httpx.get(f"{live_server.url}/searches/{search['id']}/tilejson.json?{query}").json()
+    assert tj["minzoom"] <= z <= tj["maxzoom"]
+    with gdal.env(), rasterio.open(tms_xml(live_server, z, query, url=template)) as ds:
+        window = Window(tiles[0][0] * 256, tiles[0][1] * 256, 512, 256)
+        gray, alpha = ds.read(window=window).astype("int64")
+    fetched = set(gdal.assert_hermetic(live_server))
+    assert fetched == {
+        template.replace("${z}", str(z)).replace("${x}", str(x)).replace("${y}", str(y))
+        for x, y in tiles
+    }
+
+    def image_tiles(name: str) -> np.ndarray:
+        """The single-image tiles side by side: (gray + alpha, 256, 512)."""
+        parts = []
+        for x, y in tiles:
+            url = tile_url(live_server, z, x, y, query).replace(
+                DEMO_IMAGE, f"sentinel-2-l2a:{name}"
+            )
+            response = httpx.get(url, timeout=30)
+            assert response.status_code == 200, response.text
+            parts.append(decode(response.content).astype("int64"))
+        return np.concatenate(parts, axis=2)
+
+    top, below = image_tiles(newer), image_tiles(older)
+    on_top = top[1] == 255
+    assert 0.1 < on_top.mean() < 0.9  # the window shows both images
+    expected_gray = np.where(on_top, top[0], below[0])
+    expected_alpha = np.where(on_top, 255, below[1])
+    assert (alpha == expected_alpha).all()
+    opaque = alpha == 255
+    assert (gray[opaque] == expected_gray[opaque]).all()
+    # and the order matters: older-on-top differs where both are opaque
+    both = on_top & (below[1] == 255)
+    assert (gray[both] != below[0][both]).mean() > 0.5

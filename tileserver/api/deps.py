@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import morecantile
@@ -10,11 +11,14 @@ from fastapi import Depends, HTTPException, Query, Request
 from morecantile import TileMatrixSet
 from rio_tiler.colormap import InvalidColorMapName, cmap
 
+from tileserver.catalog.search import SortBy, parse_sortby
 from tileserver.catalog.store import CatalogStore
+from tileserver.render.mosaic import PIXEL_SELECTIONS
 from tileserver.render.pipeline import RenderParams
 from tileserver.settings import Settings
 
 MODES = ("raw", "auto", "display", "physical")
+PixelSelection = Literal[PIXEL_SELECTIONS]  # rio-tiler's methods, as an enum in the API docs
 Resampling = Literal[
     "nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "rms"
 ]
@@ -131,6 +135,35 @@ def render_params(
     )
 
 
+@dataclass(frozen=True)
+class MosaicParams:
+    """How a mosaic composites its images."""
+
+    pixel_selection: str = "first"
+    sortby: list[SortBy] | None = None
+
+
+def mosaic_params(
+    pixel_selection: Annotated[
+        PixelSelection,
+        Query(
+            description="first (the first valid pixel in paint order), highest, lowest, "
+            "mean, median, stdev, count, lastbandhigh, lastbandlow"
+        ),
+    ] = "first",
+    sortby: Annotated[
+        str | None,
+        Query(description="paint order instead of the search's: e.g. -datetime,eo:cloud_cover"),
+    ] = None,
+) -> MosaicParams:
+    """The mosaic parameters, parsed once."""
+    try:
+        keys = parse_sortby(sortby) if sortby is not None else None
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    return MosaicParams(pixel_selection, keys)
+
+
 def get_tms(tms_id: str) -> TileMatrixSet:
     """A morecantile tile matrix set by id; 404 names the known ones."""
     try:
@@ -152,3 +185,4 @@ def tms_query(
 RenderParamsDep = Annotated[RenderParams, Depends(render_params)]
 StoreDep = Annotated[CatalogStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+MosaicParamsDep = Annotated[MosaicParams, Depends(mosaic_params)]

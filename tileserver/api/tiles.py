@@ -58,6 +58,14 @@ def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
         )
 
 
+def tile_size(tms: TileMatrixSet, z: int, scale: int, limit: int) -> int:
+    """Pixels per tile edge with @Nx; 400 above the configured limit."""
+    size = scale * tms.matrix(z).tileWidth
+    if size > limit:
+        raise HTTPException(400, f"tile size {size} exceeds {limit}")
+    return size
+
+
 def render_query(request: Request) -> str:
     """The request's rendering query string for cache keys and templated URLs.
 
@@ -77,14 +85,17 @@ async def tile_response(
     fmt: ImageFormat,
     cache_control: str,
 ) -> Response:
-    """Serve from the cache or render; answer 304 when the client's ETag matches."""
+    """Serve from the cache or render; answer 304 when the client's ETag matches.
+
+    `render()` returns the bytes and headers that describe them (kept with the cache entry).
+    """
     cache = request.app.state.cache
     entry = cache.get(key)
     if entry is None:
-        content = await run_in_threadpool(render)
-        entry = CachedTile(content, fmt.media_type, make_etag(content))
+        content, extra = await run_in_threadpool(render)
+        entry = CachedTile(content, fmt.media_type, make_etag(content), extra)
         cache.put(key, entry)
-    headers = {"ETag": entry.etag, "Cache-Control": cache_control}
+    headers = {**entry.headers, "ETag": entry.etag, "Cache-Control": cache_control}
     if entry.etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     return Response(entry.content, media_type=entry.media_type, headers=headers)
@@ -98,7 +109,9 @@ def tile_scale(request: Request) -> int:
     return int(raw)
 
 
-def _tile_route(paths: list[str]):
+def tile_route(router: APIRouter, paths: list[str]):
+    """Register a tile endpoint on several paths (the @Nx one hidden from the schema)."""
+
     def decorator(func):
         for path in paths:
             router.add_api_route(
@@ -124,11 +137,12 @@ def _tile_route(paths: list[str]):
     return decorator
 
 
-@_tile_route(
+@tile_route(
+    router,
     [  # the @Nx form first: the plain one would take "12@2x" as y
         "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}@{scale}x.{fmt}",
         "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}.{fmt}",
-    ]
+    ],
 )
 async def image_tile(
     request: Request,
@@ -147,9 +161,7 @@ async def image_tile(
     tms = get_tms(tms_id)
     check_tile(tms, z, x, y)
     image, product = load(store, image_id)
-    tilesize = scale * tms.matrix(z).tileWidth
-    if tilesize > settings.max_tile_size:
-        raise HTTPException(400, f"tile size {tilesize} exceeds {settings.max_tile_size}")
+    tilesize = tile_size(tms, z, scale, settings.max_tile_size)
     key = "|".join(
         [
             "image",
@@ -162,28 +174,82 @@ async def image_tile(
         ]
     )
 
-    def render() -> bytes:
-        return render_tile(
+    def render() -> tuple[bytes, dict]:
+        content = render_tile(
             image, product, tms, x, y, z, tilesize, params, fmt, settings.reader_threads
         )
+        return content, {}
 
     return await tile_response(request, key, render, fmt, settings.cache_control)
 
 
 def tile_url_template(
-    request: Request, image_id: str, tms: TileMatrixSet, fmt: str, xyz=("{z}", "{x}", "{y}")
+    request: Request,
+    route: str,
+    path_params: dict,
+    tms: TileMatrixSet,
+    fmt: str,
+    xyz=("{z}", "{x}", "{y}"),
 ) -> str:
-    """The tile URL with placeholders, carrying the request's rendering parameters."""
+    """A tile route's URL with placeholders, carrying the request's rendering parameters."""
     base = str(
-        request.url_for(
-            "image_tile", image_id=image_id, tms_id=tms.id, z=xyz[0], x=xyz[1], y=xyz[2], fmt=fmt
-        )
+        request.url_for(route, tms_id=tms.id, z=xyz[0], x=xyz[1], y=xyz[2], fmt=fmt, **path_params)
     )
     for placeholder in xyz:  # url_for percent-encodes the braces
         encoded = placeholder.replace("{", "%7B").replace("}", "%7D")
         base = base.replace(encoded, placeholder)
     query = render_query(request)
     return f"{base}?{query}" if query else base
+
+
+def tilejson(name: str, tiles: str, bounds, minzoom: int, maxzoom: int) -> dict:
+    """A TileJSON 3.0 document."""
+    west, south, east, north = bounds
+    return {
+        "tilejson": "3.0.0",
+        "name": name,
+        "version": "1.0.0",
+        "scheme": "xyz",
+        "tiles": [tiles],
+        "minzoom": minzoom,
+        "maxzoom": maxzoom,
+        "bounds": [west, south, east, north],
+        "center": [(west + east) / 2, (south + north) / 2, minzoom],
+    }
+
+
+def wmts_capabilities(
+    request: Request,
+    title: str,
+    bounds,
+    minzoom: int,
+    maxzoom: int,
+    tms: TileMatrixSet,
+    fmt: ImageFormat,
+    tile_url: str,
+) -> Response:
+    """OGC WMTS 1.0 capabilities (RESTful) of one layer."""
+    epsg = tms.crs._pyproj_crs.to_epsg()
+    xml = render_template(
+        "wmts.xml",
+        title=title,
+        layer=title.replace(":", "_"),
+        bounds=bounds,
+        native_bounds=snapped_bounds(tms, bounds, minzoom),
+        media_type=fmt.media_type,
+        tms_id=tms.id,
+        limits=tms_limits_to_xml(
+            tms_limits(tms, bounds, zooms=(minzoom, maxzoom), geographic_crs=WGS84)
+        ),
+        matrices=tms_to_xml(tms, minzoom, maxzoom),
+        supported_crs=f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else tms.crs.srs,
+        tile_url=tile_url,
+        capabilities_url=str(request.url),
+    )
+    return Response(xml, media_type="application/xml")
+
+
+WMTS_XYZ = ("{TileMatrix}", "{TileCol}", "{TileRow}")
 
 
 @router.get("/images/{image_id}/tilejson.json")
@@ -197,18 +263,8 @@ def image_tilejson(
 ) -> dict:
     """TileJSON 3.0 for the image with the request's rendering parameters."""
     image, minzoom, maxzoom = layer(store, image_id, params, tms)
-    west, south, east, north = image.bbox
-    return {
-        "tilejson": "3.0.0",
-        "name": image.id,
-        "version": "1.0.0",
-        "scheme": "xyz",
-        "tiles": [tile_url_template(request, image.id, tms, tile_format.value)],
-        "minzoom": minzoom,
-        "maxzoom": maxzoom,
-        "bounds": [west, south, east, north],
-        "center": [(west + east) / 2, (south + north) / 2, minzoom],
-    }
+    url = tile_url_template(request, "image_tile", {"image_id": image.id}, tms, tile_format.value)
+    return tilejson(image.id, url, image.bbox, minzoom, maxzoom)
 
 
 def snapped_bounds(
@@ -241,25 +297,10 @@ def image_wmts(
 ) -> Response:
     """OGC WMTS 1.0 capabilities (RESTful) for QGIS, GDAL and OpenLayers."""
     image, minzoom, maxzoom = layer(store, image_id, params, tms)
-    xyz = ("{TileMatrix}", "{TileCol}", "{TileRow}")
-    epsg = tms.crs._pyproj_crs.to_epsg()
-    xml = render_template(
-        "wmts.xml",
-        title=image.id,
-        layer=image.id.replace(":", "_"),
-        bounds=image.bbox,
-        native_bounds=snapped_bounds(tms, image.bbox, minzoom),
-        media_type=tile_format.media_type,
-        tms_id=tms.id,
-        limits=tms_limits_to_xml(
-            tms_limits(tms, image.bbox, zooms=(minzoom, maxzoom), geographic_crs=WGS84)
-        ),
-        matrices=tms_to_xml(tms, minzoom, maxzoom),
-        supported_crs=f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else tms.crs.srs,
-        tile_url=tile_url_template(request, image.id, tms, tile_format.value, xyz),
-        capabilities_url=str(request.url),
+    url = tile_url_template(
+        request, "image_tile", {"image_id": image.id}, tms, tile_format.value, WMTS_XYZ
     )
-    return Response(xml, media_type="application/xml")
+    return wmts_capabilities(request, image.id, image.bbox, minzoom, maxzoom, tms, tile_format, url)
 
 
 @router.get("/images/{image_id}/map", response_class=HTMLResponse)

@@ -41,6 +41,13 @@ DATA_TYPE_TO_NUMPY: dict[str, str] = {
 }
 
 
+def sortable_time(value: datetime) -> str:
+    """A UTC time as fixed-width text, so SQL orders it as time (naive means UTC)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def utcnow() -> datetime:
     """Now, timezone-aware, so stored times always carry UTC."""
     return datetime.now(UTC)

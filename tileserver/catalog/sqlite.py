@@ -7,13 +7,28 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tileserver.catalog.models import Image, Product, utcnow
+import shapely
+from shapely.geometry import shape
+
+from tileserver.catalog.cql2sql import FilterError, Queryable, compile_filter, register_functions
+from tileserver.catalog.models import Image, Product, sortable_time, utcnow
+from tileserver.catalog.search import (
+    RegisteredSearch,
+    SearchPage,
+    SearchQuery,
+    Summary,
+    SummaryBucket,
+    bbox_filter,
+    decode_offset,
+    encode_offset,
+)
 from tileserver.catalog.store import Conflict, ImagePage, NotFound
 
 SCHEMA = """
@@ -33,10 +48,44 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_product_acquired ON images (product_id, acquired DESC, id DESC);
 """
 
-
-def sortable_time(value) -> str:
-    """A UTC time as fixed-width text, so SQL orders it as time."""
-    return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+# Version 2: footprints as WKB with an R*Tree over their bboxes, bytes per image, the
+# properties seen per product (queryables), registered searches, a write generation.
+MIGRATIONS = {
+    2: """
+ALTER TABLE images ADD COLUMN geom BLOB;
+ALTER TABLE images ADD COLUMN bytes INTEGER;
+CREATE INDEX IF NOT EXISTS images_acquired ON images (acquired DESC, id DESC);
+CREATE INDEX IF NOT EXISTS images_cloud_cover ON images (cloud_cover);
+CREATE VIRTUAL TABLE IF NOT EXISTS images_rtree USING rtree(id, minx, maxx, miny, maxy);
+CREATE TRIGGER IF NOT EXISTS images_rtree_insert AFTER INSERT ON images BEGIN
+    INSERT INTO images_rtree VALUES (new.rowid, new.minx, new.maxx, new.miny, new.maxy);
+END;
+CREATE TRIGGER IF NOT EXISTS images_rtree_update AFTER UPDATE ON images BEGIN
+    UPDATE images_rtree SET minx = new.minx, maxx = new.maxx, miny = new.miny,
+        maxy = new.maxy WHERE id = new.rowid;
+END;
+CREATE TRIGGER IF NOT EXISTS images_rtree_delete AFTER DELETE ON images BEGIN
+    DELETE FROM images_rtree WHERE id = old.rowid;
+END;
+CREATE TABLE IF NOT EXISTS properties (
+    product_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    type TEXT NOT NULL,
+    PRIMARY KEY (product_id, name)
+);
+CREATE TABLE IF NOT EXISTS searches (
+    id TEXT PRIMARY KEY,
+    doc TEXT NOT NULL,
+    created TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta VALUES ('generation', 0);
+""",
+}
+SCHEMA_VERSION = max(MIGRATIONS)
 
 
 def _encode_token(acquired: str, image_id: str) -> str:
@@ -51,6 +100,85 @@ def _decode_token(token: str) -> tuple[str, str]:
         raise ValueError(f"invalid page token '{token}'") from exc
 
 
+def _property_sql(name: str, kind: str) -> str:
+    """SQL reading a property from an image's document."""
+    quoted = name.replace('"', '\\"').replace("'", "''")
+    sql = f"json_extract(i.doc, '$.properties.\"{quoted}\"')"
+    return f"ts_norm({sql})" if kind == "datetime" else sql
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a script (trigger bodies hold semicolons)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            yield statement.strip()
+            statement = ""
+
+
+def _wkb(image: Image) -> bytes:
+    return shapely.to_wkb(shape(image.geometry))
+
+
+def _bytes(image: Image) -> int:
+    return sum(f.size or 0 for f in image.files)
+
+
+def _json_type(value) -> str | None:
+    """The queryable type of a property value (None: not filterable)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "datetime" if TIMESTAMP.match(value) else "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return None
+
+
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
+
+# Queryables every image has, whatever its product.
+CORE_QUERYABLES = {
+    q.name: q
+    for q in (
+        Queryable("id", "string", "i.name", "the item id (image name within its collection)"),
+        Queryable("collection", "string", "i.product_id", "the collection (product) id"),
+        Queryable("datetime", "datetime", "i.acquired", "acquisition time (UTC)"),
+        Queryable("geometry", "geometry", "i.geom", "footprint (WGS84)", rtree="images_rtree"),
+        Queryable("eo:cloud_cover", "number", "i.cloud_cover", "cloud cover, percent"),
+        Queryable(
+            "created",
+            "datetime",
+            "ts_norm(json_extract(i.doc, '$.created'))",
+            "when the image was first registered",
+        ),
+        Queryable(
+            "updated",
+            "datetime",
+            "ts_norm(json_extract(i.doc, '$.modified'))",
+            "when the image record last changed",
+        ),
+        *(
+            Queryable(name, kind, _property_sql(name, kind), description)
+            for name, kind, description in (
+                ("platform", "string", "the satellite"),
+                ("constellation", "string", "the satellite family"),
+                ("instruments", "array", "the sensors"),
+                ("gsd", "number", "ground sample distance, metres"),
+                ("tags", "array", "free tags"),
+            )
+        ),
+    )
+}
+
+
 class SQLiteStore:
     """Catalog store on one SQLite file; one connection per thread."""
 
@@ -62,6 +190,29 @@ class SQLiteStore:
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._connection().executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring an older catalog file up to SCHEMA_VERSION, one transaction per version."""
+        for version in sorted(MIGRATIONS):
+            with self._transaction() as db:
+                if db.execute("PRAGMA user_version").fetchone()[0] >= version:
+                    continue
+                for statement in _statements(MIGRATIONS[version]):
+                    db.execute(statement)
+                if version == 2:
+                    self._backfill_v2(db)
+                db.execute(f"PRAGMA user_version = {version}")
+
+    def _backfill_v2(self, db: sqlite3.Connection) -> None:
+        db.execute("INSERT INTO images_rtree SELECT rowid, minx, maxx, miny, maxy FROM images")
+        for image_id, doc in db.execute("SELECT id, doc FROM images").fetchall():
+            image = Image.model_validate_json(doc)
+            db.execute(
+                "UPDATE images SET geom = ?, bytes = ? WHERE id = ?",
+                (_wkb(image), _bytes(image), image_id),
+            )
+            self._record_properties(db, image)
 
     def _connection(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -72,6 +223,7 @@ class SQLiteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA synchronous=NORMAL")
+            register_functions(db)
             self._local.db = db
             with self._lock:
                 self._connections.append(db)
@@ -81,12 +233,15 @@ class SQLiteStore:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
+        before = db.total_changes
         try:
             yield db
         except BaseException:
             db.execute("ROLLBACK")
             raise
         else:
+            if db.in_transaction and db.total_changes != before:
+                db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
             db.execute("COMMIT")
 
     def close(self) -> None:
@@ -185,8 +340,13 @@ class SQLiteStore:
                 image = image.model_copy(update={"created": created, "modified": now})
                 minx, miny, maxx, maxy = image.bbox
                 db.execute(
-                    "INSERT OR REPLACE INTO images (id, product_id, name, acquired, cloud_cover,"
-                    " minx, miny, maxx, maxy, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO images (id, product_id, name, acquired, cloud_cover,"
+                    " minx, miny, maxx, maxy, geom, bytes, doc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET acquired = excluded.acquired,"
+                    " cloud_cover = excluded.cloud_cover, minx = excluded.minx,"
+                    " miny = excluded.miny, maxx = excluded.maxx, maxy = excluded.maxy,"
+                    " geom = excluded.geom, bytes = excluded.bytes, doc = excluded.doc",
                     (
                         image.id,
                         image.product_id,
@@ -197,9 +357,12 @@ class SQLiteStore:
                         miny,
                         maxx,
                         maxy,
+                        _wkb(image),
+                        _bytes(image),
                         image.model_dump_json(),
                     ),
                 )
+                self._record_properties(db, image)
                 written.append(image)
         return written
 
@@ -235,3 +398,161 @@ class SQLiteStore:
             .fetchone()
         )
         return count
+
+    def _record_properties(self, db: sqlite3.Connection, image: Image) -> None:
+        """Remember the product's property names and types: they become queryables."""
+        for name, value in image.properties.items():
+            kind = _json_type(value)
+            if kind is None or name in CORE_QUERYABLES:
+                continue
+            db.execute(
+                "INSERT OR IGNORE INTO properties VALUES (?, ?, ?)",
+                (image.product_id, name, kind),
+            )
+
+    # search
+
+    def generation(self) -> int:
+        """A number that grows with every write: part of mosaic cache keys."""
+        (value,) = (
+            self._connection().execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        )
+        return value
+
+    def queryables(self, product_id: str | None = None) -> dict[str, Queryable]:
+        """What filters may name: the core properties and those the images carry."""
+        sql, args = "SELECT name, type FROM properties", []
+        if product_id is not None:
+            self.get_product(product_id)
+            sql, args = sql + " WHERE product_id = ?", [product_id]
+        found = dict(CORE_QUERYABLES)
+        for name, kind in self._connection().execute(sql + " ORDER BY name", args):
+            if name in found and found[name].type != kind:
+                kind = "string" if "string" in (kind, found[name].type) else found[name].type
+            found[name] = Queryable(name, kind, _property_sql(name, kind))
+        return found
+
+    def _where(self, query: SearchQuery, extra: dict | None = None) -> tuple[str, list]:
+        expr = query.cql2()
+        if extra is not None:
+            expr = extra if expr is None else {"op": "and", "args": [expr, extra]}
+        if expr is None:
+            return "1", []
+        return compile_filter(expr, self.queryables())
+
+    def _order(self, query: SearchQuery) -> str:
+        queryables = self.queryables()
+        terms = []
+        for key in query.sort_keys():
+            queryable = queryables.get(key.field)
+            if queryable is None or queryable.type == "geometry":
+                sortable = sorted(n for n, q in queryables.items() if q.type != "geometry")
+                raise FilterError(f"cannot sort by '{key.field}'; sortable: {', '.join(sortable)}")
+            terms.append(f"{queryable.sql} {key.direction.upper()}")
+        return ", ".join(terms + ["i.id DESC"])
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        """A page of the images a STAC search matches, in its sort order."""
+        try:
+            offset = decode_offset(query.token)
+        except ValueError as exc:
+            raise FilterError(str(exc)) from None
+        where, args = self._where(query)
+        db = self._connection()
+        rows = db.execute(
+            f"SELECT i.doc FROM images i WHERE {where} ORDER BY {self._order(query)}"
+            " LIMIT ? OFFSET ?",
+            [*args, query.limit, offset],
+        ).fetchall()
+        (matched,) = db.execute(f"SELECT count(*) FROM images i WHERE {where}", args).fetchone()
+        return SearchPage(
+            images=[Image.model_validate_json(doc) for (doc,) in rows],
+            matched=matched,
+            next_token=encode_offset(offset + query.limit)
+            if offset + query.limit < matched
+            else None,
+            prev_token=encode_offset(max(offset - query.limit, 0)) if offset > 0 else None,
+        )
+
+    def tile_images(self, query: SearchQuery, bbox: tuple, limit: int) -> list[Image]:
+        """The search's images whose footprint meets a WGS84 box, in paint order."""
+        where, args = self._where(query, bbox_filter(list(bbox)))
+        rows = self._connection().execute(
+            f"SELECT i.doc FROM images i WHERE {where} ORDER BY {self._order(query)} LIMIT ?",
+            [*args, limit],
+        )
+        return [Image.model_validate_json(doc) for (doc,) in rows]
+
+    def summary(self, query: SearchQuery, interval: str | None = None) -> Summary:
+        """Count, bytes, products and extent of a search; bucketed by `interval` if given."""
+        where, args = self._where(query)
+        db = self._connection()
+        count, size, minx, miny, maxx, maxy, start, end = db.execute(
+            "SELECT count(*), coalesce(sum(bytes), 0), min(minx), min(miny), max(maxx),"
+            f" max(maxy), min(acquired), max(acquired) FROM images i WHERE {where}",
+            args,
+        ).fetchone()
+        products = [
+            p
+            for (p,) in db.execute(
+                f"SELECT DISTINCT i.product_id FROM images i WHERE {where} ORDER BY 1", args
+            )
+        ]
+        summary = Summary(
+            count=count,
+            bytes=size,
+            products=products,
+            bbox=(minx, miny, maxx, maxy) if count else None,
+            start=start,
+            end=end,
+        )
+        if interval is not None:
+            bucket = BUCKETS[interval]
+            summary.interval = interval
+            summary.summaries = [
+                SummaryBucket(interval_start=first, count=n, bytes=b)
+                for first, n, b in db.execute(
+                    f"SELECT {bucket} AS b, count(*), coalesce(sum(bytes), 0)"
+                    f" FROM images i WHERE {where} GROUP BY b ORDER BY b",
+                    args,
+                )
+            ]
+        return summary
+
+    def register_search(self, query: SearchQuery) -> RegisteredSearch:
+        """Store a search under its stable id (registering it again changes nothing)."""
+        self._where(query)  # unknown properties are refused now, not at the first tile
+        self._order(query)
+        search_id = query.search_id()
+        doc = json.dumps(query.identity(), sort_keys=True)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO searches VALUES (?, ?, ?)",
+                (search_id, doc, sortable_time(utcnow())),
+            )
+        return self.get_search(search_id)
+
+    def get_search(self, search_id: str) -> RegisteredSearch:
+        """A registered search; NotFound if absent."""
+        row = (
+            self._connection()
+            .execute("SELECT doc, created FROM searches WHERE id = ?", (search_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise NotFound(f"search '{search_id}' not found; register it with POST /searches")
+        return RegisteredSearch(
+            id=search_id, search=SearchQuery.model_validate_json(row[0]), created=row[1]
+        )
+
+
+# SQL giving the start of an acquisition's interval, as RFC 3339 text
+BUCKETS = {
+    "year": "substr(i.acquired, 1, 4) || '-01-01T00:00:00Z'",
+    "quarter": "printf('%s-%02d-01T00:00:00Z', substr(i.acquired, 1, 4),"
+    " (CAST(substr(i.acquired, 6, 2) AS INTEGER) - 1) / 3 * 3 + 1)",
+    "month": "substr(i.acquired, 1, 7) || '-01T00:00:00Z'",
+    "week": "date(substr(i.acquired, 1, 10), '-6 days', 'weekday 1') || 'T00:00:00Z'",
+    "day": "substr(i.acquired, 1, 10) || 'T00:00:00Z'",
+    "hour": "substr(i.acquired, 1, 13) || ':00:00Z'",
+}

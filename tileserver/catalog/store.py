@@ -7,7 +7,9 @@ from typing import Protocol
 
 from pydantic import BaseModel
 
+from tileserver.catalog.cql2sql import Queryable
 from tileserver.catalog.models import Image, Product
+from tileserver.catalog.search import RegisteredSearch, SearchPage, SearchQuery, Summary
 
 
 class CatalogError(Exception):
@@ -61,6 +63,27 @@ class CatalogStore(Protocol):
 
     def count_images(self, product_id: str) -> int:
         """How many images the product has."""
+
+    def queryables(self, product_id: str | None = None) -> dict[str, Queryable]:
+        """Properties a filter may name (of one product, or of all)."""
+
+    def search(self, query: SearchQuery) -> SearchPage:
+        """A page of matching images in the search's order, with the total count."""
+
+    def summary(self, query: SearchQuery, interval: str | None = None) -> Summary:
+        """Count, bytes, products and extent; with `interval`, per acquisition interval."""
+
+    def tile_images(self, query: SearchQuery, bbox: tuple, limit: int) -> list[Image]:
+        """Matching images whose footprint meets a WGS84 box, in paint order, at most `limit`."""
+
+    def register_search(self, query: SearchQuery) -> RegisteredSearch:
+        """Store a search under its stable id."""
+
+    def get_search(self, search_id: str) -> RegisteredSearch:
+        """A registered search; NotFound if absent."""
+
+    def generation(self) -> int:
+        """Grows with every write (cache keys of mosaics include it)."""
 
     def close(self) -> None:
         """Release connections."""

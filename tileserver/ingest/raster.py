@@ -170,3 +170,9 @@ def numeric_or_none(value) -> float | None:
         return None
     value = float(value)
     return None if numpy.isnan(value) else value
+
+
+def file_size(href: str) -> int | None:
+    """Bytes of a local file (summaries add them up); None for remote hrefs."""
+    path = Path(href)
+    return path.stat().st_size if not href.startswith("/vsi") and path.is_file() else None

@@ -18,7 +18,7 @@ from tileserver.catalog.models import (
     Resolution,
     safe_name,
 )
-from tileserver.ingest.raster import IngestError, band_statistics, grid, parse_time
+from tileserver.ingest.raster import IngestError, band_statistics, file_size, grid, parse_time
 
 RASTER_MEDIA = ("image/tiff", "image/jp2", "application/x-hdf")
 
@@ -192,7 +192,7 @@ def read_item(
         acquired=acquired,
         geometry=item["geometry"],
         cloud_cover=cloud,
-        files=[ImageFile(href=h) for h in hrefs],
+        files=[ImageFile(href=h, size=file_size(h)) for h in hrefs],
         band_stats=stats,
         properties={
             k: v
