@@ -76,3 +76,55 @@ def test_expressions_never_500(client, expression, colormap_name):
             f"/images/{DEMO_IMAGE}/tiles/WebMercatorQuad/{z}/{x}/{y}.{fmt}", params=params
         )
         assert response.status_code < 500, (params, fmt, response.text)
+
+
+@pytest.mark.parametrize(
+    "selection",
+    ["first", "highest", "lowest", "mean", "median", "stdev", "count", "lastbandhigh"],
+)
+def test_mosaic_parameter_grid_never_500(client, selection):
+    z, x, y = DEMO_TILE
+    search = client.post("/searches", json={"collections": ["sentinel-2-l2a"]}).json()["id"]
+    statuses = set()
+    combos = itertools.product([None, "B04,B03,B02", "SCL", "B08,B04", "B04,B03,B02,SCL"], ["png"])
+    for (bands, fmt), scaling in zip(combos, itertools.cycle([None, "display", "auto", "0,1"])):
+        params = {"pixel_selection": selection, "bands": bands, "scaling": scaling}
+        response = client.get(
+            f"/searches/{search}/tiles/WebMercatorQuad/{z}/{x}/{y}.{fmt}",
+            params={k: v for k, v in params.items() if v},
+        )
+        assert response.status_code < 500, (params, fmt, response.text)
+        statuses.add(response.status_code)
+    assert 200 in statuses
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"filter": "S_INTERSECTS(geometry, POINT(1 2)) AND T_AFTER(datetime, '2024-01-01')"},
+        {"filter": {"op": "s_within", "args": [{"property": "geometry"}, {"bbox": [0, 0]}]}},
+        {"filter": {"op": "=", "args": [{"property": "eo:cloud_cover"}]}},
+        {"filter": {"op": "like", "args": [{"property": "platform"}, 3]}},
+        {"filter": "eo:cloud_cover / 0 > 1"},
+        {"filter": "platform + 1 = 2"},
+        {"filter": "T_DURING(datetime, INTERVAL('..', '..'))"},
+        {"filter": "A_CONTAINS(tags, ('x')) OR tags IS NULL"},
+        {"filter": 42},
+        {"filter": "id IN ()"},
+        {"sortby": [{"field": "geometry"}]},
+        {"sortby": [{"field": "eo:cloud_cover", "direction": "sideways"}]},
+        {"intersects": {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [0, 0]]]}},
+        {"intersects": {"type": "Point", "coordinates": []}},
+        {"datetime": "2024-13-45"},
+        {"bbox": [10, 50, 5, 40]},
+        {"collections": "sentinel-2-l2a"},
+        {"limit": 1000000},
+        {"unknown": 1},
+    ],
+)
+def test_odd_search_bodies_never_500(client, body):
+    for path in ("/stac/search", "/searches", "/summary"):
+        response = client.post(path, json=body)
+        assert response.status_code < 500, (path, body, response.text)
+        if response.status_code >= 400:
+            assert response.json()["detail"], (path, body)
