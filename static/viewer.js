@@ -1,4 +1,6 @@
 /* tileserver web viewer: pick a product, an image and how to render it; show our own tiles.
+ * Or search the catalog (dates, cloud cover, a box drawn on the map) and show the mosaic
+ * of the matching images.
  *
  * Plain browser JavaScript, no build step. Talks to the JSON API of the server that served
  * the page (under the `data-root` prefix) and to nothing else.
@@ -8,15 +10,32 @@
 
   const ROOT = document.body.dataset.root || "";
   const INITIAL_IMAGE = document.body.dataset.imageId || "";
+  const INITIAL_SEARCH = document.body.dataset.searchId || "";
+  // an /images/{id}/map or /searches/{id}/map page: the address bar follows what is shown
+  const ON_MAP_PAGE = Boolean(INITIAL_IMAGE || INITIAL_SEARCH) && /\/map$/.test(location.pathname);
   const PAGE_SIZE = 200;
+  const SEARCH_LIMIT = 100; // images listed per search
+  const BOX_DIGITS = 1e6;   // box corners are rounded to 6 decimals of a degree (~0.1 m)
   const $ = (id) => document.getElementById(id);
 
   const ui = {
     form: $("controls"),
+    searchPanel: $("search-panel"),
     product: $("product"),
     image: $("image"),
     moreImages: $("more-images"),
     imageInfo: $("image-info"),
+    searchStart: $("search-start"),
+    searchEnd: $("search-end"),
+    searchCloud: $("search-cloud"),
+    boxInfo: $("box-info"),
+    drawBox: $("draw-box"),
+    clearBox: $("clear-box"),
+    search: $("search"),
+    searchCount: $("search-count"),
+    searchResults: $("search-results"),
+    searchInfo: $("search-info"),
+    pixelSelection: $("pixel-selection"),
     bandR: $("band-r"),
     bandG: $("band-g"),
     bandB: $("band-b"),
@@ -40,10 +59,16 @@
     product: null,     // the selected product record
     images: new Map(), // id -> image record of the selected product
     nextToken: null,
+    view: INITIAL_SEARCH ? "search" : "image", // what the map shows: an image or a mosaic
     layer: null,       // the tile layer on the map
     footprint: null,   // the selected image's outline
-    shownImage: null,  // the image id the map was last fitted to
+    shown: null,       // the source (image:<id> or search:<id>) the map was last fitted to
     generation: 0,     // bumps on every apply; stale answers are dropped
+    search: null,      // the registered search shown in the search view: {id, links, matched}
+    searching: 0,      // bumps on every search; stale answers are dropped
+    box: null,         // the search box as [west, south, east, north]
+    boxLayer: null,    // the search box on the map
+    highlight: null,   // the outline of the result under the pointer
   };
 
   // ---------------------------------------------------------------- helpers
@@ -74,10 +99,19 @@
     return `${response.status}${detail ? `: ${detail}` : ""}`;
   }
 
-  async function getJSON(path) {
-    const response = await fetch(apiUrl(path), { headers: { Accept: "application/json" } });
+  async function getJSON(path, init = {}) {
+    const headers = { Accept: "application/json", ...init.headers };
+    const response = await fetch(apiUrl(path), { ...init, headers });
     if (!response.ok) throw new Error(await errorText(response));
     return response.json();
+  }
+
+  function postJSON(path, body) {
+    return getJSON(path, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
   }
 
   function option(value, text) {
@@ -101,6 +135,17 @@
 
   function imageLabel(image) {
     return `${formatDate(image.acquired)} · ${formatCloud(image.cloud_cover)}`;
+  }
+
+  /** The UTC day (YYYY-MM-DD) of an RFC 3339 time. */
+  function formatDay(iso) {
+    if (!iso) return "undated";
+    const date = new Date(iso);
+    return Number.isNaN(date.getTime()) ? iso.slice(0, 10) : date.toISOString().slice(0, 10);
+  }
+
+  function plural(count, noun) {
+    return `${count} ${noun}${count === 1 ? "" : "s"}`;
   }
 
   // ---------------------------------------------------------------- map
@@ -224,7 +269,7 @@
   // ---------------------------------------------------------------- render parameters
 
   /** The query parameters of the current rendering choices, in a stable order. */
-  function renderParams() {
+  function renderParams({ mosaic = false } = {}) {
     const params = new URLSearchParams();
     const current = mode();
     if (current === "expression") {
@@ -238,6 +283,7 @@
     const scaling = ui.scaling.value === "custom" ? ui.customScaling.value.trim()
       : ui.scaling.value;
     if (scaling) params.set("scaling", scaling);
+    if (mosaic) params.set("pixel_selection", ui.pixelSelection.value);
     return params;
   }
 
@@ -253,102 +299,514 @@
 
   // ---------------------------------------------------------------- tile layer
 
+  /** What the map shows in the current view: an image, a registered search, or nothing. */
+  function currentSource() {
+    if (state.view === "search") {
+      if (!state.search) return null;
+      const id = state.search.id;
+      return { kind: "search", id, key: `search:${id}`,
+        path: `/searches/${encodeURIComponent(id)}` };
+    }
+    const id = ui.image.value;
+    if (!id) return null;
+    return { kind: "image", id, key: `image:${id}`, path: `/images/${idPath(id)}` };
+  }
+
   async function apply() {
-    const imageId = ui.image.value;
-    if (!imageId) return;
+    const source = currentSource();
+    if (!source) return;
     const problem = validate();
     if (problem) {
       setStatus(problem, "error");
       return;
     }
     const generation = ++state.generation;
-    const params = renderParams();
+    const params = renderParams({ mosaic: source.kind === "search" });
+    followAddress(source);
     setStatus("Loading tiles…", "loading");
     let tilejson;
     try {
-      tilejson = await getJSON(`/images/${idPath(imageId)}/tilejson.json?${params}`);
+      tilejson = await getJSON(`${source.path}/tilejson.json?${params}`);
     } catch (err) {
       if (generation === state.generation) setStatus(`Cannot render: ${err.message}`, "error");
       return;
     }
     if (generation !== state.generation) return;
-    showTileJSON(imageId, tilejson, params);
+    showTileJSON(source, tilejson, params);
   }
 
-  function showTileJSON(imageId, tilejson, params) {
-    const template = tilejson.tiles[0];
+  /** On a /map page, keep the address bar pointing at what is shown, so it can be shared. */
+  function followAddress(source) {
+    if (ON_MAP_PAGE) history.replaceState(null, "", apiUrl(`${source.path}/map`));
+  }
+
+  function showTileJSON(source, tilejson, params) {
+    const mosaic = source.kind === "search";
+    // a mosaic's URL is ours (root + search + the rendering query); an image's is its TileJSON's
+    const mosaicTiles = apiUrl(`${source.path}/tiles/WebMercatorQuad/{z}/{x}/{y}.png`);
+    const template = mosaic ? `${location.origin}${mosaicTiles}?${params}` : tilejson.tiles[0];
     ui.xyzUrl.value = template;
-    ui.wmtsLink.href = apiUrl(`/images/${idPath(imageId)}/WMTSCapabilities.xml?${params}`);
+    ui.wmtsLink.href = apiUrl(`${source.path}/WMTSCapabilities.xml?${params}`);
 
     const [west, south, east, north] = tilejson.bounds;
     const bounds = L.latLngBounds([south, west], [north, east]);
     // {r} asks for @2x tiles on high-density screens; the copied URL stays plain
     const url = template.replace(/\{y\}\.(png|jpg|jpeg|webp)/, "{y}{r}.$1");
-    const layer = L.tileLayer(url, {
+    const options = {
       bounds,
-      minNativeZoom: tilejson.minzoom,
       maxNativeZoom: tilejson.maxzoom,
       maxZoom: Math.max(tilejson.maxzoom + 4, 18),
       opacity: Number(ui.opacity.value),
       attribution: "tileserver",
       keepBuffer: 1,
-    });
+    };
+    // a mosaic refuses tiles below its minzoom (400: one would read too many images), so the
+    // layer stays empty out there; an image's coarsest tiles are stretched when zoomed out
+    if (mosaic) options.minZoom = tilejson.minzoom;
+    else options.minNativeZoom = tilejson.minzoom;
+    const layer = L.tileLayer(url, options);
+    layer.source = source;
+    layer.minzoom = tilejson.minzoom;
 
-    // a new image: frame it first, so the layer asks only for the tiles it will show
-    if (state.shownImage !== imageId) {
-      state.shownImage = imageId;
+    // a new image or search: frame it first, so the layer asks only for the tiles it will show
+    if (state.shown !== source.key) {
+      state.shown = source.key;
       if (state.layer) map.removeLayer(state.layer);
       state.layer = null;
-      drawFootprint(imageId, bounds);
+      if (mosaic) removeFootprint();
+      else drawFootprint(source.id, bounds);
       map.fitBounds(bounds, { padding: [16, 16], animate: false });
     }
 
     const previous = state.layer;
     state.layer = layer;
-    let errors = 0;
-    let reported = false;
-    layer.on("tileerror", (event) => {
-      errors += 1;
-      if (!reported) {
-        reported = true;
-        reportTileError(layer, event.tile.src);
-      }
-    });
-    layer.on("load", () => {
-      if (previous) map.removeLayer(previous);
-      if (state.layer === layer && !errors) setStatus(readyText(imageId), "ready");
-    });
+    watchTiles(layer, previous);
     layer.addTo(map);
     if (previous) {
       // keep the old picture until the new one has loaded, but never for long
       setTimeout(() => map.hasLayer(previous) && map.removeLayer(previous), 5000);
     }
+    if (mosaic && map.getZoom() < tilejson.minzoom) setStatus(zoomInText(layer), "info");
   }
 
-  function readyText(imageId) {
-    const image = state.images.get(imageId);
-    return image ? `Showing ${imageLabel(image)}.` : `Showing ${imageId}.`;
+  /**
+   * Status from the tiles: ready when they loaded, else the server's reason. Failed tiles
+   * are fetched again, one at a time, to read that reason, until one is worth telling. A
+   * mosaic answers 404 where none of its images has a valid pixel: such tiles stay empty,
+   * by design, and are no error.
+   */
+  function watchTiles(layer, previous) {
+    const mosaic = layer.source.kind === "search";
+    let failed = 0;
+    let checks = Promise.resolve();
+    layer.on("tileerror", (event) => {
+      const src = event.tile.src;
+      checks = checks.then(async () => {
+        if (failed) return;
+        const problem = await tileProblem(src);
+        if (mosaic && problem.status === 404) return;
+        failed += 1;
+        if (state.layer === layer) setStatus(`Tile error ${problem.message}`, "error");
+      });
+    });
+    layer.on("load", () => {
+      if (previous) map.removeLayer(previous);
+      checks.then(() => {
+        if (state.layer === layer && !failed) setStatus(readyText(layer.source), "ready");
+      });
+    });
   }
 
-  async function reportTileError(layer, src) {
-    let message = "a tile failed to load";
+  function readyText(source) {
+    if (source.kind === "search") {
+      const matched = state.search?.matched;
+      const images = typeof matched === "number" ? ` of ${plural(matched, "image")}` : "";
+      return `Showing the mosaic${images} (pixel selection: ${ui.pixelSelection.value}).`;
+    }
+    const image = state.images.get(source.id);
+    return image ? `Showing ${imageLabel(image)}.` : `Showing ${source.id}.`;
+  }
+
+  function zoomInText(layer) {
+    return `Zoom in to zoom ${layer.minzoom} or closer to see the mosaic.`;
+  }
+
+  /** Why a tile failed: its status and the server's detail. */
+  async function tileProblem(src) {
     try {
       const response = await fetch(src);
-      if (!response.ok) message = await errorText(response);
+      if (response.ok) return { status: response.status, message: "a tile failed to load" };
+      return { status: response.status, message: await errorText(response) };
     } catch (err) {
-      message = `a tile failed to load (${err.message})`;
+      return { status: 0, message: `a tile failed to load (${err.message})` };
     }
-    if (state.layer === layer) setStatus(`Tile error ${message}`, "error");
+  }
+
+  function removeFootprint() {
+    if (state.footprint) map.removeLayer(state.footprint);
+    state.footprint = null;
   }
 
   function drawFootprint(imageId, bounds) {
-    if (state.footprint) map.removeLayer(state.footprint);
+    removeFootprint();
     const image = state.images.get(imageId);
     const style = { color: "#1d5fbf", weight: 1.5, fill: false, dashArray: "4 4",
       interactive: false };
     state.footprint = image?.geometry ? L.geoJSON(image.geometry, { style, interactive: false })
       : L.rectangle(bounds, style);
     state.footprint.addTo(map);
+  }
+
+  // ---------------------------------------------------------------- views
+
+  /** Show one image ("image") or the mosaic of a search ("search"); apply unless told not to. */
+  function setView(view, { render = true } = {}) {
+    state.view = view;
+    showView();
+    if (view === "image") removeHighlight();
+    if (view === "search" && !state.search) {
+      setStatus("Choose dates, a cloud cover limit or a box, then press Search.", "info");
+    }
+    if (render) apply();
+  }
+
+  /** The view's radio and panels (a browser may restore another radio on reload). */
+  function showView() {
+    ui.form.querySelector(`input[name="view"][value="${state.view}"]`).checked = true;
+    ui.form.classList.remove("view-image", "view-search");
+    ui.form.classList.add(`view-${state.view}`);
+  }
+
+  // ---------------------------------------------------------------- search
+
+  /** The STAC search body of the panel (POST /stac/search; without limit, POST /searches). */
+  function searchBody() {
+    const body = { collections: [ui.product.value] };
+    const start = ui.searchStart.value;
+    const end = ui.searchEnd.value;
+    if (start || end) {
+      body.datetime = `${start ? `${start}T00:00:00Z` : ".."}/${end ? `${end}T23:59:59Z` : ".."}`;
+    }
+    if (state.box) body.bbox = [...state.box];
+    const cloud = ui.searchCloud.value.trim();
+    if (cloud !== "") {
+      body.filter = { op: "<=", args: [{ property: "eo:cloud_cover" }, Number(cloud)] };
+      body["filter-lang"] = "cql2-json";
+    }
+    body.limit = SEARCH_LIMIT;
+    return body;
+  }
+
+  function validateSearch() {
+    if (!ui.product.value) return "Choose a product to search.";
+    if (ui.searchStart.validity.badInput || ui.searchEnd.validity.badInput) {
+      return "Complete the dates, or clear them.";
+    }
+    const [start, end] = [ui.searchStart.value, ui.searchEnd.value];
+    if (start && end && start > end) return "The start date is after the end date.";
+    const cloud = ui.searchCloud.value.trim();
+    const cover = Number(cloud);
+    if (ui.searchCloud.validity.badInput || (cloud !== "" && !(cover >= 0 && cover <= 100))) {
+      return "Max cloud cover is a percentage from 0 to 100 (empty: any).";
+    }
+    return null;
+  }
+
+  /** Search the catalog, list the matches and show their mosaic. */
+  async function runSearch() {
+    const problem = validateSearch();
+    if (problem) {
+      setStatus(problem, "error");
+      return;
+    }
+    const searching = ++state.searching;
+    const { limit, ...registration } = searchBody();
+    if (state.view !== "search") setView("search", { render: false });
+    setStatus("Searching…", "loading");
+    ui.search.disabled = true;
+    try {
+      const results = await postJSON("/stac/search", { ...registration, limit });
+      if (searching !== state.searching) return;
+      showResults(results);
+      if (!results.features.length) {
+        forgetSearch();
+        setStatus("No image matches this search.", "info");
+        return;
+      }
+      const registered = await postJSON("/searches", registration);
+      if (searching !== state.searching) return;
+      showSearch(registered, results.numberMatched);
+    } catch (err) {
+      if (searching === state.searching) setStatus(`Cannot search: ${err.message}`, "error");
+    } finally {
+      if (searching === state.searching) ui.search.disabled = false;
+    }
+  }
+
+  /** Show a registered search ({id, links}) as the mosaic layer. */
+  function showSearch(registered, matched) {
+    state.search = { id: registered.id, links: registered.links || [], matched };
+    const mapLink = state.search.links.find((link) => link.rel === "map");
+    const id = document.createElement("code");
+    id.id = "search-id";
+    id.textContent = registered.id;
+    const parts = ["Search ", id];
+    if (mapLink) {
+      const a = document.createElement("a");
+      a.href = mapLink.href;
+      a.textContent = "map page";
+      a.title = "This mosaic in its own page, to share";
+      parts.push(" · ", a);
+    }
+    ui.searchInfo.replaceChildren(...parts);
+    if (state.view === "search") apply();
+  }
+
+  /** No search shown any more: its layer goes, the image view is left alone. */
+  function forgetSearch() {
+    state.search = null;
+    state.generation += 1; // drop a mosaic TileJSON still on its way
+    ui.searchInfo.replaceChildren();
+    if (state.layer?.source.kind === "search") {
+      map.removeLayer(state.layer);
+      state.layer = null;
+      state.shown = null;
+      ui.xyzUrl.value = "";
+      ui.wmtsLink.href = "#";
+    }
+  }
+
+  function clearResults() {
+    ui.searchCount.textContent = "";
+    ui.searchResults.replaceChildren();
+    removeHighlight();
+  }
+
+  /** The matches of a search (a GeoJSON FeatureCollection), newest first as answered. */
+  function showResults(collection) {
+    const features = collection.features || [];
+    const matched = collection.numberMatched ?? features.length;
+    let count = matched ? plural(matched, "image") : "No image matches";
+    if (matched > features.length) count += ` (the newest ${features.length} listed)`;
+    ui.searchCount.textContent = count;
+    ui.searchResults.replaceChildren(...features.map(resultItem));
+    removeHighlight();
+  }
+
+  /** The image id of a STAC item: from its link to our image, else collection:id. */
+  function itemImageId(feature) {
+    const href = (feature.links || []).find((link) => link.rel === "alternate")?.href || "";
+    const match = href.match(/\/images\/([^/?#]+)$/);
+    return match ? decodeURIComponent(match[1]) : `${feature.collection}:${feature.id}`;
+  }
+
+  function resultItem(feature) {
+    const properties = feature.properties || {};
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "result";
+    button.dataset.imageId = itemImageId(feature);
+    button.dataset.datetime = properties.datetime || "";
+    button.dataset.cloud = properties["eo:cloud_cover"] ?? "";
+    button.title = `${feature.id}: show this image alone`;
+    const day = document.createElement("span");
+    day.className = "result-date";
+    day.textContent = formatDay(properties.datetime);
+    const cloud = document.createElement("span");
+    cloud.className = "result-cloud";
+    cloud.textContent = formatCloud(properties["eo:cloud_cover"]);
+    button.append(day, cloud);
+    // pointing at a match outlines it on the map; clicking one shows that image alone, in
+    // the image view (its picker, rendering and links), as if picked there
+    const show = () => highlight(feature);
+    button.addEventListener("mouseenter", show);
+    button.addEventListener("focus", show);
+    button.addEventListener("mouseleave", removeHighlight);
+    button.addEventListener("blur", removeHighlight);
+    button.addEventListener("click", () => openResult(feature));
+    const item = document.createElement("li");
+    item.append(button);
+    return item;
+  }
+
+  function highlight(feature) {
+    removeHighlight();
+    if (!feature.bbox) return;
+    const [west, south, east, north] = feature.bbox.length === 6
+      ? [feature.bbox[0], feature.bbox[1], feature.bbox[3], feature.bbox[4]] : feature.bbox;
+    state.highlight = L.rectangle([[south, west], [north, east]], {
+      color: "#1d5fbf", weight: 2, fillOpacity: 0.08, interactive: false,
+    }).addTo(map);
+  }
+
+  function removeHighlight() {
+    if (state.highlight) map.removeLayer(state.highlight);
+    state.highlight = null;
+  }
+
+  async function openResult(feature) {
+    const imageId = itemImageId(feature);
+    try {
+      if (feature.collection && feature.collection !== state.product?.id) {
+        selectProduct(feature.collection);
+        await loadImages();
+      }
+      if (!state.images.has(imageId)) addImage(await getJSON(`/images/${idPath(imageId)}`));
+    } catch (err) {
+      setStatus(`Cannot open ${feature.id}: ${err.message}`, "error");
+      return;
+    }
+    ui.image.value = imageId;
+    setView("image", { render: false });
+    selectImage(imageId);
+  }
+
+  /** Fill the panel from a registered search's body; the names of what it cannot show. */
+  function fillSearchForm(search) {
+    const [start, end] = (search.datetime || "").includes("/")
+      ? search.datetime.split("/") : [search.datetime, search.datetime];
+    ui.searchStart.value = dayOf(start);
+    ui.searchEnd.value = dayOf(end);
+    const cloud = cloudLimit(search.filter);
+    ui.searchCloud.value = cloud ?? "";
+    setBox(search.bbox || null);
+    const shown = ["collections", "datetime", "bbox", "filter", "filter-lang"];
+    const more = Object.keys(search).filter((key) => !shown.includes(key)); // ids, sortby...
+    if (search.filter && cloud === null) more.push("filter");
+    if ((search.collections || []).length > 1) more.push("collections");
+    return more;
+  }
+
+  function dayOf(text) {
+    return /^\d{4}-\d\d-\d\d/.test(text || "") ? text.slice(0, 10) : "";
+  }
+
+  /** The max cloud cover of a filter of the panel's simple form, else null. */
+  function cloudLimit(filter) {
+    if (!filter || filter.op !== "<=" || !Array.isArray(filter.args)) return null;
+    const [property, value] = filter.args;
+    return property?.property === "eo:cloud_cover" && typeof value === "number" ? value : null;
+  }
+
+  /** Open a registered search by id: panel, list and mosaic (a /searches/{id}/map page). */
+  async function openSearch(searchId) {
+    const registered = await getJSON(`/searches/${encodeURIComponent(searchId)}`);
+    const search = registered.search || {};
+    const results = await postJSON("/stac/search", { ...search, limit: SEARCH_LIMIT });
+    const productId = search.collections?.[0] || results.features[0]?.collection;
+    selectProduct(productId);
+    const more = fillSearchForm(search);
+    setView("search", { render: false });
+    await loadImages();
+    showResults(results);
+    if (!results.features.length) {
+      setStatus("No image matches this search.", "info");
+      return;
+    }
+    showSearch(registered, results.numberMatched);
+    if (more.length) {
+      const note = document.createElement("span");
+      note.className = "hint";
+      note.textContent = ` · also ${more.join(", ")}: not shown here; Search replaces them`;
+      ui.searchInfo.append(note);
+    }
+  }
+
+  // ---------------------------------------------------------------- search box
+
+  /*
+   * Drawing: "Draw box" arms it and turns map dragging off (so the press that starts the box
+   * does not pan); the press sets one corner, moving the pointer stretches an L.rectangle,
+   * releasing it (anywhere on the page) ends the box. Esc, or "Draw box" again, cancels.
+   */
+  const drawing = { armed: false, start: null, rectangle: null };
+  const BOX_STYLE = { color: "#d9480f", weight: 2, fillOpacity: 0.06, dashArray: "6 4",
+    interactive: false };
+
+  function armDrawing() {
+    drawing.armed = true;
+    map.dragging.disable();
+    map.getContainer().classList.add("drawing-box");
+    ui.drawBox.setAttribute("aria-pressed", "true");
+    setStatus("Drag a box on the map (Esc cancels).", "info");
+  }
+
+  function disarmDrawing() {
+    drawing.armed = false;
+    drawing.start = null;
+    if (drawing.rectangle) map.removeLayer(drawing.rectangle);
+    drawing.rectangle = null;
+    map.dragging.enable();
+    L.DomUtil.enableTextSelection();
+    map.getContainer().classList.remove("drawing-box");
+    ui.drawBox.setAttribute("aria-pressed", "false");
+    document.removeEventListener("mousemove", onDrawMove);
+    document.removeEventListener("mouseup", onDrawEnd);
+  }
+
+  map.on("mousedown", (event) => {
+    if (!drawing.armed || drawing.start || event.originalEvent.button !== 0) return;
+    drawing.start = event.latlng;
+    // the drag draws: it must not select the page's text on its way
+    L.DomEvent.preventDefault(event.originalEvent);
+    L.DomUtil.disableTextSelection();
+    drawing.rectangle = L.rectangle(L.latLngBounds(event.latlng, event.latlng), BOX_STYLE)
+      .addTo(map);
+    document.addEventListener("mousemove", onDrawMove);
+    document.addEventListener("mouseup", onDrawEnd);
+  });
+
+  function onDrawMove(event) {
+    drawing.rectangle.setBounds(L.latLngBounds(drawing.start, map.mouseEventToLatLng(event)));
+  }
+
+  function onDrawEnd(event) {
+    const start = drawing.start;
+    const end = map.mouseEventToLatLng(event);
+    const size = map.latLngToContainerPoint(start).distanceTo(map.latLngToContainerPoint(end));
+    disarmDrawing();
+    if (size < 4) {
+      setStatus("That box is too small: press Draw box and drag over the map.", "info");
+      return;
+    }
+    setBox(boxOf(L.latLngBounds(start, end)));
+    setStatus("Box set: press Search.", "info");
+  }
+
+  /** [west, south, east, north] in -180..180 (west > east across the antimeridian). */
+  function boxOf(bounds) {
+    const round = (v) => Math.round(v * BOX_DIGITS) / BOX_DIGITS;
+    let west = bounds.getWest();
+    let east = bounds.getEast();
+    if (east - west >= 360) {
+      [west, east] = [-180, 180];
+    } else {
+      const shift = Math.floor((west + 180) / 360) * 360; // the world copy it was drawn on
+      west -= shift;
+      east -= shift;
+      if (east > 180) east -= 360;
+    }
+    const clampLat = (v) => Math.max(-90, Math.min(90, v));
+    return [round(west), round(clampLat(bounds.getSouth())), round(east),
+      round(clampLat(bounds.getNorth()))];
+  }
+
+  /** Set (or with null, clear) the search box, on the map and in the panel. */
+  function setBox(box) {
+    if (state.boxLayer) map.removeLayer(state.boxLayer);
+    state.boxLayer = null;
+    state.box = box;
+    ui.clearBox.disabled = !box;
+    if (!box) {
+      ui.boxInfo.textContent = "anywhere (no box)";
+      return;
+    }
+    const [west, south, east, north] = box;
+    // across the antimeridian the east side is drawn past 180
+    const bounds = L.latLngBounds([south, west], [north, east < west ? east + 360 : east]);
+    state.boxLayer = L.rectangle(bounds, BOX_STYLE).addTo(map);
+    const f = (v) => v.toFixed(3);
+    ui.boxInfo.textContent = `${f(west)}, ${f(south)} to ${f(east)}, ${f(north)}`;
   }
 
   // ---------------------------------------------------------------- events
@@ -362,11 +820,18 @@
   ui.form.addEventListener("submit", (event) => {
     event.preventDefault();
     clearTimeout(applyTimer);
-    apply();
+    // Enter in a search field searches; anywhere else it applies the rendering
+    if (ui.searchPanel.contains(document.activeElement)) runSearch();
+    else apply();
   });
+
+  for (const radio of ui.form.querySelectorAll('input[name="view"]')) {
+    radio.addEventListener("change", () => setView(radio.value));
+  }
 
   ui.product.addEventListener("change", async () => {
     selectProduct(ui.product.value);
+    const searching = state.searching;
     setStatus("Loading images…", "loading");
     try {
       await loadImages();
@@ -374,7 +839,33 @@
       setStatus(`Cannot list images: ${err.message}`, "error");
       return;
     }
-    selectImage(ui.image.value);
+    if (state.searching !== searching) return; // a search of the new product began meanwhile
+    if (state.view === "image") {
+      selectImage(ui.image.value);
+    } else if (state.search) {
+      runSearch(); // the product is part of the search: the shown mosaic follows it
+    } else {
+      clearResults();
+      setView("search", { render: false });
+    }
+  });
+
+  ui.search.addEventListener("click", runSearch);
+  ui.drawBox.addEventListener("click", () => (drawing.armed ? disarmDrawing() : armDrawing()));
+  ui.clearBox.addEventListener("click", () => setBox(null));
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && drawing.armed) {
+      disarmDrawing();
+      setStatus("Drawing cancelled.", "info");
+    }
+  });
+  ui.pixelSelection.addEventListener("change", applySoon);
+
+  map.on("zoomend", () => {
+    const layer = state.layer;
+    if (layer?.source.kind === "search" && map.getZoom() < layer.minzoom) {
+      setStatus(zoomInText(layer), "info");
+    }
   });
 
   ui.image.addEventListener("change", () => selectImage(ui.image.value));
@@ -452,18 +943,19 @@
 
   function selectImage(imageId) {
     describeImage(state.images.get(imageId));
-    if (INITIAL_IMAGE && /\/map$/.test(location.pathname)) {
-      // keep the address bar pointing at what is shown, so it can be shared
-      history.replaceState(null, "", apiUrl(`/images/${idPath(imageId)}/map`));
-    }
     apply();
   }
 
   // ---------------------------------------------------------------- start
 
   async function start() {
+    showView();
     try {
       if (!(await loadProducts())) return;
+      if (INITIAL_SEARCH) {
+        await openSearch(INITIAL_SEARCH);
+        return;
+      }
       let initial = null;
       if (INITIAL_IMAGE) initial = await getJSON(`/images/${idPath(INITIAL_IMAGE)}`);
       selectProduct(initial ? initial.product_id : state.products[0].id);
@@ -483,6 +975,6 @@
   }
 
   // for debugging from the console
-  window.tileserverViewer = { map, state, apply };
+  window.tileserverViewer = { map, state, apply, runSearch };
   start();
 })();

@@ -334,6 +334,11 @@ def test_mosaic_errors_are_clear(mosaic):
     assert empty.status_code == 404
     bad = mosaic_tile(client, search_id, fmt="png", pixel_selection="best")
     assert bad.status_code == 422 and "pixel_selection" in bad.json()["detail"]
+    one_band = client.get(
+        f"/searches/{search_id}/tilejson.json",
+        params={"bands": "v1", "pixel_selection": "lastbandlow"},
+    )
+    assert one_band.status_code == 400 and "two bands" in one_band.json()["detail"]
     bad = mosaic_tile(client, search_id, fmt="png", bands="nope")
     assert bad.status_code == 400 and "nope" in bad.json()["detail"]
     unknown = client.post("/searches", json={"filter": "foo = 1"})

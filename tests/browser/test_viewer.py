@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import numpy
 import pytest
 from rasterio.io import MemoryFile
 
 from tests.conftest import DEMO_IMAGE
+from tileserver.demo import DATES, PRODUCT_ID
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -28,6 +31,8 @@ CHROMIUM_ARGS = [
 MAP_BACKGROUND = (230, 233, 237)  # --map-bg in static/viewer.css
 TILE_PATH = "/tiles/WebMercatorQuad/"
 TIMEOUT_MS = 20_000
+SEARCH_VIEW = 'input[name="view"][value="search"]'
+IMAGE_VIEW = 'input[name="view"][value="image"]'
 
 if os.environ.get("CI") == "true":  # CI installs Chromium: a skip there would hide a failure
     pytestmark = [pytest.mark.browser]
@@ -45,6 +50,25 @@ import playwright.sync_api as sync_api  # noqa: E402  (a test extra: always inst
 TILES_LOADED = """() => {
     const tiles = [...document.querySelectorAll('.leaflet-tile-pane img.leaflet-tile')];
     return tiles.length > 0 && tiles.every((t) => t.complete && t.naturalWidth > 0);
+}"""
+MOSAIC_SHOWN = """(id) => {
+    const status = document.querySelector('#status');
+    return status.dataset.state === 'ready'
+        && status.textContent.startsWith('Showing the mosaic')
+        && document.querySelector('#xyz-url').value.includes(`/searches/${id}/tiles/`);
+}"""
+LISTED = """(els) => els.map((el) => [
+    el.querySelector('.result-date').textContent, el.querySelector('.result-cloud').textContent
+])"""
+BOX_BOUNDS = """() => {
+    const b = window.tileserverViewer.state.boxLayer.getBounds();
+    return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];
+}"""
+BOX_PIXELS = """([west, south, east, north]) => {
+    const map = window.tileserverViewer.map;
+    const nw = map.latLngToContainerPoint([north, west]);
+    const se = map.latLngToContainerPoint([south, east]);
+    return [nw.x, nw.y, se.x, se.y];
 }"""
 XYZ_PARAMS_ARE = """(expected) => {
     const value = document.querySelector('#xyz-url').value;
@@ -70,11 +94,20 @@ class Problems:
 
 
 @dataclass
+class TileAnswer:
+    status: int
+    content_type: str
+    url: str
+
+
+@dataclass
 class Viewer:
     page: object
     problems: Problems
     requests: list[str]
     base: str
+    responses: list[TileAnswer] = field(default_factory=list)  # of tile requests
+    posts: list[tuple[str, dict]] = field(default_factory=list)  # (path, JSON body)
 
     def open(self, path: str = "/") -> None:
         self.page.goto(self.base + path)
@@ -105,6 +138,19 @@ class Viewer:
             if all(query.get(k) == v for k, v in expected.items()):
                 found.append(query)
         return found
+
+    def wait_mosaic(self, search_id: str) -> None:
+        """The status says this search's mosaic loaded, and every tile <img> has pixels."""
+        self.page.wait_for_function(MOSAIC_SHOWN, arg=search_id, timeout=TIMEOUT_MS)
+        self.page.wait_for_function(TILES_LOADED, timeout=TIMEOUT_MS)
+
+    def mosaic_tiles(self, search_id: str) -> list[TileAnswer]:
+        """The answers to this search's mosaic tile requests so far."""
+        return [r for r in self.responses if f"/searches/{search_id}/tiles/" in r.url]
+
+    def posted(self, path: str) -> list[dict]:
+        """The JSON bodies POSTed to a path (without the root), in order."""
+        return [body for where, body in self.posts if where == path]
 
     def xyz_params(self) -> dict[str, str]:
         url = self.page.input_value("#xyz-url")
@@ -145,7 +191,20 @@ def viewer(chromium, live_server) -> Viewer:
         "response", lambda r: r.status >= 400 and problems.bad_status.append(f"{r.status} {r.url}")
     )
     page.on("request", lambda r: TILE_PATH in r.url and requests.append(r.url))
-    yield Viewer(page, problems, requests, live_server.url)
+    viewer = Viewer(page, problems, requests, live_server.url)
+
+    def on_response(response) -> None:
+        if TILE_PATH in response.url:
+            content_type = response.headers.get("content-type", "")
+            viewer.responses.append(TileAnswer(response.status, content_type, response.url))
+
+    def on_request(request) -> None:
+        if request.method == "POST":
+            viewer.posts.append((urlsplit(request.url).path, request.post_data_json))
+
+    page.on("response", on_response)
+    page.on("request", on_request)
+    yield viewer
     context.close()
 
 
@@ -262,3 +321,264 @@ def test_copy_button_copies_the_xyz_url(viewer):
     page.wait_for_function("() => document.querySelector('#status').textContent.includes('copied')")
     copied = page.evaluate("navigator.clipboard.readText()")
     assert copied == page.input_value("#xyz-url") and "{z}/{x}/{y}" in copied
+
+
+# ---------------------------------------------------------------- the search panel
+
+
+def demo_clouds(base: str) -> dict[str, float]:
+    """eo:cloud_cover of every demo image by day (YYYY-MM-DD), from the server's STAC API."""
+    answer = httpx.post(f"{base}/stac/search", json={"collections": [PRODUCT_ID], "limit": 100})
+    answer.raise_for_status()
+    features = answer.json()["features"]
+    assert len(features) == len(DATES)
+    return {f["properties"]["datetime"][:10]: f["properties"]["eo:cloud_cover"] for f in features}
+
+
+def cloud_text(cover: float) -> str:
+    """The viewer's cloud label: rounded half up, as JavaScript's Math.round does."""
+    return f"cloud {math.floor(cover + 0.5)}%"
+
+
+def listed(viewer: Viewer) -> list[list[str]]:
+    """The result list as [date, cloud label] rows, top to bottom."""
+    return viewer.page.eval_on_selector_all("#search-results .result", LISTED)
+
+
+def is_search_post(response) -> bool:
+    return response.request.method == "POST" and urlsplit(response.url).path == "/searches"
+
+
+def run_search(viewer: Viewer, **fields: str) -> str:
+    """Fill the search panel (start, end, cloud), press Search: the id, once its mosaic shows."""
+    page = viewer.page
+    page.check(SEARCH_VIEW)
+    page.select_option("#product", PRODUCT_ID)
+    for name, value in fields.items():
+        page.fill(f"#search-{name}", value)
+    with page.expect_response(is_search_post) as answer:
+        page.click("#search")
+    search_id = answer.value.json()["id"]
+    viewer.wait_mosaic(search_id)
+    return search_id
+
+
+def test_search_lists_the_matching_images_newest_first(viewer):
+    """Dates and a cloud limit list exactly the demo images that meet them, newest first."""
+    clouds = demo_clouds(viewer.base)
+    start, end = DATES[1].date(), DATES[5].date()
+    in_range = [d.date().isoformat() for d in DATES if start <= d.date() <= end]
+    cloudy = sorted(clouds[day] for day in in_range if clouds[day] > 0)
+    assert len(cloudy) >= 2, "the demo has several cloudy dates in this range"
+    limit = cloudy[0]  # the least cloudy of them passes, the cloudier ones do not
+    expected = sorted((day for day in in_range if clouds[day] <= limit), reverse=True)
+    assert 0 < len(expected) < len(in_range) < len(DATES)
+
+    viewer.open("/")
+    run_search(viewer, start=start.isoformat(), end=end.isoformat(), cloud=str(limit))
+    page = viewer.page
+    assert listed(viewer) == [[day, cloud_text(clouds[day])] for day in expected]
+    assert page.inner_text("#search-count") == f"{len(expected)} images"
+
+    body = {
+        "collections": [PRODUCT_ID],
+        "datetime": f"{start}T00:00:00Z/{end}T23:59:59Z",
+        "filter": {"op": "<=", "args": [{"property": "eo:cloud_cover"}, limit]},
+        "filter-lang": "cql2-json",
+    }
+    assert viewer.posted("/stac/search") == [{**body, "limit": 100}]
+    assert viewer.posted("/searches") == [body]
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_search_without_matches_says_so(viewer):
+    """A range between two demo dates matches nothing: said so, and nothing is registered."""
+    viewer.open("/")
+    page = viewer.page
+    page.check(SEARCH_VIEW)
+    day = (DATES[0] + (DATES[1] - DATES[0]) / 2).date().isoformat()
+    page.fill("#search-start", day)
+    page.fill("#search-end", day)
+    page.click("#search")
+    page.wait_for_function(
+        "() => document.querySelector('#search-count').textContent === 'No image matches'"
+    )
+    assert page.locator("#search-results .result").count() == 0
+    assert "No image matches" in page.inner_text("#status")
+    assert len(viewer.posted("/stac/search")) == 1 and not viewer.posted("/searches")
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_search_shows_the_mosaic_tiles(viewer):
+    """The mosaic's tiles come from /searches/{id}/tiles/ as PNGs, never below its minzoom."""
+    viewer.open("/")
+    start, end = DATES[2].date().isoformat(), DATES[6].date().isoformat()
+    search_id = run_search(viewer, start=start, end=end)
+    page = viewer.page
+
+    tiles = viewer.mosaic_tiles(search_id)
+    assert tiles, "no mosaic tile was requested"
+    assert all(t.status == 200 and t.content_type == "image/png" for t in tiles), tiles
+    tilejson = httpx.get(f"{viewer.base}/searches/{search_id}/tilejson.json").json()
+    zooms = {int(urlsplit(t.url).path.split("/")[-3]) for t in tiles}
+    assert min(zooms) >= tilejson["minzoom"], zooms
+
+    assert page.inner_text("#search-id") == search_id
+    assert page.input_value("#xyz-url") == (
+        f"{viewer.base}/searches/{search_id}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png"
+        "?bands=B04%2CB03%2CB02&scaling=display&pixel_selection=first"
+    )
+    wmts = page.get_attribute("#wmts-link", "href")
+    assert wmts.startswith(f"/searches/{search_id}/WMTSCapabilities.xml?"), wmts
+    assert httpx.get(viewer.base + wmts).status_code == 200
+
+    pixels = viewer.map_pixels()
+    assert painted_fraction(pixels) > 0.15, "the map shows hardly any imagery"
+    assert colour_count(pixels) > 200
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_pixel_selection_rerenders_without_registering_again(viewer):
+    """Another pixel selection asks for new tiles of the same search; rendering applies too."""
+    viewer.open("/")
+    search_id = run_search(viewer, start=DATES[0].date().isoformat())
+    page = viewer.page
+    seen = len(viewer.requests)
+
+    def mosaic_tile(selection: str):
+        return lambda r: f"/searches/{search_id}/tiles/" in r.url and selection in r.url
+
+    with page.expect_request(mosaic_tile("pixel_selection=median")):
+        page.select_option("#pixel-selection", "median")
+    viewer.wait_rendered(bands="B04,B03,B02", scaling="display", pixel_selection="median")
+    assert "pixel selection: median" in page.inner_text("#status")
+    new = viewer.requests[seen:]
+    assert new and all(f"/searches/{search_id}/tiles/" in url for url in new)
+    assert viewer.tile_requests(pixel_selection="median", bands="B04,B03,B02")
+
+    with page.expect_request(mosaic_tile("scaling=auto")):
+        page.select_option("#scaling", "auto")
+    viewer.wait_rendered(bands="B04,B03,B02", scaling="auto", pixel_selection="median")
+
+    assert len(viewer.posted("/searches")) == 1  # the search was registered once
+    median = [t for t in viewer.mosaic_tiles(search_id) if "pixel_selection=median" in t.url]
+    assert median and all(t.status == 200 and t.content_type == "image/png" for t in median)
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_mosaic_tile_error_shows_the_server_detail(viewer):
+    """lastbandhigh on one band is refused (by the TileJSON, before any tile): the page shows
+    the server's detail and draws no lastbandhigh tile."""
+    viewer.open("/")
+    search_id = run_search(viewer, end=DATES[-1].date().isoformat())
+    page = viewer.page
+    page.check('input[name="mode"][value="single"]')
+    viewer.wait_rendered(bands="B04", scaling="display", pixel_selection="first")
+    page.select_option("#pixel-selection", "lastbandhigh")
+    status = page.locator('#status[data-state="error"]')
+    status.wait_for()
+    assert "400" in status.inner_text() and "lastbandhigh" in status.inner_text()
+    drawn = [t for t in viewer.mosaic_tiles(search_id) if "lastbandhigh" in t.url]
+    assert not any(t.status == 200 for t in drawn)
+
+
+def test_drawn_box_is_the_search_bbox(viewer):
+    """A box dragged on the map is the bbox POSTed, as the map reads the rectangle back."""
+    viewer.open("/")
+    page = viewer.page
+    page.check(SEARCH_VIEW)
+    page.click("#draw-box")
+    area = page.locator("#map").bounding_box()
+    start = (area["width"] * 0.4, area["height"] * 0.35)
+    end = (area["width"] * 0.6, area["height"] * 0.6)
+    page.mouse.move(area["x"] + start[0], area["y"] + start[1])
+    page.mouse.down()
+    page.mouse.move(area["x"] + end[0], area["y"] + end[1], steps=8)
+    page.mouse.up()
+
+    drawn = page.evaluate(BOX_BOUNDS)
+    assert drawn[0] < drawn[2] and drawn[1] < drawn[3]
+    # the rectangle spans the drag: its corners are where the mouse went down and up
+    assert page.evaluate(BOX_PIXELS, drawn) == pytest.approx([*start, *end], abs=1.5)
+    assert page.evaluate("() => window.tileserverViewer.map.dragging.enabled()")
+    assert page.get_attribute("#draw-box", "aria-pressed") == "false"
+
+    with page.expect_response(is_search_post) as answer:
+        page.click("#search")
+    search_id = answer.value.json()["id"]
+    viewer.wait_mosaic(search_id)
+    body = viewer.posted("/stac/search")[-1]
+    assert body["bbox"] == pytest.approx(drawn, abs=1e-9)
+    assert viewer.posted("/searches")[-1] == {k: v for k, v in body.items() if k != "limit"}
+    expected = httpx.post(f"{viewer.base}/stac/search", json=body).json()
+    assert expected["numberMatched"] > 0
+    assert page.inner_text("#search-count") == f"{expected['numberMatched']} images"
+
+    page.click("#clear-box")
+    assert page.evaluate("() => window.tileserverViewer.state.box") is None
+    with page.expect_response(is_search_post):
+        page.click("#search")
+    assert "bbox" not in viewer.posted("/stac/search")[-1]
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_search_map_page_fills_the_panel_and_shows_tiles(viewer):
+    """/searches/{id}/map opens on that search: panel filled, matches listed, tiles shown."""
+    clouds = demo_clouds(viewer.base)
+    bbox = [15.02, 52.27, 15.12, 52.33]
+    body = {
+        "collections": [PRODUCT_ID],
+        "datetime": f"{DATES[2].date()}T00:00:00Z/{DATES[6].date()}T23:59:59Z",
+        "bbox": bbox,
+        "filter": {"op": "<=", "args": [{"property": "eo:cloud_cover"}, 30]},
+        "filter-lang": "cql2-json",
+    }
+    registered = httpx.post(f"{viewer.base}/searches", json=body)
+    assert registered.status_code == 200, registered.text
+    search_id = registered.json()["id"]
+    matches = httpx.post(f"{viewer.base}/stac/search", json={**body, "limit": 100}).json()
+    expected = [f["properties"]["datetime"][:10] for f in matches["features"]]
+    assert expected and expected == sorted(expected, reverse=True)
+
+    page = viewer.page
+    page.goto(f"{viewer.base}/searches/{search_id}/map")
+    viewer.wait_mosaic(search_id)
+    assert page.is_checked(SEARCH_VIEW)
+    assert page.input_value("#product") == PRODUCT_ID
+    assert page.input_value("#search-start") == DATES[2].date().isoformat()
+    assert page.input_value("#search-end") == DATES[6].date().isoformat()
+    assert float(page.input_value("#search-cloud")) == 30
+    assert page.evaluate("() => window.tileserverViewer.state.box") == pytest.approx(bbox)
+    assert page.evaluate(BOX_BOUNDS) == pytest.approx(bbox)
+    assert listed(viewer) == [[day, cloud_text(clouds[day])] for day in expected]
+    assert page.inner_text("#search-id") == search_id
+
+    tiles = viewer.mosaic_tiles(search_id)
+    assert tiles and all(t.status == 200 and t.content_type == "image/png" for t in tiles)
+    assert not viewer.posted("/searches")  # shown as registered, not registered again
+    assert page.url.endswith(f"/searches/{search_id}/map")
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_clicking_a_result_shows_that_image(viewer):
+    """A result, clicked, is shown alone in the image view; the mosaic comes back after."""
+    viewer.open("/")
+    search_id = run_search(viewer, start=DATES[0].date().isoformat())
+    page = viewer.page
+    result = page.locator("#search-results .result").nth(2)
+    image_id = result.get_attribute("data-image-id")
+    assert image_id.startswith(f"{PRODUCT_ID}:")
+    with page.expect_request(lambda r: f"/images/{image_id}/tiles/" in r.url):
+        result.click()
+    page.wait_for_function(
+        "(id) => document.querySelector('#xyz-url').value.includes(`/images/${id}/`)",
+        arg=image_id,
+    )
+    viewer.wait_ready()
+    assert page.is_checked(IMAGE_VIEW)
+    assert page.input_value("#image") == image_id
+
+    page.check(SEARCH_VIEW)
+    viewer.wait_mosaic(search_id)
+    assert len(viewer.posted("/searches")) == 1
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems

@@ -35,8 +35,8 @@ from tileserver.catalog.models import Product
 from tileserver.catalog.search import Interval, SearchQuery, Summary
 from tileserver.catalog.store import CatalogStore, NotFound
 from tileserver.render.encode import ImageFormat
-from tileserver.render.mosaic import TileGrid, render_mosaic_tile
-from tileserver.render.tile import request_bands, zoom_range
+from tileserver.render.mosaic import TileGrid, mosaic_bands, render_mosaic_tile
+from tileserver.render.tile import zoom_range
 from tileserver.settings import Settings
 
 router = APIRouter(tags=["searches"])
@@ -278,7 +278,7 @@ def mosaic_layer(
 ) -> tuple[tuple, int, int]:
     """Bounds and zooms of a mosaic; bad bands are one 400, here."""
     query = mosaic_query(store, search_id, mosaic)
-    request_bands(mosaic_product(store, query), params)
+    mosaic_bands(mosaic_product(store, query), params, mosaic.pixel_selection)
     bbox = store.summary(query).bbox
     minzoom, maxzoom = mosaic_zooms(store, search_id, query, tms, settings)
     return bbox, minzoom, maxzoom

@@ -81,12 +81,25 @@ def parse_filter(value: str | Mapping[str, Any], lang: str | None = None) -> dic
             expr = cql2.parse_json(json.dumps(value))
         else:
             raise FilterError("a cql2-json filter must be a JSON object or its text")
-        expr.validate()
-        return expr.to_json()
+        tree = expr.to_json()
+        problem = _validation_problem(json.dumps(tree, sort_keys=True))
     except FilterError:
         raise
-    except Exception as exc:  # cql2.ParseError, cql2.ValidationError, bad JSON values
-        raise FilterError(f"invalid {lang} filter: {exc}") from None
+    except Exception as exc:  # cql2.ParseError, bad JSON values
+        problem = str(exc)
+    if problem is not None:
+        raise FilterError(f"invalid {lang} filter: {problem}")
+    return tree
+
+
+@lru_cache(maxsize=1024)
+def _validation_problem(canonical: str) -> str | None:
+    """cql2's schema check of a CQL2-JSON text, cached: cql2 builds a validator per call."""
+    try:
+        cql2.parse_json(canonical).validate()
+    except Exception as exc:  # cql2.ValidationError
+        return str(exc)
+    return None
 
 
 # --------------------------------------------------------------------------- SQL pieces

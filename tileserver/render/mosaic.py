@@ -109,6 +109,26 @@ def read_image(
     )
 
 
+def mosaic_bands(
+    product: Product, params: RenderParams, pixel_selection: str
+) -> tuple[list[Band], Band | None]:
+    """The bands a mosaic reads and its alpha band; RenderError when the selection cannot work.
+
+    Layer descriptions (TileJSON, WMTS) call it too, so a bad request fails once, up front.
+    """
+    if pixel_selection not in PIXEL_SELECTIONS:
+        raise RenderError(
+            f"unknown pixel_selection '{pixel_selection}' (one of {', '.join(PIXEL_SELECTIONS)})"
+        )
+    bands, alpha_band = request_bands(product, params)
+    if pixel_selection.startswith("lastband") and len(bands) < 2:
+        raise RenderError(
+            f"pixel_selection {pixel_selection} decides by the last band and drops it: "
+            "request at least two bands"
+        )
+    return bands, alpha_band
+
+
 def merged_stats(images: Sequence[Image], names: Sequence[str]) -> dict[str, BandStatistics]:
     """Per band, the widest stored min..max over the images (for `auto` scaling)."""
     merged: dict[str, BandStatistics] = {}
@@ -135,17 +155,8 @@ def render_mosaic_tile(
     `product` defines the bands, their ranges and colormaps (the mosaic's product);
     every image reads the bands of the same names from its own product.
     """
-    if pixel_selection not in PIXEL_SELECTIONS:
-        raise RenderError(
-            f"unknown pixel_selection '{pixel_selection}' (one of {', '.join(PIXEL_SELECTIONS)})"
-        )
-    bands, alpha_band = request_bands(product, params)
+    bands, alpha_band = mosaic_bands(product, params, pixel_selection)
     names = [b.name for b in bands]
-    if pixel_selection.startswith("lastband") and len(bands) < 2:
-        raise RenderError(
-            f"pixel_selection {pixel_selection} decides by the last band and drops it: "
-            "request at least two bands"
-        )
     dtype = DATA_TYPE_TO_NUMPY[common_data_type([b.data_type for b in bands])]
     method = PixelSelectionMethod[pixel_selection].value()
     first = pixel_selection == "first"
