@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.settings = settings
     app.state.store = store
     app.state.cache = TileCache(settings.cache_max_bytes)
+    app.state.layers = searches.LayerCache()
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],

@@ -160,3 +160,34 @@ def test_version_1_catalog_is_migrated_in_place(tmp_path):
     assert version == 2
     assert json.loads(again.get_image("p:a").model_dump_json())["name"] == "a"
     again.close()
+
+
+def test_counts_stop_at_the_limit_and_paging_still_works(store, monkeypatch):
+    import tileserver.catalog.sqlite as sqlite_store
+
+    store.put_images([image(f"i{n}", box(n, 0, n + 1, 1)) for n in range(5)])
+    assert store.search(SearchQuery(limit=2)).matched == 5
+    monkeypatch.setattr(sqlite_store, "COUNT_LIMIT", 3)
+    page = store.search(SearchQuery(limit=2))
+    assert page.matched is None and page.next_token
+    seen = [i.name for i in page.images]
+    while page.next_token:
+        page = store.search(SearchQuery(limit=2, token=page.next_token))
+        seen += [i.name for i in page.images]
+    assert sorted(seen) == [f"i{n}" for n in range(5)]
+    assert store.search(SearchQuery(limit=2), count=False).matched is None
+
+
+def test_statistics_are_gathered_as_the_catalog_grows(store):
+    db = sqlite3.connect(store.path)
+
+    def analyzed() -> bool:
+        found = db.execute("SELECT name FROM sqlite_master WHERE name = 'sqlite_stat1'")
+        return found.fetchone() is not None and db.execute(
+            "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'images'"
+        ).fetchone()[0] > 0
+
+    store.put_images([image(f"i{n}", box(0, 0, 1, 1)) for n in range(10)])
+    assert not analyzed()  # a small catalog plans well without statistics
+    store.put_images([image(f"j{n}", box(0, 0, 1, 1)) for n in range(1200)])
+    assert analyzed()

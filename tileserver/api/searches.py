@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Annotated
 
 from cachetools import LRUCache
@@ -31,7 +32,7 @@ from tileserver.api.tiles import (
     tilejson,
     wmts_capabilities,
 )
-from tileserver.catalog.models import Product
+from tileserver.catalog.models import Image, Product
 from tileserver.catalog.search import Interval, SearchQuery, Summary
 from tileserver.catalog.store import CatalogStore, NotFound
 from tileserver.render.encode import ImageFormat
@@ -44,9 +45,6 @@ router = APIRouter(tags=["searches"])
 IMAGES_HEADER = "X-Mosaic-Images"
 CAP_HEADER = "X-Mosaic-Cap-Reached"
 MOSAIC_HEADERS = (IMAGES_HEADER, CAP_HEADER)
-
-# (search id, tms, catalog generation) -> (minzoom, maxzoom); opening a file per tile is waste
-_zooms: LRUCache = LRUCache(maxsize=1024)
 
 
 def search_links(request: Request, search_id: str) -> list[dict]:
@@ -128,35 +126,78 @@ def mosaic_query(store: CatalogStore, search_id: str, mosaic: MosaicParams) -> S
     return query
 
 
-def mosaic_product(store: CatalogStore, query: SearchQuery) -> Product:
-    """The product whose bands a mosaic renders: the first collection, else the first match.
+def first_image(store: CatalogStore, query: SearchQuery) -> Image:
+    """The first image of a search in its order (no count); NotFound when none matches."""
+    page = store.search(query.model_copy(update={"limit": 1, "token": None}), count=False)
+    if not page.images:
+        raise NotFound("the search matches no image")
+    return page.images[0]
+
+
+class LayerCache:
+    """What a mosaic needs from its first image, per (search, order, catalog generation).
+
+    Looking it up on every tile would run a search (and open a file) per tile.
+    """
+
+    def __init__(self, maxsize: int = 1024):
+        self._cache: LRUCache = LRUCache(maxsize=maxsize)
+        self._lock = threading.Lock()
+
+    def get(self, store: CatalogStore, search_id: str, query: SearchQuery, what: str, compute):
+        """The cached value, or compute() remembered."""
+        key = (search_id, query.model_dump_json(), store.generation(), what)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = compute()
+        with self._lock:
+            self._cache[key] = value
+        return value
+
+
+def get_layers(request: Request) -> LayerCache:
+    """The app's mosaic layer cache."""
+    return request.app.state.layers
+
+
+LayersDep = Annotated[LayerCache, Depends(get_layers)]
+
+
+def mosaic_product(
+    store: CatalogStore, layers: LayerCache, search_id: str, query: SearchQuery
+) -> Product:
+    """The product whose bands a mosaic renders: the first collection, else the first match's.
 
     Images of other products read the bands of the same names from their own product.
     """
     if query.collections:
         return store.get_product(query.collections[0])
-    page = store.search(query.model_copy(update={"limit": 1, "token": None}))
-    if not page.images:
-        raise NotFound("the search matches no image")
-    return store.get_product(page.images[0].product_id)
+    product_id = layers.get(
+        store, search_id, query, "product", lambda: first_image(store, query).product_id
+    )
+    return store.get_product(product_id)
 
 
 def mosaic_zooms(
-    store: CatalogStore, search_id: str, query: SearchQuery, tms: TileMatrixSet, settings: Settings
+    store: CatalogStore,
+    layers: LayerCache,
+    search_id: str,
+    query: SearchQuery,
+    tms: TileMatrixSet,
+    settings: Settings,
 ) -> tuple[int, int]:
     """Zooms of a mosaic, from its first image's resolution and overviews.
 
     Below the minzoom one tile would read many images at their coarsest overview or
     worse, so tiles there are refused (TILESERVER_MOSAIC_MINZOOM moves the limit).
     """
-    key = (search_id, tms.id, query.model_dump_json(), store.generation())
-    if key not in _zooms:
-        page = store.search(query.model_copy(update={"limit": 1, "token": None}))
-        if not page.images:
-            raise NotFound("the search matches no image")
-        image = page.images[0]
-        _zooms[key] = zoom_range(image, tms) if image.files else (tms.minzoom, tms.maxzoom)
-    minzoom, maxzoom = _zooms[key]
+
+    def compute() -> tuple[int, int]:
+        image = first_image(store, query)
+        return zoom_range(image, tms) if image.files else (tms.minzoom, tms.maxzoom)
+
+    minzoom, maxzoom = layers.get(store, search_id, query, f"zooms:{tms.id}", compute)
     if settings.mosaic_minzoom is not None:
         minzoom = settings.mosaic_minzoom
     return minzoom, max(minzoom, maxzoom)
@@ -180,19 +221,21 @@ async def search_tile(
     params: RenderParamsDep,
     mosaic: MosaicParamsDep,
     store: StoreDep,
+    layers: LayersDep,
     settings: SettingsDep,
     scale: Annotated[int, Depends(tile_scale)],
 ) -> Response:
     """One mosaic tile of a registered search, images composited in the search's order.
 
-    `X-Mosaic-Images` says how many images were read; `X-Mosaic-Cap-Reached` appears
+    `X-Mosaic-Images` says how many images were read (skipped ones, hidden under
+    painted pixels, are not counted); `X-Mosaic-Cap-Reached` appears
     when more images meet the tile than TILESERVER_MOSAIC_MAX_IMAGES allows.
     """
     tms = get_tms(tms_id)
     check_tile(tms, z, x, y)
     tilesize = tile_size(tms, z, scale, settings.max_tile_size)
     query = mosaic_query(store, search_id, mosaic)
-    minzoom, _ = mosaic_zooms(store, search_id, query, tms, settings)
+    minzoom, _ = mosaic_zooms(store, layers, search_id, query, tms, settings)
     if z < minzoom:
         raise HTTPException(
             400,
@@ -212,17 +255,17 @@ async def search_tile(
     cap = settings.mosaic_max_images
 
     def render() -> tuple[bytes, dict]:
-        product = mosaic_product(store, query)
+        product = mosaic_product(store, layers, search_id, query)
         images = store.tile_images(query, tuple(tms.bounds(x, y, z)), cap + 1)
         reached = len(images) > cap
         products = {product.id: product}
-        layers = []
+        sources = []
         for image in images[:cap]:
             if image.product_id not in products:
                 products[image.product_id] = store.get_product(image.product_id)
-            layers.append((image, products[image.product_id]))
+            sources.append((image, products[image.product_id]))
         tile = render_mosaic_tile(
-            layers,
+            sources,
             product,
             TileGrid(tms, x, y, z, tilesize),
             params,
@@ -230,7 +273,7 @@ async def search_tile(
             mosaic.pixel_selection,
             settings.reader_threads,
         )
-        headers = {IMAGES_HEADER: str(len(tile.used))}
+        headers = {IMAGES_HEADER: str(tile.read)}
         if reached:
             headers[CAP_HEADER] = str(cap)
         return tile.content, headers
@@ -270,6 +313,7 @@ def search_tile_assets(
 
 def mosaic_layer(
     store: CatalogStore,
+    layers: LayerCache,
     search_id: str,
     params,
     mosaic: MosaicParams,
@@ -278,9 +322,9 @@ def mosaic_layer(
 ) -> tuple[tuple, int, int]:
     """Bounds and zooms of a mosaic; bad bands are one 400, here."""
     query = mosaic_query(store, search_id, mosaic)
-    mosaic_bands(mosaic_product(store, query), params, mosaic.pixel_selection)
+    mosaic_bands(mosaic_product(store, layers, search_id, query), params, mosaic.pixel_selection)
     bbox = store.summary(query).bbox
-    minzoom, maxzoom = mosaic_zooms(store, search_id, query, tms, settings)
+    minzoom, maxzoom = mosaic_zooms(store, layers, search_id, query, tms, settings)
     return bbox, minzoom, maxzoom
 
 
@@ -289,6 +333,7 @@ def search_tilejson(
     request: Request,
     search_id: str,
     store: StoreDep,
+    layers: LayersDep,
     params: RenderParamsDep,
     mosaic: MosaicParamsDep,
     settings: SettingsDep,
@@ -296,7 +341,7 @@ def search_tilejson(
     tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
 ) -> dict:
     """TileJSON 3.0 of the mosaic: bounds are the search's extent."""
-    bbox, minzoom, maxzoom = mosaic_layer(store, search_id, params, mosaic, tms, settings)
+    bbox, minzoom, maxzoom = mosaic_layer(store, layers, search_id, params, mosaic, tms, settings)
     url = tile_url_template(
         request, "search_tile", {"search_id": search_id}, tms, tile_format.value
     )
@@ -308,6 +353,7 @@ def search_wmts(
     request: Request,
     search_id: str,
     store: StoreDep,
+    layers: LayersDep,
     params: RenderParamsDep,
     mosaic: MosaicParamsDep,
     settings: SettingsDep,
@@ -315,7 +361,7 @@ def search_wmts(
     tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
 ) -> Response:
     """OGC WMTS 1.0 capabilities of the mosaic."""
-    bbox, minzoom, maxzoom = mosaic_layer(store, search_id, params, mosaic, tms, settings)
+    bbox, minzoom, maxzoom = mosaic_layer(store, layers, search_id, params, mosaic, tms, settings)
     url = tile_url_template(
         request, "search_tile", {"search_id": search_id}, tms, tile_format.value, WMTS_XYZ
     )

@@ -147,16 +147,11 @@ def item_collection(
         else:
             href = str(request.url.include_query_params(token=token))
             links.append({"rel": rel, "type": GEOJSON, "href": href, "method": "GET"})
-    return JSONResponse(
-        {
-            "type": "FeatureCollection",
-            "features": features,
-            "numberMatched": page.matched,
-            "numberReturned": len(features),
-            "links": links,
-        },
-        media_type=GEOJSON,
-    )
+    collection = {"type": "FeatureCollection", "features": features}
+    if page.matched is not None:  # left out when beyond the store's count limit
+        collection["numberMatched"] = page.matched
+    collection.update(numberReturned=len(features), links=links)
+    return JSONResponse(collection, media_type=GEOJSON)
 
 
 @router.get("")

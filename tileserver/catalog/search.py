@@ -21,7 +21,6 @@ from tileserver.catalog.cql2sql import FilterError, parse_filter
 from tileserver.catalog.models import Image
 
 Interval = Literal["year", "quarter", "month", "week", "day", "hour"]
-INTERVALS: tuple[str, ...] = ("year", "quarter", "month", "week", "day", "hour")
 DEFAULT_SORT = ({"field": "datetime", "direction": "desc"}, {"field": "id", "direction": "desc"})
 MAX_LIMIT = 10000
 
@@ -124,10 +123,6 @@ class SearchQuery(BaseModel):
             args.append({"op": "in", "args": [{"property": "collection"}, self.collections]})
         if self.ids:
             args.append({"op": "in", "args": [{"property": "id"}, self.ids]})
-        if self.bbox is not None:
-            args.append(bbox_filter(self.bbox))
-        if self.intersects is not None:
-            args.append({"op": "s_intersects", "args": [{"property": "geometry"}, self.intersects]})
         if self.datetime is not None:
             start, end = datetime_interval(self.datetime)
             args.append(
@@ -138,6 +133,11 @@ class SearchQuery(BaseModel):
             )
         if self.filter is not None:
             args.append(self.filter)
+        # spatial terms last: their exact check is a Python call per candidate row
+        if self.bbox is not None:
+            args.append(bbox_filter(self.bbox))
+        if self.intersects is not None:
+            args.append({"op": "s_intersects", "args": [{"property": "geometry"}, self.intersects]})
         if not args:
             return None
         return args[0] if len(args) == 1 else {"op": "and", "args": args}
@@ -231,7 +231,7 @@ class SearchPage(BaseModel):
     """One page of search results with the total count and the neighbouring pages' tokens."""
 
     images: list[Image]
-    matched: int
+    matched: int | None = Field(None, description="exact count; None when there are too many")
     next_token: str | None = None
     prev_token: str | None = None
 

@@ -67,8 +67,8 @@ class CatalogStore(Protocol):
     def queryables(self, product_id: str | None = None) -> dict[str, Queryable]:
         """Properties a filter may name (of one product, or of all)."""
 
-    def search(self, query: SearchQuery) -> SearchPage:
-        """A page of matching images in the search's order, with the total count."""
+    def search(self, query: SearchQuery, count: bool = True) -> SearchPage:
+        """A page of matching images in the search's order, with the count if asked."""
 
     def summary(self, query: SearchQuery, interval: str | None = None) -> Summary:
         """Count, bytes, products and extent; with `interval`, per acquisition interval."""

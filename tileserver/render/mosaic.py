@@ -9,6 +9,7 @@ already painted, and stops as soon as the tile is full.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,9 +42,10 @@ class EmptyTile(Exception):
 
 @dataclass
 class MosaicTile:
-    """Encoded bytes and the ids of the images that were read, in paint order."""
+    """Encoded bytes, how many images were read, and those that gave pixels (paint order)."""
 
     content: bytes
+    read: int
     used: list[str]
 
 
@@ -162,30 +164,37 @@ def render_mosaic_tile(
     first = pixel_selection == "first"
     used: list[Image] = []
     pending = list(layers)
-    chunk = max(1, threads) if first else max(1, len(pending))
-
+    read_count = 0
+    # more threads than cores only make the reads of one tile compete
+    workers = max(1, min(threads, os.cpu_count() or 1))
     alpha_name = alpha_band.name if alpha_band is not None else None
 
     def read(layer: tuple[Image, Product]) -> numpy.ma.MaskedArray | None:
         return read_image(layer[0], layer[1], names, alpha_name, grid, params, dtype)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+    def next_batch() -> list[tuple[Image, Product]]:
+        """`first`: the top image alone, then images not hidden under painted pixels."""
+        if not first:
+            return [pending.pop(0) for _ in range(min(workers, len(pending)))]
+        if method.mosaic is None:
+            return [pending.pop(0)]
+        painted = ~numpy.ma.getmaskarray(method.mosaic)[0]
+        batch = []
+        while pending and len(batch) < workers:
+            layer = pending.pop(0)
+            if not painted[grid.footprint_pixels(layer[0].geometry)].all():
+                batch.append(layer)
+        return batch
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         while pending and not method.is_done:
-            batch, pending = pending[:chunk], pending[chunk:]
-            if first and method.mosaic is not None:
-                painted = ~numpy.ma.getmaskarray(method.mosaic)[0]
-                batch = [
-                    layer
-                    for layer in batch
-                    if not painted[grid.footprint_pixels(layer[0].geometry)].all()
-                ]
+            batch = next_batch()
+            read_count += len(batch)
             for layer, array in zip(batch, pool.map(read, batch), strict=True):
                 if array is None or numpy.ma.getmaskarray(array).all():
                     continue
                 method.feed(array)
                 used.append(layer[0])
-                if first and method.is_done:
-                    break
     data = method.data
     if data is None:
         raise EmptyTile(
@@ -211,4 +220,4 @@ def render_mosaic_tile(
         crs=grid.tms.rasterio_crs,
         transform=from_bounds(*grid.tms.xy_bounds(grid.x, grid.y, grid.z), grid.size, grid.size),
     )
-    return MosaicTile(content, [i.id for i in used])
+    return MosaicTile(content, read_count, [i.id for i in used])
