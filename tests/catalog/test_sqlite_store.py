@@ -10,7 +10,7 @@ from shapely.geometry import box, mapping
 
 from tileserver.catalog.models import Image, Product
 from tileserver.catalog.search import SearchQuery
-from tileserver.catalog.sqlite import SCHEMA, SQLiteStore
+from tileserver.catalog.sqlite import SCHEMA, SCHEMA_VERSION, SQLiteStore
 
 BANDS = [{"name": "b1", "data_type": "Byte", "data_range": [0, 255]}]
 
@@ -157,7 +157,7 @@ def test_version_1_catalog_is_migrated_in_place(tmp_path):
     again = SQLiteStore(path)  # reopening does not migrate twice
     assert sorted(found(again)) == ["a", "b"]
     version = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]
-    assert version == 2
+    assert version == SCHEMA_VERSION
     assert json.loads(again.get_image("p:a").model_dump_json())["name"] == "a"
     again.close()
 

@@ -164,6 +164,13 @@ def get_layers(request: Request) -> LayerCache:
 LayersDep = Annotated[LayerCache, Depends(get_layers)]
 
 
+def cached_first_image(
+    store: CatalogStore, layers: LayerCache, search_id: str, query: SearchQuery
+) -> Image:
+    """The search's first image, looked up once per search, order and catalog generation."""
+    return layers.get(store, search_id, query, "first", lambda: first_image(store, query))
+
+
 def mosaic_product(
     store: CatalogStore, layers: LayerCache, search_id: str, query: SearchQuery
 ) -> Product:
@@ -173,10 +180,7 @@ def mosaic_product(
     """
     if query.collections:
         return store.get_product(query.collections[0])
-    product_id = layers.get(
-        store, search_id, query, "product", lambda: first_image(store, query).product_id
-    )
-    return store.get_product(product_id)
+    return store.get_product(cached_first_image(store, layers, search_id, query).product_id)
 
 
 def mosaic_zooms(
@@ -194,7 +198,7 @@ def mosaic_zooms(
     """
 
     def compute() -> tuple[int, int]:
-        image = first_image(store, query)
+        image = cached_first_image(store, layers, search_id, query)
         return zoom_range(image, tms) if image.files else (tms.minzoom, tms.maxzoom)
 
     minzoom, maxzoom = layers.get(store, search_id, query, f"zooms:{tms.id}", compute)
@@ -323,7 +327,7 @@ def mosaic_layer(
     """Bounds and zooms of a mosaic; bad bands are one 400, here."""
     query = mosaic_query(store, search_id, mosaic)
     mosaic_bands(mosaic_product(store, layers, search_id, query), params, mosaic.pixel_selection)
-    bbox = store.summary(query).bbox
+    bbox = layers.get(store, search_id, query, "bounds", lambda: store.summary(query).bbox)
     minzoom, maxzoom = mosaic_zooms(store, layers, search_id, query, tms, settings)
     return bbox, minzoom, maxzoom
 

@@ -85,6 +85,14 @@ CREATE TABLE IF NOT EXISTS meta (
 INSERT OR IGNORE INTO meta VALUES ('generation', 0);
 """,
 }
+# Version 3: indexes for ids and for the properties most filtered on, read from documents
+MIGRATIONS[3] = """
+CREATE INDEX IF NOT EXISTS images_name ON images (name);
+CREATE INDEX IF NOT EXISTS images_platform
+    ON images (json_extract(doc, '$.properties."platform"'));
+CREATE INDEX IF NOT EXISTS images_constellation
+    ON images (json_extract(doc, '$.properties."constellation"'));
+"""
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -203,6 +211,8 @@ class SQLiteStore:
                 if version == 2:
                     self._backfill_v2(db)
                 db.execute(f"PRAGMA user_version = {version}")
+                # new indexes need statistics: gather them again below
+                db.execute("DELETE FROM meta WHERE key = 'analyzed_rows'")
         self._keep_statistics()
 
     def _backfill_v2(self, db: sqlite3.Connection) -> None:
@@ -379,10 +389,9 @@ class SQLiteStore:
         (analyzed,) = db.execute(
             "SELECT coalesce(max(value), 0) FROM meta WHERE key = 'analyzed_rows'"
         ).fetchone()
-        if rows < 2 * analyzed + 1000:
+        if rows < 2 * analyzed + 1000 and (analyzed or rows < 1000):
             return
-        db.execute("PRAGMA analysis_limit = 1000")
-        db.execute("ANALYZE")
+        db.execute("ANALYZE")  # a full one: sampled statistics mistake a product for 1000 rows
         db.execute("INSERT OR REPLACE INTO meta VALUES ('analyzed_rows', ?)", (rows,))
 
     def delete_image(self, image_id: str) -> None:
@@ -459,16 +468,22 @@ class SQLiteStore:
             return "1", []
         return compile_filter(expr, self.queryables())
 
-    def _order(self, query: SearchQuery) -> str:
+    def _order(self, query: SearchQuery, sort_matches: bool = False) -> str:
+        """ORDER BY terms; `sort_matches` keeps SQLite from walking an index in sort order.
+
+        Walking the acquired index stops early when matches are many, but reads the whole
+        catalog when they are few; a known small match count sorts them instead.
+        """
         queryables = self.queryables()
+        prefix = "+" if sort_matches else ""  # unary + hides the column from the planner
         terms = []
         for key in query.sort_keys():
             queryable = queryables.get(key.field)
             if queryable is None or queryable.type == "geometry":
                 sortable = sorted(n for n, q in queryables.items() if q.type != "geometry")
                 raise FilterError(f"cannot sort by '{key.field}'; sortable: {', '.join(sortable)}")
-            terms.append(f"{queryable.sql} {key.direction.upper()}")
-        return ", ".join(terms + ["i.id DESC"])
+            terms.append(f"{prefix}{queryable.sql} {key.direction.upper()}")
+        return ", ".join(terms + [f"{prefix}i.id DESC"])
 
     def search(self, query: SearchQuery, count: bool = True) -> SearchPage:
         """A page of the images a STAC search matches, in its sort order.
@@ -482,12 +497,6 @@ class SQLiteStore:
             raise FilterError(str(exc)) from None
         where, args = self._where(query)
         db = self._connection()
-        rows = db.execute(
-            f"SELECT i.doc FROM images i WHERE {where} ORDER BY {self._order(query)}"
-            " LIMIT ? OFFSET ?",
-            [*args, query.limit + 1, offset],
-        ).fetchall()
-        more = len(rows) > query.limit
         matched = None
         if count:
             (matched,) = db.execute(
@@ -496,6 +505,12 @@ class SQLiteStore:
             ).fetchone()
             if matched > COUNT_LIMIT:
                 matched = None
+        order = self._order(query, sort_matches=matched is not None)
+        rows = db.execute(
+            f"SELECT i.doc FROM images i WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*args, query.limit + 1, offset],
+        ).fetchall()
+        more = len(rows) > query.limit
         return SearchPage(
             images=[Image.model_validate_json(doc) for (doc,) in rows[: query.limit]],
             matched=matched,
