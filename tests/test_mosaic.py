@@ -341,5 +341,9 @@ def test_mosaic_errors_are_clear(mosaic):
     assert one_band.status_code == 400 and "two bands" in one_band.json()["detail"]
     bad = mosaic_tile(client, search_id, fmt="png", bands="nope")
     assert bad.status_code == 400 and "nope" in bad.json()["detail"]
+    nothing = client.post("/searches", json={"ids": ["nope"]}).json()["id"]
+    for path in ("tilejson.json", f"tiles/WebMercatorQuad/{Z}/{X}/{Y}.png"):
+        response = client.get(f"/searches/{nothing}/{path}")
+        assert response.status_code == 404 and "no image" in response.json()["detail"]
     unknown = client.post("/searches", json={"filter": "foo = 1"})
     assert unknown.status_code == 400 and "foo" in unknown.json()["detail"]

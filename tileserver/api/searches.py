@@ -126,14 +126,6 @@ def mosaic_query(store: CatalogStore, search_id: str, mosaic: MosaicParams) -> S
     return query
 
 
-def first_image(store: CatalogStore, query: SearchQuery) -> Image:
-    """The first image of a search in its order (no count); NotFound when none matches."""
-    page = store.search(query.model_copy(update={"limit": 1, "token": None}), count=False)
-    if not page.images:
-        raise NotFound("the search matches no image")
-    return page.images[0]
-
-
 class LayerCache:
     """What a mosaic needs from its first image, per (search, order, catalog generation).
 
@@ -167,8 +159,19 @@ LayersDep = Annotated[LayerCache, Depends(get_layers)]
 def cached_first_image(
     store: CatalogStore, layers: LayerCache, search_id: str, query: SearchQuery
 ) -> Image:
-    """The search's first image, looked up once per search, order and catalog generation."""
-    return layers.get(store, search_id, query, "first", lambda: first_image(store, query))
+    """The search's first image, looked up once per search, order and catalog generation.
+
+    "No image" is remembered too: every tile of an empty mosaic would repeat the search.
+    """
+
+    def compute() -> Image | None:
+        page = store.search(query.model_copy(update={"limit": 1, "token": None}), count=False)
+        return page.images[0] if page.images else None
+
+    image = layers.get(store, search_id, query, "first", compute)
+    if image is None:
+        raise NotFound("the search matches no image")
+    return image
 
 
 def mosaic_product(
