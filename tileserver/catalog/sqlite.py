@@ -460,21 +460,24 @@ class SQLiteStore:
             found[name] = Queryable(name, kind, _property_sql(name, kind))
         return found
 
-    def _where(self, query: SearchQuery, extra: dict | None = None) -> tuple[str, list]:
+    def _where(
+        self, query: SearchQuery, queryables: dict[str, Queryable], extra: dict | None = None
+    ) -> tuple[str, list]:
         expr = query.cql2()
         if extra is not None:
             expr = extra if expr is None else {"op": "and", "args": [expr, extra]}
         if expr is None:
             return "1", []
-        return compile_filter(expr, self.queryables())
+        return compile_filter(expr, queryables)
 
-    def _order(self, query: SearchQuery, sort_matches: bool = False) -> str:
+    def _order(
+        self, query: SearchQuery, queryables: dict[str, Queryable], sort_matches: bool = False
+    ) -> str:
         """ORDER BY terms; `sort_matches` keeps SQLite from walking an index in sort order.
 
         Walking the acquired index stops early when matches are many, but reads the whole
         catalog when they are few; a known small match count sorts them instead.
         """
-        queryables = self.queryables()
         prefix = "+" if sort_matches else ""  # unary + hides the column from the planner
         terms = []
         for key in query.sort_keys():
@@ -495,7 +498,8 @@ class SQLiteStore:
             offset = decode_offset(query.token)
         except ValueError as exc:
             raise FilterError(str(exc)) from None
-        where, args = self._where(query)
+        queryables = self.queryables()
+        where, args = self._where(query, queryables)
         db = self._connection()
         matched = None
         if count:
@@ -505,7 +509,7 @@ class SQLiteStore:
             ).fetchone()
             if matched > COUNT_LIMIT:
                 matched = None
-        order = self._order(query, sort_matches=matched is not None)
+        order = self._order(query, queryables, sort_matches=matched is not None)
         rows = db.execute(
             f"SELECT i.doc FROM images i WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
             [*args, query.limit + 1, offset],
@@ -520,16 +524,18 @@ class SQLiteStore:
 
     def tile_images(self, query: SearchQuery, bbox: tuple, limit: int) -> list[Image]:
         """The search's images whose footprint meets a WGS84 box, in paint order."""
-        where, args = self._where(query, bbox_filter(list(bbox)))
+        queryables = self.queryables()
+        where, args = self._where(query, queryables, bbox_filter(list(bbox)))
+        order = self._order(query, queryables)
         rows = self._connection().execute(
-            f"SELECT i.doc FROM images i WHERE {where} ORDER BY {self._order(query)} LIMIT ?",
+            f"SELECT i.doc FROM images i WHERE {where} ORDER BY {order} LIMIT ?",
             [*args, limit],
         )
         return [Image.model_validate_json(doc) for (doc,) in rows]
 
     def summary(self, query: SearchQuery, interval: str | None = None) -> Summary:
         """Count, bytes, products and extent of a search; bucketed by `interval` if given."""
-        where, args = self._where(query)
+        where, args = self._where(query, self.queryables())
         db = self._connection()
         count, size, minx, miny, maxx, maxy, start, end = db.execute(
             "SELECT count(*), coalesce(sum(bytes), 0), min(minx), min(miny), max(maxx),"
@@ -565,8 +571,9 @@ class SQLiteStore:
 
     def register_search(self, query: SearchQuery) -> RegisteredSearch:
         """Store a search under its stable id (registering it again changes nothing)."""
-        self._where(query)  # unknown properties are refused now, not at the first tile
-        self._order(query)
+        queryables = self.queryables()  # unknown properties are refused now, not at a tile
+        self._where(query, queryables)
+        self._order(query, queryables)
         search_id = query.search_id()
         doc = json.dumps(query.identity(), sort_keys=True)
         with self._transaction() as db:
