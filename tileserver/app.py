@@ -14,7 +14,7 @@ from rasterio.errors import RasterioIOError
 from rio_tiler.errors import InvalidExpression, TileOutsideBounds
 
 from tileserver import __version__
-from tileserver.api import catalog, searches, stac, tiles
+from tileserver.api import catalog, chips, downloads, parcels, searches, stac, tiles
 from tileserver.api.searches import MOSAIC_HEADERS
 from tileserver.api.templates import render_template, root_path
 from tileserver.cache import TileCache
@@ -115,6 +115,9 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.include_router(tiles.router)
     app.include_router(searches.router)
     app.include_router(stac.router, prefix="/stac")
+    app.include_router(chips.router)
+    app.include_router(parcels.router)
+    app.include_router(downloads.router)
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     return app

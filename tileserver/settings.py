@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     mosaic_max_images: int = Field(
         30, ge=1, description="most images one mosaic tile reads (header X-Mosaic-Cap-Reached)"
     )
+    chip_limit: int = Field(24, ge=1, description="most chips one chip request may produce")
+    chip_cache_dir: Path | None = Field(
+        None, description="where rendered chips are kept (default: DATA_DIR/chips)"
+    )
+    download_max_pixels: int = Field(
+        100_000_000, ge=1, description="largest download (width x height x bands); 413 above"
+    )
     mosaic_minzoom: int | None = Field(
         None,
         description="lowest zoom mosaic tiles answer; default: the zoom at which one image's "

@@ -1,0 +1,7 @@
+"""Chips endpoints (being built for issue 4)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["chips"])
