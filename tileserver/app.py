@@ -94,7 +94,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         allow_origins=["*"],
         allow_methods=["GET", "HEAD", "POST"],
         allow_headers=["Content-Type"],
-        expose_headers=["ETag", *MOSAIC_HEADERS],
+        expose_headers=["ETag", *MOSAIC_HEADERS, chips.RENDERED_HEADER, chips.CACHED_HEADER],
     )
     for exc, status in STATUS_CODES.items():
         app.add_exception_handler(exc, _handler(status))

@@ -1,4 +1,4 @@
-"""Command line: `tileserver serve | ingest | demo`."""
+"""Command line: `tileserver serve | ingest | demo | parcels`."""
 
 from __future__ import annotations
 
@@ -129,3 +129,106 @@ def demo(catalog: str | None) -> None:
     finally:
         store.close()
     click.echo(f"demo product '{product}' registered in {target}")
+
+
+def _parcel_store(catalog: str | None):
+    """The catalog store and its parcel tables; a clear error for non-SQLite catalogs."""
+    from tileserver.catalog.parcels import ParcelStore
+    from tileserver.catalog.store import open_store
+
+    store = open_store(_settings(catalog).catalog_url)
+    try:
+        return store, ParcelStore(store)
+    except TypeError as exc:
+        store.close()
+        raise click.ClickException(str(exc)) from None
+
+
+@cli.group()
+def parcels() -> None:
+    """Parcel layers (agricultural fields) in the catalog: load, list, delete."""
+
+
+@parcels.command("load")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="layer name (letters, digits, . _ -)")
+@click.option(
+    "--id-field",
+    help="parcel id attribute, or 'fid' for feature ids [auto: id, pid, parcel_id, ...]",
+)
+@click.option("--crop-field", help="crop type attribute [auto: crop, crop_type, cropname, ...]")
+@click.option("--year-field", help="year attribute [auto: year, crop_year, ...]")
+@click.option("--source-layer", help="layer of a multi-layer file (e.g. a GeoPackage)")
+@click.option("--crs", help="CRS of a file that declares none (overrides a declared one)")
+@click.option("--make-valid", is_flag=True, help="repair invalid polygons instead of skipping them")
+@click.option("--strict", is_flag=True, help="refuse the load instead of skipping any feature")
+@click.option("--catalog", help="catalog URL")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def parcels_load(
+    path: Path,
+    name: str,
+    id_field: str | None,
+    crop_field: str | None,
+    year_field: str | None,
+    source_layer: str | None,
+    crs: str | None,
+    make_valid: bool,
+    strict: bool,
+    catalog: str | None,
+    quiet: bool,
+) -> None:
+    """Load a GeoJSON, GeoPackage or FlatGeobuf parcel file as layer NAME (replacing it).
+
+    Features without geometry, with empty, non-polygonal or invalid geometries, or
+    without an id are skipped and reported per reason; duplicate ids refuse the load.
+    """
+    from tileserver.catalog.parcels import LoadError
+
+    store, parcel_store = _parcel_store(catalog)
+    try:
+        report = parcel_store.load(
+            name,
+            path,
+            progress=not quiet,
+            id_field=id_field,
+            crop_field=crop_field,
+            year_field=year_field,
+            source_layer=source_layer,
+            crs=crs,
+            make_valid=make_valid,
+            strict=strict,
+        )
+    except LoadError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(json.dumps(report.as_dict(), indent=2))
+
+
+@parcels.command("list")
+@click.option("--catalog", help="catalog URL")
+def parcels_list(catalog: str | None) -> None:
+    """List the parcel layers with their counts (JSON)."""
+    store, parcel_store = _parcel_store(catalog)
+    try:
+        layers = [layer.model_dump() for layer in parcel_store.layers()]
+    finally:
+        store.close()
+    click.echo(json.dumps(layers, indent=2))
+
+
+@parcels.command("delete")
+@click.argument("name")
+@click.option("--catalog", help="catalog URL")
+def parcels_delete(name: str, catalog: str | None) -> None:
+    """Delete parcel layer NAME and its parcels."""
+    from tileserver.catalog.store import NotFound
+
+    store, parcel_store = _parcel_store(catalog)
+    try:
+        gone = parcel_store.delete(name)
+    except NotFound as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"deleted parcel layer '{name}' ({gone} parcels)")
