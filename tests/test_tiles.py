@@ -385,6 +385,10 @@ def test_cache_invalidated_when_product_changes(synth):
             422,
             "resampling",
         ),
+        *(
+            ("/images/synth:one/tiles/WebMercatorQuad/10/550/335.png", {"nodata": v}, 400, "nodata")
+            for v in ("nan", "-5", "70000", "inf")
+        ),
     ],
 )
 def test_bad_input_is_a_clear_4xx(synth, path, params, status, words):

@@ -20,6 +20,7 @@ from tileserver.api.templates import render_template, root_path
 from tileserver.cache import TileCache
 from tileserver.catalog.cql2sql import FilterError
 from tileserver.catalog.store import CatalogStore, Conflict, NotFound, open_store
+from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError
 from tileserver.render.mosaic import EmptyTile
 from tileserver.settings import Settings, get_settings
@@ -35,6 +36,8 @@ STATUS_CODES: dict[type[Exception], int] = {
     InvalidExpression: 400,
     ImageNotReadable: 409,
     EmptyTile: 404,
+    OutsideError: 404,  # a download area that misses the images
+    TooLarge: 413,  # a download above the pixel budget
     FilterError: 400,
 }
 

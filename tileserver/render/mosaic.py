@@ -5,29 +5,35 @@ taken whole from one image: it is invalid where any requested band is nodata or 
 image's alpha band is 0. rio-tiler's pixel-selection methods do the compositing; this
 module adds what they lack: `first` skips images whose footprint falls only on pixels
 already painted, and stops as soon as the tile is full.
+
+`composite` and `render_composite` do not care what grid the pixels are on: map tiles
+and download grids (render/download.py) share them.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy
+from affine import Affine
 from morecantile import TileMatrixSet
+from rasterio.crs import CRS
 from rasterio.features import rasterize
 from rasterio.transform import from_bounds
 from rasterio.warp import transform_geom
 from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic.methods import PixelSelectionMethod
 
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, BandStatistics, Image, Product
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import RenderError
-from tileserver.render.pipeline import RenderParams, render_array
-from tileserver.render.reader import read_bands, resolve_bands, tile_reader
+from tileserver.render.pipeline import Rendered, RenderParams, render_array
+from tileserver.render.reader import FileRead, read_bands, resolve_bands, tile_reader
 from tileserver.render.scaling import common_data_type
 from tileserver.render.tile import request_bands
 
@@ -59,18 +65,30 @@ class TileGrid:
     z: int
     size: int
 
+    @property
+    def transform(self) -> Affine:
+        """The tile's affine transform in its TMS's CRS."""
+        bounds = self.tms.xy_bounds(self.x, self.y, self.z)
+        return from_bounds(*bounds, self.size, self.size)
+
     def footprint_pixels(self, geometry: dict) -> numpy.ndarray:
         """True on the tile pixels an image footprint (WGS84 GeoJSON) touches."""
-        bounds = self.tms.xy_bounds(self.x, self.y, self.z)
-        transform = from_bounds(*bounds, self.size, self.size)
-        projected = transform_geom("EPSG:4326", self.tms.rasterio_crs, geometry)
-        return rasterize(
-            [(projected, 1)],
-            out_shape=(self.size, self.size),
-            transform=transform,
-            all_touched=True,
-            dtype="uint8",
-        ).astype(bool)
+        return footprint_pixels(
+            geometry, self.tms.rasterio_crs, self.transform, (self.size, self.size)
+        )
+
+
+def footprint_pixels(
+    geometry: dict, crs: CRS, transform: Affine, shape: tuple[int, int]
+) -> numpy.ndarray:
+    """True on the grid pixels a footprint (WGS84 GeoJSON) touches: `first` skips the rest."""
+    projected = transform_geom("EPSG:4326", crs, geometry)
+    return rasterize(
+        [(projected, 1)], out_shape=shape, transform=transform, all_touched=True, dtype="uint8"
+    ).astype(bool)
+
+
+ReadFile = Callable[[Reader, FileRead], ImageData]
 
 
 def read_image(
@@ -78,27 +96,25 @@ def read_image(
     product: Product,
     names: Sequence[str],
     alpha_name: str | None,
-    grid: TileGrid,
+    grid: TileGrid | ReadFile,
     params: RenderParams,
     dtype: str,
 ) -> numpy.ma.MaskedArray | None:
     """The image's pixels for `names` with one mask for all bands; None if outside it.
 
+    `grid` is a map tile, or any `read` callback of read_bands (a download grid).
     A pixel is invalid where any band is masked or the alpha band (`alpha_name`, else
     the product's own alpha band) is 0.
     """
     bands = resolve_bands(product, names)
     alpha = resolve_bands(product, [alpha_name])[0] if alpha_name else product.alpha_band()
     to_read = bands + ([alpha] if alpha is not None and alpha not in bands else [])
+    if isinstance(grid, TileGrid):
+        read, tms = tile_reader(grid.x, grid.y, grid.z, grid.size, params.resampling), grid.tms
+    else:
+        read, tms = grid, None
     try:
-        img: ImageData = read_bands(
-            image,
-            to_read,
-            tile_reader(grid.x, grid.y, grid.z, grid.size, params.resampling),
-            grid.tms,
-            params.nodata,
-            threads=1,
-        )
+        img: ImageData = read_bands(image, to_read, read, tms, params.nodata, threads=1)
     except TileOutsideBounds:
         return None
     array = img.array
@@ -143,8 +159,101 @@ def merged_stats(images: Sequence[Image], names: Sequence[str]) -> dict[str, Ban
     return merged
 
 
+@dataclass
+class Composite:
+    """Composited pixels (None when no image had a valid one), images read and used."""
+
+    data: numpy.ma.MaskedArray | None
+    read: int
+    used: list[Image]
+
+
+Layer = tuple[Image, Product]
+
+
+def composite(
+    layers: Sequence[Layer],
+    read: Callable[[Layer], numpy.ma.MaskedArray | None],
+    pixel_selection: str = "first",
+    footprint: Callable[[dict], numpy.ndarray] | None = None,
+    threads: int = 4,
+    cutline: numpy.ndarray | None = None,
+) -> Composite:
+    """Feed `layers` (in paint order) through rio-tiler's pixel selection.
+
+    `read(layer)` gives the layer's pixels on the output grid (None: nothing there).
+    With `first`, layers whose `footprint` (the grid pixels it touches) falls only on
+    painted pixels are not read, and reading stops once every pixel is painted;
+    `cutline` (True outside the area asked for) counts as painted.
+    """
+    method = PixelSelectionMethod[pixel_selection].value()
+    if cutline is not None:
+        method.cutline_mask = cutline
+    first = pixel_selection == "first"
+    used: list[Image] = []
+    pending = list(layers)
+    read_count = 0
+    # more threads than cores only make the reads of one grid compete
+    workers = max(1, min(threads, os.cpu_count() or 1))
+
+    def next_batch() -> list[Layer]:
+        """`first`: the top image alone, then images not hidden under painted pixels."""
+        if not first:
+            return [pending.pop(0) for _ in range(min(workers, len(pending)))]
+        if method.mosaic is None or footprint is None:
+            return [pending.pop(0)]
+        painted = ~numpy.ma.getmaskarray(method.mosaic)[0]
+        if cutline is not None:
+            painted |= cutline
+        batch = []
+        while pending and len(batch) < workers:
+            layer = pending.pop(0)
+            if not painted[footprint(layer[0].geometry)].all():
+                batch.append(layer)
+        return batch
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while pending and not method.is_done:
+            batch = next_batch()
+            read_count += len(batch)
+            for layer, array in zip(batch, pool.map(read, batch), strict=True):
+                if array is None or numpy.ma.getmaskarray(array).all():
+                    continue
+                method.feed(array)
+                used.append(layer[0])
+    return Composite(method.data, read_count, used)
+
+
+def selection_bands(bands: Sequence[Band], pixel_selection: str, images: int) -> list[Band]:
+    """The bands a selection's output is scaled as: `count` is one band of counts (Byte,
+    0..images), `lastband*` drop the deciding band, `stdev` is Float64."""
+    if pixel_selection == "count":
+        return [Band(name="count", type="generic", data_type="Byte", data_range=(0, images))]
+    if pixel_selection.startswith("lastband"):
+        return list(bands[:-1])
+    if pixel_selection == "stdev":
+        return [b.model_copy(update={"data_type": "Float64"}) for b in bands]
+    return list(bands)
+
+
+def render_composite(
+    data: numpy.ma.MaskedArray,
+    bands: Sequence[Band],
+    params: RenderParams,
+    pixel_selection: str,
+    used: Sequence[Image],
+) -> Rendered:
+    """Scale composited pixels; value-preserving selections keep the images' statistics."""
+    names = [b.name for b in bands]
+    stats = merged_stats(used, names) if pixel_selection in VALUE_PRESERVING else None
+    if pixel_selection == "count":
+        data = data.reshape((1, *data.shape[-2:]))
+    scale_bands = selection_bands(bands, pixel_selection, len(used))
+    return render_array(data, scale_bands, params, stats=stats)
+
+
 def render_mosaic_tile(
-    layers: Sequence[tuple[Image, Product]],
+    layers: Sequence[Layer],
     product: Product,
     grid: TileGrid,
     params: RenderParams,
@@ -160,64 +269,23 @@ def render_mosaic_tile(
     bands, alpha_band = mosaic_bands(product, params, pixel_selection)
     names = [b.name for b in bands]
     dtype = DATA_TYPE_TO_NUMPY[common_data_type([b.data_type for b in bands])]
-    method = PixelSelectionMethod[pixel_selection].value()
-    first = pixel_selection == "first"
-    used: list[Image] = []
-    pending = list(layers)
-    read_count = 0
-    # more threads than cores only make the reads of one tile compete
-    workers = max(1, min(threads, os.cpu_count() or 1))
     alpha_name = alpha_band.name if alpha_band is not None else None
 
-    def read(layer: tuple[Image, Product]) -> numpy.ma.MaskedArray | None:
+    def read(layer: Layer) -> numpy.ma.MaskedArray | None:
         return read_image(layer[0], layer[1], names, alpha_name, grid, params, dtype)
 
-    def next_batch() -> list[tuple[Image, Product]]:
-        """`first`: the top image alone, then images not hidden under painted pixels."""
-        if not first:
-            return [pending.pop(0) for _ in range(min(workers, len(pending)))]
-        if method.mosaic is None:
-            return [pending.pop(0)]
-        painted = ~numpy.ma.getmaskarray(method.mosaic)[0]
-        batch = []
-        while pending and len(batch) < workers:
-            layer = pending.pop(0)
-            if not painted[grid.footprint_pixels(layer[0].geometry)].all():
-                batch.append(layer)
-        return batch
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        while pending and not method.is_done:
-            batch = next_batch()
-            read_count += len(batch)
-            for layer, array in zip(batch, pool.map(read, batch), strict=True):
-                if array is None or numpy.ma.getmaskarray(array).all():
-                    continue
-                method.feed(array)
-                used.append(layer[0])
-    data = method.data
-    if data is None:
+    result = composite(layers, read, pixel_selection, grid.footprint_pixels, threads)
+    if result.data is None:
         raise EmptyTile(
             f"no image of this mosaic has valid pixels in tile {grid.z}/{grid.x}/{grid.y}"
         )
-    scale_bands: list[Band] = list(bands)
-    stats = merged_stats(used, names) if pixel_selection in VALUE_PRESERVING else None
-    if pixel_selection == "count":
-        data = data.reshape((1, *data.shape[-2:]))
-        scale_bands = [
-            Band(name="count", type="generic", data_type="Byte", data_range=(0, len(used)))
-        ]
-    elif pixel_selection.startswith("lastband"):
-        scale_bands = scale_bands[:-1]
-    elif pixel_selection == "stdev":
-        scale_bands = [b.model_copy(update={"data_type": "Float64"}) for b in scale_bands]
-    rendered = render_array(data, scale_bands, params, stats=stats)
+    rendered = render_composite(result.data, bands, params, pixel_selection, result.used)
     content = encode(
         rendered.data,
         rendered.mask,
         fmt,
         rendered.colormap,
         crs=grid.tms.rasterio_crs,
-        transform=from_bounds(*grid.tms.xy_bounds(grid.x, grid.y, grid.z), grid.size, grid.size),
+        transform=grid.transform,
     )
-    return MosaicTile(content, read_count, [i.id for i in used])
+    return MosaicTile(content, result.read, [i.id for i in result.used])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,8 +13,8 @@ from rasterio.errors import RasterioIOError
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
-from tileserver.catalog.models import Band, Image, Product
-from tileserver.render.errors import ImageNotReadable, UnknownBand
+from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
+from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,25 @@ def resolve_bands(product: Product, names: Sequence[str]) -> list[Band]:
     return bands
 
 
+def check_nodata(nodata: float | None, bands: Sequence[Band]) -> None:
+    """Refuse a request `nodata` that a band's type cannot hold (GDAL cannot compare it)."""
+    if nodata is None:
+        return
+    for band in bands:
+        dtype = numpy.dtype(DATA_TYPE_TO_NUMPY[band.data_type])
+        if dtype.kind == "f":
+            continue
+        info = numpy.iinfo(dtype)
+        if not (math.isfinite(nodata) and info.min <= nodata <= info.max):
+            raise RenderError(
+                f"nodata {nodata:g} is not a value of band '{band.name}' ({band.data_type}: "
+                f"{info.min}..{info.max})"
+            )
+
+
 def plan_reads(image: Image, bands: Sequence[Band], nodata: float | None = None) -> list[FileRead]:
     """Group the bands by file so each file is opened once per request."""
+    check_nodata(nodata, bands)
     if image.storage_state == "remote" or not image.files:
         raise ImageNotReadable(
             f"image '{image.id}' is remote: it is in the catalog but has no files to read"
