@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.background import BackgroundTask
@@ -279,71 +279,59 @@ FILE_RESPONSES: dict = {
 # ----------------------------------------------------------------------------- images
 
 
-@router.get(
-    "/images/{image_id}/download.{fmt}", response_class=FileResponse, responses=FILE_RESPONSES
+def download_area(area: GridDep, body: Annotated[AreaBody | None, Body()] = None) -> GridRequest:
+    """The output grid, with the geometry a POST body gives (GET has none)."""
+    return with_body(area, body) if body is not None else area
+
+
+AreaDep = Annotated[GridRequest, Depends(download_area)]
+METHODS = ["GET", "POST"]  # POST carries a GeoJSON geometry in its body
+
+
+@router.api_route(
+    "/images/{image_id}/download.{fmt}",
+    methods=METHODS,
+    response_class=FileResponse,
+    responses=FILE_RESPONSES,
 )
 def image_download(
     image_id: str,
     fmt: DownloadFormat,
     params: RenderParamsDep,
-    area: GridDep,
+    area: AreaDep,
     store: StoreDep,
     settings: SettingsDep,
 ) -> FileResponse:
-    """The image as a COG or .npy (band, y, x); by default its own grid, pixels unchanged."""
+    """The image as a COG or .npy (band, y, x); by default its own grid, pixels unchanged.
+
+    POST a `{"geometry": ...}` body to download within it (pixels outside are nodata).
+    """
     return file_response(image_job(store, image_id, params, area), fmt, params, settings)
 
 
-@router.post(
-    "/images/{image_id}/download.{fmt}", response_class=FileResponse, responses=FILE_RESPONSES
-)
-def image_download_area(
-    image_id: str,
-    fmt: DownloadFormat,
-    body: AreaBody,
-    params: RenderParamsDep,
-    area: GridDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> FileResponse:
-    """The image within a posted geometry; pixels whose centres are outside are nodata."""
-    job = image_job(store, image_id, params, with_body(area, body))
-    return file_response(job, fmt, params, settings)
-
-
-@router.get("/images/{image_id}/raster_info")
+@router.api_route("/images/{image_id}/raster_info", methods=METHODS)
 def image_raster_info(
-    image_id: str, params: RenderParamsDep, area: GridDep, store: StoreDep, settings: SettingsDep
+    image_id: str, params: RenderParamsDep, area: AreaDep, store: StoreDep, settings: SettingsDep
 ) -> dict:
     """The file the same query downloads: geoTransform, CRS, size, WGS84 extent, bands."""
     return info_response(image_job(store, image_id, params, area), settings)
 
 
-@router.post("/images/{image_id}/raster_info")
-def image_raster_info_area(
-    image_id: str,
-    body: AreaBody,
-    params: RenderParamsDep,
-    area: GridDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> dict:
-    """raster_info of the download within a posted geometry."""
-    return info_response(image_job(store, image_id, params, with_body(area, body)), settings)
-
-
 # ----------------------------------------------------------------------------- searches
 
 
-@router.get(
-    "/searches/{search_id}/mosaic.{fmt}", response_class=FileResponse, responses=FILE_RESPONSES
+@router.api_route(
+    "/searches/{search_id}/mosaic.{fmt}",
+    methods=METHODS,
+    response_class=FileResponse,
+    responses=FILE_RESPONSES,
 )
 def mosaic_download(
     search_id: str,
     fmt: DownloadFormat,
     params: RenderParamsDep,
     mosaic: MosaicParamsDep,
-    area: GridDep,
+    area: AreaDep,
     store: StoreDep,
     layers: LayersDep,
     settings: SettingsDep,
@@ -353,34 +341,18 @@ def mosaic_download(
     return file_response(job, fmt, params, settings)
 
 
-@router.post(
-    "/searches/{search_id}/mosaic.{fmt}", response_class=FileResponse, responses=FILE_RESPONSES
-)
-def mosaic_download_area(
-    search_id: str,
-    fmt: DownloadFormat,
-    body: AreaBody,
-    params: RenderParamsDep,
-    mosaic: MosaicParamsDep,
-    area: GridDep,
-    store: StoreDep,
-    layers: LayersDep,
-    settings: SettingsDep,
-) -> FileResponse:
-    """The mosaic within a posted geometry; pixels whose centres are outside are nodata."""
-    job = search_job(store, layers, search_id, params, mosaic, with_body(area, body))
-    return file_response(job, fmt, params, settings)
-
-
-@router.get(
-    "/searches/{search_id}/stack.{fmt}", response_class=FileResponse, responses=FILE_RESPONSES
+@router.api_route(
+    "/searches/{search_id}/stack.{fmt}",
+    methods=METHODS,
+    response_class=FileResponse,
+    responses=FILE_RESPONSES,
 )
 def stack_download(
     search_id: str,
     fmt: DownloadFormat,
     params: RenderParamsDep,
     mosaic: MosaicParamsDep,
-    area: GridDep,
+    area: AreaDep,
     store: StoreDep,
     layers: LayersDep,
     settings: SettingsDep,
@@ -391,35 +363,15 @@ def stack_download(
     return file_response(job, fmt, params, settings)
 
 
-@router.post(
-    "/searches/{search_id}/stack.{fmt}", response_class=FileResponse, responses=FILE_RESPONSES
-)
-def stack_download_area(
-    search_id: str,
-    fmt: DownloadFormat,
-    body: AreaBody,
-    params: RenderParamsDep,
-    mosaic: MosaicParamsDep,
-    area: GridDep,
-    store: StoreDep,
-    layers: LayersDep,
-    settings: SettingsDep,
-    flatten: FlattenQuery = "none",
-) -> FileResponse:
-    """The stack within a posted geometry; pixels whose centres are outside are nodata."""
-    job = search_job(store, layers, search_id, params, mosaic, with_body(area, body), flatten)
-    return file_response(job, fmt, params, settings)
-
-
 StackQuery = Annotated[bool, Query(description="describe the stack instead of the mosaic")]
 
 
-@router.get("/searches/{search_id}/raster_info")
+@router.api_route("/searches/{search_id}/raster_info", methods=METHODS)
 def search_raster_info(
     search_id: str,
     params: RenderParamsDep,
     mosaic: MosaicParamsDep,
-    area: GridDep,
+    area: AreaDep,
     store: StoreDep,
     layers: LayersDep,
     settings: SettingsDep,
@@ -427,24 +379,5 @@ def search_raster_info(
     flatten: FlattenQuery = "none",
 ) -> dict:
     """The file mosaic.tif (or stack.tif with `stack=true`) downloads with the same query."""
-    job = search_job(store, layers, search_id, params, mosaic, area, flatten if stack else None)
-    return info_response(job, settings)
-
-
-@router.post("/searches/{search_id}/raster_info")
-def search_raster_info_area(
-    search_id: str,
-    body: AreaBody,
-    params: RenderParamsDep,
-    mosaic: MosaicParamsDep,
-    area: GridDep,
-    store: StoreDep,
-    layers: LayersDep,
-    settings: SettingsDep,
-    stack: StackQuery = False,
-    flatten: FlattenQuery = "none",
-) -> dict:
-    """raster_info of the mosaic or stack within a posted geometry."""
-    area = with_body(area, body)
     job = search_job(store, layers, search_id, params, mosaic, area, flatten if stack else None)
     return info_response(job, settings)
