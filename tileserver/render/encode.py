@@ -9,6 +9,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rio_tiler.utils import render
 
+from tileserver.catalog.models import DATA_TYPE_TO_NUMPY
 from tileserver.render.errors import RenderError
 
 
@@ -65,15 +66,7 @@ CREATION_OPTIONS = {
     ImageFormat.tif: {"compress": "deflate"},
     ImageFormat.npy: {},
 }
-DATA_TYPE_NAMES = {
-    "uint8": "Byte",
-    "uint16": "UInt16",
-    "int16": "Int16",
-    "uint32": "UInt32",
-    "int32": "Int32",
-    "float32": "Float32",
-    "float64": "Float64",
-}
+DATA_TYPE_NAMES = {v: k for k, v in DATA_TYPE_TO_NUMPY.items()}  # numpy -> catalog names
 
 
 def check_format(fmt: ImageFormat, dtype: str, count: int, colormap: bool = False) -> None:
