@@ -164,6 +164,24 @@ def band_statistics(
     return result
 
 
+MAX_STATISTICS_PIXELS = 4096 * 4096  # beyond this, statistics need overviews
+
+
+def image_statistics(
+    href: str, indexes: list[int], nodata: float | None = None
+) -> list[BandStatistics] | None:
+    """Band statistics when they are cheap: the file has overviews or is small.
+
+    A large remote file without overviews would be read whole (gigabytes from a
+    bucket) to decimate it; such images get no stored statistics, and `auto`
+    scaling stretches from the returned pixels instead.
+    """
+    with rasterio.open(href) as src:
+        if not src.overviews(1) and src.width * src.height > MAX_STATISTICS_PIXELS:
+            return None
+    return band_statistics(href, indexes, nodata)
+
+
 def numeric_or_none(value) -> float | None:
     """A finite float, or None for missing/NaN nodata."""
     if value is None:

@@ -1,0 +1,261 @@
+"""Where scene files live: local folders, S3 and GCS buckets, named the way GDAL opens them.
+
+Readers only see GDAL paths (`/data/x.tif`, `/vsis3/bucket/key`, `/vsigs/bucket/key`).
+Pixels are read by GDAL through those paths; small metadata files (XML, JSON, tie-point
+grids) and bucket listings go through obstore, configured from the same environment
+variables GDAL reads, so one setting serves both:
+
+- S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION,
+  AWS_S3_ENDPOINT (host[:port] of an S3-compatible store), AWS_HTTPS=NO for plain HTTP,
+  AWS_VIRTUAL_HOSTING=FALSE for path-style addressing, AWS_NO_SIGN_REQUEST=YES.
+- GCS: GOOGLE_KEY_STRING (the service-account JSON, as the UP42 block takes it) or
+  GOOGLE_APPLICATION_CREDENTIALS (its path), CPL_GS_ENDPOINT (an emulator's URL),
+  GS_NO_SIGN_REQUEST=YES for anonymous access.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import obstore
+from obstore.store import GCSStore, S3Store
+
+Provider = Literal["file", "aws", "gcs"]
+PREFIXES = {"aws": "/vsis3/", "gcs": "/vsigs/"}
+SECRET_VARIABLES = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GOOGLE_KEY_STRING",
+    "GS_OAUTH2_PRIVATE_KEY",
+    "GS_SECRET_ACCESS_KEY",
+)
+
+
+class StorageError(OSError):
+    """A bucket or file that cannot be listed or read; the message never holds a secret."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A GDAL path split into provider, bucket (or root folder) and key."""
+
+    provider: Provider
+    bucket: str
+    key: str
+
+
+def gdal_path(provider: Provider, bucket: str, key: str = "") -> str:
+    """The path GDAL opens for `key` in `bucket` (for `file`, bucket is a folder)."""
+    key = key.lstrip("/")
+    if provider == "file":
+        return str(Path(bucket) / key) if key else str(Path(bucket))
+    return f"{PREFIXES[provider]}{bucket}/{key}" if key else f"{PREFIXES[provider]}{bucket}"
+
+
+def locate(href: str) -> Location:
+    """Split a GDAL path into its provider, bucket and key."""
+    for provider, prefix in PREFIXES.items():
+        if href.startswith(prefix):
+            bucket, _, key = href[len(prefix) :].partition("/")
+            return Location(provider, bucket, key)  # type: ignore[arg-type]
+    return Location("file", "/", href)
+
+
+def join(href: str, relative: str) -> str:
+    """`relative` (a path in a metadata file) resolved against the folder of `href`."""
+    relative = relative.replace("\\", "/")
+    if relative.startswith("./"):
+        relative = relative[2:]
+    if href.startswith("/vsi"):
+        return posixpath.normpath(posixpath.join(posixpath.dirname(href), relative))
+    return str((Path(href).parent / relative).resolve())
+
+
+def parent(href: str) -> str:
+    """The folder holding `href`."""
+    return posixpath.dirname(href) if href.startswith("/vsi") else str(Path(href).parent)
+
+
+def redact(text: str) -> str:
+    """`text` with every configured secret value replaced, for messages and logs."""
+    for name in SECRET_VARIABLES:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    # a service-account JSON's private key, wherever it came from
+    return re.sub(
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----",
+        "***",
+        text,
+        flags=re.S,
+    )
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().upper() in ("YES", "TRUE", "ON", "1")
+
+
+def configure_gdal() -> None:
+    """Hand GOOGLE_KEY_STRING to GDAL, whose /vsigs/ reads the key's fields separately.
+
+    Called once by the server and the command line; the key stays in this process's
+    environment and is never written to disk or to the catalog.
+    """
+    key_string = os.environ.get("GOOGLE_KEY_STRING")
+    if not key_string or os.environ.get("GS_OAUTH2_PRIVATE_KEY"):
+        return
+    try:
+        key = json.loads(key_string)
+    except json.JSONDecodeError:
+        raise StorageError("GOOGLE_KEY_STRING is not a service-account JSON document") from None
+    if not isinstance(key, dict) or not {"private_key", "client_email"} <= key.keys():
+        raise StorageError("GOOGLE_KEY_STRING lacks private_key or client_email")
+    os.environ["GS_OAUTH2_PRIVATE_KEY"] = key["private_key"]
+    os.environ["GS_OAUTH2_CLIENT_EMAIL"] = key["client_email"]
+
+
+def _environment() -> tuple:
+    """The variables that shape a store, so a changed environment builds a new one."""
+    names = (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_S3_ENDPOINT",
+        "AWS_HTTPS",
+        "AWS_VIRTUAL_HOSTING",
+        "AWS_NO_SIGN_REQUEST",
+        "GOOGLE_KEY_STRING",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "CPL_GS_ENDPOINT",
+        "GS_NO_SIGN_REQUEST",
+    )
+    return tuple(os.environ.get(n) for n in names)
+
+
+@lru_cache(maxsize=32)
+def _store(provider: Provider, bucket: str, environment: tuple):
+    """An obstore client for one bucket, configured like GDAL from the environment."""
+    del environment  # part of the cache key only
+    env = os.environ
+    if provider == "aws":
+        options: dict = {
+            "region": env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        }
+        if env.get("AWS_S3_ENDPOINT"):
+            endpoint = env["AWS_S3_ENDPOINT"]
+            if "://" not in endpoint:
+                scheme = "https" if _flag("AWS_HTTPS", True) else "http"
+                endpoint = f"{scheme}://{endpoint}"
+            options["endpoint"] = endpoint
+            options["virtual_hosted_style_request"] = _flag("AWS_VIRTUAL_HOSTING", True)
+        if _flag("AWS_NO_SIGN_REQUEST", False):
+            options["skip_signature"] = True
+        else:
+            for name, option in (
+                ("AWS_ACCESS_KEY_ID", "access_key_id"),
+                ("AWS_SECRET_ACCESS_KEY", "secret_access_key"),
+                ("AWS_SESSION_TOKEN", "session_token"),
+            ):
+                if env.get(name):
+                    options[option] = env[name]
+        allow_http = options.get("endpoint", "").startswith("http://")
+        return S3Store(bucket, client_options={"allow_http": allow_http}, **options)
+    options = {}
+    if env.get("CPL_GS_ENDPOINT"):
+        options["base_url"] = env["CPL_GS_ENDPOINT"].rstrip("/")
+    if _flag("GS_NO_SIGN_REQUEST", False):
+        options["skip_signature"] = True
+    elif env.get("GOOGLE_KEY_STRING"):
+        options["service_account_key"] = env["GOOGLE_KEY_STRING"]
+    elif env.get("GOOGLE_APPLICATION_CREDENTIALS"):
+        options["application_credentials"] = env["GOOGLE_APPLICATION_CREDENTIALS"]
+    allow_http = options.get("base_url", "").startswith("http://")
+    return GCSStore(bucket, client_options={"allow_http": allow_http}, **options)
+
+
+def _fail(what: str, href: str, exc: Exception) -> StorageError:
+    """A StorageError naming the path and the store's reason, secrets removed."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    kind = type(exc).__name__
+    if kind in ("PermissionDeniedError", "UnauthenticatedError"):
+        reason = f"access denied ({reason})"
+    elif kind == "NotFoundError":
+        reason = "not found"
+    return StorageError(redact(f"cannot {what} {href}: {reason}"))
+
+
+def read_bytes(href: str) -> bytes:
+    """The whole content of a (small) file: a metadata document, a tie-point grid."""
+    where = locate(href)
+    if where.provider == "file":
+        try:
+            return Path(href).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"cannot read {href}: {exc.strerror or exc}") from None
+    try:
+        store = _store(where.provider, where.bucket, _environment())
+        return bytes(obstore.get(store, where.key).bytes())
+    except Exception as exc:  # obstore raises its own error classes per cause
+        raise _fail("read", href, exc) from None
+
+
+def exists(href: str) -> bool:
+    """Whether a file is there (a HEAD request for buckets)."""
+    where = locate(href)
+    if where.provider == "file":
+        return Path(href).is_file()
+    try:
+        obstore.head(_store(where.provider, where.bucket, _environment()), where.key)
+    except FileNotFoundError:
+        return False
+    except Exception as exc:
+        if type(exc).__name__ == "NotFoundError":
+            return False
+        raise _fail("look up", href, exc) from None
+    return True
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A listed file: its GDAL path and size in bytes."""
+
+    href: str
+    size: int
+
+
+def list_files(provider: Provider, bucket: str, prefix: str = "") -> Iterator[Entry]:
+    """Every file under `prefix`, in key order (for `file`, `bucket` is a folder or a file)."""
+    if provider == "file":
+        root = Path(bucket).expanduser().resolve()
+        base = root / prefix if prefix else root
+        if not base.exists():
+            raise StorageError(f"no such file or folder: {base}")
+        paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+        for path in paths:
+            yield Entry(str(path), path.stat().st_size)
+        return
+    prefix = prefix.lstrip("/")
+    try:
+        store = _store(provider, bucket, _environment())
+        entries = [
+            (meta["path"], meta["size"])
+            for batch in obstore.list(store, prefix=prefix or None)
+            for meta in batch
+        ]
+    except Exception as exc:
+        raise _fail("list", gdal_path(provider, bucket, prefix), exc) from None
+    for key, size in sorted(entries):
+        yield Entry(gdal_path(provider, bucket, key), size)
