@@ -14,12 +14,22 @@ from rasterio.errors import RasterioIOError
 from rio_tiler.errors import InvalidExpression, TileOutsideBounds
 
 from tileserver import __version__
-from tileserver.api import catalog, chips, downloads, parcels, searches, stac, tiles
+from tileserver.api import (
+    catalog,
+    chips,
+    downloads,
+    imports,
+    parcels,
+    searches,
+    stac,
+    tiles,
+)
 from tileserver.api.searches import MOSAIC_HEADERS
 from tileserver.api.templates import render_template, root_path
 from tileserver.cache import TileCache
 from tileserver.catalog.cql2sql import FilterError
 from tileserver.catalog.store import CatalogStore, Conflict, NotFound, open_store
+from tileserver.ingest.vsi import configure_gdal
 from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError
 from tileserver.render.mosaic import EmptyTile
@@ -75,6 +85,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     settings = settings or get_settings()
     own_store = store is None
     store = store or open_store(settings.catalog_url)
+    configure_gdal()  # GOOGLE_KEY_STRING -> the variables GDAL's /vsigs/ reads
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -121,6 +132,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.include_router(chips.router)
     app.include_router(parcels.router)
     app.include_router(downloads.router)
+    app.include_router(imports.router)
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     return app

@@ -1,4 +1,4 @@
-"""Command line: `tileserver serve | ingest | demo | parcels`."""
+"""Command line: `tileserver serve | ingest | import | demo | parcels`."""
 
 from __future__ import annotations
 
@@ -60,9 +60,42 @@ def serve(host: str, port: int, workers: int, demo: bool, catalog: str | None, l
     uvicorn.run("tileserver.main:app", host=host, port=port, workers=workers, log_level=log_level)
 
 
+def _acquired(when: str | None) -> datetime | None:
+    """The --datetime option as an aware UTC time."""
+    from tileserver.ingest.raster import parse_time
+
+    if not when:
+        return None
+    acquired = parse_time(when)
+    if acquired is None:
+        raise click.BadParameter(f"'{when}' is not an ISO 8601 time", param_hint="--datetime")
+    return acquired.astimezone(UTC)
+
+
+def _run_import(request, catalog: str | None, when, overrides, quiet: bool):
+    """Run an import with a progress bar; StorageError (listing failed) exits 2."""
+    from tileserver.catalog.store import open_store
+    from tileserver.ingest.imports import run_import
+    from tileserver.ingest.vsi import StorageError, configure_gdal
+
+    settings = _settings(catalog)
+    store = open_store(settings.catalog_url)
+    try:
+        configure_gdal()
+        return run_import(store, request, settings.data_dir, when, overrides, progress=not quiet)
+    except StorageError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+
+
 @cli.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--product", "product_id", required=True, help="product to register images into")
+@click.option(
+    "--product",
+    "product_id",
+    help="product to register images into (default: from the metadata, else the folder name)",
+)
 @click.option("--datetime", "when", help="acquisition time for every file (ISO 8601)")
 @click.option(
     "--bands",
@@ -70,47 +103,111 @@ def serve(host: str, port: int, workers: int, demo: bool, catalog: str | None, l
     type=click.Path(exists=True, path_type=Path),
     help="JSON/YAML file overriding inferred band attributes: {band: {attr: value}}",
 )
+@click.option("--copy", "copy_pixels", is_flag=True, help="copy pixels into local COGs")
 @click.option("--catalog", help="catalog URL")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def ingest(
     path: Path,
-    product_id: str,
+    product_id: str | None,
     when: str | None,
     bands_file: Path | None,
+    copy_pixels: bool,
     catalog: str | None,
     quiet: bool,
 ) -> None:
-    """Register every GeoTIFF/COG and STAC Item under PATH into a product."""
-    from tileserver.catalog.store import open_store
-    from tileserver.ingest.folder import ingest as run_ingest
-    from tileserver.ingest.folder import load_band_overrides
-    from tileserver.ingest.raster import IngestError, parse_time
+    """Register every DIMAP, BEAM-DIMAP, STAC Item and GeoTIFF/COG under PATH."""
+    from tileserver.ingest.imports import ImportRequest
+    from tileserver.ingest.overrides import load_band_overrides
+    from tileserver.ingest.raster import IngestError
 
-    acquired: datetime | None = None
-    if when:
-        acquired = parse_time(when)
-        if acquired is None:
-            raise click.BadParameter(f"'{when}' is not an ISO 8601 time", param_hint="--datetime")
-        acquired = acquired.astimezone(UTC)
+    acquired = _acquired(when)
     try:
         overrides = load_band_overrides(bands_file)
     except (IngestError, ValueError) as exc:
         raise click.BadParameter(str(exc), param_hint="--bands") from None
-    store = open_store(_settings(catalog).catalog_url)
-    try:
-        report = run_ingest(store, path, product_id, acquired, overrides, progress=not quiet)
-    finally:
-        store.close()
-    click.echo(
-        json.dumps(
-            {
-                "registered": len(report.registered),
-                "failed": [{"path": p, "reason": r} for p, r in report.failed],
-            },
-            indent=2,
-        )
+    request = ImportRequest(
+        cloud_provider="file", bucket_name=str(path), product=product_id, copy=copy_pixels
     )
-    if report.failed and not report.registered:
+    result = _run_import(request, catalog, acquired, overrides, quiet)
+    click.echo(json.dumps({"registered": len(result.features), "failed": result.failed}, indent=2))
+    if result.failed and not result.features:
+        sys.exit(1)
+
+
+def _geometry_option(value: str | None) -> dict | None:
+    """A GeoJSON geometry given inline or as a file name."""
+    if value is None:
+        return None
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError:
+        raise click.BadParameter(f"not GeoJSON and not a file: {value[:80]}") from None
+    if isinstance(doc, dict) and doc.get("type") == "Feature":
+        doc = doc.get("geometry")
+    return doc
+
+
+@cli.command("import")
+@click.option("--cloud-provider", type=click.Choice(["aws", "gcs", "file"]), required=True)
+@click.option("--bucket-name", required=True, help="bucket (for file: a folder)")
+@click.option("--prefix", default="", help="folder inside the bucket, e.g. folder1/folder2/")
+@click.option("--ids", help="comma-separated scene ids; override every other filter")
+@click.option("--time", "time_range", help="start/end acquisition range (RFC 3339, '..' open)")
+@click.option("--bbox", help="minx,miny,maxx,maxy (WGS84)")
+@click.option("--intersects", help="GeoJSON geometry (inline or a file) scenes must intersect")
+@click.option("--contains", help="GeoJSON geometry (inline or a file) scenes must cover")
+@click.option("--limit", type=int, help="most scenes to import")
+@click.option("--max-cloud-cover", type=float, help="keep scenes with cloud cover <= this %")
+@click.option("--product", help="register every scene into this product")
+@click.option("--copy", "copy_pixels", is_flag=True, help="copy pixels into local COGs")
+@click.option("--datetime", "when", help="acquisition time for scenes that carry none")
+@click.option("--catalog", help="catalog URL")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def import_(**options) -> None:
+    """Import the scenes under a bucket prefix (the UP42 DIMAP import parameters).
+
+    Prints the GeoJSON FeatureCollection of the registered scenes, with the scenes
+    that failed under "failed". Credentials and endpoints come from the environment
+    (AWS_*, GOOGLE_KEY_STRING, CPL_GS_ENDPOINT: see the README).
+    """
+    from pydantic import ValidationError
+
+    from tileserver.ingest.imports import ImportRequest
+
+    body = {
+        "cloud_provider": options["cloud_provider"],
+        "bucket_name": options["bucket_name"],
+        "prefix": options["prefix"],
+        "time": options["time_range"],
+        "limit": options["limit"],
+        "max_cloud_cover": options["max_cloud_cover"],
+        "product": options["product"],
+        "copy": options["copy_pixels"],
+        "intersects": _geometry_option(options["intersects"]),
+        "contains": _geometry_option(options["contains"]),
+    }
+    if options["ids"]:
+        body["ids"] = [i.strip() for i in options["ids"].split(",") if i.strip()]
+    if options["bbox"]:
+        try:
+            body["bbox"] = [float(v) for v in options["bbox"].split(",")]
+        except ValueError:
+            raise click.BadParameter(
+                "four numbers: minx,miny,maxx,maxy", param_hint="--bbox"
+            ) from None
+    try:
+        request = ImportRequest.model_validate(body)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.UsageError(problems) from None
+    result = _run_import(
+        request, options["catalog"], _acquired(options["when"]), None, options["quiet"]
+    )
+    click.echo(json.dumps(result.collection(), indent=2, default=str))
+    if result.failed and not result.features:
         sys.exit(1)
 
 

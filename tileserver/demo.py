@@ -324,7 +324,7 @@ def generate(folder: Path) -> list[Path]:
 
 def ensure_demo(store: CatalogStore, folder: Path, progress: bool = True) -> str:
     """Generate the demo data unless present and register it; returns the product id."""
-    from tileserver.ingest.folder import ingest
+    from tileserver.ingest.imports import ImportRequest, run_import
 
     if (folder / "VERSION").exists() and (folder / "VERSION").read_text() == VERSION:
         items = sorted(folder.glob("*/*.json"))
@@ -336,7 +336,8 @@ def ensure_demo(store: CatalogStore, folder: Path, progress: bool = True) -> str
             return PRODUCT_ID
     except NotFound:
         store.create_product(demo_product())
-    report = ingest(store, folder, PRODUCT_ID, progress=progress)
+    request = ImportRequest(cloud_provider="file", bucket_name=str(folder), product=PRODUCT_ID)
+    report = run_import(store, request, folder, progress=progress)
     if report.failed:
         raise RuntimeError(f"demo ingest failed: {report.failed}")
     return PRODUCT_ID

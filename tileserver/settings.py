@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     download_max_pixels: int = Field(
         100_000_000, ge=1, description="largest download (width x height x bands); 413 above"
     )
+    import_roots: list[Path] = Field(
+        default_factory=list,
+        description="folders `POST /imports` may read with cloud_provider=file (JSON list); "
+        "none: file imports over HTTP are refused",
+    )
     mosaic_minzoom: int | None = Field(
         None,
         description="lowest zoom mosaic tiles answer; default: the zoom at which one image's "

@@ -30,9 +30,7 @@ def processing_version(image: Image) -> str:
     return match.group(1).zfill(8) if match else ""
 
 
-def acquisitions(
-    store, product_id: str, area: BaseGeometry, start: date, end: date
-) -> list[Image]:
+def acquisitions(store, product_id: str, area: BaseGeometry, start: date, end: date) -> list[Image]:
     """Images of `product_id` acquired from `start` to `end` (whole days, UTC) whose
     footprint meets `area` (WGS84), one per date, oldest first."""
     query = SearchQuery(

@@ -6,7 +6,9 @@ from datetime import datetime
 from pathlib import Path
 
 import rasterio
+import rasterio.warp
 from rasterio.enums import ColorInterp
+from shapely.geometry import box, mapping
 
 from tileserver.catalog.models import (
     NUMPY_TO_DATA_TYPE,
@@ -22,11 +24,13 @@ from tileserver.ingest.raster import (
     acquisition_time,
     band_statistics,
     cloud_cover,
+    file_size,
     footprint,
     grid,
     numeric_or_none,
     time_from_name,
 )
+from tileserver.ingest.scene import SceneMeta
 
 TYPE_RANGES = {
     "Byte": (0, 255),
@@ -103,14 +107,13 @@ def check_layout(product: Product, src: rasterio.DatasetReader) -> None:
 
 
 def read_geotiff(
-    path: Path,
+    href: str,
     product_id: str,
     name: str,
     product: Product | None,
     when: datetime | None = None,
 ) -> tuple[Image, list[Band]]:
     """An image record for one GeoTIFF, and the bands it implies for a new product."""
-    href = str(path)
     try:
         src_ctx = rasterio.open(href)
     except rasterio.errors.RasterioIOError as exc:
@@ -135,10 +138,44 @@ def read_geotiff(
             acquired=acquired,
             geometry=geometry,
             cloud_cover=cloud_cover(src),
-            files=[ImageFile(href=href, size=path.stat().st_size)],
+            files=[ImageFile(href=href, size=file_size(href))],
             band_stats={
                 band.name: stats[band.band_index] for band in bands if band.file_index == 0
             },
             **grid(src),
         )
     return image, bands
+
+
+class GeoTiffScene:
+    """A GeoTIFF no STAC Item or DIMAP product claims: one file is one image."""
+
+    def __init__(self, href: str, name: str, default_product: str):
+        self.href = href
+        self.name = name
+        self.default_product = default_product
+
+    def meta(self) -> SceneMeta:
+        """Time and cloud cover from the tags, footprint from the header's bounds."""
+        try:
+            src_ctx = rasterio.open(self.href)
+        except rasterio.errors.RasterioIOError as exc:
+            raise IngestError(f"{self.href}: not a readable raster ({exc})") from exc
+        with src_ctx as src:
+            if src.crs is None:
+                raise IngestError(f"{self.href} has no CRS: it cannot be placed on a map")
+            bounds = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+            return SceneMeta(
+                id=self.name,
+                acquired=acquisition_time(src) or time_from_name(self.href),
+                geometry=dict(mapping(box(*bounds))),
+                cloud_cover=cloud_cover(src),
+                product_id=self.default_product,
+            )
+
+    def build(
+        self, meta: SceneMeta, product_id: str, product: Product | None, vrt_path: Path
+    ) -> tuple[Image, list[Band]]:
+        """The image as the file is; no VRT needed (the footprint is traced on an overview)."""
+        del vrt_path
+        return read_geotiff(self.href, product_id, self.name, product, meta.acquired)

@@ -18,7 +18,9 @@ from tileserver.catalog.models import (
     Resolution,
     safe_name,
 )
+from tileserver.ingest import vsi
 from tileserver.ingest.raster import IngestError, band_statistics, file_size, grid, parse_time
+from tileserver.ingest.scene import SceneMeta
 
 RASTER_MEDIA = ("image/tiff", "image/jp2", "application/x-hdf")
 
@@ -28,16 +30,18 @@ def is_stac_item(doc: object) -> bool:
     return isinstance(doc, dict) and doc.get("type") == "Feature" and "stac_version" in doc
 
 
-def load_item(path: Path) -> dict | None:
-    """The item in a JSON file, or None when the file is no STAC Item."""
+def load_item(href: str, max_bytes: int) -> dict | None:
+    """The item in a JSON file, or None when the file is no STAC Item (or too large for one)."""
+    if vsi.locate(href).provider == "file" and Path(href).stat().st_size > max_bytes:
+        return None
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        doc = json.loads(vsi.read_bytes(href))
+    except (UnicodeDecodeError, json.JSONDecodeError):
         return None
     return doc if is_stac_item(doc) else None
 
 
-def resolve_href(href: str, item_path: Path) -> str:
+def resolve_href(href: str, item_href: str) -> str:
     """Asset hrefs relative to the item file become absolute paths; URLs stay, as /vsicurl/."""
     scheme = urlparse(href).scheme
     if scheme in ("http", "https"):
@@ -50,7 +54,7 @@ def resolve_href(href: str, item_path: Path) -> str:
         return urlparse(href).path
     if href.startswith("/"):
         return href
-    return str((item_path.parent / href).resolve())
+    return vsi.join(item_href, href)
 
 
 def data_assets(item: dict) -> list[tuple[str, dict]]:
@@ -147,13 +151,13 @@ def check_layout(product: Product, bands: list[Band], item_id: str) -> None:
 
 def read_item(
     item: dict,
-    item_path: Path,
+    item_path: str,
     product_id: str,
     product: Product | None,
     when: datetime | None = None,
 ) -> tuple[Image, list[Band]]:
     """An image record for a STAC Item and the bands it implies for a new product."""
-    item_id = item.get("id") or item_path.stem
+    item_id = item.get("id") or Path(item_path).stem
     props = item.get("properties") or {}
     assets = data_assets(item)
     if not assets:
@@ -202,3 +206,38 @@ def read_item(
         **(finest or {}),
     )
     return image, bands
+
+
+class StacScene:
+    """A STAC Item file: its metadata is the item, its pixels are its data assets."""
+
+    def __init__(self, href: str, item: dict, default_product: str):
+        self.href = href
+        self.item = item
+        self.default_product = default_product
+
+    def asset_hrefs(self) -> set[str]:
+        """The files this item owns (so they are not imported again as lone GeoTIFFs)."""
+        return {resolve_href(asset["href"], self.href) for _, asset in data_assets(self.item)}
+
+    def meta(self) -> SceneMeta:
+        """Id, time, footprint and cloud cover straight from the item."""
+        props = self.item.get("properties") or {}
+        item_id = self.item.get("id") or Path(self.href).stem
+        if not self.item.get("geometry"):
+            raise IngestError(f"item '{item_id}' ({self.href}): no geometry")
+        raw_time = props.get("datetime") or props.get("start_datetime")
+        return SceneMeta(
+            id=item_id,
+            acquired=parse_time(raw_time) if raw_time else None,
+            geometry=self.item["geometry"],
+            cloud_cover=props.get("eo:cloud_cover"),
+            product_id=safe_name(self.item.get("collection") or self.default_product),
+        )
+
+    def build(
+        self, meta: SceneMeta, product_id: str, product: Product | None, vrt_path: Path
+    ) -> tuple[Image, list[Band]]:
+        """The image with the item's assets as its files; no VRT needed."""
+        del vrt_path
+        return read_item(self.item, self.href, product_id, product, meta.acquired)

@@ -186,14 +186,29 @@ def _store(provider: Provider, bucket: str, environment: tuple):
     return GCSStore(bucket, client_options={"allow_http": allow_http}, **options)
 
 
+HTTP_REASONS = {
+    "401": "access denied (credentials refused)",
+    "403": "access denied",
+    "404": "not found",
+}
+
+
 def _fail(what: str, href: str, exc: Exception) -> StorageError:
-    """A StorageError naming the path and the store's reason, secrets removed."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    """A StorageError naming the path and the store's reason, short and without secrets."""
+    text = str(exc)
     kind = type(exc).__name__
+    status = re.search(r"status code: (\d{3})", text)
+    code = re.search(r"<Code>([^<]+)</Code>", text)
     if kind in ("PermissionDeniedError", "UnauthenticatedError"):
-        reason = f"access denied ({reason})"
-    elif kind == "NotFoundError":
+        reason = "access denied"
+    elif kind == "NotFoundError" or isinstance(exc, FileNotFoundError):
         reason = "not found"
+    elif status and status.group(1) in HTTP_REASONS:
+        reason = HTTP_REASONS[status.group(1)]
+    else:
+        reason = text.strip().splitlines()[0] if text.strip() else kind
+    if code:
+        reason += f" ({code.group(1)})"
     return StorageError(redact(f"cannot {what} {href}: {reason}"))
 
 

@@ -1,0 +1,47 @@
+"""`POST /imports`: the UP42 DIMAP import block as an endpoint.
+
+The import runs within the request and answers its result (the GeoJSON
+FeatureCollection of SEMANTICS.md section 4, failures under "failed"): scenes are
+registered from their metadata and the pixels stay where they are, so an import of
+hundreds of scenes takes seconds to minutes. Run `tileserver import` for very large
+prefixes or when a progress bar is wanted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+
+from tileserver.api.deps import SettingsDep, StoreDep
+from tileserver.ingest.imports import ImportRequest, run_import
+from tileserver.ingest.vsi import StorageError
+
+router = APIRouter(tags=["imports"])
+
+
+def check_root(request: ImportRequest, roots: list[Path]) -> None:
+    """A `file` import must stay under TILESERVER_IMPORT_ROOTS (no traversal, no symlink out)."""
+    if request.cloud_provider != "file":
+        return
+    if not roots:
+        raise HTTPException(
+            403, "file imports are disabled: set TILESERVER_IMPORT_ROOTS to the allowed folders"
+        )
+    target = (Path(request.bucket_name) / request.prefix).resolve()
+    for root in roots:
+        if target == root.resolve() or target.is_relative_to(root.resolve()):
+            return
+    allowed = ", ".join(str(r) for r in roots)
+    raise HTTPException(403, f"{request.bucket_name}: not under an import root ({allowed})")
+
+
+@router.post("/imports", summary="Import scenes from a bucket prefix (UP42 DIMAP import)")
+def create_import(request: ImportRequest, store: StoreDep, settings: SettingsDep) -> dict:
+    """List the prefix, filter the scenes by their metadata, register them."""
+    check_root(request, settings.import_roots)
+    try:
+        result = run_import(store, request, settings.data_dir)
+    except StorageError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return result.collection()

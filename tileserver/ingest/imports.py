@@ -1,0 +1,416 @@
+"""Imports: find the scenes under a folder or bucket prefix, filter them, register them.
+
+The parameters and the answer are those of the UP42 "Import Data (DIMAP)" block
+(SEMANTICS.md section 4). Each scene is read in two steps: its metadata for the filters
+(XML, JSON, file headers), then, for the scenes kept, its full record. Each scene is
+registered in its own transaction, so one that fails is reported with its reason and
+the others land; importing again updates the same images.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import rasterio
+import rasterio.shutil
+import shapely
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from shapely.geometry import box, shape
+from tqdm import tqdm
+
+from tileserver.catalog.models import NAME_PATTERN, Band, Image, ImageFile, Product, safe_name
+from tileserver.catalog.search import datetime_interval, parse_instant
+from tileserver.catalog.store import CatalogStore, NotFound
+from tileserver.ingest import beam_dimap, dimap2, vsi
+from tileserver.ingest.geotiff import GeoTiffScene
+from tileserver.ingest.overrides import apply_overrides
+from tileserver.ingest.raster import IngestError
+from tileserver.ingest.scene import SceneMeta, SceneReader
+from tileserver.ingest.stac import StacScene, load_item
+
+log = logging.getLogger(__name__)
+
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+MAX_ITEM_BYTES = 4 * 1024 * 1024  # a JSON file larger than this is no STAC Item
+
+
+class ImportRequest(BaseModel):
+    """The UP42 DIMAP import parameters, plus `product` and `copy`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cloud_provider: Literal["aws", "gcs", "file"]
+    bucket_name: str = Field(
+        min_length=1, description="bucket name; for `file`, a folder on the server"
+    )
+    prefix: str = Field("", description="folder inside the bucket, e.g. folder1/folder2/")
+    ids: list[str] | None = Field(None, description="scene ids; override every other filter")
+    time: str | None = Field(None, description="start/end acquisition range (RFC 3339, ..)")
+    bbox: tuple[float, float, float, float] | None = None
+    intersects: dict | None = Field(None, description="GeoJSON geometry scenes must intersect")
+    contains: dict | None = Field(None, description="GeoJSON geometry scenes must cover")
+    limit: int | None = Field(None, ge=1, description="most scenes to import; none: all")
+    max_cloud_cover: float | None = Field(None, ge=0, le=100, description="percent")
+    product: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="register every scene into this product (default: one per kind of scene)",
+    )
+    copy_pixels: bool = Field(
+        False,
+        alias="copy",
+        description="copy the pixels into the local COG store instead of reading the bucket",
+    )
+
+    @field_validator("bucket_name")
+    @classmethod
+    def _bucket(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("time")
+    @classmethod
+    def _time(cls, value: str | None) -> str | None:
+        if value is not None:
+            datetime_interval(value)  # ValueError names the problem
+        return value
+
+    @field_validator("intersects", "contains")
+    @classmethod
+    def _geometry(cls, value: dict | None) -> dict | None:
+        if value is None:
+            return None
+        try:
+            geom = shape(value)
+        except Exception as exc:
+            raise ValueError(f"not a GeoJSON geometry: {exc}") from None
+        if geom.is_empty or not geom.is_valid:
+            raise ValueError(f"invalid geometry: {shapely.is_valid_reason(geom)}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_spatial_filter(self) -> ImportRequest:
+        given = [k for k in ("bbox", "intersects", "contains") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of bbox, intersects, contains (got {given})")
+        if self.bbox is not None:
+            minx, miny, maxx, maxy = self.bbox
+            if not (minx <= maxx and miny <= maxy):
+                raise ValueError("bbox must be [minx, miny, maxx, maxy] with min <= max")
+        return self
+
+    def area(self) -> tuple[str, Any] | None:
+        """The spatial filter as (predicate, shapely geometry), if any."""
+        if self.bbox is not None:
+            return "intersects", box(*self.bbox)
+        if self.intersects is not None:
+            return "intersects", shape(self.intersects)
+        if self.contains is not None:
+            return "contains", shape(self.contains)
+        return None
+
+
+@dataclass
+class Found:
+    """A scene found under the prefix: its reader and the file that led to it."""
+
+    href: str
+    reader: SceneReader
+
+
+@dataclass
+class ImportResult:
+    """What an import registered, what it left out by the filters, and what failed."""
+
+    features: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    found: int = 0
+    filtered_out: int = 0
+    products_created: list[str] = field(default_factory=list)
+
+    def collection(self) -> dict:
+        """The answer: a GeoJSON FeatureCollection, failures as a foreign member."""
+        return {
+            "type": "FeatureCollection",
+            "features": self.features,
+            "numberFound": self.found,
+            "numberFilteredOut": self.filtered_out,
+            "failed": self.failed,
+        }
+
+
+def _claims(href: str) -> str:
+    """The folder prefix whose files belong to the scene entered at `href`."""
+    name = posixpath.basename(href)
+    if name.lower().endswith(".dim"):
+        return href[: -len(".dim")] + ".data/"
+    return vsi.parent(href).rstrip("/") + "/"
+
+
+def relative_name(href: str, root: str) -> str:
+    """A lone file's image name: its path under the import root, without suffix."""
+    base = root.rstrip("/") + "/"
+    relative = href[len(base) :] if href.startswith(base) else posixpath.basename(href)
+    return safe_name("_".join(posixpath.splitext(relative)[0].split("/")))
+
+
+def find_scenes(
+    hrefs: list[str], root: str, default_product: str
+) -> tuple[list[Found], list[dict]]:
+    """The scenes among listed files, and the files that look like scenes but are not.
+
+    DIMAP volumes first (a VOL_*.XML claims its folder, so its components are not
+    scenes again), then lone DIM_*.XML, BEAM-DIMAP .dim files (each claims its
+    .data folder), STAC Items (each claims its assets) and what GeoTIFFs are left.
+    """
+    found: list[Found] = []
+    problems: list[dict] = []
+    claimed: list[str] = []
+    owned: set[str] = set()
+
+    def free(href: str) -> bool:
+        return href not in owned and not any(href.startswith(p) for p in claimed)
+
+    by_kind: dict[str, list[str]] = {"vol": [], "dim": [], "beam": [], "json": [], "tif": []}
+    for href in hrefs:
+        name = posixpath.basename(href).lower()
+        if dimap2.is_entry(href):
+            by_kind["vol" if name.startswith("vol_") else "dim"].append(href)
+        elif beam_dimap.is_entry(href):
+            by_kind["beam"].append(href)
+        elif name.endswith(".json"):
+            by_kind["json"].append(href)
+        elif name.endswith(GEOTIFF_SUFFIXES):
+            by_kind["tif"].append(href)
+    for href in by_kind["vol"] + by_kind["dim"]:
+        if free(href):
+            found.append(Found(href, dimap2.Dimap2Scene(href)))
+            claimed.append(_claims(href))
+    for href in by_kind["beam"]:
+        if free(href):
+            found.append(Found(href, beam_dimap.BeamDimapScene(href)))
+            claimed.append(_claims(href))
+    for href in by_kind["json"]:
+        if not free(href):
+            continue
+        try:
+            item = load_item(href, MAX_ITEM_BYTES)
+        except (IngestError, vsi.StorageError) as exc:
+            problems.append({"path": href, "reason": vsi.redact(str(exc))})
+            continue
+        if item is not None:
+            scene = StacScene(href, item, default_product)
+            found.append(Found(href, scene))
+            owned.update(scene.asset_hrefs())
+    for href in by_kind["tif"]:
+        if free(href):
+            name = relative_name(href, root)
+            found.append(Found(href, GeoTiffScene(href, name, default_product)))
+    return found, problems
+
+
+def default_product_id(request: ImportRequest) -> str:
+    """Product for scenes whose metadata names none: the prefix's last folder, or the bucket."""
+    parts = [p for p in request.prefix.replace("\\", "/").split("/") if p]
+    base = parts[-1] if parts else Path(request.bucket_name).name or request.bucket_name
+    return safe_name(Path(base).stem if request.cloud_provider == "file" else base).lower()
+
+
+def time_range(value: str) -> tuple[datetime | None, datetime | None]:
+    """The `time` parameter as aware datetimes, None for an open end."""
+    start, end = datetime_interval(value)
+    return (
+        None if start == ".." else parse_instant(start),
+        None if end == ".." else parse_instant(end, end=True),
+    )
+
+
+def keep(meta: SceneMeta, request: ImportRequest) -> str | None:
+    """None when the scene passes the filters, else the filter that dropped it."""
+    if request.time is not None:
+        start, end = time_range(request.time)
+        if meta.acquired is None:
+            return "time (the scene has no acquisition time)"
+        if (start and meta.acquired < start) or (end and meta.acquired > end):
+            return "time"
+    area = request.area()
+    if area is not None:
+        predicate, geom = area
+        footprint = shape(meta.geometry)
+        if predicate == "intersects" and not footprint.intersects(geom):
+            return "bbox/intersects"
+        if predicate == "contains" and not footprint.covers(geom):
+            return "contains"
+    if request.max_cloud_cover is not None and (
+        meta.cloud_cover is None or meta.cloud_cover > request.max_cloud_cover
+    ):
+        return "max_cloud_cover"
+    return None
+
+
+def feature(image: Image, meta: SceneMeta) -> dict:
+    """The UP42 answer for one registered scene."""
+    return {
+        "type": "Feature",
+        "id": meta.id,
+        "bbox": list(image.bbox or shape(image.geometry).bounds),
+        "geometry": image.geometry,
+        "properties": {
+            "time": str(image.acquired),
+            "cc": image.cloud_cover,
+            "up42.data_path": image.id,
+            "tileserver:product": image.product_id,
+            "tileserver:files": [f.href for f in image.files],
+        },
+    }
+
+
+def copy_to_cog(image: Image, cog_dir: Path) -> Image:
+    """The image with its pixels copied into local COGs (one per file), written atomically."""
+    folder = cog_dir / image.product_id
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for i, source in enumerate(image.files):
+        target = folder / (f"{image.name}.tif" if i == 0 else f"{image.name}_{i}.tif")
+        handle, partial = tempfile.mkstemp(dir=folder, suffix=".partial.tif")
+        os.close(handle)
+        try:
+            with rasterio.open(source.href) as src:
+                rasterio.shutil.copy(
+                    src, partial, driver="COG", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER"
+                )
+            os.replace(partial, target)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+        files.append(ImageFile(href=str(target), size=target.stat().st_size))
+    return image.model_copy(update={"files": files})
+
+
+def run_import(
+    store: CatalogStore,
+    request: ImportRequest,
+    data_dir: Path,
+    when: datetime | None = None,
+    band_overrides: dict[str, dict] | None = None,
+    progress: bool = False,
+    on_scene: Callable[[str], None] | None = None,
+) -> ImportResult:
+    """List, filter and register; see the module docstring.
+
+    `when` replaces every scene's acquisition time (for files that carry none);
+    `band_overrides`
+    apply to products this import creates. VRTs go to DATA_DIR/vrt, copies to
+    DATA_DIR/cogs. A listing that fails raises vsi.StorageError (nothing is registered).
+    """
+    result = ImportResult()
+    default_product = request.product or default_product_id(request)
+    root = vsi.gdal_path(request.cloud_provider, request.bucket_name, request.prefix)
+    if request.cloud_provider == "file":
+        root = str(Path(root).expanduser().resolve())
+    entries = list(vsi.list_files(request.cloud_provider, request.bucket_name, request.prefix))
+    found, problems = find_scenes([e.href for e in entries], root, default_product)
+    result.failed.extend(problems)
+    result.found = len(found)
+
+    selected: list[tuple[Found, SceneMeta]] = []
+    wanted = set(request.ids or [])
+    seen_ids: set[str] = set()
+    for scene in tqdm(found, desc="read metadata", unit="scene", disable=not progress):
+        try:
+            meta = scene.reader.meta()
+        except (IngestError, vsi.StorageError, OSError, ValueError) as exc:
+            result.failed.append({"path": scene.href, "reason": vsi.redact(str(exc))})
+            continue
+        if request.ids is not None:
+            if meta.id in wanted or safe_name(meta.id) in wanted:
+                seen_ids.update({meta.id, safe_name(meta.id)})
+                selected.append((scene, meta))
+            else:
+                result.filtered_out += 1
+            continue
+        if when is not None:
+            meta.acquired = when
+        if (dropped := keep(meta, request)) is not None:
+            log.debug("import: %s left out by %s", scene.href, dropped)
+            result.filtered_out += 1
+            continue
+        selected.append((scene, meta))
+    for missing in sorted(wanted - seen_ids):
+        result.failed.append({"path": missing, "reason": "no scene with this id under the prefix"})
+    if request.ids is None and request.limit is not None and len(selected) > request.limit:
+        result.filtered_out += len(selected) - request.limit
+        selected = selected[: request.limit]
+
+    products: dict[str, Product | None] = {}
+    for scene, meta in tqdm(selected, desc="register", unit="scene", disable=not progress):
+        if on_scene is not None:
+            on_scene(scene.href)
+        try:
+            image = register(
+                store, scene, meta, request, data_dir, when, band_overrides, products, result
+            )
+        except (IngestError, ValidationError, vsi.StorageError, OSError, ValueError) as exc:
+            reason = vsi.redact(str(exc))
+            log.warning("import: %s failed: %s", scene.href, reason)
+            result.failed.append({"path": scene.href, "reason": reason})
+            continue
+        result.features.append(feature(image, meta))
+    if not found and not problems:
+        result.failed.append(
+            {"path": root, "reason": "no DIMAP, BEAM-DIMAP, STAC Item or GeoTIFF found"}
+        )
+    return result
+
+
+def register(
+    store: CatalogStore,
+    scene: Found,
+    meta: SceneMeta,
+    request: ImportRequest,
+    data_dir: Path,
+    when: datetime | None,
+    band_overrides: dict[str, dict] | None,
+    products: dict[str, Product | None],
+    result: ImportResult,
+) -> Image:
+    """Build and store one scene; the product is created from the first scene it gets."""
+    if when is not None:
+        meta.acquired = when
+    if meta.acquired is None:
+        raise IngestError(f"{scene.href}: no acquisition time in its metadata; pass --datetime")
+    product_id = request.product or meta.product_id
+    if product_id not in products:
+        try:
+            products[product_id] = store.get_product(product_id)
+        except NotFound:
+            products[product_id] = None
+    product = products[product_id]
+    vrt_path = data_dir / "vrt" / product_id / f"{safe_name(meta.id)}.vrt"
+    image, bands = scene.reader.build(meta, product_id, product, vrt_path)
+    if request.copy_pixels:
+        image = copy_to_cog(image, data_dir / "cogs")
+    if product is None:
+        bands = apply_overrides(bands, band_overrides or {})
+        product = store.create_product(new_product(product_id, bands, meta))
+        products[product_id] = product
+        result.products_created.append(product_id)
+    store.put_images([image])
+    return image
+
+
+def new_product(product_id: str, bands: list[Band], meta: SceneMeta) -> Product:
+    """A product for the first scene of its kind, named after what the metadata says."""
+    props = {
+        k: meta.properties[k]
+        for k in ("constellation", "instrument", "processing:level")
+        if k in meta.properties
+    }
+    return Product(id=product_id, bands=bands, properties=props)
