@@ -17,6 +17,8 @@ from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.demo import ensure_demo
 from tileserver.settings import Settings
 
+pytest_plugins = ["tests.buckets"]  # S3 and GCS servers for import tests
+
 DEMO_IMAGE = "sentinel-2-l2a:S2A_MSIL2A_20240612T102031_T33UVU"  # a clear date, no orbit edge
 DEMO_TILE = (12, 2219, 1347)  # a WebMercatorQuad z/x/y inside every demo footprint
 

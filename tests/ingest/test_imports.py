@@ -21,15 +21,7 @@ from fastapi.testclient import TestClient
 from rasterio.transform import from_origin
 from shapely.geometry import box, mapping
 
-from tests.buckets import (  # noqa: F401 (fixtures)
-    SECRET,
-    gcs_bucket,
-    gcs_server_process,
-    moto_server,
-    s3_bucket,
-    s3_environment,
-    s3_server,
-)
+from tests.buckets import SECRET, moto_server, s3_environment
 from tests.conftest import make_settings
 from tests.synthetic import write_raster
 from tileserver.app import create_app

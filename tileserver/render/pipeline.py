@@ -92,7 +92,12 @@ def requested_bands(product: Product, params: RenderParams) -> list[str]:
 def apply_processing_level(
     data: numpy.ma.MaskedArray, bands: Sequence[Band], level: str | None
 ) -> numpy.ma.MaskedArray:
-    """Convert stored values to `level` with each band's `linear` steps (gain, offset)."""
+    """Convert stored values to `level` with each band's steps, in order.
+
+    Steps: `linear` (parameter [gain, offset]: x * gain + offset) and `pow10` (10 ** x,
+    for values stored as logarithms, like SNAP's LOG10_SCALED bands); None or `identity`
+    leave values as they are.
+    """
     if not level:
         return data
     if not any(level in (b.processing_levels or {}) for b in bands):
@@ -101,6 +106,10 @@ def apply_processing_level(
     for i, band in enumerate(bands):
         for step in (band.processing_levels or {}).get(level, []):
             if step.function in (None, "identity"):
+                continue
+            if step.function == "pow10":
+                with numpy.errstate(over="ignore"):  # beyond float64: inf, as 10 ** x is
+                    out[i] = numpy.power(10.0, out[i])
                 continue
             if step.function != "linear" or not isinstance(step.parameter, list | tuple):
                 raise RenderError(

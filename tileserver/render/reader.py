@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy
 from morecantile import TileMatrixSet
@@ -94,6 +94,25 @@ def _stack(reads: Sequence[FileRead], results: Sequence[ImageData], count: int) 
     return ImageData(array, bounds=first.bounds, crs=first.crs)
 
 
+def read_mixed(
+    reader: Reader, file_read: FileRead, read: Callable[[Reader, FileRead], ImageData]
+) -> ImageData:
+    """`read`, band by band when the file's bands differ in type (GDAL reads one type per call).
+
+    A VRT over a BEAM-DIMAP product holds Int8, UInt16 and Int32 bands side by side.
+    """
+    dtypes = [reader.dataset.dtypes[i - 1] for i in file_read.indexes]
+    if len(set(dtypes)) == 1:
+        return read(reader, file_read)
+    parts = [
+        read(reader, replace(file_read, indexes=(index,), positions=(position,)))
+        for index, position in zip(file_read.indexes, file_read.positions, strict=True)
+    ]
+    dtype = numpy.result_type(*dtypes)
+    array = numpy.ma.concatenate([part.array.astype(dtype) for part in parts])
+    return ImageData(array, bounds=parts[0].bounds, crs=parts[0].crs)
+
+
 def read_bands(
     image: Image,
     bands: Sequence[Band],
@@ -114,7 +133,7 @@ def read_bands(
         try:
             kwargs = {"tms": tms} if tms is not None else {}
             with Reader(file_read.href, options=options, **kwargs) as reader:
-                return read(reader, file_read)
+                return read_mixed(reader, file_read, read)
         except RasterioIOError as exc:
             raise ImageNotReadable(
                 f"cannot read file {file_read.href} of image '{image.id}': {exc}"
