@@ -189,7 +189,11 @@ def find_scenes(
             by_kind["json"].append(href)
         elif name.endswith(GEOTIFF_SUFFIXES):
             by_kind["tif"].append(href)
-    for href in by_kind["vol"] + by_kind["dim"]:
+    for href in by_kind["vol"]:  # two volumes side by side are two scenes
+        if href not in owned:
+            found.append(Found(href, dimap2.Dimap2Scene(href)))
+            claimed.append(_claims(href))
+    for href in by_kind["dim"]:
         if free(href):
             found.append(Found(href, dimap2.Dimap2Scene(href)))
             claimed.append(_claims(href))
