@@ -183,9 +183,11 @@ def test_statistics_are_gathered_as_the_catalog_grows(store):
 
     def analyzed() -> bool:
         found = db.execute("SELECT name FROM sqlite_master WHERE name = 'sqlite_stat1'")
-        return found.fetchone() is not None and db.execute(
-            "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'images'"
-        ).fetchone()[0] > 0
+        return (
+            found.fetchone() is not None
+            and db.execute("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'images'").fetchone()[0]
+            > 0
+        )
 
     store.put_images([image(f"i{n}", box(0, 0, 1, 1)) for n in range(10)])
     assert not analyzed()  # a small catalog plans well without statistics

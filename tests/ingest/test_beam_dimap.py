@@ -112,7 +112,10 @@ def test_meta_reads_no_band_file(tmp_path):
 def test_map_vrt_pixels_types_and_nodata(tmp_path):
     product = map_product()
     _, image, bands = build(write_product(tmp_path, product), tmp_path)
+    # VRT order: bands without nodata first (band 1's nodata is the dataset's for rio-tiler)
     stored = [b for b in product.bands if b.virtual_expression is None]
+    stored = [b for b in stored if b.nodata is None] + [b for b in stored if b.nodata is not None]
+    assert stored[-1].name == "refl_red"
     signed, counts = written(product, "signed_i8"), written(product, "counts_u32")
     assert signed.min() == -128 and counts.max() > 2**31  # the cases worth checking
     with rasterio.open(image.files[0].href) as src:
@@ -120,7 +123,8 @@ def test_map_vrt_pixels_types_and_nodata(tmp_path):
         assert src.dtypes == tuple(b.data_type for b in stored)
         for i, band in enumerate(stored, start=1):
             numpy.testing.assert_array_equal(src.read(i), band.data)
-        assert src.nodatavals == (0.0, None, None, None, None)
+        assert src.nodatavals == (None, None, None, None, 0.0)
+        assert src.nodata is None  # what rio-tiler applies to bands without their own
         assert src.transform.to_gdal() == (600000.0, 10.0, 0.0, 5100000.0, 0.0, -10.0)
         assert src.crs.to_epsg() == 32632
     assert [b.band_index for b in bands] == [0, 1, 2, 3, 4]
@@ -142,7 +146,7 @@ def test_rio_tiler_reads_the_written_values(tmp_path):
     product = map_product()
     _, image, _ = build(write_product(tmp_path, product), tmp_path)
     with Reader(image.files[0].href) as reader:
-        for index, name in ((2, "signed_i8"), (3, "counts_u32"), (1, "refl_red")):
+        for index, name in ((1, "signed_i8"), (2, "counts_u32"), (5, "refl_red")):
             part = reader.part(
                 reader.bounds,
                 dst_crs=reader.crs,
@@ -153,6 +157,8 @@ def test_rio_tiler_reads_the_written_values(tmp_path):
                 max_size=None,
             )
             numpy.testing.assert_array_equal(part.array.data[0], written(product, name))
+            if name != "refl_red":  # no nodata: a 0 pixel is a value, not a hole
+                assert not part.array.mask.any()
         refl = written(product, "refl_red")
         assert (part.array.mask[0] == (refl == 0)).all()  # nodata masked, nothing else
 
@@ -188,7 +194,7 @@ def test_an_int8_band_renders_with_its_negative_values(tmp_path):
 def test_bands_of_a_map_product(tmp_path):
     _, image, bands = build(write_product(tmp_path, map_product()), tmp_path)
     by_name = {b.name: b for b in bands}
-    assert list(by_name) == ["refl_red", "signed_i8", "counts_u32", "chl", "quality_flags"]
+    assert list(by_name) == ["signed_i8", "counts_u32", "chl", "quality_flags", "refl_red"]
     assert set(image.band_stats) == set(by_name)  # the virtual band has no file, no band
     refl = by_name["refl_red"]
     assert (refl.type, refl.data_type, refl.nodata) == ("spectral", "UInt16", 0.0)
@@ -348,11 +354,11 @@ def test_a_scene_with_other_bands_does_not_fit_a_product(tmp_path):
     swapped = map_product("swapped")
     swapped.bands[1], swapped.bands[2] = swapped.bands[2], swapped.bands[1]
     dim = write_product(tmp_path, swapped)
-    with pytest.raises(IngestError, match="expects band 'signed_i8' at position 1.*counts_u32"):
+    with pytest.raises(IngestError, match="expects band 'signed_i8' at position 0.*counts_u32"):
         build(dim, tmp_path, catalog, name="swapped.vrt")
     fewer = map_product("fewer")
     del fewer.bands[3:]
-    with pytest.raises(IngestError, match="expects band 'chl' at position 3"):
+    with pytest.raises(IngestError, match="expects band 'chl' at position 2.*refl_red"):
         build(write_product(tmp_path, fewer), tmp_path, catalog, name="fewer.vrt")
 
 
@@ -447,8 +453,8 @@ def test_merge_test1_product(tmp_path):
     assert meta.acquired == datetime(2008, 2, 1, 9, 26, 9, 416160, tzinfo=UTC)
     assert meta.properties["end_datetime"] == "2008-02-01T09:26:11.176040+00:00"
     assert meta.product_id == "mer_rr__2p"
-    assert [b.name for b in bands] == ["reflec_1", "l2_flags"]
-    reflec, flags = bands
+    assert [b.name for b in bands] == ["l2_flags", "reflec_1"]  # no nodata first
+    flags, reflec = bands
     factor, offset = 1.831110603234265e-5, -0.20001831650733948  # SCALING_FACTOR / _OFFSET
     assert reflec.physical_range == pytest.approx((offset, 65535 * factor + offset))
     assert (reflec.nodata, reflec.wavelength_nm_center, reflec.physical_range_unit) == (
@@ -460,7 +466,7 @@ def test_merge_test1_product(tmp_path):
     data = dim.parent / "mergeTest1.data"
     with rasterio.open(image.files[0].href) as src:
         assert src.count == 2
-        for index, (name, dtype) in enumerate((("reflec_1", ">u2"), ("l2_flags", ">u4")), 1):
+        for index, (name, dtype) in enumerate((("l2_flags", ">u4"), ("reflec_1", ">u2")), 1):
             raw = numpy.fromfile(data / f"{name}.img", dtype=dtype).reshape(11, 11)
             numpy.testing.assert_array_equal(src.read(index), raw)
 

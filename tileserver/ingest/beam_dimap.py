@@ -341,7 +341,9 @@ class BeamDimapScene:
         ]
         if not bands:
             raise self._error("no stored band in Image_Interpretation")
-        bands.sort(key=lambda b: b.index)
+        # Bands without nodata first: GDAL reports band 1's nodata as the dataset's, and
+        # rio-tiler masks that value in every band read without a nodata of its own.
+        bands.sort(key=lambda b: (b.nodata is not None, b.index))
         names = [safe_name(b.name) for b in bands]
         if len(set(names)) != len(names):
             raise self._error(f"band names are not unique: {', '.join(names)}")
