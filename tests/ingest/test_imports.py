@@ -318,3 +318,28 @@ def test_copy_option_makes_local_cogs(tmp_path, s3_bucket, app_client):
             name = feature["id"].split("_")[-1]
             assert numpy.array_equal(src.read(), scene_pixels(name))
             assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+def test_google_key_string_reaches_gdal_and_is_redacted(monkeypatch):
+    """GOOGLE_KEY_STRING (the UP42 way) becomes GDAL's key variables; messages hide it."""
+    from tileserver.ingest import vsi
+
+    key = (
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-----END PRIVATE KEY-----\n"
+    )
+    document = json.dumps(
+        {"type": "service_account", "client_email": "a@b.iam", "private_key": key}
+    )
+    monkeypatch.setenv("GOOGLE_KEY_STRING", document)
+    monkeypatch.delenv("GS_OAUTH2_PRIVATE_KEY", raising=False)
+    monkeypatch.delenv("GS_OAUTH2_CLIENT_EMAIL", raising=False)
+    vsi.configure_gdal()
+    assert os.environ["GS_OAUTH2_PRIVATE_KEY"] == key
+    assert os.environ["GS_OAUTH2_CLIENT_EMAIL"] == "a@b.iam"
+    leaked = f"failed with {document} and {key}"
+    assert "MIIEvQ" not in vsi.redact(leaked)
+    monkeypatch.setenv("GOOGLE_KEY_STRING", "{not json " + "MIIEvQ")
+    monkeypatch.delenv("GS_OAUTH2_PRIVATE_KEY")
+    with pytest.raises(vsi.StorageError) as error:
+        vsi.configure_gdal()
+    assert "MIIEvQ" not in str(error.value)
