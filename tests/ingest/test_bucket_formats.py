@@ -74,6 +74,9 @@ def test_spot_and_pleiades_deliveries_from_s3(tmp_path, s3_bucket, app_client):
     assert spot["time"] == "2019-09-22 09:49:20.400000+00:00"
     assert spot["cc"] == 12.5
     assert spot["up42.data_path"] == f"spot_p_ms:{SPOT_ID}"
+    source = f"/vsis3/{s3_bucket.name}/orders/2024/spot/VOL_SPOT7.XML"
+    assert spot["tileserver:source"] == source
+    assert all(h.endswith(".vrt") for h in spot["tileserver:files"])  # pan VRT, MS VRT
     lons, lats = zip(*bundle["extent"], strict=True)
     assert by_id[SPOT_ID]["bbox"] == pytest.approx([min(lons), min(lats), max(lons), max(lats)])
 

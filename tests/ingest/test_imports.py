@@ -113,6 +113,7 @@ def test_s3_import_registers_scenes_that_render_from_the_bucket(tmp_path, s3_buc
     assert a["properties"]["up42.data_path"] == "2024:2024-05_a"  # product: the prefix's folder
     href = f"/vsis3/{s3_bucket.name}/deliveries/2024/2024-05/a.tif"
     assert a["properties"]["tileserver:files"] == [href]
+    assert a["properties"]["tileserver:source"] == href
     item = by_id["item-one"]
     assert item["properties"]["up42.data_path"] == "stacked:item-one"
     assert item["properties"]["cc"] == 12.5

@@ -259,7 +259,7 @@ def keep(meta: SceneMeta, request: ImportRequest) -> str | None:
     return None
 
 
-def feature(image: Image, meta: SceneMeta) -> dict:
+def feature(image: Image, meta: SceneMeta, source: str) -> dict:
     """The UP42 answer for one registered scene."""
     return {
         "type": "Feature",
@@ -272,6 +272,7 @@ def feature(image: Image, meta: SceneMeta) -> dict:
             "up42.data_path": image.id,
             "tileserver:product": image.product_id,
             "tileserver:files": [f.href for f in image.files],
+            "tileserver:source": source,
         },
     }
 
@@ -366,7 +367,7 @@ def run_import(
             log.warning("import: %s failed: %s", scene.href, reason)
             result.failed.append({"path": scene.href, "reason": reason})
             continue
-        result.features.append(feature(image, meta))
+        result.features.append(feature(image, meta, scene.href))
     if not found and not problems:
         result.failed.append(
             {"path": root, "reason": "no DIMAP, BEAM-DIMAP, STAC Item or GeoTIFF found"}

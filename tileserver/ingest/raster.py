@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import rasterio.features
 import rasterio.warp
 import shapely
 from affine import Affine
+from rio_tiler.errors import NoOverviewWarning
 from rio_tiler.io import Reader
 from shapely.geometry import mapping, shape
 from shapely.ops import unary_union
@@ -143,8 +145,10 @@ def band_statistics(
 ) -> list[BandStatistics]:
     """Min, max, mean, std and percentiles 1..99 of bands, read from an overview."""
     options = {"nodata": nodata} if nodata is not None else {}
-    with Reader(href, options=options) as reader:
-        stats = reader.statistics(indexes=indexes, percentiles=PERCENTILES, max_size=1024)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoOverviewWarning)  # small files: read whole, on purpose
+        with Reader(href, options=options) as reader:
+            stats = reader.statistics(indexes=indexes, percentiles=PERCENTILES, max_size=1024)
     result = []
     for value in stats.values():
         extra = value.model_extra or {}
