@@ -13,7 +13,6 @@ import logging
 import os
 import posixpath
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -133,7 +132,6 @@ class ImportResult:
     failed: list[dict] = field(default_factory=list)
     found: int = 0
     filtered_out: int = 0
-    products_created: list[str] = field(default_factory=list)
 
     def collection(self) -> dict:
         """The answer: a GeoJSON FeatureCollection, failures as a foreign member."""
@@ -306,13 +304,11 @@ def run_import(
     when: datetime | None = None,
     band_overrides: dict[str, dict] | None = None,
     progress: bool = False,
-    on_scene: Callable[[str], None] | None = None,
 ) -> ImportResult:
     """List, filter and register; see the module docstring.
 
     `when` replaces every scene's acquisition time (for files that carry none);
-    `band_overrides`
-    apply to products this import creates. VRTs go to DATA_DIR/vrt, copies to
+    `band_overrides` apply to products this import creates. VRTs go to DATA_DIR/vrt, copies to
     DATA_DIR/cogs. A listing that fails raises vsi.StorageError (nothing is registered).
     """
     result = ImportResult()
@@ -356,12 +352,8 @@ def run_import(
 
     products: dict[str, Product | None] = {}
     for scene, meta in tqdm(selected, desc="register", unit="scene", disable=not progress):
-        if on_scene is not None:
-            on_scene(scene.href)
         try:
-            image = register(
-                store, scene, meta, request, data_dir, when, band_overrides, products, result
-            )
+            image = register(store, scene, meta, request, data_dir, when, band_overrides, products)
         except (IngestError, ValidationError, vsi.StorageError, OSError, ValueError) as exc:
             reason = vsi.redact(str(exc))
             log.warning("import: %s failed: %s", scene.href, reason)
@@ -384,7 +376,6 @@ def register(
     when: datetime | None,
     band_overrides: dict[str, dict] | None,
     products: dict[str, Product | None],
-    result: ImportResult,
 ) -> Image:
     """Build and store one scene; the product is created from the first scene it gets."""
     if when is not None:
@@ -406,7 +397,6 @@ def register(
         bands = apply_overrides(bands, band_overrides or {})
         product = store.create_product(new_product(product_id, bands, meta))
         products[product_id] = product
-        result.products_created.append(product_id)
     store.put_images([image])
     return image
 
