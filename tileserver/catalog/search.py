@@ -14,6 +14,7 @@ import re
 from datetime import UTC, datetime, time
 from typing import Any, Literal
 
+import shapely
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from shapely.geometry import shape
 
@@ -30,6 +31,20 @@ class SortBy(BaseModel):
 
     field: str = Field(min_length=1)
     direction: Literal["asc", "desc"] = "asc"
+
+
+def check_geometry(value: dict | None, what: str) -> dict | None:
+    """A GeoJSON geometry parameter, refused (ValueError) when unreadable, empty or invalid."""
+    if value is None:
+        return None
+    try:
+        geometry = shape(value)
+    except Exception as exc:
+        raise ValueError(f"{what} is not a GeoJSON geometry: {exc}") from None
+    if geometry.is_empty or not geometry.is_valid:
+        reason = "empty" if geometry.is_empty else shapely.is_valid_reason(geometry)
+        raise ValueError(f"{what} is an empty or invalid geometry ({reason})")
+    return value
 
 
 class SearchQuery(BaseModel):
@@ -69,15 +84,7 @@ class SearchQuery(BaseModel):
     @field_validator("intersects")
     @classmethod
     def _intersects(cls, value: dict | None) -> dict | None:
-        if value is None:
-            return None
-        try:
-            geometry = shape(value)
-        except Exception as exc:
-            raise ValueError(f"intersects is not a GeoJSON geometry: {exc}") from None
-        if geometry.is_empty or not geometry.is_valid:
-            raise ValueError("intersects is an empty or invalid geometry")
-        return value
+        return check_geometry(value, "intersects")
 
     @field_validator("datetime")
     @classmethod

@@ -20,13 +20,20 @@ from typing import Any, Literal
 
 import rasterio
 import rasterio.shutil
-import shapely
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from shapely.geometry import box, shape
 from tqdm import tqdm
 
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, ImageFile, Product, safe_name
-from tileserver.catalog.search import datetime_interval, parse_instant
+from tileserver.catalog.search import check_geometry, datetime_interval, parse_instant
 from tileserver.catalog.store import CatalogStore, NotFound
 from tileserver.ingest import beam_dimap, dimap2, vsi
 from tileserver.ingest.geotiff import GeoTiffScene
@@ -83,16 +90,8 @@ class ImportRequest(BaseModel):
 
     @field_validator("intersects", "contains")
     @classmethod
-    def _geometry(cls, value: dict | None) -> dict | None:
-        if value is None:
-            return None
-        try:
-            geom = shape(value)
-        except Exception as exc:
-            raise ValueError(f"not a GeoJSON geometry: {exc}") from None
-        if geom.is_empty or not geom.is_valid:
-            raise ValueError(f"invalid geometry: {shapely.is_valid_reason(geom)}")
-        return value
+    def _geometry(cls, value: dict | None, info: ValidationInfo) -> dict | None:
+        return check_geometry(value, info.field_name)
 
     @model_validator(mode="after")
     def _one_spatial_filter(self) -> ImportRequest:
