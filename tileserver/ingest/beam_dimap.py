@@ -52,20 +52,16 @@ from tileserver.catalog.models import (
     safe_name,
 )
 from tileserver.ingest import vsi
-from tileserver.ingest.raster import IngestError, grid, image_statistics, numeric_or_none
+from tileserver.ingest.raster import (
+    VRT_DATA_TYPES,
+    IngestError,
+    display_range,
+    grid,
+    image_statistics,
+    numeric_or_none,
+)
 from tileserver.ingest.scene import SceneMeta
 
-# BEAM DATA_TYPE -> VRT dataType; the BEAM names are numpy's.
-GDAL_TYPES = {
-    "int8": "Int8",
-    "uint8": "Byte",
-    "int16": "Int16",
-    "uint16": "UInt16",
-    "int32": "Int32",
-    "uint32": "UInt32",
-    "float32": "Float32",
-    "float64": "Float64",
-}
 ENVI_SIZES = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 12: 2, 13: 4, 14: 8, 15: 8}  # `data type` -> bytes
 MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
 TIME = re.compile(
@@ -268,10 +264,10 @@ class BeamDimapScene:
         if "/" in name or "\\" in name or name in (".", ".."):
             raise self._error(f"band name '{name}' is not a file name")
         data_type = (_text(info, "DATA_TYPE") or "").lower()
-        if data_type not in GDAL_TYPES:
+        if data_type not in VRT_DATA_TYPES:  # BEAM's DATA_TYPE names are numpy's
             raise self._error(
                 f"band '{name}' has unsupported DATA_TYPE '{data_type}' "
-                f"(supported: {', '.join(GDAL_TYPES)})"
+                f"(supported: {', '.join(VRT_DATA_TYPES)})"
             )
         for path, size in (("BAND_RASTER_WIDTH", width), ("BAND_RASTER_HEIGHT", height)):
             if _text(info, path) is not None and self._integer(info, path) != size:
@@ -652,15 +648,11 @@ def catalog_band(
         data_range = (stats.min, stats.max)
     else:
         data_range = (0.0, 1.0)
-    display_range = data_range
-    if info.kind == "spectral" and stats is not None and stats.percentiles:
-        lo, hi = stats.percentiles.get(2), stats.percentiles.get(98)
-        if lo is not None and hi is not None and hi > lo:
-            display_range = (lo, hi)
+    stretch = display_range(stats, data_range) if info.kind == "spectral" else data_range
     physical_range = _physical_range(data_range, info) if info.scaled else None
     levels = None
     if info.kind == "spectral":
-        levels = {"physical": _physical_level(info, data_type, data_range, display_range)}
+        levels = {"physical": _physical_level(info, data_type, data_range, stretch)}
     return Band(
         name=safe_name(info.name),
         description=info.description,
@@ -668,7 +660,7 @@ def catalog_band(
         data_type=data_type,
         nodata=numeric_or_none(info.nodata),
         data_range=data_range,
-        display_range=display_range,
+        display_range=stretch,
         physical_range=physical_range,
         physical_range_unit=info.unit,
         resolution=resolution,
@@ -684,7 +676,7 @@ def _physical_level(
     info: BandInfo,
     data_type: str,
     data_range: tuple[float, float],
-    display_range: tuple[float, float],
+    stretch: tuple[float, float],
 ) -> list[ProcessingStep]:
     """Steps to physical values: linear (factor, offset), then pow10 for log10 bands.
 
@@ -696,7 +688,7 @@ def _physical_level(
                 function=None,
                 data_type=data_type,  # type: ignore[arg-type]
                 data_range=data_range,
-                display_range=display_range,
+                display_range=stretch,
                 physical_range=data_range,
                 physical_range_unit=info.unit,
             )
@@ -709,7 +701,7 @@ def _physical_level(
         parameter=None if info.log10 else [info.factor, info.offset],
         data_type="Float64" if wide or huge else "Float32",
         data_range=physical_range,
-        display_range=_physical_range(display_range, info),
+        display_range=_physical_range(stretch, info),
         physical_range=physical_range,
         physical_range_unit=info.unit,
     )
@@ -802,7 +794,7 @@ def vrt_xml(header: Header, files: list[RawFile], geo: Georeference) -> str:
         element = ET.SubElement(
             root,
             "VRTRasterBand",
-            dataType=GDAL_TYPES[band.data_type],
+            dataType=VRT_DATA_TYPES[band.data_type],
             band=str(number),
             subClass="VRTRawRasterBand",
         )

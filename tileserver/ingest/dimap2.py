@@ -74,7 +74,13 @@ from tileserver.catalog.models import (
     safe_name,
 )
 from tileserver.ingest import vsi
-from tileserver.ingest.raster import IngestError, image_statistics, parse_time
+from tileserver.ingest.raster import (
+    VRT_DATA_TYPES,
+    IngestError,
+    display_range,
+    image_statistics,
+    parse_time,
+)
 from tileserver.ingest.scene import SceneMeta
 
 ENTRY = re.compile(r"^(VOL|DIM)_.+\.XML$", re.IGNORECASE)
@@ -116,16 +122,6 @@ PAN_PROCESSING = ("P", "PAN")
 DISPLAY_CHANNELS = ("RED_CHANNEL", "GREEN_CHANNEL", "BLUE_CHANNEL", "ALPHA_CHANNEL")
 WAVELENGTH_UNITS = {"nanometer": 1.0, "nm": 1.0, "micrometer": 1000.0, "micron": 1000.0}
 WAVELENGTH_UNITS.update({"um": 1000.0, "µm": 1000.0})
-VRT_TYPES = {
-    "uint8": "Byte",
-    "int8": "Int8",
-    "uint16": "UInt16",
-    "int16": "Int16",
-    "uint32": "UInt32",
-    "int32": "Int32",
-    "float32": "Float32",
-    "float64": "Float64",
-}
 
 
 def is_entry(href: str) -> bool:
@@ -799,7 +795,9 @@ def vrt_document(mosaic: Mosaic) -> bytes:
             repr(v) for v in mosaic.transform.to_gdal()
         )
     for index, band in enumerate(mosaic.bands, start=1):
-        node = ET.SubElement(root, "VRTRasterBand", dataType=VRT_TYPES[band.dtype], band=str(index))
+        node = ET.SubElement(
+            root, "VRTRasterBand", dataType=VRT_DATA_TYPES[band.dtype], band=str(index)
+        )
         if band.description:
             ET.SubElement(node, "Description").text = band.description
         if band.nodata is not None:
@@ -813,7 +811,7 @@ def vrt_document(mosaic: Mosaic) -> bytes:
                 "SourceProperties",
                 RasterXSize=str(tile.width),
                 RasterYSize=str(tile.height),
-                DataType=VRT_TYPES[tile.dtypes[source_band - 1]],
+                DataType=VRT_DATA_TYPES[tile.dtypes[source_band - 1]],
                 BlockXSize=str(tile.block[0]),
                 BlockYSize=str(tile.block[1]),
             )
@@ -842,17 +840,6 @@ def write_atomic(path: Path, content: bytes) -> None:
 def _crs_text(crs: CRS) -> str:
     epsg = crs.to_epsg()
     return f"EPSG:{epsg}" if epsg else crs.to_wkt()
-
-
-def _display_range(
-    stats: BandStatistics | None, fallback: tuple[float, float]
-) -> tuple[float, float]:
-    """The 2..98 percentile stretch when statistics have it."""
-    if stats is not None and stats.percentiles:
-        lo, hi = stats.percentiles.get(2), stats.percentiles.get(98)
-        if lo is not None and hi is not None and hi > lo:
-            return (lo, hi)
-    return fallback
 
 
 class Dimap2Scene:
@@ -926,7 +913,7 @@ class Dimap2Scene:
             found = image_statistics(str(path), list(range(1, len(own) + 1)), own[0].nodata)
             for band, band_stats in zip(own, found or [], strict=False):
                 stats[band.name] = band_stats
-                band.display_range = _display_range(band_stats, band.data_range)
+                band.display_range = display_range(band_stats, band.data_range)
         finest = min(mosaics, key=lambda m: m.pixel_size)
         properties = dict(meta.properties)
         if missing:

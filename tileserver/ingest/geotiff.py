@@ -24,6 +24,7 @@ from tileserver.ingest.raster import (
     acquisition_time,
     band_statistics,
     cloud_cover,
+    display_range,
     file_size,
     footprint,
     grid,
@@ -65,11 +66,7 @@ def infer_bands(src: rasterio.DatasetReader, stats=None) -> list[Band]:
             data_range = (band_stats.min, band_stats.max)
         else:
             data_range = (0.0, 1.0)
-        display_range = data_range
-        if band_stats is not None and band_stats.percentiles and data_type != "Byte":
-            lo, hi = band_stats.percentiles[2], band_stats.percentiles[98]
-            if hi > lo:
-                display_range = (lo, hi)
+        stretch = data_range if data_type == "Byte" else display_range(band_stats, data_range)
         scale, offset = src.scales[i], src.offsets[i]
         physical_range = None
         if (scale, offset) != (1.0, 0.0):
@@ -82,7 +79,7 @@ def infer_bands(src: rasterio.DatasetReader, stats=None) -> list[Band]:
                 data_type=data_type,
                 nodata=numeric_or_none(src.nodatavals[i]),
                 data_range=data_range,
-                display_range=display_range,
+                display_range=stretch,
                 physical_range=physical_range,
                 resolution=resolution,
                 file_index=0,

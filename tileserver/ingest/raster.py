@@ -168,6 +168,30 @@ def band_statistics(
     return result
 
 
+# numpy type -> VRT dataType (GDAL's names: int8 is Int8 there, Int16 in the catalog)
+VRT_DATA_TYPES = {
+    "uint8": "Byte",
+    "int8": "Int8",
+    "uint16": "UInt16",
+    "int16": "Int16",
+    "uint32": "UInt32",
+    "int32": "Int32",
+    "float32": "Float32",
+    "float64": "Float64",
+}
+
+
+def display_range(
+    stats: BandStatistics | None, fallback: tuple[float, float]
+) -> tuple[float, float]:
+    """The 2..98 percentile stretch when statistics have it, so a product looks right."""
+    if stats is not None and stats.percentiles:
+        lo, hi = stats.percentiles.get(2), stats.percentiles.get(98)
+        if lo is not None and hi is not None and hi > lo:
+            return (lo, hi)
+    return fallback
+
+
 MAX_STATISTICS_PIXELS = 4096 * 4096  # beyond this, statistics need overviews
 
 
