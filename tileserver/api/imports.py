@@ -29,9 +29,8 @@ def check_root(request: ImportRequest, roots: list[Path]) -> None:
             403, "file imports are disabled: set TILESERVER_IMPORT_ROOTS to the allowed folders"
         )
     target = (Path(request.bucket_name) / request.prefix).resolve()
-    for root in roots:
-        if target == root.resolve() or target.is_relative_to(root.resolve()):
-            return
+    if any(target.is_relative_to(root.resolve()) for root in roots):
+        return
     allowed = ", ".join(str(r) for r in roots)
     raise HTTPException(403, f"{request.bucket_name}: not under an import root ({allowed})")
 

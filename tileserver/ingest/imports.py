@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import rasterio
 import rasterio.shutil
+import shapely
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -103,16 +104,6 @@ class ImportRequest(BaseModel):
             if not (minx <= maxx and miny <= maxy):
                 raise ValueError("bbox must be [minx, miny, maxx, maxy] with min <= max")
         return self
-
-    def area(self) -> tuple[str, Any] | None:
-        """The spatial filter as (predicate, shapely geometry), if any."""
-        if self.bbox is not None:
-            return "intersects", box(*self.bbox)
-        if self.intersects is not None:
-            return "intersects", shape(self.intersects)
-        if self.contains is not None:
-            return "contains", shape(self.contains)
-        return None
 
 
 @dataclass
@@ -224,36 +215,55 @@ def default_product_id(request: ImportRequest) -> str:
     return safe_name(Path(base).stem if request.cloud_provider == "file" else base).lower()
 
 
-def time_range(value: str) -> tuple[datetime | None, datetime | None]:
-    """The `time` parameter as aware datetimes, None for an open end."""
-    start, end = datetime_interval(value)
-    return (
-        None if start == ".." else parse_instant(start),
-        None if end == ".." else parse_instant(end, end=True),
-    )
+@dataclass(frozen=True)
+class Filters:
+    """The request's filters, parsed once for all the scenes they are applied to."""
 
+    time: tuple[datetime | None, datetime | None] | None = None
+    predicate: str | None = None  # "intersects" or "contains"
+    area: Any = None  # shapely geometry, prepared
+    max_cloud_cover: float | None = None
 
-def keep(meta: SceneMeta, request: ImportRequest) -> str | None:
-    """None when the scene passes the filters, else the filter that dropped it."""
-    if request.time is not None:
-        start, end = time_range(request.time)
-        if meta.acquired is None:
-            return "time (the scene has no acquisition time)"
-        if (start and meta.acquired < start) or (end and meta.acquired > end):
-            return "time"
-    area = request.area()
-    if area is not None:
-        predicate, geom = area
-        footprint = shape(meta.geometry)
-        if predicate == "intersects" and not footprint.intersects(geom):
-            return "bbox/intersects"
-        if predicate == "contains" and not footprint.covers(geom):
-            return "contains"
-    if request.max_cloud_cover is not None and (
-        meta.cloud_cover is None or meta.cloud_cover > request.max_cloud_cover
-    ):
-        return "max_cloud_cover"
-    return None
+    @classmethod
+    def of(cls, request: ImportRequest) -> Filters:
+        """The filters of `request` (whose validators already checked them)."""
+        time = None
+        if request.time is not None:
+            start, end = datetime_interval(request.time)
+            time = (
+                None if start == ".." else parse_instant(start),
+                None if end == ".." else parse_instant(end, end=True),
+            )
+        predicate, area = None, None
+        if request.bbox is not None:
+            predicate, area = "intersects", box(*request.bbox)
+        elif request.intersects is not None:
+            predicate, area = "intersects", shape(request.intersects)
+        elif request.contains is not None:
+            predicate, area = "contains", shape(request.contains)
+        if area is not None:
+            shapely.prepare(area)
+        return cls(time, predicate, area, request.max_cloud_cover)
+
+    def drop(self, meta: SceneMeta) -> str | None:
+        """None when the scene passes the filters, else the filter that dropped it."""
+        if self.time is not None:
+            start, end = self.time
+            if meta.acquired is None:
+                return "time (the scene has no acquisition time)"
+            if (start and meta.acquired < start) or (end and meta.acquired > end):
+                return "time"
+        if self.area is not None:
+            footprint = shape(meta.geometry)
+            if self.predicate == "intersects" and not self.area.intersects(footprint):
+                return "bbox/intersects"
+            if self.predicate == "contains" and not footprint.covers(self.area):
+                return "contains"
+        if self.max_cloud_cover is not None and (
+            meta.cloud_cover is None or meta.cloud_cover > self.max_cloud_cover
+        ):
+            return "max_cloud_cover"
+        return None
 
 
 def feature(image: Image, meta: SceneMeta, source: str) -> dict:
@@ -320,6 +330,7 @@ def run_import(
     result.failed.extend(problems)
     result.found = len(found)
 
+    filters = Filters.of(request)
     selected: list[tuple[Found, SceneMeta]] = []
     wanted = set(request.ids or [])
     seen_ids: set[str] = set()
@@ -329,6 +340,8 @@ def run_import(
         except (IngestError, vsi.StorageError, OSError, ValueError) as exc:
             result.failed.append({"path": scene.href, "reason": vsi.redact(str(exc))})
             continue
+        if when is not None:
+            meta.acquired = when
         if request.ids is not None:
             if meta.id in wanted or safe_name(meta.id) in wanted:
                 seen_ids.update({meta.id, safe_name(meta.id)})
@@ -336,9 +349,7 @@ def run_import(
             else:
                 result.filtered_out += 1
             continue
-        if when is not None:
-            meta.acquired = when
-        if (dropped := keep(meta, request)) is not None:
+        if (dropped := filters.drop(meta)) is not None:
             log.debug("import: %s left out by %s", scene.href, dropped)
             result.filtered_out += 1
             continue
@@ -352,7 +363,7 @@ def run_import(
     products: dict[str, Product | None] = {}
     for scene, meta in tqdm(selected, desc="register", unit="scene", disable=not progress):
         try:
-            image = register(store, scene, meta, request, data_dir, when, band_overrides, products)
+            image = register(store, scene, meta, request, data_dir, band_overrides, products)
         except (IngestError, ValidationError, vsi.StorageError, OSError, ValueError) as exc:
             reason = vsi.redact(str(exc))
             log.warning("import: %s failed: %s", scene.href, reason)
@@ -372,13 +383,10 @@ def register(
     meta: SceneMeta,
     request: ImportRequest,
     data_dir: Path,
-    when: datetime | None,
     band_overrides: dict[str, dict] | None,
     products: dict[str, Product | None],
 ) -> Image:
     """Build and store one scene; the product is created from the first scene it gets."""
-    if when is not None:
-        meta.acquired = when
     if meta.acquired is None:
         raise IngestError(f"{scene.href}: no acquisition time in its metadata; pass --datetime")
     product_id = request.product or meta.product_id
