@@ -14,13 +14,16 @@ from fastapi.testclient import TestClient
 
 from tileserver.app import create_app
 from tileserver.catalog.sqlite import SQLiteStore
+from tileserver.catalog.store import open_store
 from tileserver.demo import ensure_demo
 from tileserver.settings import Settings
 
-pytest_plugins = ["tests.buckets"]  # S3 and GCS servers for import tests
+# real servers: S3 and GCS for imports, Redis for the shared cache, PostgreSQL for pgSTAC
+pytest_plugins = ["tests.buckets", "tests.redis_server", "tests.postgres"]
 
 DEMO_IMAGE = "sentinel-2-l2a:S2A_MSIL2A_20240612T102031_T33UVU"  # a clear date, no orbit edge
 DEMO_TILE = (12, 2219, 1347)  # a WebMercatorQuad z/x/y inside every demo footprint
+STORES = ["sqlite", "pgstac"]  # catalog, search and mosaic tests run on each
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +41,41 @@ def demo_store(demo_dir) -> SQLiteStore:
     store.close()
 
 
+@pytest.fixture(scope="session", params=STORES)
+def any_demo_store(request, demo_store, tmp_path_factory):
+    """The demo catalog in each store (the pgSTAC one copied from SQLite)."""
+    if request.param == "sqlite":
+        yield demo_store
+        return
+    from tests.postgres import drop_database, new_database
+    from tileserver.catalog.migrate import copy_catalog
+
+    admin = request.getfixturevalue("postgres_admin")
+    url = new_database(admin)
+    store = open_store(url)
+    checkpoint = tmp_path_factory.mktemp("copy") / "checkpoint.json"
+    copy_catalog(demo_store, store, checkpoint, progress=False)
+    yield store
+    store.close()
+    drop_database(admin, url)
+
+
+@pytest.fixture(params=STORES)
+def catalog_url(request, tmp_path) -> str:
+    """An empty catalog of each store: its URL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("pgstac_url")
+
+
+@pytest.fixture()
+def store(catalog_url):
+    """An empty catalog store of each kind."""
+    opened = open_store(catalog_url)
+    yield opened
+    opened.close()
+
+
 def make_settings(tmp: Path, **extra) -> Settings:
     """Settings pointing at a test folder."""
     return Settings(**{"catalog_url": f"sqlite:///{tmp / 'catalog.db'}", "data_dir": tmp, **extra})
@@ -47,6 +85,26 @@ def make_settings(tmp: Path, **extra) -> Settings:
 def demo_app(demo_dir, demo_store):
     """The app over the demo catalog."""
     return create_app(make_settings(demo_dir), store=demo_store)
+
+
+@pytest.fixture(scope="session")
+def any_demo_app(demo_dir, any_demo_store):
+    """The app over the demo catalog, in each store."""
+    return create_app(make_settings(demo_dir), store=any_demo_store)
+
+
+@pytest.fixture()
+def any_client(any_demo_app) -> TestClient:
+    """A client of the demo app, in each store."""
+    with TestClient(any_demo_app) as test_client:
+        yield test_client
+
+
+@pytest.fixture()
+def catalog_client(tmp_path, store) -> TestClient:
+    """A client of an app over an empty catalog, in each store."""
+    with TestClient(create_app(make_settings(tmp_path), store=store)) as test_client:
+        yield test_client
 
 
 @pytest.fixture()

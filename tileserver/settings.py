@@ -23,11 +23,17 @@ class Settings(BaseSettings):
 
     catalog_url: str = Field(
         default_factory=lambda: f"sqlite:///{default_data_dir() / 'catalog.db'}",
-        description="sqlite:///PATH for the embedded catalog",
+        description="sqlite:///PATH (embedded) or postgresql://USER:PASSWORD@HOST:PORT/DB (pgSTAC)",
     )
     data_dir: Path = Field(default_factory=default_data_dir)
     static_dir: Path = PROJECT_ROOT / "static"
     cache_max_bytes: int = Field(256 * 1024 * 1024, description="in-process tile cache size")
+    cache_url: str | None = Field(
+        None,
+        description="redis://HOST:PORT/DB: tile and chip cache shared by all workers; "
+        "unset: in-process LRU",
+    )
+    cache_ttl: int = Field(86400, ge=1, description="seconds Redis keeps a tile or chip")
     cache_control: str = "public, max-age=3600"
     max_tile_size: int = Field(1024, description="largest tile edge in pixels (with @Nx)")
     reader_threads: int = Field(4, description="threads reading the files of one image")
@@ -36,7 +42,9 @@ class Settings(BaseSettings):
     )
     chip_limit: int = Field(24, ge=1, description="most chips one chip request may produce")
     chip_cache_dir: Path | None = Field(
-        None, description="where rendered chips are kept (default: DATA_DIR/chips)"
+        None,
+        description="where rendered chips are kept (default: DATA_DIR/chips); "
+        "unused with cache_url",
     )
     download_max_pixels: int = Field(
         100_000_000, ge=1, description="largest download (width x height x bands); 413 above"
@@ -45,6 +53,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="folders `POST /imports` may read with cloud_provider=file (JSON list); "
         "none: file imports over HTTP are refused",
+    )
+    mosaic_scan_limit: int = Field(
+        10000, ge=1, description="most catalog records one mosaic tile's lookup examines"
+    )
+    mosaic_time_limit: float = Field(
+        5.0, gt=0, description="seconds a mosaic tile's lookup may take (then it uses what it has)"
     )
     mosaic_minzoom: int | None = Field(
         None,

@@ -11,7 +11,7 @@ from fastapi import Depends, HTTPException, Query, Request
 from morecantile import TileMatrixSet
 from rio_tiler.colormap import InvalidColorMapName, cmap
 
-from tileserver.catalog.search import SortBy, parse_sortby
+from tileserver.catalog.search import SortBy, TileLookup, parse_sortby
 from tileserver.catalog.store import CatalogStore
 from tileserver.render.mosaic import PIXEL_SELECTIONS
 from tileserver.render.pipeline import RenderParams
@@ -141,6 +141,18 @@ class MosaicParams:
 
     pixel_selection: str = "first"
     sortby: list[SortBy] | None = None
+    exit_when_full: bool = False
+    skip_covered: bool = False
+
+    def lookup(self, settings: Settings, limit: int) -> TileLookup:
+        """How the store finds a tile's images, at most `limit` of them."""
+        return TileLookup(
+            limit=limit,
+            scan_limit=settings.mosaic_scan_limit,
+            time_limit=settings.mosaic_time_limit,
+            exit_when_full=self.exit_when_full,
+            skip_covered=self.skip_covered,
+        )
 
 
 def mosaic_params(
@@ -155,13 +167,24 @@ def mosaic_params(
         str | None,
         Query(description="paint order instead of the search's: e.g. -datetime,eo:cloud_cover"),
     ] = None,
+    exitwhenfull: Annotated[
+        bool,
+        Query(
+            description="stop looking for images once their footprints cover the tile "
+            "(faster on deep stacks; trusts footprints to hold valid pixels only)"
+        ),
+    ] = False,
+    skipcovered: Annotated[
+        bool,
+        Query(description="leave out images whose footprint is hidden by those above"),
+    ] = False,
 ) -> MosaicParams:
     """The mosaic parameters, parsed once."""
     try:
         keys = parse_sortby(sortby) if sortby is not None else None
     except ValueError as exc:
         raise bad_request(str(exc)) from None
-    return MosaicParams(pixel_selection, keys)
+    return MosaicParams(pixel_selection, keys, exitwhenfull, skipcovered)
 
 
 def get_tms(tms_id: str) -> TileMatrixSet:

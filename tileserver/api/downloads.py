@@ -43,6 +43,7 @@ from tileserver.api.deps import (
 from tileserver.api.searches import LayerCache, LayersDep, mosaic_product, mosaic_query
 from tileserver.api.tiles import load
 from tileserver.catalog.models import Product, safe_name
+from tileserver.catalog.search import TileLookup
 from tileserver.catalog.store import CatalogStore
 from tileserver.render.download import (
     Grid,
@@ -180,7 +181,7 @@ def search_layers(
     product = mosaic_product(store, layers, search_id, query)
     box = area_wgs84(area)
     if box is not None:
-        images = store.tile_images(query, box, MAX_IMAGES + 1)
+        images = store.tile_images(query, box, TileLookup(limit=MAX_IMAGES + 1))
         more = len(images) > MAX_IMAGES
     else:
         page = store.search(

@@ -263,7 +263,8 @@ async def search_tile(
 
     def render() -> tuple[bytes, dict]:
         product = mosaic_product(store, layers, search_id, query)
-        images = store.tile_images(query, tuple(tms.bounds(x, y, z)), cap + 1)
+        lookup = mosaic.lookup(settings, cap + 1)
+        images = store.tile_images(query, tuple(tms.bounds(x, y, z)), lookup)
         reached = len(images) > cap
         products = {product.id: product}
         sources = []
@@ -304,7 +305,8 @@ def search_tile_assets(
     tms = get_tms(tms_id)
     check_tile(tms, z, x, y)
     query = mosaic_query(store, search_id, mosaic)
-    images = store.tile_images(query, tuple(tms.bounds(x, y, z)), settings.mosaic_max_images)
+    lookup = mosaic.lookup(settings, settings.mosaic_max_images)
+    images = store.tile_images(query, tuple(tms.bounds(x, y, z)), lookup)
     return [
         {
             "id": image.id,

@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import re
+import time as time_module
+from collections.abc import Iterable
 from datetime import UTC, datetime, time
 from typing import Any, Literal
 
@@ -24,6 +26,7 @@ from tileserver.catalog.models import Image
 Interval = Literal["year", "quarter", "month", "week", "day", "hour"]
 DEFAULT_SORT = ({"field": "datetime", "direction": "desc"}, {"field": "id", "direction": "desc"})
 MAX_LIMIT = 10000
+COUNT_LIMIT = 10000  # searches count their matches exactly up to this many
 
 
 class SortBy(BaseModel):
@@ -270,3 +273,51 @@ class RegisteredSearch(BaseModel):
     id: str
     search: SearchQuery
     created: datetime | None = None
+
+
+class TileLookup(BaseModel):
+    """How a mosaic tile finds its images (pgSTAC's geometrysearch knobs).
+
+    `exit_when_full` stops once the footprints met so far cover the tile; `skip_covered`
+    leaves out an image whose footprint adds no area. Both trust footprints: an image
+    whose footprint covers nodata can then hide the pixels of the next one.
+    """
+
+    limit: int = Field(100, ge=1, description="most images returned")
+    scan_limit: int = Field(10000, ge=1, description="most candidates examined")
+    time_limit: float = Field(5.0, gt=0, description="seconds; what was found by then is used")
+    exit_when_full: bool = False
+    skip_covered: bool = False
+
+
+def select_for_tile(candidates: Iterable[Image], bbox: tuple, lookup: TileLookup) -> list[Image]:
+    """The images of a tile from candidates in paint order, as pgSTAC's geometrysearch does.
+
+    The same loop as pgSTAC's, so both stores choose the same images: clip each footprint
+    to the tile, grow the union, skip an image that adds no area (skip_covered), stop at
+    the limit, the scan limit, the time limit or a full tile (exit_when_full).
+    """
+    tile = shapely.box(*bbox)
+    shortcut = lookup.exit_when_full or lookup.skip_covered
+    union, area, previous = None, 0.0, 0.0
+    chosen: list[Image] = []
+    deadline = time_module.monotonic() + lookup.time_limit
+    for scanned, image in enumerate(candidates, start=1):
+        if shortcut:
+            clipped = tile.intersection(shape(image.geometry))
+            union = clipped if union is None else union.union(clipped)
+            area = union.area
+            if lookup.skip_covered and area == previous:
+                if scanned >= lookup.scan_limit:
+                    break
+                continue
+            previous = area
+        chosen.append(image)
+        if (
+            len(chosen) >= lookup.limit
+            or scanned >= lookup.scan_limit
+            or time_module.monotonic() > deadline
+            or ((lookup.exit_when_full or lookup.skip_covered) and area >= tile.area)
+        ):
+            break
+    return chosen

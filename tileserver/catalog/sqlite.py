@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -19,15 +18,20 @@ from shapely.geometry import shape
 
 from tileserver.catalog.cql2sql import FilterError, Queryable, compile_filter, register_functions
 from tileserver.catalog.models import Image, Product, sortable_time, utcnow
+from tileserver.catalog.queryables import image_properties, queryable_set
 from tileserver.catalog.search import (
+    COUNT_LIMIT,
     RegisteredSearch,
     SearchPage,
     SearchQuery,
+    SortBy,
     Summary,
     SummaryBucket,
+    TileLookup,
     bbox_filter,
     decode_offset,
     encode_offset,
+    select_for_tile,
 )
 from tileserver.catalog.store import Conflict, ImagePage, NotFound
 
@@ -108,13 +112,6 @@ def _decode_token(token: str) -> tuple[str, str]:
         raise ValueError(f"invalid page token '{token}'") from exc
 
 
-def _property_sql(name: str, kind: str) -> str:
-    """SQL reading a property from an image's document."""
-    quoted = name.replace('"', '\\"').replace("'", "''")
-    sql = f"json_extract(i.doc, '$.properties.\"{quoted}\"')"
-    return f"ts_norm({sql})" if kind == "datetime" else sql
-
-
 def _statements(script: str) -> Iterator[str]:
     """The statements of a script (trigger bodies hold semicolons)."""
     statement = ""
@@ -131,60 +128,6 @@ def _wkb(image: Image) -> bytes:
 
 def _bytes(image: Image) -> int:
     return sum(f.size or 0 for f in image.files)
-
-
-def _json_type(value) -> str | None:
-    """The queryable type of a property value (None: not filterable)."""
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "datetime" if TIMESTAMP.match(value) else "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return None
-
-
-TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}")
-
-# Queryables every image has, whatever its product.
-CORE_QUERYABLES = {
-    q.name: q
-    for q in (
-        Queryable("id", "string", "i.name", "the item id (image name within its collection)"),
-        Queryable("collection", "string", "i.product_id", "the collection (product) id"),
-        Queryable("datetime", "datetime", "i.acquired", "acquisition time (UTC)"),
-        Queryable("geometry", "geometry", "i.geom", "footprint (WGS84)", rtree="images_rtree"),
-        Queryable("eo:cloud_cover", "number", "i.cloud_cover", "cloud cover, percent"),
-        Queryable(
-            "created",
-            "datetime",
-            "ts_norm(json_extract(i.doc, '$.created'))",
-            "when the image was first registered",
-        ),
-        Queryable(
-            "updated",
-            "datetime",
-            "ts_norm(json_extract(i.doc, '$.modified'))",
-            "when the image record last changed",
-        ),
-        *(
-            Queryable(name, kind, _property_sql(name, kind), description)
-            for name, kind, description in (
-                ("platform", "string", "the satellite"),
-                ("constellation", "string", "the satellite family"),
-                ("instruments", "array", "the sensors"),
-                ("gsd", "number", "ground sample distance, metres"),
-                ("tags", "array", "free tags"),
-            )
-        ),
-    )
-}
 
 
 class SQLiteStore:
@@ -288,16 +231,17 @@ class SQLiteStore:
                 raise Conflict(f"product '{product.id}' already exists")
             return self._write_product(db, product, created=None)
 
-    def put_product(self, product: Product) -> Product:
+    def put_product(self, product: Product, keep_times: bool = False) -> Product:
         """Create or replace a product (bands included)."""
         with self._transaction() as db:
             row = db.execute("SELECT doc FROM products WHERE id = ?", (product.id,)).fetchone()
             created = Product.model_validate_json(row[0]).created if row else None
-            return self._write_product(db, product, created=created)
+            return self._write_product(db, product, created, keep_times)
 
-    def _write_product(self, db, product: Product, created) -> Product:
-        now = utcnow()
-        product = product.model_copy(update={"created": created or now, "modified": now})
+    def _write_product(self, db, product: Product, created, keep_times: bool = False) -> Product:
+        if not keep_times or product.modified is None:
+            now = utcnow()
+            product = product.model_copy(update={"created": created or now, "modified": now})
         db.execute(
             "INSERT OR REPLACE INTO products (id, doc) VALUES (?, ?)",
             (product.id, product.model_dump_json()),
@@ -333,7 +277,7 @@ class SQLiteStore:
             raise NotFound(f"image '{image_id}' not found")
         return Image.model_validate_json(row[0])
 
-    def put_images(self, images: Iterable[Image]) -> list[Image]:
+    def put_images(self, images: Iterable[Image], keep_times: bool = False) -> list[Image]:
         """Create or replace images atomically: all are written or none."""
         written = []
         with self._transaction() as db:
@@ -345,10 +289,11 @@ class SQLiteStore:
                     ).fetchone():
                         raise NotFound(f"product '{image.product_id}' not found")
                     known.add(image.product_id)
-                row = db.execute("SELECT doc FROM images WHERE id = ?", (image.id,)).fetchone()
-                now = utcnow()
-                created = Image.model_validate_json(row[0]).created if row else now
-                image = image.model_copy(update={"created": created, "modified": now})
+                if not keep_times or image.modified is None:
+                    row = db.execute("SELECT doc FROM images WHERE id = ?", (image.id,)).fetchone()
+                    now = utcnow()
+                    created = Image.model_validate_json(row[0]).created if row else now
+                    image = image.model_copy(update={"created": created, "modified": now})
                 minx, miny, maxx, maxy = image.bbox
                 db.execute(
                     "INSERT INTO images (id, product_id, name, acquired, cloud_cover,"
@@ -429,10 +374,7 @@ class SQLiteStore:
 
     def _record_properties(self, db: sqlite3.Connection, image: Image) -> None:
         """Remember the product's property names and types: they become queryables."""
-        for name, value in image.properties.items():
-            kind = _json_type(value)
-            if kind is None or name in CORE_QUERYABLES:
-                continue
+        for name, kind in image_properties(image):
             db.execute(
                 "INSERT OR IGNORE INTO properties VALUES (?, ?, ?)",
                 (image.product_id, name, kind),
@@ -453,12 +395,7 @@ class SQLiteStore:
         if product_id is not None:
             self.get_product(product_id)
             sql, args = sql + " WHERE product_id = ?", [product_id]
-        found = dict(CORE_QUERYABLES)
-        for name, kind in self._connection().execute(sql + " ORDER BY name", args):
-            if name in found and found[name].type != kind:
-                kind = "string" if "string" in (kind, found[name].type) else found[name].type
-            found[name] = Queryable(name, kind, _property_sql(name, kind))
-        return found
+        return queryable_set(self._connection().execute(sql, args).fetchall())
 
     def _where(
         self, query: SearchQuery, queryables: dict[str, Queryable], extra: dict | None = None
@@ -485,8 +422,8 @@ class SQLiteStore:
             if queryable is None or queryable.type == "geometry":
                 sortable = sorted(n for n, q in queryables.items() if q.type != "geometry")
                 raise FilterError(f"cannot sort by '{key.field}'; sortable: {', '.join(sortable)}")
-            terms.append(f"{prefix}{queryable.sql} {key.direction.upper()}")
-        return ", ".join(terms + [f"{prefix}i.id DESC"])
+            terms.append(f"{prefix}{queryable.sql} {key.direction.upper()}{_nulls(key)}")
+        return ", ".join(terms + [f"{prefix}i.product_id DESC"])
 
     def search(self, query: SearchQuery, count: bool = True) -> SearchPage:
         """A page of the images a STAC search matches, in its sort order.
@@ -522,16 +459,16 @@ class SQLiteStore:
             prev_token=encode_offset(max(offset - query.limit, 0)) if offset > 0 else None,
         )
 
-    def tile_images(self, query: SearchQuery, bbox: tuple, limit: int) -> list[Image]:
+    def tile_images(self, query: SearchQuery, bbox: tuple, lookup: TileLookup) -> list[Image]:
         """The search's images whose footprint meets a WGS84 box, in paint order."""
         queryables = self.queryables()
         where, args = self._where(query, queryables, bbox_filter(list(bbox)))
         order = self._order(query, queryables)
         rows = self._connection().execute(
             f"SELECT i.doc FROM images i WHERE {where} ORDER BY {order} LIMIT ?",
-            [*args, limit],
+            [*args, lookup.scan_limit],
         )
-        return [Image.model_validate_json(doc) for (doc,) in rows]
+        return select_for_tile((Image.model_validate_json(doc) for (doc,) in rows), bbox, lookup)
 
     def summary(self, query: SearchQuery, interval: str | None = None) -> Summary:
         """Count, bytes, products and extent of a search; bucketed by `interval` if given."""
@@ -583,6 +520,14 @@ class SQLiteStore:
             )
         return self.get_search(search_id)
 
+    def list_searches(self) -> list[RegisteredSearch]:
+        """Every registered search, by id."""
+        rows = self._connection().execute("SELECT id, doc, created FROM searches ORDER BY id")
+        return [
+            RegisteredSearch(id=i, search=SearchQuery.model_validate_json(doc), created=created)
+            for i, doc, created in rows
+        ]
+
     def get_search(self, search_id: str) -> RegisteredSearch:
         """A registered search; NotFound if absent."""
         row = (
@@ -597,7 +542,17 @@ class SQLiteStore:
         )
 
 
-COUNT_LIMIT = 10000  # searches count their matches exactly up to this many
+def _nulls(key: SortBy) -> str:
+    """Where missing values sort: PostgreSQL's way (last ascending, first descending).
+
+    Columns that are never null get no clause, which keeps their indexes usable.
+    """
+    if key.field in NOT_NULL:
+        return ""
+    return " NULLS LAST" if key.direction == "asc" else " NULLS FIRST"
+
+
+NOT_NULL = {"id", "collection", "datetime"}
 
 # SQL giving the start of an acquisition's interval, as RFC 3339 text
 BUCKETS = {

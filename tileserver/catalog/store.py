@@ -1,4 +1,4 @@
-"""The catalog store protocol: what every backend (SQLite now, pgSTAC later) provides."""
+"""The catalog store protocol: what every backend (SQLite, pgSTAC) provides."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from pydantic import BaseModel
 
 from tileserver.catalog.cql2sql import Queryable
 from tileserver.catalog.models import Image, Product
-from tileserver.catalog.search import RegisteredSearch, SearchPage, SearchQuery, Summary
+from tileserver.catalog.search import (
+    RegisteredSearch,
+    SearchPage,
+    SearchQuery,
+    Summary,
+    TileLookup,
+)
 
 
 class CatalogError(Exception):
@@ -43,8 +49,8 @@ class CatalogStore(Protocol):
     def create_product(self, product: Product) -> Product:
         """Insert a new product; Conflict if the id exists."""
 
-    def put_product(self, product: Product) -> Product:
-        """Create or replace a product and its bands."""
+    def put_product(self, product: Product, keep_times: bool = False) -> Product:
+        """Create or replace a product and its bands (keep_times: keep its created/modified)."""
 
     def delete_product(self, product_id: str, cascade: bool = False) -> None:
         """Delete a product; Conflict if it has images and cascade is False."""
@@ -52,8 +58,12 @@ class CatalogStore(Protocol):
     def get_image(self, image_id: str) -> Image:
         """The image; NotFound if absent."""
 
-    def put_images(self, images: Iterable[Image]) -> list[Image]:
-        """Create or replace images in one transaction; NotFound if a product is missing."""
+    def put_images(self, images: Iterable[Image], keep_times: bool = False) -> list[Image]:
+        """Create or replace images in one transaction; NotFound if a product is missing.
+
+        Writes stamp created (first write) and modified (now); `keep_times` keeps the
+        records' own, for copies between catalogs.
+        """
 
     def delete_image(self, image_id: str) -> None:
         """Delete one image; NotFound if absent."""
@@ -73,14 +83,17 @@ class CatalogStore(Protocol):
     def summary(self, query: SearchQuery, interval: str | None = None) -> Summary:
         """Count, bytes, products and extent; with `interval`, per acquisition interval."""
 
-    def tile_images(self, query: SearchQuery, bbox: tuple, limit: int) -> list[Image]:
-        """Matching images whose footprint meets a WGS84 box, in paint order, at most `limit`."""
+    def tile_images(self, query: SearchQuery, bbox: tuple, lookup: TileLookup) -> list[Image]:
+        """Matching images whose footprint meets a WGS84 box, in paint order (select_for_tile)."""
 
     def register_search(self, query: SearchQuery) -> RegisteredSearch:
         """Store a search under its stable id."""
 
     def get_search(self, search_id: str) -> RegisteredSearch:
         """A registered search; NotFound if absent."""
+
+    def list_searches(self) -> list[RegisteredSearch]:
+        """Every registered search, by id."""
 
     def generation(self) -> int:
         """Grows with every write (cache keys of mosaics include it)."""
@@ -95,4 +108,10 @@ def open_store(url: str) -> CatalogStore:
         from tileserver.catalog.sqlite import SQLiteStore
 
         return SQLiteStore(url.removeprefix("sqlite:///") or ":memory:")
-    raise ValueError(f"unsupported catalog URL '{url}': use sqlite:///PATH")
+    if url.startswith(("postgresql://", "postgres://")):
+        from tileserver.catalog.pgstac import PgstacStore
+
+        return PgstacStore(url)
+    raise ValueError(
+        f"unsupported catalog URL '{url}': use sqlite:///PATH or postgresql://USER@HOST/DB"
+    )
