@@ -56,7 +56,7 @@ def test_healthz(client):
     assert client.get("/healthz").json() == {"status": "ok"}
 
 
-def test_product_crud_keeps_every_band_attribute(empty_client):
+def test_product_crud_keeps_every_band_attribute(catalog_client):
     product = {
         "id": "p",
         "name": "P",
@@ -82,9 +82,9 @@ def test_product_crud_keeps_every_band_attribute(empty_client):
             },
         ],
     }
-    created = empty_client.post("/products", json=product)
+    created = catalog_client.post("/products", json=product)
     assert created.status_code == 201, created.text
-    fetched = empty_client.get("/products/p").json()
+    fetched = catalog_client.get("/products/p").json()
     band = fetched["bands"][0]
     for key, value in BAND_ATTRIBUTES.items():
         if key != "processing_levels":
@@ -92,18 +92,18 @@ def test_product_crud_keeps_every_band_attribute(empty_client):
     assert band["processing_levels"]["toa"][0]["parameter"] == [0.0001, 0]
     assert fetched["owners"] == ["user:a"] and fetched["readers"] == ["org:b"]
     assert fetched["bands"][1]["is_alpha"] is True
-    assert empty_client.post("/products", json=product).status_code == 409
+    assert catalog_client.post("/products", json=product).status_code == 409
     product["name"] = "renamed"
-    assert empty_client.put("/products/p", json=product).json()["name"] == "renamed"
-    assert empty_client.put("/products/q", json=product).status_code == 400
-    assert [p["id"] for p in empty_client.get("/products").json()["products"]] == ["p"]
-    assert empty_client.delete("/products/p").status_code == 204
-    assert empty_client.get("/products/p").status_code == 404
+    assert catalog_client.put("/products/p", json=product).json()["name"] == "renamed"
+    assert catalog_client.put("/products/q", json=product).status_code == 400
+    assert [p["id"] for p in catalog_client.get("/products").json()["products"]] == ["p"]
+    assert catalog_client.delete("/products/p").status_code == 204
+    assert catalog_client.get("/products/p").status_code == 404
 
 
-def test_band_defaults_follow_semantics(empty_client):
-    empty_client.post("/products", json={"id": "d", "bands": [{"name": "b"}]})
-    band = empty_client.get("/products/d").json()["bands"][0]
+def test_band_defaults_follow_semantics(catalog_client):
+    catalog_client.post("/products", json={"id": "d", "bands": [{"name": "b"}]})
+    band = catalog_client.get("/products/d").json()["bands"][0]
     assert band["data_type"] == "UInt16" and band["data_range"] == [0, 10000]
     assert band["display_range"] == [0, 10000] and band["physical_range"] == [0, 10000]
 
@@ -121,23 +121,23 @@ def test_band_defaults_follow_semantics(empty_client):
         ({"id": "x", "default_bands": ["z"], "bands": [{"name": "b"}]}, "z"),
     ],
 )
-def test_invalid_products_are_422_naming_the_field(empty_client, body, word):
-    response = empty_client.post("/products", json=body)
+def test_invalid_products_are_422_naming_the_field(catalog_client, body, word):
+    response = catalog_client.post("/products", json=body)
     assert response.status_code == 422
     assert word in response.json()["detail"]
 
 
-def test_images_paged_newest_first(empty_client):
-    empty_client.post("/products", json={"id": "p", "bands": [{"name": "b"}]})
+def test_images_paged_newest_first(catalog_client):
+    catalog_client.post("/products", json={"id": "p", "bands": [{"name": "b"}]})
     days = ["2024-01-03", "2024-01-01", "2024-01-05", "2024-01-02", "2024-01-04"]
     for i, day in enumerate(days):
-        response = empty_client.put(
+        response = catalog_client.put(
             f"/images/p:i{i}", json=remote_image(f"i{i}", f"{day}T10:00:00Z")
         )
         assert response.status_code == 200, response.text
     seen, url, params = [], "/products/p/images", {"limit": 2}
     while True:
-        page = empty_client.get(url, params=params).json()
+        page = catalog_client.get(url, params=params).json()
         seen += [img["acquired"][:10] for img in page["images"]]
         if not page["next_token"]:
             assert page["links"] == []
@@ -145,40 +145,40 @@ def test_images_paged_newest_first(empty_client):
         assert page["links"][0]["rel"] == "next"
         params = {"limit": 2, "token": page["next_token"]}
     assert seen == sorted(days, reverse=True)
-    assert empty_client.get(url, params={"token": "garbage"}).status_code == 400
-    assert empty_client.get("/products/none/images").status_code == 404
+    assert catalog_client.get(url, params={"token": "garbage"}).status_code == 400
+    assert catalog_client.get("/products/none/images").status_code == 404
 
 
-def test_image_crud_and_ids(empty_client):
-    empty_client.post("/products", json={"id": "p", "bands": [{"name": "b"}]})
+def test_image_crud_and_ids(catalog_client):
+    catalog_client.post("/products", json={"id": "p", "bands": [{"name": "b"}]})
     body = remote_image("one", "2024-01-01T00:00:00+02:00")
-    image = empty_client.put("/images/p:one", json=body).json()
+    image = catalog_client.put("/images/p:one", json=body).json()
     assert image["id"] == "p:one"
     assert image["acquired"].startswith("2023-12-31T22:00:00")  # stored in UTC
     assert image["bbox"] == [0, 0, 1, 1]
-    assert empty_client.get("/images/p:one").json()["cloud_cover"] == 5
-    assert empty_client.put("/images/p:two", json=body).status_code == 400
+    assert catalog_client.get("/images/p:one").json()["cloud_cover"] == 5
+    assert catalog_client.put("/images/p:two", json=body).status_code == 400
     assert (
-        empty_client.put(
+        catalog_client.put(
             "/images/q:one", json=remote_image("one", "2024-01-01T00:00:00Z", "q")
         ).status_code
         == 404
     )
     no_files = dict(body, storage_state="available")
-    assert empty_client.put("/images/p:one", json=no_files).status_code == 422
-    assert empty_client.delete("/products/p").status_code == 409
-    assert empty_client.delete("/images/p:one").status_code == 204
-    assert empty_client.get("/images/p:one").status_code == 404
-    assert empty_client.delete("/images/p:one").status_code == 404
+    assert catalog_client.put("/images/p:one", json=no_files).status_code == 422
+    assert catalog_client.delete("/products/p").status_code == 409
+    assert catalog_client.delete("/images/p:one").status_code == 204
+    assert catalog_client.get("/images/p:one").status_code == 404
+    assert catalog_client.delete("/images/p:one").status_code == 404
 
 
-def test_delete_product_cascade(empty_client):
-    empty_client.post("/products", json={"id": "p", "bands": [{"name": "b"}]})
-    empty_client.put("/images/p:one", json=remote_image("one", "2024-01-01T00:00:00Z"))
-    response = empty_client.delete("/products/p")
+def test_delete_product_cascade(catalog_client):
+    catalog_client.post("/products", json={"id": "p", "bands": [{"name": "b"}]})
+    catalog_client.put("/images/p:one", json=remote_image("one", "2024-01-01T00:00:00Z"))
+    response = catalog_client.delete("/products/p")
     assert response.status_code == 409 and "cascade" in response.json()["detail"]
-    assert empty_client.delete("/products/p", params={"cascade": True}).status_code == 204
-    assert empty_client.get("/images/p:one").status_code == 404
+    assert catalog_client.delete("/products/p", params={"cascade": True}).status_code == 204
+    assert catalog_client.get("/images/p:one").status_code == 404
 
 
 def test_demo_catalog_holds_what_design_promises(client):

@@ -15,7 +15,6 @@ from fastapi.testclient import TestClient
 from tests.conftest import make_settings
 from tests.synthetic import TILE, WEB_MERCATOR, write
 from tileserver.app import create_app
-from tileserver.catalog.sqlite import SQLiteStore
 
 Z, X, Y = TILE.z, TILE.x, TILE.y
 PRODUCT = {
@@ -90,15 +89,15 @@ def register_images(client, tmp_path, names, product=PRODUCT, geometry=None) -> 
         assert response.status_code == 200, response.text
 
 
-def make_client(tmp_path, **settings) -> TestClient:
-    store = SQLiteStore(tmp_path / "catalog.db")
+def make_client(store, tmp_path, **settings) -> TestClient:
+    """A client of an app over `store` (an empty catalog of each kind, from conftest)."""
     return TestClient(create_app(make_settings(tmp_path, **settings), store=store))
 
 
 @pytest.fixture()
-def mosaic(tmp_path):
+def mosaic(store, tmp_path):
     """A client with A, B, C registered (out of date order) and a search over them."""
-    with make_client(tmp_path, reader_threads=1) as client:
+    with make_client(store, tmp_path, reader_threads=1) as client:
         register_images(client, tmp_path, ["B", "A", "C"])
         response = client.post("/searches", json={"collections": ["mos"]})
         assert response.status_code == 200, response.text
@@ -240,8 +239,8 @@ def test_png_display_with_alpha(mosaic):
     assert pixels[0, 100, 10] == 77
 
 
-def test_first_stops_when_full_and_skips_hidden_images(tmp_path):
-    with make_client(tmp_path, reader_threads=1) as client:
+def test_first_stops_when_full_and_skips_hidden_images(store, tmp_path):
+    with make_client(store, tmp_path, reader_threads=1) as client:
         register_images(client, tmp_path, ["A", "B", "C"])
         # D, newest, covers the left half with valid pixels; E under it is hidden there
         product = {**PRODUCT, "id": "half"}
@@ -277,13 +276,24 @@ def test_first_stops_when_full_and_skips_hidden_images(tmp_path):
         assert response.headers["X-Mosaic-Images"] == "1"  # A's v1 is valid everywhere
         response = mosaic_tile(client, both.json()["id"], bands="v1,v2", sortby="datetime")
         assert response.headers["X-Mosaic-Images"] == "2"  # A's v2 has a corner hole
+        # footprint shortcuts: B's footprint covers the tile, so A is never looked up and
+        # B's transparent top rows stay empty (why the shortcuts are off by default)
+        newest = mosaic_tile(client, both.json()["id"], bands="v1")
+        shortcut = mosaic_tile(client, both.json()["id"], bands="v1", exitwhenfull="true")
+        assert newest.headers["X-Mosaic-Images"] == "2"
+        assert shortcut.headers["X-Mosaic-Images"] == "1"
+        filled, holed = npy(newest), npy(shortcut)
+        assert (filled[0][8:64] == images()["A"][1][8:64]).all()
+        assert (holed[0][:64] == 0).all() and (holed[0][64:] == 300).all()
+        skipped = mosaic_tile(client, search_id, bands="v1", skipcovered="true")
+        assert numpy.array_equal(npy(skipped), pixels)  # E adds no footprint: left out
         only_b = client.post("/searches", json={"collections": ["mos"], "ids": ["B", "C"]})
         response = mosaic_tile(client, only_b.json()["id"], bands="v1", sortby="-v1")
         assert response.status_code == 400 and "v1" in response.json()["detail"]
 
 
-def test_image_cap_header(tmp_path):
-    with make_client(tmp_path, reader_threads=1, mosaic_max_images=2) as client:
+def test_image_cap_header(store, tmp_path):
+    with make_client(store, tmp_path, reader_threads=1, mosaic_max_images=2) as client:
         register_images(client, tmp_path, ["A", "B", "C"])
         search_id = client.post("/searches", json={"collections": ["mos"]}).json()["id"]
         response = mosaic_tile(client, search_id, bands="v1,v2")

@@ -1,4 +1,4 @@
-"""The STAC API over the demo catalog, and pystac-client as a real client of it.
+"""The STAC API over the demo catalog (in each store), and pystac-client as a real client.
 
 Expected answers are computed here in Python from the catalog's own image list (the
 plain product listing, not the search code), with shapely and datetime.
@@ -12,7 +12,7 @@ import pytest
 from pystac_client import Client
 from shapely.geometry import box, shape
 
-from tests.conftest import DEMO_IMAGE
+from tests.conftest import DEMO_IMAGE, LiveServer
 
 PRODUCT = "sentinel-2-l2a"
 
@@ -32,21 +32,21 @@ def ids(response) -> list[str]:
     return [f["id"] for f in response.json()["features"]]
 
 
-def test_landing_conformance_collections(client):
-    landing = client.get("/stac").json()
+def test_landing_conformance_collections(any_client):
+    landing = any_client.get("/stac").json()
     assert landing["type"] == "Catalog"
     rels = {link["rel"] for link in landing["links"]}
     assert {"conformance", "data", "search", "child"} <= rels
-    conforms = client.get("/stac/conformance").json()["conformsTo"]
+    conforms = any_client.get("/stac/conformance").json()["conformsTo"]
     for cls in ("core", "item-search", "item-search#filter", "item-search#sort", "collections"):
         assert f"https://api.stacspec.org/v1.0.0/{cls}" in conforms
     assert "http://www.opengis.net/spec/cql2/1.0/conf/cql2-text" in conforms
-    collections = client.get("/stac/collections").json()["collections"]
+    collections = any_client.get("/stac/collections").json()["collections"]
     assert [c["id"] for c in collections] == [PRODUCT]
 
 
-def test_collection_extent_and_bands(client, all_images):
-    collection = client.get(f"/stac/collections/{PRODUCT}").json()
+def test_collection_extent_and_bands(any_client, all_images):
+    collection = any_client.get(f"/stac/collections/{PRODUCT}").json()
     west = min(i.bbox[0] for i in all_images)
     north = max(i.bbox[3] for i in all_images)
     bbox = collection["extent"]["spatial"]["bbox"][0]
@@ -58,10 +58,10 @@ def test_collection_extent_and_bands(client, all_images):
     assert bands == ["B02", "B03", "B04", "B08", "B11", "SCL"]
 
 
-def test_items_paging_and_single_item(client, all_images):
+def test_items_paging_and_single_item(any_client, all_images):
     seen, url, pages = [], f"/stac/collections/{PRODUCT}/items?limit=3", 0
     while url:
-        page = client.get(url).json()
+        page = any_client.get(url).json()
         assert page["numberMatched"] == len(all_images)
         seen += [f["id"] for f in page["features"]]
         nxt = [link["href"] for link in page["links"] if link["rel"] == "next"]
@@ -69,52 +69,52 @@ def test_items_paging_and_single_item(client, all_images):
     assert seen == names(all_images)  # newest first, each once
     assert pages == 3
     name = DEMO_IMAGE.split(":", 1)[1]
-    item = client.get(f"/stac/collections/{PRODUCT}/items/{name}").json()
+    item = any_client.get(f"/stac/collections/{PRODUCT}/items/{name}").json()
     assert item["id"] == name and item["collection"] == PRODUCT
     assert set(item["assets"]) == {"bands_10m", "B11", "SCL"}
     assert [b["name"] for b in item["assets"]["bands_10m"]["bands"]] == ["B02", "B03", "B04", "B08"]
     assert any(link["rel"] == "tilejson" for link in item["links"])
-    assert client.get(f"/stac/collections/{PRODUCT}/items/nope").status_code == 404
+    assert any_client.get(f"/stac/collections/{PRODUCT}/items/nope").status_code == 404
 
 
-def test_search_bbox_intersects_datetime(client, all_images):
+def test_search_bbox_intersects_datetime(any_client, all_images):
     a = max((i.bbox for i in all_images), key=lambda b: b[2])
     # a small box at the east edge of the easternmost (shifted) images only
     query_box = box(a[2] - 0.006, (a[1] + a[3]) / 2, a[2] - 0.002, (a[1] + a[3]) / 2 + 0.01)
     expected = [i.name for i in all_images if shape(i.geometry).intersects(query_box)]
     assert 0 < len(expected) < len(all_images)
     bbox = ",".join(str(v) for v in query_box.bounds)
-    assert ids(client.get("/stac/search", params={"bbox": bbox, "limit": 100})) == expected
+    assert ids(any_client.get("/stac/search", params={"bbox": bbox, "limit": 100})) == expected
     body = {"intersects": query_box.__geo_interface__, "limit": 100}
-    assert ids(client.post("/stac/search", json=body)) == expected
+    assert ids(any_client.post("/stac/search", json=body)) == expected
 
     times = sorted(i.acquired for i in all_images)
     start, end = times[2], times[5]
     interval = f"{start.isoformat()}/{end.isoformat()}"
     expected = [i.name for i in all_images if start <= i.acquired <= end]
     assert len(expected) == 4
-    assert ids(client.get("/stac/search", params={"datetime": interval})) == expected
+    assert ids(any_client.get("/stac/search", params={"datetime": interval})) == expected
     open_end = f"{start.isoformat()}/.."
     expected = [i.name for i in all_images if i.acquired >= start]
-    assert ids(client.get("/stac/search", params={"datetime": open_end, "limit": 50})) == expected
+    assert ids(any_client.get("/stac/search", params={"datetime": open_end, "limit": 50})) == expected
     instant = times[3].isoformat().replace("+00:00", "Z")
-    assert ids(client.get("/stac/search", params={"datetime": instant})) == [
+    assert ids(any_client.get("/stac/search", params={"datetime": instant})) == [
         i.name for i in all_images if i.acquired == times[3]
     ]
     day = times[3].date().isoformat()  # a bare date is that whole day
-    assert ids(client.get("/stac/search", params={"datetime": day})) == [
+    assert ids(any_client.get("/stac/search", params={"datetime": day})) == [
         i.name for i in all_images if i.acquired.date() == times[3].date()
     ]
 
 
-def test_search_ids_filter_sort(client, all_images):
+def test_search_ids_filter_sort(any_client, all_images):
     chosen = [all_images[1].name, all_images[4].name]
-    assert sorted(ids(client.get("/stac/search", params={"ids": ",".join(chosen)}))) == sorted(
+    assert sorted(ids(any_client.get("/stac/search", params={"ids": ",".join(chosen)}))) == sorted(
         chosen
     )
     limit = sorted(i.cloud_cover for i in all_images)[4]
     expected = [i.name for i in all_images if i.cloud_cover < limit]
-    got = ids(client.get("/stac/search", params={"filter": f"eo:cloud_cover < {limit}"}))
+    got = ids(any_client.get("/stac/search", params={"filter": f"eo:cloud_cover < {limit}"}))
     assert got == expected and 0 < len(got) < len(all_images)
     body = {
         "filter-lang": "cql2-json",
@@ -130,34 +130,34 @@ def test_search_ids_filter_sort(client, all_images):
     expected = sorted(
         (i for i in all_images if i.cloud_cover >= limit), key=lambda i: i.cloud_cover
     )
-    assert ids(client.post("/stac/search", json=body)) == names(expected)
+    assert ids(any_client.post("/stac/search", json=body)) == names(expected)
     # two keys: cloud cover descending, then datetime ascending
-    got = ids(client.get("/stac/search", params={"sortby": "-eo:cloud_cover,+datetime"}))
+    got = ids(any_client.get("/stac/search", params={"sortby": "-eo:cloud_cover,+datetime"}))
     by_hand = sorted(all_images, key=lambda i: (-i.cloud_cover, i.acquired))
     assert got == names(by_hand)[:10]
 
 
-def test_prev_links_and_number_matched(client, all_images):
-    first = client.post("/stac/search", json={"limit": 3}).json()
+def test_prev_links_and_number_matched(any_client, all_images):
+    first = any_client.post("/stac/search", json={"limit": 3}).json()
     nxt = next(link for link in first["links"] if link["rel"] == "next")
     assert nxt["method"] == "POST" and nxt["body"]["limit"] == 3
-    second = client.post("/stac/search", json=nxt["body"]).json()
+    second = any_client.post("/stac/search", json=nxt["body"]).json()
     assert [f["id"] for f in second["features"]] == names(all_images)[3:6]
     prev = next(link for link in second["links"] if link["rel"] == "prev")
-    back = client.post("/stac/search", json=prev["body"]).json()
+    back = any_client.post("/stac/search", json=prev["body"]).json()
     assert [f["id"] for f in back["features"]] == names(all_images)[:3]
     assert second["numberMatched"] == len(all_images) and second["numberReturned"] == 3
 
 
-def test_queryables(client):
-    found = client.get("/stac/queryables").json()["properties"]
+def test_queryables(any_client):
+    found = any_client.get("/stac/queryables").json()["properties"]
     for name in ("id", "collection", "datetime", "geometry", "eo:cloud_cover", "platform"):
         assert name in found
     assert found["datetime"]["format"] == "date-time"
     assert found["proj:epsg"]["type"] == "integer"  # carried by the demo items
-    per = client.get(f"/stac/collections/{PRODUCT}/queryables").json()["properties"]
+    per = any_client.get(f"/stac/collections/{PRODUCT}/queryables").json()["properties"]
     assert "proj:epsg" in per
-    assert client.get("/stac/collections/nope/queryables").status_code == 404
+    assert any_client.get("/stac/collections/nope/queryables").status_code == 404
 
 
 @pytest.mark.parametrize(
@@ -175,44 +175,51 @@ def test_queryables(client):
         ({"limit": "0"}, ["limit"]),
     ],
 )
-def test_bad_searches_are_clear_4xx(client, params, words):
-    response = client.get("/stac/search", params=params)
+def test_bad_searches_are_clear_4xx(any_client, params, words):
+    response = any_client.get("/stac/search", params=params)
     assert 400 <= response.status_code < 500, response.text
     detail = response.json()["detail"].lower()
     assert all(w.lower() in detail for w in words), detail
 
 
-def test_summary_buckets(client, all_images):
+def test_summary_buckets(any_client, all_images):
     body = {"collections": [PRODUCT]}
-    whole = client.post("/summary", json=body).json()
+    whole = any_client.post("/summary", json=body).json()
     assert whole["count"] == len(all_images) and whole["products"] == [PRODUCT]
     assert whole["bytes"] == sum(f.size for i in all_images for f in i.files)
     assert whole["bytes"] > 0
-    months = client.post("/summary", params={"interval": "month"}, json=body).json()
+    months = any_client.post("/summary", params={"interval": "month"}, json=body).json()
     by_month: dict[str, int] = {}
     for image in all_images:
         key = image.acquired.strftime("%Y-%m-01T00:00:00Z")
         by_month[key] = by_month.get(key, 0) + 1
     got = {b["interval_start"].replace("+00:00", "Z"): b["count"] for b in months["summaries"]}
     assert got == by_month
-    weeks = client.post("/summary", params={"interval": "week"}, json=body).json()
+    weeks = any_client.post("/summary", params={"interval": "week"}, json=body).json()
     for bucket in weeks["summaries"]:
         start = datetime.fromisoformat(bucket["interval_start"].replace("Z", "+00:00"))
         assert start.weekday() == 0  # ISO weeks start on Monday
         inside = [i for i in all_images if 0 <= (i.acquired - start).total_seconds() < 7 * 86400]
         assert bucket["count"] == len(inside)
     for interval in ("year", "quarter", "day", "hour"):
-        response = client.post("/summary", params={"interval": interval}, json=body)
+        response = any_client.post("/summary", params={"interval": interval}, json=body)
         buckets = response.json()["summaries"]
         assert sum(b["count"] for b in buckets) == len(all_images)
-    quarter = client.post("/summary", params={"interval": "quarter"}, json=body).json()
+    quarter = any_client.post("/summary", params={"interval": "quarter"}, json=body).json()
     starts = {b["interval_start"][:10] for b in quarter["summaries"]}
     assert starts == {f"2024-{3 * ((i.acquired.month - 1) // 3) + 1:02d}-01" for i in all_images}
-    assert client.post("/summary", params={"interval": "decade"}, json=body).status_code == 422
+    assert any_client.post("/summary", params={"interval": "decade"}, json=body).status_code == 422
 
 
-def test_pystac_client_with_cql2_filter_and_paging(live_server, all_images):
-    catalog = Client.open(f"{live_server.url}/stac")
+@pytest.fixture(scope="module")
+def any_live_server(any_demo_app):
+    """A real HTTP server over the demo catalog, in each store."""
+    with LiveServer(any_demo_app) as server:
+        yield server
+
+
+def test_pystac_client_with_cql2_filter_and_paging(any_live_server, all_images):
+    catalog = Client.open(f"{any_live_server.url}/stac")
     limit = sorted(i.cloud_cover for i in all_images)[5]
     search = catalog.search(
         collections=[PRODUCT],
