@@ -96,7 +96,9 @@ def test_search_bbox_intersects_datetime(any_client, all_images):
     assert ids(any_client.get("/stac/search", params={"datetime": interval})) == expected
     open_end = f"{start.isoformat()}/.."
     expected = [i.name for i in all_images if i.acquired >= start]
-    assert ids(any_client.get("/stac/search", params={"datetime": open_end, "limit": 50})) == expected
+    assert (
+        ids(any_client.get("/stac/search", params={"datetime": open_end, "limit": 50})) == expected
+    )
     instant = times[3].isoformat().replace("+00:00", "Z")
     assert ids(any_client.get("/stac/search", params={"datetime": instant})) == [
         i.name for i in all_images if i.acquired == times[3]
