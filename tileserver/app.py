@@ -26,9 +26,10 @@ from tileserver.api import (
 )
 from tileserver.api.searches import MOSAIC_HEADERS
 from tileserver.api.templates import render_template, root_path
-from tileserver.cache import TileCache
+from tileserver.cache import open_cache
 from tileserver.catalog.cql2sql import FilterError
 from tileserver.catalog.store import CatalogStore, Conflict, NotFound, open_store
+from tileserver.chipcache import ChipCacheUnavailable, open_chip_store
 from tileserver.ingest.vsi import configure_gdal
 from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError
@@ -49,6 +50,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     OutsideError: 404,  # a download area that misses the images
     TooLarge: 413,  # a download above the pixel budget
     FilterError: 400,
+    ChipCacheUnavailable: 503,  # chips kept in a Redis that is down
 }
 
 
@@ -83,6 +85,7 @@ async def _io_handler(request: Request, exc: RasterioIOError) -> JSONResponse:
 def create_app(settings: Settings | None = None, store: CatalogStore | None = None) -> FastAPI:
     """Build the app; the store is opened from settings unless given."""
     settings = settings or get_settings()
+    cache, chip_store = open_cache(settings), open_chip_store(settings)  # bad URL: ValueError
     own_store = store is None
     store = store or open_store(settings.catalog_url)
     configure_gdal()  # GOOGLE_KEY_STRING -> the variables GDAL's /vsigs/ reads
@@ -101,7 +104,8 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     )
     app.state.settings = settings
     app.state.store = store
-    app.state.cache = TileCache(settings.cache_max_bytes)
+    app.state.cache = cache
+    app.state.chips = chip_store
     app.state.layers = searches.LayerCache()
     app.add_middleware(
         CORSMiddleware,

@@ -1,8 +1,9 @@
-"""Command line: `tileserver serve | ingest | import | demo | parcels`."""
+"""Command line: `tileserver serve | ingest | import | demo | parcels | db | migrate-catalog`."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,8 +56,14 @@ def serve(host: str, port: int, workers: int, demo: bool, catalog: str | None, l
         product = ensure_demo(store, settings.data_dir / "demo" / "data")
         store.close()
         click.echo(f"demo product '{product}' ready", err=True)
+    if settings.catalog_url.startswith(("postgresql://", "postgres://")):
+        from tileserver.catalog.pgstac import migrate
+
+        # once here, before the workers start (they find the schema current)
+        click.echo(f"pgSTAC schema {migrate(settings.catalog_url)}", err=True)
     os.environ["TILESERVER_CATALOG_URL"] = settings.catalog_url
-    click.echo(f"tileserver on http://{host}:{port}/ (catalog {settings.catalog_url})", err=True)
+    catalog_name = redact_url(settings.catalog_url)
+    click.echo(f"tileserver on http://{host}:{port}/ (catalog {catalog_name})", err=True)
     uvicorn.run("tileserver.main:app", host=host, port=port, workers=workers, log_level=log_level)
 
 
@@ -226,6 +233,70 @@ def demo(catalog: str | None) -> None:
     finally:
         store.close()
     click.echo(f"demo product '{product}' registered in {target}")
+
+
+@cli.group()
+def db() -> None:
+    """The PostgreSQL/pgSTAC catalog's schema."""
+
+
+@db.command("migrate")
+@click.option("--catalog", help="postgresql:// URL (default: TILESERVER_CATALOG_URL)")
+def db_migrate(catalog: str | None) -> None:
+    """Install or upgrade pgSTAC (pypgstac's migrations) and tileserver's tables."""
+    from tileserver.catalog.pgstac import migrate
+
+    url = _settings(catalog).catalog_url
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise click.ClickException(f"'{redact_url(url)}' is not a postgresql:// catalog URL")
+    try:
+        version = migrate(url)
+    except Exception as exc:  # connection refused, no PostGIS, no rights: say which
+        raise click.ClickException(f"migration failed: {exc}") from None
+    click.echo(f"pgSTAC {version} ready in {redact_url(url)}")
+
+
+@cli.command("migrate-catalog")
+@click.argument("source")
+@click.argument("destination")
+@click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def migrate_catalog(source: str, destination: str, batch: int, quiet: bool) -> None:
+    """Copy every product, image and registered search from SOURCE to DESTINATION.
+
+    Catalog URLs: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB. Records keep
+    their ids and times. Run it again after an interruption: it resumes.
+    """
+    from tileserver.catalog.migrate import checkpoint_path, copy_catalog
+    from tileserver.catalog.store import open_store
+
+    if source == destination:
+        raise click.BadParameter("SOURCE and DESTINATION are the same catalog")
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = checkpoint_path(settings.data_dir, source, destination)
+    src = open_store(source)
+    try:
+        dst = open_store(destination)
+    except Exception:
+        src.close()
+        raise
+    try:
+        report = copy_catalog(
+            src, dst, checkpoint, (source, destination), batch=batch, progress=not quiet
+        )
+    except KeyboardInterrupt:
+        message = f"interrupted; run the same command to resume ({checkpoint})"
+        raise click.ClickException(message) from None
+    finally:
+        src.close()
+        dst.close()
+    click.echo(report.model_dump_json())
+
+
+def redact_url(url: str) -> str:
+    """A catalog URL without its password, for messages."""
+    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def _parcel_store(catalog: str | None):

@@ -7,9 +7,10 @@
   drawn on gallery chips.
 - `GET /chips/files/{name}`: a rendered chip from the cache.
 
-Chips are written once to `settings.chip_cache_dir` (default DATA_DIR/chips) under a name
-derived from what decides their pixels, so repeating a request (or widening its dates)
-renders only chips not made before. Headers `X-Chips-Rendered` and `X-Chips-Cached` say
+Chips are kept once in the app's chip store (`tileserver.chipcache`: the folder
+`settings.chip_cache_dir`, default DATA_DIR/chips, or Redis when `settings.cache_url` is set)
+under a name derived from what decides their pixels, so repeating a request (or widening its
+dates) renders only chips not made before. Headers `X-Chips-Rendered` and `X-Chips-Cached` say
 how many of the request's chips were made now and how many came from the cache.
 """
 
@@ -17,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,9 +36,11 @@ from shapely.geometry import shape
 from tileserver.api.deps import SettingsDep, StoreDep, bad_request
 from tileserver.api.parcels import ParcelsDep
 from tileserver.api.templates import render_template, root_path
+from tileserver.cache import make_etag
 from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.models import Band, Image, Product
 from tileserver.catalog.store import CatalogStore
+from tileserver.chipcache import ChipStore, FolderChips, chip_dir
 from tileserver.render.chips import (
     ChipGrid,
     Lut,
@@ -274,9 +275,12 @@ def band_resolution(band: Band) -> float:
     return band.resolution.value
 
 
-def cache_dir(settings: Settings) -> Path:
-    """Where chips are kept."""
-    return settings.chip_cache_dir or settings.data_dir / "chips"
+def get_chip_store(request: Request) -> ChipStore:
+    """The app's chip store, chosen once at start."""
+    return request.app.state.chips
+
+
+ChipStoreDep = Annotated[ChipStore, Depends(get_chip_store)]
 
 
 def chip_file_name(image: Image, product: Product, kind: str, grid: ChipGrid, **extra) -> str:
@@ -300,24 +304,6 @@ def chip_file_name(image: Image, product: Product, kind: str, grid: ChipGrid, **
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     ext = "png" if kind == "gallery" else "tif"
     return f"{image.acquired:%Y%m%dT%H%M%S}_{digest}.{ext}"
-
-
-def ensure_file(folder: Path, name: str, render: Callable[[], bytes]) -> bool:
-    """Write `render()` to folder/name unless present (atomically); True when rendered."""
-    path = folder / name
-    if path.is_file():
-        return False
-    folder.mkdir(parents=True, exist_ok=True)
-    content = render()
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
 
 
 @dataclass(frozen=True)
@@ -359,14 +345,15 @@ def gallery_chips(
     lat: float,
     params: GalleryParams,
     outline: dict | None = None,
+    chips: ChipStore | None = None,
 ) -> list[Chip]:
-    """PNG chips of `images` centred on lon/lat, from the cache or rendered now.
+    """PNG chips of `images` centred on lon/lat, from `chips` or rendered now.
 
     The grid is the first band's file's, snapped to its pixels; `outline` (WGS84 GeoJSON)
-    is drawn on the chips when given.
+    is drawn on the chips when given. Without `chips`, the settings' chip folder.
     """
     bands = resolve_bands(product, params.bands)
-    folder = cache_dir(settings)
+    chips = chips or FolderChips(chip_dir(settings))
     outline_key = json.dumps(outline, sort_keys=True) if outline is not None else None
 
     def make(image: Image) -> Chip:
@@ -387,7 +374,7 @@ def gallery_chips(
             drawn = outline_pixels(outline, grid) if outline is not None else None
             return gallery_png(data, params.lut, drawn)
 
-        return Chip(image, name, ensure_file(folder, name, render))
+        return Chip(image, name, chips.ensure(name, render))
 
     return run_chips(images, make, settings.reader_threads)
 
@@ -399,10 +386,11 @@ def raw_chips(
     lon: float,
     lat: float,
     params: RawParams,
+    chips: ChipStore | None = None,
 ) -> list[Chip]:
     """Single-band GeoTIFF chips of `images` at the band's own grid, centred on lon/lat."""
     (band,) = resolve_bands(product, [params.band])
-    folder = cache_dir(settings)
+    chips = chips or FolderChips(chip_dir(settings))
 
     def make(image: Image) -> Chip:
         crs, transform = band_grid(image, band)
@@ -415,7 +403,7 @@ def raw_chips(
             tags = {"image_id": image.id, "acquired": image.acquired.isoformat()}
             return raw_geotiff(data, grid, band.name, band.nodata, tags)
 
-        return Chip(image, name, ensure_file(folder, name, render))
+        return Chip(image, name, chips.ensure(name, render))
 
     return run_chips(images, make, settings.reader_threads)
 
@@ -467,6 +455,7 @@ def gallery(
     request: Request,
     store: CatalogStore,
     settings: Settings,
+    chips: ChipStore,
     where: ChipLocation,
     params: GalleryParams,
     title: str,
@@ -478,8 +467,8 @@ def gallery(
     images = chip_images(
         store, product, where.lon, where.lat, where.start, where.end, half_m, settings.chip_limit
     )
-    chips = gallery_chips(
-        settings, product, images, where.lon, where.lat, params, outline=where.outline
+    made = gallery_chips(
+        settings, product, images, where.lon, where.lat, params, where.outline, chips
     )
     description = {
         "product": product.id,
@@ -488,13 +477,14 @@ def gallery(
         "bands": " / ".join(params.bands),
         "lut": params.lut.text,
     }
-    return gallery_response(request, title, chips, params, description)
+    return gallery_response(request, title, made, params, description)
 
 
 def raw(
     response: Response,
     store: CatalogStore,
     settings: Settings,
+    chips: ChipStore,
     where: ChipLocation,
     params: RawParams,
 ) -> RawChips:
@@ -511,11 +501,11 @@ def raw(
         params.chipsize / 2,
         settings.chip_limit,
     )
-    chips = raw_chips(settings, product, images, where.lon, where.lat, params)
-    response.headers.update(count_headers(chips))
+    made = raw_chips(settings, product, images, where.lon, where.lat, params, chips)
+    response.headers.update(count_headers(made))
     return RawChips(
-        dates=[f"{chip.image.acquired:%Y%m%dT%H%M%S}" for chip in chips],
-        chips=[f"{FILES_PATH}/{chip.name}" for chip in chips],
+        dates=[f"{chip.image.acquired:%Y%m%dT%H%M%S}" for chip in made],
+        chips=[f"{FILES_PATH}/{chip.name}" for chip in made],
     )
 
 
@@ -524,6 +514,7 @@ def chips_gallery(
     request: Request,
     store: StoreDep,
     settings: SettingsDep,
+    chips: ChipStoreDep,
     where: ChipLocationDep,
     params: GalleryParamsDep,
 ) -> HTMLResponse:
@@ -533,7 +524,7 @@ def chips_gallery(
     `size` pixels; nodata is transparent. No image covering the point gives a page that
     says so. `X-Chips-Rendered` / `X-Chips-Cached` count chips made now / reused.
     """
-    return gallery(request, store, settings, where, params, f"Chips of {where.product.id}")
+    return gallery(request, store, settings, chips, where, params, f"Chips of {where.product.id}")
 
 
 @router.get("/parcels/{layer}/{pid}/chips/gallery", response_class=HTMLResponse)
@@ -543,11 +534,12 @@ def parcel_gallery(
     pid: str,
     store: StoreDep,
     settings: SettingsDep,
+    chips: ChipStoreDep,
     where: ParcelLocationDep,
     params: GalleryParamsDep,
 ) -> HTMLResponse:
     """The gallery of a parcel: chips centred on its centroid with its outline drawn."""
-    return gallery(request, store, settings, where, params, f"Parcel {pid} of {layer}")
+    return gallery(request, store, settings, chips, where, params, f"Parcel {pid} of {layer}")
 
 
 @router.get("/chips/raw", response_model=RawChips)
@@ -555,6 +547,7 @@ def chips_raw(
     response: Response,
     store: StoreDep,
     settings: SettingsDep,
+    chips: ChipStoreDep,
     where: ChipLocationDep,
     params: RawParamsDep,
 ) -> RawChips:
@@ -564,7 +557,7 @@ def chips_raw(
     resolution, round(chipsize / resolution) (halves up) pixels square, snapped to the band's
     pixel grid, band name as description, nodata set. URLs are relative to the server root.
     """
-    return raw(response, store, settings, where, params)
+    return raw(response, store, settings, chips, where, params)
 
 
 @router.get("/parcels/{layer}/{pid}/chips/raw", response_model=RawChips)
@@ -574,11 +567,12 @@ def parcel_raw(
     response: Response,
     store: StoreDep,
     settings: SettingsDep,
+    chips: ChipStoreDep,
     where: ParcelLocationDep,
     params: RawParamsDep,
 ) -> RawChips:
     """Raw chips of a parcel (rawChipByParcelID), centred on its centroid."""
-    return raw(response, store, settings, where, params)
+    return raw(response, store, settings, chips, where, params)
 
 
 @router.get(
@@ -586,17 +580,17 @@ def parcel_raw(
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}, "image/tiff": {}}}},
 )
-def chip_file(name: str, settings: SettingsDep) -> FileResponse:
+def chip_file(name: str, settings: SettingsDep, chips: ChipStoreDep) -> Response:
     """A chip made by /chips/gallery or /chips/raw (names only; no paths)."""
     if not FILE_NAME.match(name):
         raise HTTPException(
             404, f"'{name}' is not a chip file name (chips are named by /chips/raw and /gallery)"
         )
-    path = cache_dir(settings) / name
-    if not path.is_file():
+    found = chips.get(name)
+    if found is None:
         raise HTTPException(404, f"chip '{name}' is not in the cache: request its chips again")
-    return FileResponse(
-        path,
-        media_type=MEDIA_TYPES[name.rsplit(".", 1)[1]],
-        headers={"Cache-Control": settings.cache_control},
-    )
+    media_type = MEDIA_TYPES[name.rsplit(".", 1)[1]]
+    headers = {"Cache-Control": settings.cache_control}
+    if isinstance(found, Path):
+        return FileResponse(found, media_type=media_type, headers=headers)
+    return Response(found, media_type=media_type, headers={**headers, "ETag": make_etag(found)})

@@ -16,7 +16,7 @@ from titiler.core.utils import tms_limits, tms_limits_to_xml, tms_to_xml
 
 from tileserver.api.deps import RenderParamsDep, SettingsDep, StoreDep, get_tms, tms_query
 from tileserver.api.templates import render_template, root_path
-from tileserver.cache import CachedTile, make_etag
+from tileserver.cache import Cache, CachedTile, make_etag
 from tileserver.catalog.models import Image, Product
 from tileserver.render.encode import ImageFormat
 from tileserver.render.pipeline import RenderParams
@@ -88,13 +88,19 @@ async def tile_response(
     """Serve from the cache or render; answer 304 when the client's ETag matches.
 
     `render()` returns the bytes and headers that describe them (kept with the cache entry).
+    A remote cache (Redis) is read off the event loop; the in-process one is not worth a thread.
     """
-    cache = request.app.state.cache
-    entry = cache.get(key)
+    cache: Cache = request.app.state.cache
+    entry = await run_in_threadpool(cache.get, key) if cache.remote else cache.get(key)
     if entry is None:
-        content, extra = await run_in_threadpool(render)
-        entry = CachedTile(content, fmt.media_type, make_etag(content), extra)
-        cache.put(key, entry)
+
+        def render_and_keep() -> CachedTile:
+            content, extra = render()
+            made = CachedTile(content, fmt.media_type, make_etag(content), extra)
+            cache.put(key, made)
+            return made
+
+        entry = await run_in_threadpool(render_and_keep)
     headers = {**entry.headers, "ETag": entry.etag, "Cache-Control": cache_control}
     if entry.etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)

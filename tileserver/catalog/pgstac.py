@@ -66,6 +66,7 @@ WRAPPERS = {
 PGSTAC_REFUSALS = (psycopg.errors.RaiseException, psycopg.ProgrammingError, psycopg.DataError)
 NATIVE = {"id", "collection", "datetime", "geometry"}  # item columns, not properties
 STAC_VERSION = "1.1.0"
+MIGRATION_LOCK = 7_274_113  # pg_advisory_lock key held while migrating
 SEARCH_PATH = "-c search_path=pgstac,public"  # pgSTAC's functions call each other unqualified
 
 
@@ -74,13 +75,18 @@ def migrate(dsn: str) -> str:
     from pypgstac.db import PgstacDB
     from pypgstac.migrate import Migrate
 
-    with PgstacDB(dsn=dsn) as db:
-        version = Migrate(db).run_migration()
     with psycopg.connect(dsn, autocommit=True, options=SEARCH_PATH) as conn:
-        conn.execute(SCHEMA)
-        for name, queryable in CORE_QUERYABLES.items():
-            if name not in NATIVE:
-                _register_queryable(conn, name, queryable.type, queryable.description)
+        # workers starting together on a new database: one migrates, the others wait
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            with PgstacDB(dsn=dsn) as db:
+                version = Migrate(db).run_migration()
+            conn.execute(SCHEMA)
+            for name, queryable in CORE_QUERYABLES.items():
+                if name not in NATIVE:
+                    _register_queryable(conn, name, queryable.type, queryable.description)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return version
 
 
