@@ -108,4 +108,3 @@ def copy_catalog(
         bar.close()
     checkpoint.unlink(missing_ok=True)
     return report
-
