@@ -55,7 +55,7 @@ from rasterio.warp import transform_geom  # noqa: E402
 
 from tileserver.catalog import cql2sql  # noqa: E402
 from tileserver.catalog.models import Image, ImageFile, Product  # noqa: E402
-from tileserver.catalog.search import SearchQuery  # noqa: E402
+from tileserver.catalog.search import SearchQuery, TileLookup  # noqa: E402
 from tileserver.catalog.sqlite import COUNT_LIMIT, SQLiteStore  # noqa: E402
 
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
@@ -75,6 +75,7 @@ PRODUCTS = (
 MOSAIC_PRODUCT = "bench-mosaic"
 AIM_SEARCH_P50_MS = 50.0
 AIM_MOSAIC_RATIO = 2.0
+LOOKUP = TileLookup(limit=31)  # a mosaic tile's lookup: the image cap + 1
 
 
 # --------------------------------------------------------------------------- helpers
@@ -401,13 +402,13 @@ def time_http_searches(url: str, bodies: list[dict]) -> tuple[dict, list[int]]:
 
 
 def time_tile_lookups(store: SQLiteStore, tiles: list[morecantile.Tile]) -> tuple[dict, list[int]]:
-    """Time store.tile_images(registered-search-like query, tile bbox, 31) per tile."""
+    """Time store.tile_images(registered-search-like query, tile bbox, limit 31) per tile."""
     query = SearchQuery.model_validate(TILE_QUERY)
     bounds = [tuple(WEB_MERCATOR.bounds(tile)) for tile in tiles]
-    store.tile_images(query, bounds[0], 31)  # warm-up
+    store.tile_images(query, bounds[0], LOOKUP)  # warm-up
     samples, found = [], []
     for box in bounds:
-        seconds, images = timed(lambda b=box: store.tile_images(query, b, 31))
+        seconds, images = timed(lambda b=box: store.tile_images(query, b, LOOKUP))
         samples.append(seconds)
         found.append(len(images))
     return percentiles(samples), found
@@ -655,7 +656,7 @@ def count_reads(catalog: Path, search_id: str, tiles: list, threads: int) -> dic
     reads, reported, gave = [], [], []
     try:
         for tile in tiles:
-            images = store.tile_images(query, tuple(WEB_MERCATOR.bounds(tile)), 31)
+            images = store.tile_images(query, tuple(WEB_MERCATOR.bounds(tile)), LOOKUP)
             calls.clear()
             result = mosaic.render_mosaic_tile(
                 [(image, product) for image in images],
@@ -789,11 +790,11 @@ def time_tile_lookups_for(store: SQLiteStore, body: dict, tiles: list) -> dict:
         f"SELECT i.doc FROM images i WHERE {where} ORDER BY {store._order(query)} LIMIT ?",
         [*args, 31],
     )
-    store.tile_images(query, tuple(WEB_MERCATOR.bounds(tiles[0])), 31)  # warm-up
+    store.tile_images(query, tuple(WEB_MERCATOR.bounds(tiles[0])), LOOKUP)  # warm-up
     samples, found = [], []
     for tile in tiles:
         seconds, images = timed(
-            lambda t=tile: store.tile_images(query, tuple(WEB_MERCATOR.bounds(t)), 31)
+            lambda t=tile: store.tile_images(query, tuple(WEB_MERCATOR.bounds(t)), LOOKUP)
         )
         samples.append(seconds)
         found.append(len(images))
