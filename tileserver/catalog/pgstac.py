@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import psycopg
+from cachetools import LRUCache
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
@@ -50,6 +51,8 @@ CREATE TABLE IF NOT EXISTS tileserver.properties (
 );
 CREATE TABLE IF NOT EXISTS tileserver.meta (key text PRIMARY KEY, value bigint NOT NULL);
 INSERT INTO tileserver.meta VALUES ('generation', 0) ON CONFLICT DO NOTHING;
+CREATE INDEX IF NOT EXISTS searches_tileserver_id ON pgstac.searches
+    ((metadata->>'tileserver:id'));
 """
 
 # pgSTAC wraps a property in a cast chosen by its queryable; unregistered ones compare as
@@ -282,7 +285,7 @@ class PgstacStore:
             kwargs={"autocommit": True, "options": SEARCH_PATH},
             open=True,
         )
-        self._hashes: dict[str, str] = {}  # pgSTAC search hash per search body
+        self._hashes: LRUCache = LRUCache(maxsize=1024)  # pgSTAC's hash per query
         self._lock = threading.Lock()
 
     @contextmanager
@@ -574,15 +577,14 @@ class PgstacStore:
 
     def _hash(self, conn, query: SearchQuery) -> str:
         """pgSTAC's registry hash of a query (registered on first use, then remembered)."""
-        body = json.dumps(self._checked(query), sort_keys=True)
+        key = json.dumps(query.identity(), sort_keys=True)
         with self._lock:
-            known = self._hashes.get(body)
+            known = self._hashes.get(key)
         if known is None:
-            known = conn.execute(
-                "SELECT hash FROM search_query(%s)", (Jsonb(json.loads(body)),)
-            ).fetchone()[0]
+            body = self._checked(query)
+            known = conn.execute("SELECT hash FROM search_query(%s)", (Jsonb(body),)).fetchone()[0]
             with self._lock:
-                self._hashes[body] = known
+                self._hashes[key] = known
         return known
 
     def summary(self, query: SearchQuery, interval: Interval | None = None) -> Summary:
