@@ -242,6 +242,17 @@ class Image(BaseModel):
         return self
 
 
+def stamped(record, created: datetime | None, keep_times: bool = False):
+    """A product or image as a store writes it: first-write `created`, `modified` now.
+
+    `keep_times` keeps a record's own times (copies between catalogs).
+    """
+    if keep_times and record.modified is not None:
+        return record
+    now = utcnow()
+    return record.model_copy(update={"created": created or now, "modified": now})
+
+
 def image_id(product_id: str, name: str) -> str:
     """Global image id: `product_id:name`."""
     return f"{product_id}:{name}"

@@ -27,7 +27,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from tileserver.catalog.cql2sql import FilterError, Queryable, compile_filter
-from tileserver.catalog.models import Image, Product, utcnow
+from tileserver.catalog.models import Image, Product, stamped, utcnow
 from tileserver.catalog.queryables import CORE_QUERYABLES, image_properties, queryable_set
 from tileserver.catalog.search import (
     COUNT_LIMIT,
@@ -346,9 +346,7 @@ class PgstacStore:
 
     @staticmethod
     def _write_product(conn, product: Product, created, keep_times: bool = False) -> Product:
-        if not keep_times or product.modified is None:
-            now = utcnow()
-            product = product.model_copy(update={"created": created or now, "modified": now})
+        product = stamped(product, created, keep_times)
         conn.execute("SELECT upsert_collection(%s)", (Jsonb(collection(product)),))
         return product
 
@@ -386,7 +384,6 @@ class PgstacStore:
         images = list(images)
         if not images:
             return []
-        written = []
         with self._transaction() as conn:
             created: dict[str, datetime] = {}
             by_product: dict[str, list[str]] = {}
@@ -402,12 +399,7 @@ class PgstacStore:
                 ):
                     if first:
                         created[f"{product_id}:{name}"] = datetime.fromisoformat(first)
-            now = utcnow()
-            for image in images:
-                if not keep_times or image.modified is None:
-                    first = created.get(image.id, now)
-                    image = image.model_copy(update={"created": first, "modified": now})
-                written.append(image)
+            written = [stamped(i, created.get(i.id), keep_times) for i in images]
             conn.execute("SELECT upsert_items(%s)", (Jsonb([item(i) for i in written]),))
             self._record_properties(conn, written)
         return written

@@ -17,7 +17,7 @@ import shapely
 from shapely.geometry import shape
 
 from tileserver.catalog.cql2sql import FilterError, Queryable, compile_filter, register_functions
-from tileserver.catalog.models import Image, Product, sortable_time, utcnow
+from tileserver.catalog.models import Image, Product, sortable_time, stamped, utcnow
 from tileserver.catalog.queryables import image_properties, queryable_set
 from tileserver.catalog.search import (
     COUNT_LIMIT,
@@ -239,9 +239,7 @@ class SQLiteStore:
             return self._write_product(db, product, created, keep_times)
 
     def _write_product(self, db, product: Product, created, keep_times: bool = False) -> Product:
-        if not keep_times or product.modified is None:
-            now = utcnow()
-            product = product.model_copy(update={"created": created or now, "modified": now})
+        product = stamped(product, created, keep_times)
         db.execute(
             "INSERT OR REPLACE INTO products (id, doc) VALUES (?, ?)",
             (product.id, product.model_dump_json()),
@@ -291,9 +289,8 @@ class SQLiteStore:
                     known.add(image.product_id)
                 if not keep_times or image.modified is None:
                     row = db.execute("SELECT doc FROM images WHERE id = ?", (image.id,)).fetchone()
-                    now = utcnow()
-                    created = Image.model_validate_json(row[0]).created if row else now
-                    image = image.model_copy(update={"created": created, "modified": now})
+                    created = Image.model_validate_json(row[0]).created if row else None
+                    image = stamped(image, created)
                 minx, miny, maxx, maxy = image.bbox
                 db.execute(
                     "INSERT INTO images (id, product_id, name, acquired, cloud_cover,"
