@@ -232,7 +232,7 @@ def demo(catalog: str | None) -> None:
         product = ensure_demo(store, settings.data_dir / "demo" / "data")
     finally:
         store.close()
-    click.echo(f"demo product '{product}' registered in {target}")
+    click.echo(f"demo product '{product}' registered in {redact_url(target)}")
 
 
 @cli.group()
