@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from io import BytesIO
 
 import numpy
 from affine import Affine
+from PIL import Image as PILImage
 from rasterio.crs import CRS
+from rio_tiler.colormap import apply_cmap
 from rio_tiler.utils import render
 
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY
@@ -66,6 +69,15 @@ CREATION_OPTIONS = {
     ImageFormat.tif: {"compress": "deflate"},
     ImageFormat.npy: {},
 }
+# Byte pictures go through Pillow: the same libpng/libjpeg/libwebp without a GDAL dataset
+# per tile, and PNG at zlib level 1, which costs a third of level 6 for about 10 % more
+# bytes on imagery (bench/README.md). Everything else goes through GDAL (rio-tiler's render).
+PILLOW_FORMATS = {
+    ImageFormat.png: ("PNG", {"compress_level": 1}),
+    ImageFormat.jpeg: ("JPEG", {"quality": 85}),
+    ImageFormat.jpg: ("JPEG", {"quality": 85}),
+    ImageFormat.webp: ("WEBP", {"quality": 85}),
+}
 DATA_TYPE_NAMES = {v: k for k, v in DATA_TYPE_TO_NUMPY.items()}  # numpy -> catalog names
 
 
@@ -102,9 +114,37 @@ def encode(
     JPEG has no alpha; TIFF and NPY carry the mask as a last band, as rio-tiler does.
     """
     check_format(fmt, data.dtype, data.shape[0], colormap is not None)
+    if fmt in PILLOW_FORMATS and data.dtype == numpy.uint8:
+        return encode_picture(data, mask, fmt, colormap)
     options = dict(CREATION_OPTIONS[fmt])
     if fmt is ImageFormat.tif and crs is not None and transform is not None:
         options.update(crs=crs, transform=transform)
     if mask is not None:
         mask = mask.astype(data.dtype)
     return render(data, mask, img_format=DRIVERS[fmt], colormap=colormap, **options)
+
+
+def encode_picture(
+    data: numpy.ndarray, mask: numpy.ndarray | None, fmt: ImageFormat, colormap: dict | None
+) -> bytes:
+    """Byte png / jpeg / webp with Pillow, with the pixels rio-tiler's render would write.
+
+    As there: a colormap's alpha applies where `mask` is valid, JPEG drops the mask, and
+    WebP repeats a single band as RGB.
+    """
+    if colormap:
+        data, alpha = apply_cmap(data, colormap)
+        if mask is not None:
+            mask = numpy.where(mask != 0, alpha, 0).astype("uint8")
+    driver, options = PILLOW_FORMATS[fmt]
+    if driver == "JPEG":
+        mask = None
+    elif driver == "WEBP" and data.shape[0] == 1:
+        data = numpy.repeat(data, 3, axis=0)
+    layers = [data] if mask is None else [data, mask[numpy.newaxis].astype("uint8")]
+    pixels = numpy.ascontiguousarray(numpy.concatenate(layers).transpose(1, 2, 0))
+    if pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    out = BytesIO()  # Pillow reads the mode off the shape: L, LA, RGB or RGBA
+    PILImage.fromarray(pixels).save(out, driver, **options)
+    return out.getvalue()

@@ -14,6 +14,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
+from tileserver.render.datasets import DATASETS
 from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand
 
 
@@ -83,6 +84,8 @@ def plan_reads(image: Image, bands: Sequence[Band], nodata: float | None = None)
 def _stack(reads: Sequence[FileRead], results: Sequence[ImageData], count: int) -> ImageData:
     """Put each file's bands back in request order."""
     first = results[0]
+    if len(reads) == 1 and reads[0].positions == tuple(range(count)):
+        return first  # one file in request order: nothing to move
     data = numpy.ma.masked_all((count, first.height, first.width), dtype="float64")
     dtypes = []
     for read, result in zip(reads, results, strict=True):
@@ -132,7 +135,8 @@ def read_bands(
         options = {"nodata": file_read.nodata} if file_read.nodata is not None else {}
         try:
             kwargs = {"tms": tms} if tms is not None else {}
-            with Reader(file_read.href, options=options, **kwargs) as reader:
+            with DATASETS.dataset(file_read.href, str(image.modified)) as dataset:
+                reader = Reader(file_read.href, dataset=dataset, options=options, **kwargs)
                 return read_mixed(reader, file_read, read)
         except RasterioIOError as exc:
             raise ImageNotReadable(

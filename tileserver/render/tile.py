@@ -6,6 +6,7 @@ from morecantile import TileMatrixSet
 from rio_tiler.io import Reader
 
 from tileserver.catalog.models import Band, Image, Product
+from tileserver.render.datasets import DATASETS
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.pipeline import RenderParams, render_array, requested_bands
 from tileserver.render.reader import read_bands, resolve_bands, tile_reader
@@ -66,5 +67,7 @@ def render_tile(
 
 def zoom_range(image: Image, tms: TileMatrixSet) -> tuple[int, int]:
     """The zooms a client should ask for, from the image's first file (rio-tiler's rule)."""
-    with Reader(image.files[0].href, tms=tms) as reader:
+    href = image.files[0].href
+    with DATASETS.dataset(href, str(image.modified)) as dataset:
+        reader = Reader(href, dataset=dataset, tms=tms)
         return reader.minzoom, reader.maxzoom

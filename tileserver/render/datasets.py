@@ -1,0 +1,119 @@
+"""Open rasterio datasets kept between requests, one per thread at a time.
+
+A web map asks for its tiles from the same few files over and over. Opening a file per
+tile costs the open itself (headers, and for /vsis3/ or /vsicurl/ HTTP requests) and,
+worse, GDAL's block cache: decoded blocks belong to a dataset and go when it closes, so
+the next tile decompresses the same blocks again. A GDAL dataset must not be used by two
+threads at once, so the pool lends each dataset to one caller and takes it back after.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import rasterio
+from rasterio.io import DatasetReader
+
+DEFAULT_MAX_IDLE = 64  # idle datasets per process (file descriptors and header memory)
+
+
+def file_version(href: str, version: str) -> tuple[str, ...]:
+    """What identifies the bytes behind `href`: size and mtime for a local file.
+
+    A file replaced in place gets a new version and a new dataset; remote hrefs rely on
+    `version` (the image's modification time in the catalog).
+    """
+    if "://" in href or href.startswith("/vsi"):
+        return (href, version)
+    try:
+        stat = os.stat(href)
+    except OSError:
+        return (href, version)  # the open reports the problem
+    return (href, version, str(stat.st_size), str(stat.st_mtime_ns))
+
+
+class DatasetPool:
+    """Idle open datasets by (href, version), least recently used closed first."""
+
+    def __init__(self, max_idle: int = DEFAULT_MAX_IDLE):
+        self.max_idle = max_idle
+        self._idle: OrderedDict[tuple, list[DatasetReader]] = OrderedDict()
+        self._count = 0
+        self._lock = threading.Lock()
+        self.opened = 0  # datasets opened since start (tests and diagnostics)
+
+    @contextmanager
+    def dataset(self, href: str, version: str = "") -> Iterator[DatasetReader]:
+        """An open dataset of `href` for the caller's exclusive use.
+
+        A dataset whose read raised is closed rather than lent again.
+        """
+        key = file_version(href, version)
+        dataset = self._take(key)
+        if dataset is None:
+            self._drop_other_versions(key)
+            dataset = rasterio.open(href)
+            with self._lock:
+                self.opened += 1
+        try:
+            yield dataset
+        except BaseException:
+            dataset.close()
+            raise
+        self._give(key, dataset)
+
+    def _take(self, key: tuple) -> DatasetReader | None:
+        with self._lock:
+            idle = self._idle.get(key)
+            if not idle:
+                return None
+            dataset = idle.pop()
+            self._count -= 1
+            if not idle:
+                del self._idle[key]
+            return dataset
+
+    def _drop_other_versions(self, key: tuple) -> None:
+        """Close idle datasets of the same href at another version: a replaced file."""
+        with self._lock:
+            stale = [k for k in self._idle if k[0] == key[0] and k != key]
+            closing = [d for k in stale for d in self._idle.pop(k)]
+            self._count -= len(closing)
+        for dataset in closing:
+            dataset.close()
+
+    def _give(self, key: tuple, dataset: DatasetReader) -> None:
+        evicted = []
+        with self._lock:
+            self._idle.setdefault(key, []).append(dataset)
+            self._idle.move_to_end(key)
+            self._count += 1
+            while self._count > self.max_idle:
+                oldest = next(iter(self._idle))
+                evicted.append(self._idle[oldest].pop(0))
+                self._count -= 1
+                if not self._idle[oldest]:
+                    del self._idle[oldest]
+        for old in evicted:
+            old.close()
+
+    def clear(self) -> None:
+        """Close every idle dataset (datasets on loan close when given back over the limit)."""
+        with self._lock:
+            idle = [d for datasets in self._idle.values() for d in datasets]
+            self._idle.clear()
+            self._count = 0
+        for dataset in idle:
+            dataset.close()
+
+    def idle(self) -> int:
+        """How many datasets wait for a caller."""
+        with self._lock:
+            return self._count
+
+
+DATASETS = DatasetPool()
