@@ -24,6 +24,7 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -644,7 +645,9 @@ def count_reads(catalog: Path, search_id: str, tiles: list, threads: int) -> dic
     store = SQLiteStore(catalog)
     query = store.get_search(search_id).search
     product = store.get_product(MOSAIC_PRODUCT)
-    params = render_params(bands=TILE_PARAMS["bands"], scaling=[TILE_PARAMS["scaling"]])
+    params = asyncio.run(
+        render_params(bands=TILE_PARAMS["bands"], scaling=[TILE_PARAMS["scaling"]])
+    )
     original = mosaic.read_image
     calls: list[str] = []
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 
 import numpy
 import pytest
@@ -11,6 +12,7 @@ import rasterio
 from rasterio.io import MemoryFile
 
 from tests.synthetic import TILE, gradient, write
+from tileserver.render.datasets import DATASETS
 
 Z, X, Y = TILE.z, TILE.x, TILE.y
 PRODUCT = {
@@ -310,6 +312,24 @@ def test_cache_invalidated_when_product_changes(synth):
     after = tile(client, scaling="display").content
     assert before != after
     assert decode(after)[0, 100, 100] == display(2000, 0, 2000)
+
+
+def test_tiles_reuse_the_open_file_and_see_it_rewritten(synth, tmp_path):
+    client, data = synth
+    first = decode(tile(client, scaling="display", bands="red").content)
+    opened = DATASETS.opened  # red and the alpha band are read at once: two datasets
+    for scaling in ("raw", "auto"):
+        assert tile(client, scaling=scaling, bands="red").status_code == 200
+    assert DATASETS.opened == opened  # two more tiles, no open
+    path = tmp_path / "synth.tif"
+    brighter = numpy.concatenate([data * 2, numpy.full((1, 256, 256), 255)]).astype("uint16")
+    write(path, brighter)
+    stat = path.stat()  # a new mtime even on a coarse clock
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    # nodata=1: another tile-cache key (the catalog did not change, so the cached tile stays)
+    second = decode(tile(client, scaling="display", bands="red", nodata=1).content)
+    assert DATASETS.opened > opened
+    assert second[0, 100, 100] == display(4000) != first[0, 100, 100]
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,7 @@ from tileserver.catalog.cql2sql import FilterError
 from tileserver.catalog.store import CatalogStore, Conflict, NotFound, open_store
 from tileserver.chipcache import ChipCacheUnavailable, open_chip_store
 from tileserver.ingest.vsi import configure_gdal
+from tileserver.render.datasets import DATASETS
 from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError
 from tileserver.render.mosaic import EmptyTile
@@ -88,7 +89,8 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     cache, chip_store = open_cache(settings), open_chip_store(settings)  # bad URL: ValueError
     own_store = store is None
     store = store or open_store(settings.catalog_url)
-    configure_gdal()  # GOOGLE_KEY_STRING -> the variables GDAL's /vsigs/ reads
+    configure_gdal()  # serving defaults; GOOGLE_KEY_STRING -> what /vsigs/ reads
+    DATASETS.max_idle = settings.open_datasets
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     cache_control: str = "public, max-age=3600"
     max_tile_size: int = Field(1024, description="largest tile edge in pixels (with @Nx)")
     reader_threads: int = Field(4, description="threads reading the files of one image")
+    open_datasets: int = Field(
+        64, ge=0, description="open files kept between requests per process (their GDAL caches)"
+    )
     mosaic_max_images: int = Field(
         30, ge=1, description="most images one mosaic tile reads (header X-Mosaic-Cap-Reached)"
     )

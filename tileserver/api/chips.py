@@ -275,7 +275,7 @@ def band_resolution(band: Band) -> float:
     return band.resolution.value
 
 
-def get_chip_store(request: Request) -> ChipStore:
+async def get_chip_store(request: Request) -> ChipStore:
     """The app's chip store, chosen once at start."""
     return request.app.state.chips
 

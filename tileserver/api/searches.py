@@ -148,7 +148,7 @@ class LayerCache:
         return value
 
 
-def get_layers(request: Request) -> LayerCache:
+async def get_layers(request: Request) -> LayerCache:
     """The app's mosaic layer cache."""
     return request.app.state.layers
 

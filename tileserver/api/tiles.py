@@ -107,7 +107,7 @@ async def tile_response(
     return Response(entry.content, media_type=entry.media_type, headers=headers)
 
 
-def tile_scale(request: Request) -> int:
+async def tile_scale(request: Request) -> int:
     """The @Nx multiplier of a tile path (1 without it)."""
     raw = request.path_params.get("scale", "1")
     if not raw.isdigit() or not 1 <= int(raw) <= 4:

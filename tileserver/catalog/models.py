@@ -7,8 +7,10 @@ Band attributes follow the Descartes Labs Catalog so that its scaling rules
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -269,3 +271,34 @@ def split_image_id(value: str) -> tuple[str, str]:
 def safe_name(value: str) -> str:
     """Turn a file stem into a valid image/band name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("_") or "unnamed"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ParsedDocs:
+    """The last model parsed from each stored JSON document, reused while the text is the same.
+
+    Every tile looks up its image and product; parsing their JSON is most of a cached
+    tile's cost. Callers must not change the models they get (nothing does).
+    """
+
+    def __init__(self, size: int = 4096):
+        self._models: OrderedDict[tuple[type, str], tuple[str, BaseModel]] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, model: type[M], key: str, doc: str) -> M:
+        """`model` parsed from `doc`, the stored document of `key`."""
+        with self._lock:
+            known = self._models.get((model, key))
+            if known is not None and known[0] == doc:
+                self._models.move_to_end((model, key))
+                return known[1]  # type: ignore[return-value]
+        parsed = model.model_validate_json(doc)
+        with self._lock:
+            self._models[(model, key)] = (doc, parsed)
+            self._models.move_to_end((model, key))
+            while len(self._models) > self._size:
+                self._models.popitem(last=False)
+        return parsed

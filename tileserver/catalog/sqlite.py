@@ -17,7 +17,14 @@ import shapely
 from shapely.geometry import shape
 
 from tileserver.catalog.cql2sql import FilterError, Queryable, compile_filter, register_functions
-from tileserver.catalog.models import Image, Product, sortable_time, stamped, utcnow
+from tileserver.catalog.models import (
+    Image,
+    ParsedDocs,
+    Product,
+    sortable_time,
+    stamped,
+    utcnow,
+)
 from tileserver.catalog.queryables import image_properties, queryable_set
 from tileserver.catalog.search import (
     COUNT_LIMIT,
@@ -140,6 +147,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._parsed = ParsedDocs()
         self._connection().executescript(SCHEMA)
         self._migrate()
 
@@ -222,7 +230,7 @@ class SQLiteStore:
         )
         if row is None:
             raise NotFound(f"product '{product_id}' not found")
-        return Product.model_validate_json(row[0])
+        return self._parsed.get(Product, product_id, row[0])
 
     def create_product(self, product: Product) -> Product:
         """Insert a new product; Conflict if the id is taken."""
@@ -273,7 +281,7 @@ class SQLiteStore:
         )
         if row is None:
             raise NotFound(f"image '{image_id}' not found")
-        return Image.model_validate_json(row[0])
+        return self._parsed.get(Image, image_id, row[0])
 
     def put_images(self, images: Iterable[Image], keep_times: bool = False) -> list[Image]:
         """Create or replace images atomically: all are written or none."""

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 import rasterio
 from rasterio.io import DatasetReader
 
-DEFAULT_MAX_IDLE = 64  # idle datasets per process (file descriptors and header memory)
+DEFAULT_MAX_IDLE = 64  # idle datasets per process (TILESERVER_OPEN_DATASETS)
 
 
 def file_version(href: str, version: str) -> tuple[str, ...]:

@@ -212,15 +212,24 @@ def composite(
                 batch.append(layer)
         return batch
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    pool: ThreadPoolExecutor | None = None  # started by the first batch of two or more
+    try:
         while pending and not method.is_done:
             batch = next_batch()
             read_count += len(batch)
-            for layer, array in zip(batch, pool.map(read, batch), strict=True):
+            if len(batch) > 1:
+                pool = pool or ThreadPoolExecutor(max_workers=workers)
+                arrays = list(pool.map(read, batch))
+            else:  # `first` reads its top image alone: no thread to start for it
+                arrays = [read(layer) for layer in batch]
+            for layer, array in zip(batch, arrays, strict=True):
                 if array is None or numpy.ma.getmaskarray(array).all():
                     continue
                 method.feed(array)
                 used.append(layer[0])
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return Composite(method.data, read_count, used)
 
 
