@@ -64,7 +64,14 @@ def serve(host: str, port: int, workers: int, demo: bool, catalog: str | None, l
     os.environ["TILESERVER_CATALOG_URL"] = settings.catalog_url
     catalog_name = redact_url(settings.catalog_url)
     click.echo(f"tileserver on http://{host}:{port}/ (catalog {catalog_name})", err=True)
-    uvicorn.run("tileserver.main:app", host=host, port=port, workers=workers, log_level=log_level)
+    uvicorn.run(
+        "tileserver.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        http="tileserver.server:NoDelayProtocol",
+    )
 
 
 def _acquired(when: str | None) -> datetime | None:
