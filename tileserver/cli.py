@@ -407,3 +407,7 @@ def parcels_delete(name: str, catalog: str | None) -> None:
     finally:
         store.close()
     click.echo(f"deleted parcel layer '{name}' ({gone} parcels)")
+
+
+if __name__ == "__main__":  # python -m tileserver.cli, as the tileserver script
+    cli()
