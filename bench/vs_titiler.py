@@ -797,42 +797,24 @@ def sanity(
 # --------------------------------------------------------------------------- cases
 
 
-def run_titiler(service: Service, tt: TitilerPaths, lists: TileLists) -> dict:
-    """Per (format, clients): the first pass (cold) and the same list again (warm);
-    the mosaic lists once."""
+def run_cases(
+    service: Service,
+    paths: TileserverPaths | TitilerPaths,
+    lists: TileLists,
+    passes: tuple[str, ...],
+    mosaic: bool,
+) -> dict:
+    """Per (format, clients), one pass over the same list per name in `passes` (titiler:
+    cold, warm; tileserver uncached: cold; cached: fill, warm); the mosaic lists once."""
     cases: dict = {}
     for fmt in FORMATS:
         for clients in CLIENTS:
-            paths = [tt.single(t, fmt) for t in lists.single[fmt, clients]]
-            cases[f"single {fmt} c{clients} cold"] = drive(service.url, paths, clients)
-            cases[f"single {fmt} c{clients} warm"] = drive(service.url, paths, clients)
-    for clients in CLIENTS:
-        paths = [tt.mosaic(t) for t in lists.mosaic[clients]]
-        cases[f"mosaic png c{clients} cold"] = drive(service.url, paths, clients)
-    return cases
-
-
-def run_uncached(service: Service, ts: TileserverPaths, lists: TileLists) -> dict:
-    """Per (format, clients) one pass, tile cache off (cold); the mosaic lists once."""
-    cases: dict = {}
-    for fmt in FORMATS:
-        for clients in CLIENTS:
-            paths = [ts.single(t, fmt) for t in lists.single[fmt, clients]]
-            cases[f"single {fmt} c{clients} cold"] = drive(service.url, paths, clients)
-    for clients in CLIENTS:
-        paths = [ts.mosaic(t) for t in lists.mosaic[clients]]
-        cases[f"mosaic png c{clients} cold"] = drive(service.url, paths, clients)
-    return cases
-
-
-def run_cached(service: Service, ts: TileserverPaths, lists: TileLists) -> dict:
-    """Per (format, clients) a pass that fills the cache, then the same list timed (warm)."""
-    cases: dict = {}
-    for fmt in FORMATS:
-        for clients in CLIENTS:
-            paths = [ts.single(t, fmt) for t in lists.single[fmt, clients]]
-            cases[f"single {fmt} c{clients} fill"] = drive(service.url, paths, clients)
-            cases[f"single {fmt} c{clients} warm"] = drive(service.url, paths, clients)
+            requests = [paths.single(t, fmt) for t in lists.single[fmt, clients]]
+            for name in passes:
+                cases[f"single {fmt} c{clients} {name}"] = drive(service.url, requests, clients)
+    for clients in CLIENTS if mosaic else ():
+        requests = [paths.mosaic(t) for t in lists.mosaic[clients]]
+        cases[f"mosaic png c{clients} cold"] = drive(service.url, requests, clients)
     return cases
 
 
@@ -1141,15 +1123,15 @@ def run(args: argparse.Namespace, out: Path) -> dict:
         results["settings"]["search_id"] = ts.search_id
         results["sanity"] = sanity(titiler, uncached, tt, ts, lists)
     cases, memory = {}, {}
-    for service, paths, runner in (
-        (titiler, tt, run_titiler),
-        (uncached, ts, run_uncached),
-        (cached, ts, run_cached),
+    for service, paths, passes, mosaic in (
+        (titiler, tt, ("cold", "warm"), True),
+        (uncached, ts, ("cold",), True),
+        (cached, ts, ("fill", "warm"), False),
     ):
         print(f"timing {service.name} ...", file=sys.stderr)
         with service:
             warm_up(service, paths, lists)
-            cases[service.name] = runner(service, paths, lists)
+            cases[service.name] = run_cases(service, paths, lists, passes, mosaic)
             memory[service.name] = peak(service)
             if service is uncached and args.soak:
                 print(f"soak: {args.soak} requests ...", file=sys.stderr)
