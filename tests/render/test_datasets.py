@@ -8,6 +8,7 @@ import threading
 import numpy
 import pytest
 from rasterio.errors import RasterioIOError
+from rio_tiler.errors import TileOutsideBounds
 
 from tests.synthetic import gradient, write
 from tileserver.render.datasets import DatasetPool
@@ -87,12 +88,21 @@ def test_least_recently_used_datasets_close_beyond_the_limit(tmp_path):
     assert pool.idle() == 0
 
 
-def test_a_dataset_whose_read_failed_is_not_lent_again(raster):
+def test_a_dataset_whose_read_failed_in_gdal_is_not_lent_again(raster):
     pool = DatasetPool()
-    with pytest.raises(ValueError), pool.dataset(str(raster)) as dataset:
-        raise ValueError("a read failed")
+    with pytest.raises(RasterioIOError), pool.dataset(str(raster)) as dataset:
+        raise RasterioIOError("a block could not be decoded")
     assert dataset.closed
     assert pool.idle() == 0
+
+
+def test_other_exceptions_keep_the_dataset(raster):
+    pool = DatasetPool()
+    with pytest.raises(TileOutsideBounds), pool.dataset(str(raster)) as dataset:
+        raise TileOutsideBounds("a tile beside the image")  # a 404, not a broken file
+    assert not dataset.closed
+    with pool.dataset(str(raster)) as again:
+        assert again is dataset
 
 
 def test_a_missing_file_raises_as_rasterio_does(tmp_path):

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import rasterio
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 
 DEFAULT_MAX_IDLE = 64  # idle datasets per process (TILESERVER_OPEN_DATASETS)
@@ -50,7 +51,8 @@ class DatasetPool:
     def dataset(self, href: str, version: str = "") -> Iterator[DatasetReader]:
         """An open dataset of `href` for the caller's exclusive use.
 
-        A dataset whose read raised is closed rather than lent again.
+        A dataset whose read failed in GDAL (a RasterioError, an OSError) is closed rather
+        than lent again; other exceptions (a tile outside the image) keep it.
         """
         key = file_version(href, version)
         dataset = self._take(key)
@@ -61,6 +63,12 @@ class DatasetPool:
                 self.opened += 1
         try:
             yield dataset
+        except (RasterioError, OSError):
+            dataset.close()
+            raise
+        except Exception:
+            self._give(key, dataset)
+            raise
         except BaseException:
             dataset.close()
             raise

@@ -70,7 +70,7 @@ CREATION_OPTIONS = {
     ImageFormat.npy: {},
 }
 # Byte pictures go through Pillow: the same libpng/libjpeg/libwebp without a GDAL dataset
-# per tile, and PNG at zlib level 1, which costs a third of level 6 for about 10 % more
+# per tile, and PNG at zlib level 1, which costs a third of level 6 for 15-20 % more
 # bytes on imagery (bench/README.md). Everything else goes through GDAL (rio-tiler's render).
 PILLOW_FORMATS = {
     ImageFormat.png: ("PNG", {"compress_level": 1}),
