@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from vs_titiler import (  # noqa: E402
-    GDAL_ENV,
     Service,
     TileserverPaths,
     catalog_url,
@@ -47,6 +45,7 @@ from vs_titiler import (  # noqa: E402
     make_data,
     make_tile_lists,
     single_image_id,
+    tileserver_env,
 )
 
 # (stage, markers): a frame whose text holds a marker belongs to the stage
@@ -128,10 +127,8 @@ def main() -> None:
     lists = make_tile_lists(100)
     ts = TileserverPaths(single_image_id(catalog_url(args.out)))
     paths = [ts.single(tile, "png") for tile in lists.single[("png", 4)]]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TILESERVER_")}
-    env.update(GDAL_ENV, PYTHONPATH=str(args.source), TILESERVER_CACHE_MAX_BYTES="0")
-    env.update(TILESERVER_CATALOG_URL=catalog_url(args.out))
-    env["TILESERVER_DATA_DIR"] = str(args.out / "data")
+    env = tileserver_env(args.out, cached=False)  # vs_titiler's GDAL_ENV, tile cache off
+    env.update(PYTHONPATH=str(args.source), TILESERVER_CATALOG_URL=catalog_url(args.out))
     command = [sys.executable, "-m", "uvicorn", "tileserver.main:app", "--host", "127.0.0.1"]
     command += ["--port", "{port}", "--log-level", "warning", "--no-access-log"]
     rev = revision(args.source)

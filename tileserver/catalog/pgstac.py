@@ -27,7 +27,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from tileserver.catalog.cql2sql import FilterError, Queryable, compile_filter
-from tileserver.catalog.models import Image, Product, stamped, utcnow
+from tileserver.catalog.models import Image, ParsedDocs, Product, stamped, utcnow
 from tileserver.catalog.queryables import CORE_QUERYABLES, image_properties, queryable_set
 from tileserver.catalog.search import (
     COUNT_LIMIT,
@@ -286,6 +286,7 @@ class PgstacStore:
             open=True,
         )
         self._hashes: LRUCache = LRUCache(maxsize=1024)  # pgSTAC's hash per query
+        self._parsed = ParsedDocs()  # as text (jsonb prints one way), parsed once
         self._lock = threading.Lock()
 
     @contextmanager
@@ -318,10 +319,13 @@ class PgstacStore:
     def get_product(self, product_id: str) -> Product:
         """The product with its bands."""
         with self._conn() as conn:
-            doc = self._product_doc(conn, product_id)
-        if doc is None:
+            row = conn.execute(
+                "SELECT (content->'tileserver:product')::text FROM collections WHERE id = %s",
+                (product_id,),
+            ).fetchone()
+        if row is None or row[0] is None:
             raise NotFound(f"product '{product_id}' not found")
-        return Product.model_validate(doc)
+        return self._parsed.get(Product, product_id, row[0])
 
     @staticmethod
     def _product_doc(conn, product_id: str) -> dict | None:
@@ -372,12 +376,13 @@ class PgstacStore:
         product_id, _, name = image_id.partition(":")
         with self._conn() as conn:
             row = conn.execute(
-                "SELECT content->'tileserver:image' FROM items WHERE collection = %s AND id = %s",
+                "SELECT (content->'tileserver:image')::text FROM items"
+                " WHERE collection = %s AND id = %s",
                 (product_id, name),
             ).fetchone()
-        if row is None:
+        if row is None or row[0] is None:
             raise NotFound(f"image '{image_id}' not found")
-        return Image.model_validate(row[0])
+        return self._parsed.get(Image, image_id, row[0])
 
     def put_images(self, images: Iterable[Image], keep_times: bool = False) -> list[Image]:
         """Create or replace images atomically: all are written or none."""

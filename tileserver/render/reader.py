@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy
@@ -81,6 +82,13 @@ def plan_reads(image: Image, bands: Sequence[Band], nodata: float | None = None)
     ]
 
 
+@contextmanager
+def image_reader(image: Image, href: str, **kwargs) -> Iterator[Reader]:
+    """A rio-tiler Reader of one of `image`'s files, on a dataset lent by the pool."""
+    with DATASETS.dataset(href, str(image.modified)) as dataset:
+        yield Reader(href, dataset=dataset, **kwargs)
+
+
 def _stack(reads: Sequence[FileRead], results: Sequence[ImageData], count: int) -> ImageData:
     """Put each file's bands back in request order."""
     first = results[0]
@@ -135,8 +143,7 @@ def read_bands(
         options = {"nodata": file_read.nodata} if file_read.nodata is not None else {}
         try:
             kwargs = {"tms": tms} if tms is not None else {}
-            with DATASETS.dataset(file_read.href, str(image.modified)) as dataset:
-                reader = Reader(file_read.href, dataset=dataset, options=options, **kwargs)
+            with image_reader(image, file_read.href, options=options, **kwargs) as reader:
                 return read_mixed(reader, file_read, read)
         except RasterioIOError as exc:
             raise ImageNotReadable(

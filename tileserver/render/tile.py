@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from morecantile import TileMatrixSet
-from rio_tiler.io import Reader
 
 from tileserver.catalog.models import Band, Image, Product
-from tileserver.render.datasets import DATASETS
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.pipeline import RenderParams, render_array, requested_bands
-from tileserver.render.reader import read_bands, resolve_bands, tile_reader
+from tileserver.render.reader import image_reader, read_bands, resolve_bands, tile_reader
 
 
 def request_bands(product: Product, params: RenderParams) -> tuple[list[Band], Band | None]:
@@ -67,7 +65,5 @@ def render_tile(
 
 def zoom_range(image: Image, tms: TileMatrixSet) -> tuple[int, int]:
     """The zooms a client should ask for, from the image's first file (rio-tiler's rule)."""
-    href = image.files[0].href
-    with DATASETS.dataset(href, str(image.modified)) as dataset:
-        reader = Reader(href, dataset=dataset, tms=tms)
+    with image_reader(image, image.files[0].href, tms=tms) as reader:
         return reader.minzoom, reader.maxzoom
