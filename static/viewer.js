@@ -78,8 +78,13 @@
     ui.status.dataset.state = kind;
   }
 
+  // a key given in the page's address (?api_key=) goes on every request the page makes
+  const API_KEY = new URLSearchParams(location.search).get("api_key");
+
   function apiUrl(path) {
-    return `${ROOT}${path}`;
+    const url = `${ROOT}${path}`;
+    if (!API_KEY) return url;
+    return `${url}${url.includes("?") ? "&" : "?"}api_key=${encodeURIComponent(API_KEY)}`;
   }
 
   /** An image id in a path: encoded, but keeping its readable colon. */
@@ -343,8 +348,8 @@
   function showTileJSON(source, tilejson, params) {
     const mosaic = source.kind === "search";
     // a mosaic's URL is ours (root + search + the rendering query); an image's is its TileJSON's
-    const mosaicTiles = apiUrl(`${source.path}/tiles/WebMercatorQuad/{z}/{x}/{y}.png`);
-    const template = mosaic ? `${location.origin}${mosaicTiles}?${params}` : tilejson.tiles[0];
+    const mosaicTiles = apiUrl(`${source.path}/tiles/WebMercatorQuad/{z}/{x}/{y}.png?${params}`);
+    const template = mosaic ? `${location.origin}${mosaicTiles}` : tilejson.tiles[0];
     ui.xyzUrl.value = template;
     ui.wmtsLink.href = apiUrl(`${source.path}/WMTSCapabilities.xml?${params}`);
 

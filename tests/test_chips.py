@@ -315,7 +315,7 @@ def test_gallery_page_layout_and_headers(scenes):
     assert labels == ["2024-05-03", "2024-05-13", "2024-06-01"]
     for row in rows:
         for cell in row:
-            assert re.fullmatch(r"/chips/files/\d{8}T\d{6}_[0-9a-f]{32}\.png", cell["src"])
+            assert re.fullmatch(r"/chips/files/synth2\.\d{8}T\d{6}_[0-9a-f]{32}\.png", cell["src"])
             pixels = decode(client.get(cell["src"]).content)[0]
             assert pixels.shape == (4, 32, 32)
     again = gallery(client, end_date="2024-06-05", size=32)
@@ -377,7 +377,7 @@ def test_raw_chip_geotiff(scenes):
     # the point is at col 75.15, row 70.35 of the 20 m grid: nearest lines 75 and 70
     col_off, row_off = 75 - 25, 70 - 25
     for url, name in zip(body["chips"], ["A", "D"], strict=True):
-        assert re.fullmatch(r"chips/files/\d{8}T\d{6}_[0-9a-f]{32}\.tif", url)
+        assert re.fullmatch(r"chips/files/synth2\.\d{8}T\d{6}_[0-9a-f]{32}\.tif", url)
         fetched = client.get("/" + url)
         assert fetched.status_code == 200
         assert fetched.headers["content-type"].startswith("image/tiff")

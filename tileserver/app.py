@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from rasterio.errors import RasterioIOError
 from rio_tiler.errors import InvalidExpression, TileOutsideBounds
 
@@ -24,11 +25,13 @@ from tileserver.api import (
     stac,
     tiles,
 )
+from tileserver.api.auth import KeyAuth
 from tileserver.api.searches import MOSAIC_HEADERS
 from tileserver.api.templates import render_template, root_path
 from tileserver.cache import open_cache
 from tileserver.catalog.cql2sql import FilterError
-from tileserver.catalog.store import CatalogStore, Conflict, NotFound, open_store
+from tileserver.catalog.keys import KeyRing
+from tileserver.catalog.store import CatalogStore, Conflict, Forbidden, NotFound, open_store
 from tileserver.chipcache import ChipCacheUnavailable, open_chip_store
 from tileserver.ingest.vsi import configure_gdal
 from tileserver.render.datasets import DATASETS
@@ -42,6 +45,7 @@ logger = logging.getLogger(__name__)
 # exception -> status code; the message becomes the JSON `detail`
 STATUS_CODES: dict[type[Exception], int] = {
     NotFound: 404,
+    Forbidden: 403,  # readable, but not the caller's to change
     Conflict: 409,
     TileOutsideBounds: 404,
     RenderError: 400,
@@ -52,6 +56,23 @@ STATUS_CODES: dict[type[Exception], int] = {
     TooLarge: 413,  # a download above the pixel budget
     FilterError: 400,
     ChipCacheUnavailable: 503,  # chips kept in a Redis that is down
+}
+
+
+class Problem(BaseModel):
+    """Every 4xx answer: `detail` says what was wrong (a 422 also lists pydantic's `errors`)."""
+
+    detail: str
+    errors: list[dict] | None = None
+
+
+# documented for every operation, so clients (and the schema fuzz test) know the error shape;
+# JSON whatever the operation's own media type (an HTML page, a tile)
+ERROR_RESPONSES: dict = {
+    "4XX": {
+        "description": "what was wrong, in detail",
+        "content": {"application/json": {"schema": Problem.model_json_schema()}},
+    }
 }
 
 
@@ -103,6 +124,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         version=__version__,
         description="Dynamic web-map tiles, catalog and downloads for satellite imagery.",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.settings = settings
     app.state.store = store
@@ -110,10 +132,15 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.chips = chip_store
     app.state.layers = searches.LayerCache()
     app.add_middleware(
+        KeyAuth,
+        keys=KeyRing(store, settings.key_cache_seconds),
+        allow_anonymous=settings.allow_anonymous,
+    )
+    app.add_middleware(  # outside KeyAuth: preflights and 401s carry CORS headers
         CORSMiddleware,
         allow_origins=["*"],
         allow_methods=["GET", "HEAD", "POST"],
-        allow_headers=["Content-Type"],
+        allow_headers=["Content-Type", "Authorization"],
         expose_headers=["ETag", *MOSAIC_HEADERS, chips.RENDERED_HEADER, chips.CACHED_HEADER],
     )
     for exc, status in STATUS_CODES.items():

@@ -1,4 +1,4 @@
-"""Command line: `tileserver serve | ingest | import | demo | parcels | db | migrate-catalog`."""
+"""Command line: `tileserver serve | ingest | import | demo | parcels | db | keys | ...`."""
 
 from __future__ import annotations
 
@@ -261,6 +261,86 @@ def db_migrate(catalog: str | None) -> None:
     except Exception as exc:  # connection refused, no PostGIS, no rights: say which
         raise click.ClickException(f"migration failed: {exc}") from None
     click.echo(f"pgSTAC {version} ready in {redact_url(url)}")
+
+
+@cli.group()
+def keys() -> None:
+    """API keys. Once one exists, every request needs a key (README: Access control)."""
+
+
+def _key_store(catalog: str | None):
+    from tileserver.catalog.store import open_store
+
+    return open_store(_settings(catalog).catalog_url)
+
+
+@keys.command("create")
+@click.option("--user", required=True, help="who the key is for (products list them as user:NAME)")
+@click.option("--org", required=True, help="their organisation (org:NAME in product lists)")
+@click.option("--admin", is_flag=True, help="may read and change every product")
+@click.option("--note", help="what the key is for, shown by `keys list`")
+@click.option("--catalog", help="catalog URL (default: TILESERVER_CATALOG_URL)")
+def keys_create(user: str, org: str, admin: bool, note: str | None, catalog: str | None) -> None:
+    """Create a key and print it; it is shown this once (the catalog keeps its hash)."""
+    from pydantic import ValidationError
+
+    from tileserver.catalog.keys import new_key
+
+    try:
+        key, token = new_key(user, org, admin, note)
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"]) from None
+    store = _key_store(catalog)
+    try:
+        first = not store.has_keys()
+        store.put_key(key)
+    finally:
+        store.close()
+    role = "admin" if admin else "user"
+    click.echo(f"key {key.id} for {role} {user} of org {org}:", err=True)
+    click.echo(token)
+    if first:
+        click.echo("this is the catalog's first key: from now on every request needs one", err=True)
+
+
+@keys.command("list")
+@click.option("--catalog", help="catalog URL (default: TILESERVER_CATALOG_URL)")
+def keys_list(catalog: str | None) -> None:
+    """Every key (never their secrets)."""
+    store = _key_store(catalog)
+    try:
+        found = store.list_keys()
+    finally:
+        store.close()
+    if not found:
+        click.echo("no keys: the server is open to everyone", err=True)
+        return
+    click.echo("id            user          org           admin  created               revoked")
+    for key in found:
+        revoked = f"{key.revoked:%Y-%m-%d %H:%M}" if key.revoked else "-"
+        click.echo(
+            f"{key.id}  {key.user:<12}  {key.org:<12}  {'yes' if key.admin else 'no':<5}  "
+            f"{key.created:%Y-%m-%d %H:%M:%S}   {revoked}" + (f"  {key.note}" if key.note else "")
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.option("--catalog", help="catalog URL (default: TILESERVER_CATALOG_URL)")
+def keys_revoke(key_id: str, catalog: str | None) -> None:
+    """Revoke a key: servers refuse it within TILESERVER_KEY_CACHE_SECONDS."""
+    from tileserver.catalog.models import utcnow
+
+    store = _key_store(catalog)
+    try:
+        key = store.find_key(key_id)
+        if key is None:
+            raise click.ClickException(f"no key '{key_id}' (see `tileserver keys list`)")
+        if key.revoked is None:
+            store.put_key(key.model_copy(update={"revoked": utcnow()}))
+    finally:
+        store.close()
+    click.echo(f"key {key_id} of {key.user} ({key.org}) is revoked")
 
 
 @cli.command("migrate-catalog")

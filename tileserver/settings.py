@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     mosaic_time_limit: float = Field(
         5.0, gt=0, description="seconds a mosaic tile's lookup may take (then it uses what it has)"
     )
+    allow_anonymous: bool = Field(
+        False,
+        description="with API keys configured, let requests without a key read `public` "
+        "products (otherwise they get 401)",
+    )
+    key_cache_seconds: float = Field(
+        5.0, ge=0, description="how long a process trusts a key check (a revocation's delay)"
+    )
     mosaic_minzoom: int | None = Field(
         None,
         description="lowest zoom mosaic tiles answer; default: the zoom at which one image's "

@@ -33,13 +33,14 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 from shapely.geometry import shape
 
+from tileserver.api.auth import key_query
 from tileserver.api.deps import SettingsDep, StoreDep, bad_request
 from tileserver.api.parcels import ParcelsDep
 from tileserver.api.templates import render_template, root_path
 from tileserver.cache import make_etag
 from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.models import Band, Image, Product
-from tileserver.catalog.store import CatalogStore
+from tileserver.catalog.store import CatalogStore, NotFound
 from tileserver.chipcache import ChipStore, FolderChips, chip_dir
 from tileserver.render.chips import (
     ChipGrid,
@@ -66,7 +67,8 @@ COLUMNS = 8  # gallery chips per table row, as the JRC gallery
 MAX_RAW_CHIPSIZE = 5120  # metres; raw chips must be smaller
 CHIP_FORMAT_VERSION = 1  # bump when rendering changes, so cached chips are not reused
 LEVEL_PRODUCTS = {"LEVEL2A": "sentinel-2-l2a", "LEVEL1C": "sentinel-2-l1c"}
-FILE_NAME = re.compile(r"^\d{8}T\d{6}_[0-9a-f]{32}\.(png|tif)$")
+# <product>.<acquired>_<digest>.<ext>: the product lets /chips/files check who may read it
+FILE_NAME = re.compile(r"^([A-Za-z0-9._-]+)\.\d{8}T\d{6}_[0-9a-f]{32}\.(png|tif)$")
 MEDIA_TYPES = {"png": "image/png", "tif": "image/tiff; application=geotiff"}
 FILES_PATH = "chips/files"
 Level = Literal["LEVEL2A", "LEVEL1C"]
@@ -284,7 +286,7 @@ ChipStoreDep = Annotated[ChipStore, Depends(get_chip_store)]
 
 
 def chip_file_name(image: Image, product: Product, kind: str, grid: ChipGrid, **extra) -> str:
-    """`<acquired>_<digest>.<ext>`: the digest covers everything that decides the pixels.
+    """`<product>.<acquired>_<digest>.<ext>`: the digest covers all that decides the pixels.
 
     That is the image (id and modified time), the product's modified time (band
     definitions), the kind, the chip's window in its file's grid (centre pixel and size)
@@ -303,7 +305,7 @@ def chip_file_name(image: Image, product: Product, kind: str, grid: ChipGrid, **
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     ext = "png" if kind == "gallery" else "tif"
-    return f"{image.acquired:%Y%m%dT%H%M%S}_{digest}.{ext}"
+    return f"{image.product_id}.{image.acquired:%Y%m%dT%H%M%S}_{digest}.{ext}"
 
 
 @dataclass(frozen=True)
@@ -435,10 +437,10 @@ def gallery_response(
     description: dict,
 ) -> HTMLResponse:
     """The gallery page: COLUMNS chips per row, in date order, each labelled with its date."""
-    root = root_path(request)
+    root, key = root_path(request), key_query(request)
     cells = [
         {
-            "src": f"{root}/{FILES_PATH}/{chip.name}",
+            "src": f"{root}/{FILES_PATH}/{chip.name}" + (f"?{key}" if key else ""),
             "date": f"{chip.image.acquired:%Y-%m-%d}",
             "title": f"{chip.image.name} ({chip.image.acquired:%Y-%m-%d %H:%M:%S} UTC)",
         }
@@ -580,15 +582,24 @@ def parcel_raw(
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}, "image/tiff": {}}}},
 )
-def chip_file(name: str, settings: SettingsDep, chips: ChipStoreDep) -> Response:
-    """A chip made by /chips/gallery or /chips/raw (names only; no paths)."""
-    if not FILE_NAME.match(name):
+def chip_file(name: str, store: StoreDep, settings: SettingsDep, chips: ChipStoreDep) -> Response:
+    """A chip made by /chips/gallery or /chips/raw (names only; no paths).
+
+    A chip of a product the caller may not read is as absent as one never made.
+    """
+    match = FILE_NAME.match(name)
+    if not match:
         raise HTTPException(
             404, f"'{name}' is not a chip file name (chips are named by /chips/raw and /gallery)"
         )
+    missing = HTTPException(404, f"chip '{name}' is not in the cache: request its chips again")
+    try:
+        store.get_product(match.group(1))
+    except NotFound:
+        raise missing from None
     found = chips.get(name)
     if found is None:
-        raise HTTPException(404, f"chip '{name}' is not in the cache: request its chips again")
+        raise missing
     media_type = MEDIA_TYPES[name.rsplit(".", 1)[1]]
     headers = {"Cache-Control": settings.cache_control}
     if isinstance(found, Path):

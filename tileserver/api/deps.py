@@ -16,6 +16,7 @@ from fastapi import Depends, HTTPException, Query, Request
 from morecantile import TileMatrixSet
 from rio_tiler.colormap import InvalidColorMapName, cmap
 
+from tileserver.catalog.access import OPEN, Principal, ScopedStore
 from tileserver.catalog.search import SortBy, TileLookup, parse_sortby
 from tileserver.catalog.store import CatalogStore
 from tileserver.render.mosaic import PIXEL_SELECTIONS
@@ -29,9 +30,17 @@ Resampling = Literal[
 ]
 
 
+async def get_principal(request: Request) -> Principal:
+    """The caller, as api.auth identified them (OPEN when the app runs without keys)."""
+    return getattr(request.state, "principal", OPEN)
+
+
 async def get_store(request: Request) -> CatalogStore:
-    """The app's catalog store."""
-    return request.app.state.store
+    """The catalog as the caller sees it: every route reads and writes through this."""
+    principal = await get_principal(request)
+    if principal.admin:
+        return request.app.state.store
+    return ScopedStore(request.app.state.store, principal)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -218,4 +227,5 @@ async def tms_query(
 RenderParamsDep = Annotated[RenderParams, Depends(render_params)]
 StoreDep = Annotated[CatalogStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 MosaicParamsDep = Annotated[MosaicParams, Depends(mosaic_params)]

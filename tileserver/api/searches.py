@@ -32,6 +32,7 @@ from tileserver.api.tiles import (
     tilejson,
     wmts_capabilities,
 )
+from tileserver.catalog.access import scope_of
 from tileserver.catalog.models import Image, Product
 from tileserver.catalog.search import Interval, SearchQuery, Summary
 from tileserver.catalog.store import CatalogStore, NotFound
@@ -138,7 +139,7 @@ class LayerCache:
 
     def get(self, store: CatalogStore, search_id: str, query: SearchQuery, what: str, compute):
         """The cached value, or compute() remembered."""
-        key = (search_id, query.model_dump_json(), store.generation(), what)
+        key = (search_id, query.model_dump_json(), scope_of(store), store.generation(), what)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
@@ -253,6 +254,7 @@ async def search_tile(
         [
             "search",
             search_id,
+            scope_of(store),
             str(store.generation()),
             tms.id,
             f"{z}/{x}/{y}@{scale}.{fmt.value}",

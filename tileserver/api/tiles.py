@@ -14,6 +14,7 @@ from rasterio.warp import transform_bounds
 from starlette.concurrency import run_in_threadpool
 from titiler.core.utils import tms_limits, tms_limits_to_xml, tms_to_xml
 
+from tileserver.api.auth import key_query
 from tileserver.api.deps import RenderParamsDep, SettingsDep, StoreDep, get_tms, tms_query
 from tileserver.api.templates import render_template, root_path
 from tileserver.cache import Cache, CachedTile, make_etag
@@ -204,7 +205,7 @@ def tile_url_template(
     for placeholder in xyz:  # url_for percent-encodes the braces
         encoded = placeholder.replace("{", "%7B").replace("}", "%7D")
         base = base.replace(encoded, placeholder)
-    query = render_query(request)
+    query = "&".join(q for q in (render_query(request), key_query(request)) if q)
     return f"{base}?{query}" if query else base
 
 

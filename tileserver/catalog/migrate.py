@@ -26,6 +26,7 @@ class CopyReport(BaseModel):
     products: int = 0
     images: int = 0
     searches: int = 0
+    keys: int = 0
     resumed: bool = False
 
 
@@ -61,7 +62,10 @@ def copy_catalog(
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> CopyReport:
-    """Copy products, images and registered searches from `source` into `destination`.
+    """Copy API keys, products, images and searches from `source` into `destination`.
+
+    Keys go first: a destination that serves with the source's products also refuses
+    whom the source refused.
 
     `checkpoint` is the file that makes the copy resumable (removed once it is complete);
     `names` are the catalog URLs recorded in it so a checkpoint is never used for another
@@ -74,6 +78,9 @@ def copy_catalog(
         if (state.source, state.destination) != names:
             raise ValueError(f"{checkpoint} belongs to another copy: remove it to start over")
         report.resumed = True
+    for key in source.list_keys():
+        destination.put_key(key)
+        report.keys += 1
     products = source.list_products()
     total = sum(source.count_images(p.id) for p in products)
     bar = tqdm(total=total, initial=state.images, unit="image", disable=not progress)

@@ -12,13 +12,21 @@ from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DataType = Literal["Byte", "UInt16", "Int16", "UInt32", "Int32", "Float32", "Float64"]
 BandType = Literal["spectral", "mask", "class", "generic", "microwave"]
 StorageState = Literal["available", "remote"]
 
 NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+ACCESS_ENTRY = r"^(user|org):[A-Za-z0-9._@-]{1,200}$"  # `public` is allowed among readers
 Range = tuple[float, float]
 
 # numpy/rasterio dtype name -> catalog data type
@@ -131,9 +139,9 @@ class Product(BaseModel):
     )
     start_datetime: datetime | None = None
     end_datetime: datetime | None = None
-    owners: list[str] = []
-    readers: list[str] = []
-    writers: list[str] = []
+    owners: list[str] = Field([], description="user:NAME or org:NAME: read, write, share")
+    readers: list[str] = Field([], description="user:NAME, org:NAME or public: read")
+    writers: list[str] = Field([], description="user:NAME or org:NAME: read, write images")
     properties: dict[str, Any] = {}
     bands: list[Band] = []
     created: datetime | None = None
@@ -147,6 +155,17 @@ class Product(BaseModel):
         if dupes:
             raise ValueError(f"duplicate band names: {', '.join(dupes)}")
         return bands
+
+    @field_validator("owners", "writers", "readers")
+    @classmethod
+    def _access_entries(cls, entries: list[str], info: ValidationInfo) -> list[str]:
+        for entry in entries:
+            if entry == "public" and info.field_name == "readers":
+                continue
+            if not re.match(ACCESS_ENTRY, entry):
+                also = " or public" if info.field_name == "readers" else ""
+                raise ValueError(f"'{entry}' is not an access entry: use user:NAME, org:NAME{also}")
+        return sorted(set(entries))
 
     @model_validator(mode="after")
     def _default_bands_exist(self) -> Product:
@@ -240,7 +259,13 @@ class Image(BaseModel):
         if self.bbox is None:
             from shapely.geometry import shape
 
-            self.bbox = tuple(shape(self.geometry).bounds)
+            try:  # shapely raises whatever a malformed mapping trips on
+                footprint = shape(self.geometry)
+            except Exception as exc:
+                raise ValueError(f"geometry is not a GeoJSON geometry: {exc!r}") from None
+            if footprint.is_empty:
+                raise ValueError("geometry is empty: an image needs a footprint")
+            self.bbox = tuple(footprint.bounds)
         return self
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from tileserver.catalog.cql2sql import FilterError, Queryable, compile_filter
+from tileserver.catalog.keys import ApiKey
 from tileserver.catalog.models import Image, ParsedDocs, Product, stamped, utcnow
 from tileserver.catalog.queryables import CORE_QUERYABLES, image_properties, queryable_set
 from tileserver.catalog.search import (
@@ -51,6 +52,11 @@ CREATE TABLE IF NOT EXISTS tileserver.properties (
 );
 CREATE TABLE IF NOT EXISTS tileserver.meta (key text PRIMARY KEY, value bigint NOT NULL);
 INSERT INTO tileserver.meta VALUES ('generation', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS tileserver.api_keys (
+    id text PRIMARY KEY,
+    created timestamptz NOT NULL,
+    doc jsonb NOT NULL
+);
 CREATE INDEX IF NOT EXISTS searches_tileserver_id ON pgstac.searches
     ((metadata->>'tileserver:id'));
 """
@@ -479,14 +485,49 @@ class PgstacStore:
                 "SELECT value FROM tileserver.meta WHERE key = 'generation'"
             ).fetchone()[0]
 
-    def queryables(self, product_id: str | None = None) -> dict[str, Queryable]:
+    def queryables(self, product_id: str | Sequence[str] | None = None) -> dict[str, Queryable]:
         """What filters may name: the core properties and those the images carry."""
         sql, args = "SELECT name, type FROM tileserver.properties", []
-        if product_id is not None:
+        if isinstance(product_id, str):
             self.get_product(product_id)
             sql, args = sql + " WHERE product_id = %s", [product_id]
+        elif product_id is not None:
+            sql, args = sql + " WHERE product_id = ANY(%s)", [list(product_id)]
         with self._conn() as conn:
             return queryable_set(conn.execute(sql, args).fetchall())
+
+    # API keys
+
+    def put_key(self, key: ApiKey) -> ApiKey:
+        """Create or replace a key record."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO tileserver.api_keys VALUES (%s, %s, %s)"
+                " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                (key.id, key.created, key.model_dump_json()),
+            )
+        return key
+
+    def find_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id, or None."""
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT doc::text FROM tileserver.api_keys WHERE id = %s", (key_id,)
+            ).fetchone()
+        return None if row is None else ApiKey.model_validate_json(row[0])
+
+    def list_keys(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                "SELECT doc::text FROM tileserver.api_keys ORDER BY created, id"
+            ).fetchall()
+        return [ApiKey.model_validate_json(doc) for (doc,) in rows]
+
+    def has_keys(self) -> bool:
+        """Whether any key was ever created."""
+        with self._conn() as conn:
+            return conn.execute("SELECT 1 FROM tileserver.api_keys LIMIT 1").fetchone() is not None
 
     def _checked(self, query: SearchQuery, extra: dict | None = None) -> dict:
         """The pgSTAC body of a query, after the checks the SQLite store makes.

@@ -9,7 +9,7 @@ import base64
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +17,7 @@ import shapely
 from shapely.geometry import shape
 
 from tileserver.catalog.cql2sql import FilterError, Queryable, compile_filter, register_functions
+from tileserver.catalog.keys import ApiKey
 from tileserver.catalog.models import (
     Image,
     ParsedDocs,
@@ -103,6 +104,14 @@ CREATE INDEX IF NOT EXISTS images_platform
     ON images (json_extract(doc, '$.properties."platform"'));
 CREATE INDEX IF NOT EXISTS images_constellation
     ON images (json_extract(doc, '$.properties."constellation"'));
+"""
+# Version 4: API keys (catalog.keys): the record as JSON, the secret only as its hash
+MIGRATIONS[4] = """
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    created TEXT NOT NULL,
+    doc TEXT NOT NULL
+);
 """
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -394,13 +403,45 @@ class SQLiteStore:
         )
         return value
 
-    def queryables(self, product_id: str | None = None) -> dict[str, Queryable]:
+    def queryables(self, product_id: str | Sequence[str] | None = None) -> dict[str, Queryable]:
         """What filters may name: the core properties and those the images carry."""
         sql, args = "SELECT name, type FROM properties", []
-        if product_id is not None:
+        if isinstance(product_id, str):
             self.get_product(product_id)
             sql, args = sql + " WHERE product_id = ?", [product_id]
+        elif product_id is not None:
+            args = list(product_id)
+            sql += f" WHERE product_id IN ({', '.join('?' * len(args))})"
         return queryable_set(self._connection().execute(sql, args).fetchall())
+
+    # API keys
+
+    def put_key(self, key: ApiKey) -> ApiKey:
+        """Create or replace a key record."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO api_keys VALUES (?, ?, ?)",
+                (key.id, sortable_time(key.created), key.model_dump_json()),
+            )
+        return key
+
+    def find_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id, or None."""
+        row = (
+            self._connection()
+            .execute("SELECT doc FROM api_keys WHERE id = ?", (key_id,))
+            .fetchone()
+        )
+        return None if row is None else ApiKey.model_validate_json(row[0])
+
+    def list_keys(self) -> list[ApiKey]:
+        """Every key, oldest first."""
+        rows = self._connection().execute("SELECT doc FROM api_keys ORDER BY created, id")
+        return [ApiKey.model_validate_json(doc) for (doc,) in rows]
+
+    def has_keys(self) -> bool:
+        """Whether any key was ever created."""
+        return self._connection().execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
 
     def _where(
         self, query: SearchQuery, queryables: dict[str, Queryable], extra: dict | None = None

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
 
@@ -17,6 +17,9 @@ from tileserver.catalog.search import (
     TileLookup,
 )
 
+if TYPE_CHECKING:
+    from tileserver.catalog.keys import ApiKey
+
 
 class CatalogError(Exception):
     """Base class of catalog errors; the API maps each subclass to a 4xx."""
@@ -24,6 +27,10 @@ class CatalogError(Exception):
 
 class NotFound(CatalogError):
     """The product or image does not exist."""
+
+
+class Forbidden(CatalogError):
+    """The caller may see the record but not make this change (see catalog.access)."""
 
 
 class Conflict(CatalogError):
@@ -74,8 +81,8 @@ class CatalogStore(Protocol):
     def count_images(self, product_id: str) -> int:
         """How many images the product has."""
 
-    def queryables(self, product_id: str | None = None) -> dict[str, Queryable]:
-        """Properties a filter may name (of one product, or of all)."""
+    def queryables(self, product_id: str | Sequence[str] | None = None) -> dict[str, Queryable]:
+        """Properties a filter may name (of one product, of several, or of all)."""
 
     def search(self, query: SearchQuery, count: bool = True) -> SearchPage:
         """A page of matching images in the search's order, with the count if asked."""
@@ -94,6 +101,18 @@ class CatalogStore(Protocol):
 
     def list_searches(self) -> list[RegisteredSearch]:
         """Every registered search, by id."""
+
+    def put_key(self, key: ApiKey) -> ApiKey:
+        """Create or replace an API key record (catalog.keys)."""
+
+    def find_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id, revoked or not; None if there is none."""
+
+    def list_keys(self) -> list[ApiKey]:
+        """Every key, by creation time."""
+
+    def has_keys(self) -> bool:
+        """Whether any key was ever created (revoked ones count)."""
 
     def generation(self) -> int:
         """Grows with every write (cache keys of mosaics include it)."""
