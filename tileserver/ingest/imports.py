@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, ImageFile, Product, safe_name
 from tileserver.catalog.search import check_geometry, datetime_interval, parse_instant
-from tileserver.catalog.store import CatalogStore, NotFound
+from tileserver.catalog.store import CatalogError, CatalogStore, NotFound
 from tileserver.ingest import beam_dimap, dimap2, vsi
 from tileserver.ingest.geotiff import GeoTiffScene
 from tileserver.ingest.overrides import apply_overrides
@@ -364,7 +364,14 @@ def run_import(
     for scene, meta in tqdm(selected, desc="register", unit="scene", disable=not progress):
         try:
             image = register(store, scene, meta, request, data_dir, band_overrides, products)
-        except (IngestError, ValidationError, vsi.StorageError, OSError, ValueError) as exc:
+        except (
+            IngestError,
+            ValidationError,
+            vsi.StorageError,
+            OSError,
+            ValueError,
+            CatalogError,
+        ) as exc:  # CatalogError: a product the caller may not write, say
             reason = vsi.redact(str(exc))
             log.warning("import: %s failed: %s", scene.href, reason)
             result.failed.append({"path": scene.href, "reason": reason})
