@@ -44,8 +44,9 @@ SEES = {  # who reads what, worked out from the table above
     "alice": {"acme", "shared", "open"},
     "bob": {"acme", "open"},
     "carol": {"globex", "shared", "open"},
+    "dave": {"open"},  # of an organisation no product names
 }
-USERS = {"admin": "ops", "alice": "acme", "bob": "acme", "carol": "globex"}  # user: org
+USERS = {"admin": "ops", "alice": "acme", "bob": "acme", "carol": "globex", "dave": "initech"}
 LON, LAT = (float(v) for v in WEB_MERCATOR.ul(X, Y + 0.5, Z))  # near the tile's west edge
 LON += 0.05
 
@@ -431,3 +432,46 @@ def test_anonymous_reading_of_public_products_when_allowed(world, tmp_path):
     assert numpy.all(tile_values(client, search_id)[0] == 400)
     refused = client.post("/products", json={"id": "anon", "bands": []})
     assert refused.status_code == 403
+
+
+def test_a_caller_who_reads_nothing_finds_nothing(world):
+    from tileserver.catalog.access import Principal, ScopedStore
+    from tileserver.catalog.search import SearchQuery, TileLookup
+
+    admin = world.client("admin")
+    public = admin.get("/products/open").json()
+    assert admin.put("/products/open", json={**public, "readers": []}).status_code == 200
+    try:
+        nobody = ScopedStore(world.store, Principal(user="eve", org="nowhere"))
+        assert nobody.list_products() == []
+        assert nobody.search(SearchQuery(limit=100)).images == []
+        assert nobody.search(SearchQuery(collections=["acme"])).images == []
+        assert nobody.summary(SearchQuery()).count == 0
+        bbox = tuple(WEB_MERCATOR.bounds(TILE))
+        assert nobody.tile_images(SearchQuery(), bbox, TileLookup(limit=10)) == []
+        assert not [name for name in nobody.queryables() if name.endswith(":secret")]
+        assert len(world.store.search(SearchQuery(limit=100)).images) == len(PRODUCTS)
+    finally:
+        assert admin.put("/products/open", json=public).status_code == 200
+
+
+def test_gdal_wmts_client_with_a_query_key(world, tmp_path, monkeypatch):
+    """GDAL's WMTS driver (a QGIS-like client) sends no headers: the key rides in the URLs."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    from tests.conftest import LiveServer
+
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+    options = {"GDAL_ENABLE_WMS_CACHE": "NO", "GDAL_HTTP_MAX_RETRY": "0"}
+    with LiveServer(world.app) as server, rasterio.Env(**options):
+        url = f"{server.url}/images/acme:img/WMTSCapabilities.xml?api_key={world.tokens['bob']}"
+        with rasterio.open(f'WMTS:"{url}"') as ds:
+            pixels = ds.read()
+        assert pixels.shape[1:] == (256, 256)
+        # no scaling asked: the raw value 100 in every colour band, opaque
+        assert numpy.all(pixels[:3] == 100) and numpy.all(pixels[3] == 255)
+        refused = url.replace(world.tokens["bob"], world.tokens["carol"])
+        with pytest.raises(RasterioIOError):
+            rasterio.open(f'WMTS:"{refused}"')

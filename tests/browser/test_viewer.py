@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -177,8 +179,9 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture()
-def viewer(chromium, live_server) -> Viewer:
+@contextlib.contextmanager
+def open_viewer(chromium, base: str) -> Iterator[Viewer]:
+    """A fresh browser page on a server, recording problems, tile requests and POSTs."""
     context = chromium.new_context(viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -191,7 +194,7 @@ def viewer(chromium, live_server) -> Viewer:
         "response", lambda r: r.status >= 400 and problems.bad_status.append(f"{r.status} {r.url}")
     )
     page.on("request", lambda r: TILE_PATH in r.url and requests.append(r.url))
-    viewer = Viewer(page, problems, requests, live_server.url)
+    viewer = Viewer(page, problems, requests, base)
 
     def on_response(response) -> None:
         if TILE_PATH in response.url:
@@ -204,8 +207,16 @@ def viewer(chromium, live_server) -> Viewer:
 
     page.on("response", on_response)
     page.on("request", on_request)
-    yield viewer
-    context.close()
+    try:
+        yield viewer
+    finally:
+        context.close()
+
+
+@pytest.fixture()
+def viewer(chromium, live_server) -> Viewer:
+    with open_viewer(chromium, live_server.url) as opened:
+        yield opened
 
 
 def test_home_shows_newest_image_tiles_without_errors(viewer):
@@ -582,3 +593,26 @@ def test_clicking_a_result_shows_that_image(viewer):
     viewer.wait_mosaic(search_id)
     assert len(viewer.posted("/searches")) == 1
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_viewer_with_a_key_in_its_address(chromium, demo_store, tmp_path):
+    """With keys, `/map?api_key=` works: the page puts the key on every request it makes."""
+    from tests.conftest import LiveServer, make_settings
+    from tileserver.app import create_app
+    from tileserver.catalog.keys import new_key
+    from tileserver.catalog.migrate import copy_catalog
+    from tileserver.catalog.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "catalog.db")  # the demo's records, keyed here
+    copy_catalog(demo_store, store, tmp_path / "copy.json", progress=False)
+    key, token = new_key("alice", "acme", admin=True)
+    store.put_key(key)
+    app = create_app(make_settings(tmp_path), store=store)
+    with LiveServer(app) as server, open_viewer(chromium, server.url) as viewer:
+        assert httpx.get(f"{server.url}/images/{DEMO_IMAGE}/map").status_code == 401
+        viewer.open(f"/images/{DEMO_IMAGE}/map?api_key={token}")
+        assert painted_fraction(viewer.map_pixels()) > 0.15
+        assert viewer.requests and all(f"api_key={token}" in url for url in viewer.requests)
+        assert viewer.xyz_params()["api_key"] == token  # the XYZ URL works in QGIS as it is
+        assert not viewer.problems.all(), viewer.problems
+    store.close()
