@@ -227,5 +227,4 @@ async def tms_query(
 RenderParamsDep = Annotated[RenderParams, Depends(render_params)]
 StoreDep = Annotated[CatalogStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
 MosaicParamsDep = Annotated[MosaicParams, Depends(mosaic_params)]
