@@ -9,6 +9,7 @@ from cachetools import LRUCache
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import HTMLResponse
 from morecantile import TileMatrixSet
+from rasterio.errors import RasterioIOError
 
 from tileserver.api.deps import (
     MosaicParams,
@@ -205,7 +206,10 @@ def mosaic_zooms(
         image = cached_first_image(store, layers, search_id, query)
         return zoom_range(image, tms) if image.files else (tms.minzoom, tms.maxzoom)
 
-    minzoom, maxzoom = layers.get(store, search_id, query, f"zooms:{tms.id}", compute)
+    try:
+        minzoom, maxzoom = layers.get(store, search_id, query, f"zooms:{tms.id}", compute)
+    except RasterioIOError:  # one unreadable file must not take the layer down; not remembered
+        minzoom, maxzoom = tms.minzoom, tms.maxzoom
     if settings.mosaic_minzoom is not None:
         minzoom = settings.mosaic_minzoom
     return minzoom, max(minzoom, maxzoom)

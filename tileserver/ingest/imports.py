@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import re
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,11 +43,14 @@ from tileserver.ingest.overrides import apply_overrides
 from tileserver.ingest.raster import IngestError
 from tileserver.ingest.scene import SceneMeta, SceneReader
 from tileserver.ingest.stac import StacScene, load_item
+from tileserver.render.errors import gdal_reason
 
 log = logging.getLogger(__name__)
 
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 MAX_ITEM_BYTES = 4 * 1024 * 1024  # a JSON file larger than this is no STAC Item
+# S3 (legacy names included) and GCS bucket names: nothing that changes a request's URL
+BUCKET_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,220}[A-Za-z0-9])?")
 
 
 class ImportRequest(BaseModel):
@@ -103,6 +107,18 @@ class ImportRequest(BaseModel):
             minx, miny, maxx, maxy = self.bbox
             if not (minx <= maxx and miny <= maxy):
                 raise ValueError("bbox must be [minx, miny, maxx, maxy] with min <= max")
+        return self
+
+    @model_validator(mode="after")
+    def _bucket_name_shape(self) -> ImportRequest:
+        """Refused here, not by the store client: obstore panics on a name a URL cannot hold."""
+        if "\x00" in self.bucket_name + self.prefix:
+            raise ValueError("bucket_name and prefix cannot hold a NUL character")
+        if self.cloud_provider != "file" and not BUCKET_NAME.fullmatch(self.bucket_name):
+            raise ValueError(
+                f"bucket_name {self.bucket_name!r} is not a bucket name: up to 222 letters, "
+                "digits, '.', '-' or '_', starting and ending with a letter or digit"
+            )
         return self
 
 
@@ -313,20 +329,27 @@ def run_import(
     when: datetime | None = None,
     band_overrides: dict[str, dict] | None = None,
     progress: bool = False,
+    roots: list[Path] | None = None,
 ) -> ImportResult:
     """List, filter and register; see the module docstring.
 
     `when` replaces every scene's acquisition time (for files that carry none);
     `band_overrides` apply to products this import creates. VRTs go to DATA_DIR/vrt, copies to
     DATA_DIR/cogs. A listing that fails raises vsi.StorageError (nothing is registered).
+    `roots` (imports over HTTP) confines a folder listing: links out of them are reported
+    under `failed`, not followed (vsi.list_files).
     """
     result = ImportResult()
     default_product = request.product or default_product_id(request)
     root = vsi.gdal_path(request.cloud_provider, request.bucket_name, request.prefix)
     if request.cloud_provider == "file":
         root = str(Path(root).expanduser().resolve())
-    entries = list(vsi.list_files(request.cloud_provider, request.bucket_name, request.prefix))
-    found, problems = find_scenes([e.href for e in entries], root, default_product)
+    entries = list(
+        vsi.list_files(request.cloud_provider, request.bucket_name, request.prefix, roots)
+    )
+    result.failed.extend({"path": e.href, "reason": e.refused} for e in entries if e.refused)
+    hrefs = [e.href for e in entries if not e.refused]
+    found, problems = find_scenes(hrefs, root, default_product)
     result.failed.extend(problems)
     result.found = len(found)
 
@@ -338,7 +361,7 @@ def run_import(
         try:
             meta = scene.reader.meta()
         except (IngestError, vsi.StorageError, OSError, ValueError) as exc:
-            result.failed.append({"path": scene.href, "reason": vsi.redact(str(exc))})
+            result.failed.append({"path": scene.href, "reason": vsi.redact(gdal_reason(exc))})
             continue
         if when is not None:
             meta.acquired = when
@@ -372,7 +395,7 @@ def run_import(
             ValueError,
             CatalogError,
         ) as exc:  # CatalogError: a product the caller may not write, say
-            reason = vsi.redact(str(exc))
+            reason = vsi.redact(gdal_reason(exc))
             log.warning("import: %s failed: %s", scene.href, reason)
             result.failed.append({"path": scene.href, "reason": reason})
             continue

@@ -32,6 +32,7 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from tileserver.catalog.models import Band, Image
+from tileserver.render.datasets import open_dataset
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import ImageNotReadable, RenderError
 from tileserver.render.reader import FileRead, read_bands
@@ -122,7 +123,7 @@ def array_bounds(transform: Affine, width: int, height: int) -> tuple[float, flo
 def file_grid(href: str) -> tuple[CRS, Affine]:
     """The CRS and geotransform of one file: the grid chips of its bands snap to."""
     try:
-        with rasterio.open(href) as src:
+        with open_dataset(href) as src:
             crs, transform = src.crs, src.transform
     except rasterio.errors.RasterioIOError as exc:
         raise ImageNotReadable(f"cannot open {href}: {exc}") from exc

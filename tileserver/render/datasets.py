@@ -9,6 +9,8 @@ threads at once, so the pool lends each dataset to one caller and takes it back 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -16,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import rasterio
+import rasterio._base
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 
@@ -35,6 +38,58 @@ def file_version(href: str, version: str) -> tuple[str, ...]:
     except OSError:
         return (href, version)  # the open reports the problem
     return (href, version, str(stat.st_size), str(stat.st_mtime_ns))
+
+
+@functools.cache
+def gdal_function(name: str, *argtypes):
+    """A GDAL C function rasterio does not bind, from the GDAL rasterio runs on (or None).
+
+    The handle of rasterio's extension module resolves the symbols of its GDAL library.
+    """
+    try:
+        function = getattr(ctypes.CDLL(rasterio._base.__file__), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = list(argtypes)
+    function.restype = None
+    return function
+
+
+def forget_cached(prefix: str) -> None:
+    """Make GDAL ask the bucket again about the files under `prefix` (a /vsis3/... path).
+
+    GDAL keeps what it learnt of a remote file for the life of the process, failures
+    included: a file it could not reach while the bucket was down stays "does not exist"
+    after the bucket is back, until this is called.
+    """
+    if not prefix.startswith("/vsi") or prefix.startswith("/vsimem"):
+        return
+    clear = gdal_function("VSICurlPartialClearCache", ctypes.c_char_p)
+    if clear is not None:
+        with rasterio.Env():  # GDAL's complaints go to logging, not stderr
+            clear(prefix.encode())
+
+
+def reset_gdal_errors() -> None:
+    """Clear GDAL's last error in this thread.
+
+    A failed tile read (rasterio 1.4) leaves its error set in the thread, and the next
+    tile read on an already open dataset in that thread raises it: a read of another,
+    healthy file would fail with the broken file's message (a 500).
+    """
+    reset = gdal_function("CPLErrorReset")
+    if reset is not None:
+        reset()
+
+
+def open_dataset(href: str) -> DatasetReader:
+    """rasterio.open; a remote file that fails to open is forgotten by GDAL, so the next
+    open asks the bucket again instead of repeating the failure (see forget_cached)."""
+    try:
+        return rasterio.open(href)
+    except RasterioError:
+        forget_cached(href)
+        raise
 
 
 class DatasetPool:
@@ -58,9 +113,10 @@ class DatasetPool:
         dataset = self._take(key)
         if dataset is None:
             self._drop_other_versions(key)
-            dataset = rasterio.open(href)
+            dataset = open_dataset(href)
             with self._lock:
                 self.opened += 1
+        reset_gdal_errors()  # what an earlier failure in this thread left must not fail this use
         try:
             yield dataset
         except (RasterioError, OSError):

@@ -42,6 +42,7 @@ from rio_tiler.models import ImageData
 from shapely.geometry import shape
 
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
+from tileserver.render.datasets import open_dataset
 from tileserver.render.errors import ImageNotReadable, RenderError
 from tileserver.render.mosaic import (
     VALUE_PRESERVING,
@@ -265,7 +266,7 @@ def area_wgs84(request: GridRequest) -> tuple | None:
 def file_grid(href: str, image_id: str) -> Grid:
     """The grid of one file, from its header."""
     try:
-        with rasterio.open(href) as src:
+        with open_dataset(href) as src:
             if src.crs is None:
                 raise ImageNotReadable(f"file {href} of image '{image_id}' has no CRS")
             return Grid(src.crs, src.transform, src.width, src.height)

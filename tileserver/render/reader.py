@@ -16,7 +16,7 @@ from rio_tiler.models import ImageData
 
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.render.datasets import DATASETS
-from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand
+from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand, gdal_reason
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def read_bands(
                 return read_mixed(reader, file_read, read)
         except RasterioIOError as exc:
             raise ImageNotReadable(
-                f"cannot read file {file_read.href} of image '{image.id}': {exc}"
+                f"cannot read file {file_read.href} of image '{image.id}': {gdal_reason(exc)}"
             ) from exc
 
     if len(reads) == 1 or threads <= 1:
