@@ -34,6 +34,7 @@ from tileserver.catalog.keys import KeyRing
 from tileserver.catalog.store import CatalogStore, Conflict, Forbidden, NotFound, open_store
 from tileserver.chipcache import ChipCacheUnavailable, open_chip_store
 from tileserver.ingest.vsi import configure_gdal
+from tileserver.limits import BodyLimit
 from tileserver.render.datasets import DATASETS
 from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         keys=KeyRing(store, settings.key_cache_seconds),
         allow_anonymous=settings.allow_anonymous,
     )
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # 413 with CORS headers
     app.add_middleware(  # outside KeyAuth: preflights and 401s carry CORS headers
         CORSMiddleware,
         allow_origins=["*"],

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
 
+from tileserver.logs import log_config, redact_url
 from tileserver.settings import Settings
 
 
@@ -70,6 +70,7 @@ def serve(host: str, port: int, workers: int, demo: bool, catalog: str | None, l
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=log_config(),  # every handler redacts keys, passwords, credentials
         http="tileserver.server:NoDelayProtocol",
     )
 
@@ -379,11 +380,6 @@ def migrate_catalog(source: str, destination: str, batch: int, quiet: bool) -> N
         src.close()
         dst.close()
     click.echo(report.model_dump_json())
-
-
-def redact_url(url: str) -> str:
-    """A catalog URL without its password, for messages."""
-    return re.sub(r"(://[^:/@]+):[^@/]*@", r"\1:***@", url)
 
 
 def _parcel_store(catalog: str | None):

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     download_max_pixels: int = Field(
         100_000_000, ge=1, description="largest download (width x height x bands); 413 above"
     )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="largest request body (a search, a geometry); 413 above"
+    )
     import_roots: list[Path] = Field(
         default_factory=list,
         description="folders `POST /imports` may read with cloud_provider=file (JSON list); "

@@ -21,17 +21,28 @@ router = APIRouter(tags=["imports"])
 
 
 def check_root(request: ImportRequest, roots: list[Path]) -> None:
-    """A `file` import must stay under TILESERVER_IMPORT_ROOTS (no traversal, no symlink out)."""
+    """A `file` import must stay under TILESERVER_IMPORT_ROOTS (no traversal, no symlink out).
+
+    `..`, `~` (a home folder) and an absolute prefix are refused outright, whatever they would
+    resolve to; links inside the roots that point out are skipped by the listing (run_import).
+    """
     if request.cloud_provider != "file":
         return
     if not roots:
         raise HTTPException(
             403, "file imports are disabled: set TILESERVER_IMPORT_ROOTS to the allowed folders"
         )
+    allowed = ", ".join(str(r) for r in roots)
+    parts = [*Path(request.bucket_name).parts, *Path(request.prefix).parts]
+    if ".." in parts or any(p.startswith("~") for p in parts) or request.prefix.startswith("/"):
+        raise HTTPException(
+            403,
+            "a file import's bucket_name and prefix may not hold '..' or '~', nor the prefix "
+            f"start with '/': name a folder under an import root ({allowed})",
+        )
     target = (Path(request.bucket_name) / request.prefix).resolve()
     if any(target.is_relative_to(root.resolve()) for root in roots):
         return
-    allowed = ", ".join(str(r) for r in roots)
     raise HTTPException(403, f"{request.bucket_name}: not under an import root ({allowed})")
 
 
@@ -40,7 +51,7 @@ def create_import(request: ImportRequest, store: StoreDep, settings: SettingsDep
     """List the prefix, filter the scenes by their metadata, register them."""
     check_root(request, settings.import_roots)
     try:
-        result = run_import(store, request, settings.data_dir)
+        result = run_import(store, request, settings.data_dir, roots=settings.import_roots)
     except StorageError as exc:
         raise HTTPException(400, str(exc)) from None
     return result.collection()

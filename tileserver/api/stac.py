@@ -18,6 +18,20 @@ from tileserver.catalog.store import CatalogStore
 router = APIRouter(tags=["stac"])
 
 GEOJSON = "application/geo+json"
+
+
+class GeoJSONResponse(JSONResponse):
+    """Items and item collections: documented (and sent) as application/geo+json."""
+
+    media_type = GEOJSON
+
+
+class SchemaJSONResponse(JSONResponse):
+    """Queryables: a JSON Schema, documented (and sent) as application/schema+json."""
+
+    media_type = "application/schema+json"
+
+
 CONFORMANCE = [
     "https://api.stacspec.org/v1.0.0/core",
     "https://api.stacspec.org/v1.0.0/collections",
@@ -224,7 +238,7 @@ def get_collection(request: Request, collection_id: str, store: StoreDep) -> dic
     return stac.collection(product, summary, base_url(request))
 
 
-@router.get("/collections/{collection_id}/items", response_class=JSONResponse)
+@router.get("/collections/{collection_id}/items", response_class=GeoJSONResponse)
 def collection_items(
     request: Request,
     collection_id: str,
@@ -252,7 +266,7 @@ def collection_items(
     return item_collection(request, store, store.search(query), query)
 
 
-@router.get("/collections/{collection_id}/items/{item_id}")
+@router.get("/collections/{collection_id}/items/{item_id}", response_class=GeoJSONResponse)
 def get_item(request: Request, collection_id: str, item_id: str, store: StoreDep) -> JSONResponse:
     """One image as a STAC item."""
     product = store.get_product(collection_id)
@@ -260,7 +274,7 @@ def get_item(request: Request, collection_id: str, item_id: str, store: StoreDep
     return JSONResponse(stac.item(image, product, base_url(request)), media_type=GEOJSON)
 
 
-@router.get("/search", response_class=JSONResponse)
+@router.get("/search", response_class=GeoJSONResponse)
 def search_get(
     request: Request, store: StoreDep, query: Annotated[SearchQuery, Depends(search_params)]
 ) -> JSONResponse:
@@ -268,13 +282,13 @@ def search_get(
     return item_collection(request, store, store.search(query), query)
 
 
-@router.post("/search", response_class=JSONResponse)
+@router.post("/search", response_class=GeoJSONResponse)
 def search_post(request: Request, store: StoreDep, query: SearchQuery) -> JSONResponse:
     """Item search (POST, JSON body)."""
     return item_collection(request, store, store.search(query), query, post=True)
 
 
-@router.get("/queryables")
+@router.get("/queryables", response_class=SchemaJSONResponse)
 def all_queryables(request: Request, store: StoreDep) -> JSONResponse:
     """Properties any filter may name."""
     return JSONResponse(
@@ -283,7 +297,7 @@ def all_queryables(request: Request, store: StoreDep) -> JSONResponse:
     )
 
 
-@router.get("/collections/{collection_id}/queryables")
+@router.get("/collections/{collection_id}/queryables", response_class=SchemaJSONResponse)
 def collection_queryables(request: Request, collection_id: str, store: StoreDep) -> JSONResponse:
     """Properties a filter on one collection may name."""
     return JSONResponse(

@@ -38,6 +38,12 @@ QueryableType = Literal[
 LANGS = ("cql2-text", "cql2-json")
 OPEN_START = ""  # an interval's open start ('..'): sorts below every timestamp text
 OPEN_END = "~"  # an open end: sorts above every timestamp text
+# Size limits, checked before anything recurses over a filter (cql2's parsers are recursive
+# and overflow the stack, killing the process, near 2,000 nested parentheses or 10,000
+# chained operators; Python's recursion limit is 1,000).
+MAX_FILTER_DEPTH = 32  # nested JSON objects and arrays in the tree; parentheses in cql2-text
+MAX_FILTER_NODES = 10_000  # values in the tree (a geometry literal is one): bounds SQL parameters
+MAX_TEXT_OPERATORS = 256  # NOT and arithmetic operators in cql2-text: one recursion level each
 
 
 class FilterError(ValueError):
@@ -74,14 +80,17 @@ def parse_filter(value: str | Mapping[str, Any], lang: str | None = None) -> dic
         if lang == "cql2-text":
             if not isinstance(value, str):
                 raise FilterError("a cql2-text filter must be a string")
+            _check_text(value)
             expr = cql2.parse_text(value)
         elif isinstance(value, str):
-            expr = cql2.parse_json(value)
+            expr = cql2.parse_json(value)  # serde_json refuses nesting beyond 128
         elif isinstance(value, Mapping):
+            _check_tree(value)
             expr = cql2.parse_json(json.dumps(value))
         else:
             raise FilterError("a cql2-json filter must be a JSON object or its text")
         tree = expr.to_json()
+        _check_tree(tree)
         problem = _validation_problem(json.dumps(tree, sort_keys=True))
     except FilterError:
         raise
@@ -90,6 +99,42 @@ def parse_filter(value: str | Mapping[str, Any], lang: str | None = None) -> dic
     if problem is not None:
         raise FilterError(f"invalid {lang} filter: {problem}")
     return tree
+
+
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")  # literals, quoted names
+_NESTING_OPERATORS = re.compile(r"[-+*/%^]|\b(?:NOT|DIV)\b", re.IGNORECASE)
+
+
+def _check_text(text: str) -> None:
+    """FilterError when cql2-text nests parentheses or chains operators beyond the limits."""
+    bare = _QUOTED.sub("''", text)
+    depth = deepest = 0
+    for char in bare:
+        if char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth -= 1
+    if deepest > MAX_FILTER_DEPTH:
+        raise FilterError(f"filter nests parentheses deeper than {MAX_FILTER_DEPTH} levels")
+    if len(_NESTING_OPERATORS.findall(bare)) > MAX_TEXT_OPERATORS:
+        raise FilterError(f"filter has more than {MAX_TEXT_OPERATORS} NOT or arithmetic operators")
+
+
+def _check_tree(tree: Any) -> None:
+    """FilterError when a CQL2-JSON tree is deeper or larger than the limits (no recursion)."""
+    pending, nodes = [(tree, 1)], 0
+    while pending:
+        node, depth = pending.pop()
+        nodes += 1
+        if nodes > MAX_FILTER_NODES:
+            raise FilterError(f"filter has more than {MAX_FILTER_NODES} values")
+        if depth > MAX_FILTER_DEPTH:
+            raise FilterError(f"filter nests deeper than {MAX_FILTER_DEPTH} levels")
+        if isinstance(node, Mapping) and not _is_geometry_literal(node):
+            pending.extend((child, depth + 1) for child in node.values())
+        elif isinstance(node, list | tuple):
+            pending.extend((child, depth + 1) for child in node)
 
 
 @lru_cache(maxsize=1024)

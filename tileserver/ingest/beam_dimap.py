@@ -223,7 +223,8 @@ class BeamDimapScene:
         try:
             root = fromstring(self._read(self.href))
         except (ParseError, DefusedXmlException) as exc:
-            raise self._error(f"not a valid BEAM-DIMAP XML document ({exc})") from None
+            why = "XML entities are refused: " if isinstance(exc, DefusedXmlException) else ""
+            raise self._error(f"not a valid BEAM-DIMAP XML document ({why}{exc})") from None
         if root.tag != "Dimap_Document":
             raise self._error(f"root element is <{root.tag}>, not <Dimap_Document>")
         return root

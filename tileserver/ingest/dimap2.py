@@ -143,7 +143,8 @@ def read_xml(href: str) -> ET.Element:
     try:
         root = SafeET.fromstring(data)
     except (SafeET.ParseError, DefusedXmlException) as exc:
-        raise IngestError(f"{href}: not a readable DIMAP document ({exc})") from exc
+        why = "XML entities are refused: " if isinstance(exc, DefusedXmlException) else ""
+        raise IngestError(f"{href}: not a readable DIMAP document ({why}{exc})") from exc
     for node in root.iter():
         if isinstance(node.tag, str) and "}" in node.tag:
             node.tag = node.tag.split("}", 1)[1]

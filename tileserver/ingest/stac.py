@@ -36,7 +36,7 @@ def load_item(href: str, max_bytes: int) -> dict | None:
         return None
     try:
         doc = json.loads(vsi.read_bytes(href))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # nested past Python
         return None
     return doc if is_stac_item(doc) else None
 

@@ -19,7 +19,7 @@ import json
 import os
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -263,22 +263,37 @@ def exists(href: str) -> bool:
 
 @dataclass(frozen=True)
 class Entry:
-    """A listed file: its GDAL path and size in bytes."""
+    """A listed file: its GDAL path and size in bytes; `refused` says why it is not read."""
 
     href: str
     size: int
+    refused: str | None = None
 
 
-def list_files(provider: Provider, bucket: str, prefix: str = "") -> Iterator[Entry]:
-    """Every file under `prefix`, in key order (for `file`, `bucket` is a folder or a file)."""
+def list_files(
+    provider: Provider, bucket: str, prefix: str = "", within: Sequence[Path] | None = None
+) -> Iterator[Entry]:
+    """Every file under `prefix`, in key order (for `file`, `bucket` is a folder or a file).
+
+    `within` confines a `file` listing (imports over HTTP: the import roots). A symbolic
+    link, to a file or to a folder, whose target is outside all of them is not followed:
+    it is listed with `refused` saying so, for the import to report under `failed`, and
+    the rest of the folder is imported as usual. Links to folders are never descended.
+    """
     if provider == "file":
         root = Path(bucket).expanduser().resolve()
         base = root / prefix if prefix else root
         if not base.exists():
             raise StorageError(f"no such file or folder: {base}")
-        paths = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
-        for path in paths:
-            yield Entry(str(path), path.stat().st_size)
+        found = [base] if base.is_file() else base.rglob("*")  # rglob: no folder links
+        for path in sorted(p for p in found if p.is_file() or p.is_symlink()):
+            target = path.resolve()
+            if within is not None and not any(target.is_relative_to(r.resolve()) for r in within):
+                kind = "folder" if target.is_dir() else "file"
+                refused = f"symbolic link to a {kind} outside the import roots: not followed"
+                yield Entry(str(path), 0, refused)
+            elif path.is_file():
+                yield Entry(str(path), path.stat().st_size)
         return
     prefix = prefix.lstrip("/")
     try:

@@ -1,0 +1,70 @@
+"""Request body size limit: a pure ASGI middleware, so no body is ever buffered to be measured.
+
+A declared `Content-Length` above the limit is refused before the app runs. A body without
+one (chunked) is counted as the app reads it; the read that crosses the limit raises a 413
+HTTPException, which FastAPI passes through its body parsing and the app's exception
+handling turns into the usual JSON error. Routes that never read their body never pay.
+"""
+
+from __future__ import annotations
+
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+def too_large(limit: int) -> str:
+    """The 413's detail."""
+    return f"request body larger than {limit} bytes"
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The request's Content-Length, None when absent or unreadable (then bytes are counted)."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class BodyLimit:
+    """Answer 413 `{"detail": ...}` to a request body larger than `max_bytes`."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Refuse a declared oversize body at once; count the others as they arrive."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = declared_length(scope)
+        if length is not None and length > self.max_bytes:
+            response = JSONResponse({"detail": too_large(self.max_bytes)}, status_code=413)
+            await response(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, too_large(self.max_bytes))
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except HTTPException as exc:  # read where no exception handler sees it
+            if started or received <= self.max_bytes or exc.status_code != 413:
+                raise
+            response = JSONResponse({"detail": exc.detail}, status_code=413)
+            await response(scope, receive, send)
