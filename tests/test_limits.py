@@ -22,6 +22,8 @@ import httpx
 import morecantile
 import numpy
 import pytest
+import rasterio
+import rasterio.shutil
 from fastapi.testclient import TestClient
 from rasterio.transform import from_origin
 
@@ -346,6 +348,48 @@ def test_links_out_of_the_import_root_are_not_followed(tmp_path, importer):
     }
     assert str(outside) not in response.text  # nothing read there, not even named
     assert registered(importer) == ["file-in", "inside"]
+
+
+def stac_item(path: Path, item_id: str, href: str) -> None:
+    item = {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item_id,
+        "collection": "items",
+        "geometry": {
+            "type": "Polygon",
+            "coordinates": [[[10, 50], [10.1, 50], [10.1, 50.1], [10, 50.1], [10, 50]]],
+        },
+        "bbox": [10, 50, 10.1, 50.1],
+        "properties": {"datetime": "2024-05-01T10:00:00Z"},
+        "links": [],
+        "assets": {"data": {"href": href, "type": "image/tiff", "roles": ["data"]}},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(item))
+
+
+def test_files_a_scene_names_must_be_under_the_import_roots_too(tmp_path, importer):
+    """Metadata names the pixels' files: an item (or a VRT) inside the root may point out."""
+    root, outside = tmp_path / "imports", tmp_path / "elsewhere"
+    write_tif(root / "batch" / "data" / "inside.tif")
+    write_tif(outside / "secret.tif", west=12.0)
+    stac_item(root / "batch" / "good.json", "good", "data/inside.tif")
+    stac_item(root / "batch" / "absolute.json", "absolute", str(outside / "secret.tif"))
+    stac_item(root / "batch" / "dotdot.json", "dotdot", "../../elsewhere/secret.tif")
+    stac_item(root / "batch" / "url.json", "url", "http://169.254.169.254/latest/x.tif")
+    vrt = root / "vrts" / "out.vrt"
+    vrt.parent.mkdir()
+    with rasterio.open(outside / "secret.tif") as src:
+        rasterio.shutil.copy(src, vrt, driver="VRT")  # a VRT in the root over a file outside
+    stac_item(root / "batch" / "viavrt.json", "viavrt", str(vrt))
+
+    answer = file_import(importer, root / "batch").json()
+    assert [f["id"] for f in answer["features"]] == ["good"]
+    reasons = {Path(f["path"]).name: f["reason"] for f in answer["failed"]}
+    assert set(reasons) == {"absolute.json", "dotdot.json", "url.json", "viavrt.json"}, reasons
+    assert all("outside the import roots" in reason for reason in reasons.values()), reasons
+    assert registered(importer) == ["good"]
 
 
 def test_the_command_line_still_follows_links(tmp_path):

@@ -14,6 +14,7 @@ import os
 import posixpath
 import re
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, Literal
 import rasterio
 import rasterio.shutil
 import shapely
+from defusedxml import ElementTree
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -386,7 +388,7 @@ def run_import(
     products: dict[str, Product | None] = {}
     for scene, meta in tqdm(selected, desc="register", unit="scene", disable=not progress):
         try:
-            image = register(store, scene, meta, request, data_dir, band_overrides, products)
+            image = register(store, scene, meta, request, data_dir, band_overrides, products, roots)
         except (
             IngestError,
             ValidationError,
@@ -415,8 +417,12 @@ def register(
     data_dir: Path,
     band_overrides: dict[str, dict] | None,
     products: dict[str, Product | None],
+    roots: list[Path] | None = None,
 ) -> Image:
-    """Build and store one scene; the product is created from the first scene it gets."""
+    """Build and store one scene; the product is created from the first scene it gets.
+
+    With `roots` (imports over HTTP), every file the image would read must lie under them.
+    """
     if meta.acquired is None:
         raise IngestError(f"{scene.href}: no acquisition time in its metadata; pass --datetime")
     product_id = request.product or meta.product_id
@@ -427,7 +433,12 @@ def register(
             products[product_id] = None
     product = products[product_id]
     vrt_path = data_dir / "vrt" / product_id / f"{safe_name(meta.id)}.vrt"
+    confined = roots is not None and request.cloud_provider == "file"
+    if confined and isinstance(scene.reader, StacScene):  # before anything is opened
+        check_sources(meta.id, scene.reader.asset_hrefs(), roots, data_dir)
     image, bands = scene.reader.build(meta, product_id, product, vrt_path)
+    if confined:
+        check_sources(image.name, [f.href for f in image.files], roots, data_dir)
     if request.copy_pixels:
         image = copy_to_cog(image, data_dir / "cogs")
     if product is None:
@@ -436,6 +447,45 @@ def register(
         products[product_id] = product
     store.put_images([image])
     return image
+
+
+def file_sources(href: str, depth: int = 0) -> list[str]:
+    """The files reading `href` opens: itself, and the sources of a VRT (ours, for
+    DIMAP/BEAM, or one a scene brings), VRTs within VRTs included."""
+    if not href.lower().endswith(".vrt") or href.startswith("/vsi") or "://" in href:
+        return [href]
+    if depth > 3:
+        raise IngestError(f"{href}: VRTs nested more than 3 deep")
+    sources = [href]
+    try:
+        root = ElementTree.parse(href).getroot()
+    except (OSError, SyntaxError, ValueError) as exc:  # ParseError is a SyntaxError
+        raise IngestError(f"{href}: not a readable VRT ({exc})") from None
+    for element in root.iter("SourceFilename"):
+        name = (element.text or "").strip()
+        relative = element.get("relativeToVRT") == "1"
+        source = os.path.join(os.path.dirname(href), name) if relative else name
+        sources.extend(file_sources(source, depth + 1))
+    return sources
+
+
+def check_sources(name: str, hrefs: Iterable[str], roots: list[Path], data_dir: Path) -> None:
+    """IngestError when a scene would read a file outside the import roots.
+
+    The metadata names the pixels' files (STAC asset hrefs, DIMAP DATA_FILE_PATH, BEAM
+    band files), so a listing confined to the roots is not enough: a scene inside them
+    could point anywhere on the server, or at a URL.
+    """
+    allowed = [root.resolve() for root in roots]
+    for href in hrefs:
+        own_vrt = Path(href).resolve().is_relative_to(Path(data_dir, "vrt").resolve())
+        for source in file_sources(href)[1 if own_vrt else 0 :]:
+            remote = source.startswith("/vsi") or "://" in source
+            if remote or not any(Path(source).resolve().is_relative_to(r) for r in allowed):
+                raise IngestError(
+                    f"{name} reads {vsi.redact(source)}, outside the import roots: "
+                    "imports over HTTP only read files under TILESERVER_IMPORT_ROOTS"
+                )
 
 
 def new_product(product_id: str, bands: list[Band], meta: SceneMeta) -> Product:
