@@ -45,6 +45,9 @@ def serve(host: str, port: int, workers: int, demo: bool, catalog: str | None, l
 
     import uvicorn
 
+    from tileserver.ingest.vsi import configure_gdal
+
+    configure_gdal()  # before any read (the demo's): GDAL takes GDAL_CACHEMAX once per process
     settings = _settings(catalog)
     if demo:
         from tileserver.catalog.store import open_store

@@ -125,3 +125,31 @@ def test_statistics_are_gathered_as_the_catalog_grows(store):
     assert not analyzed()  # a small catalog plans well without statistics
     store.put_images([image(f"j{n}", box(0, 0, 1, 1)) for n in range(1200)])
     assert analyzed()
+
+
+def test_a_thread_that_ends_closes_its_connection(tmp_path):
+    """Server thread pools retire idle threads: their connections must not pile up.
+
+    SQLite keeps the descriptors of a closed connection for reuse while other connections
+    of the process hold locks on the file, so the count levels off instead of dropping.
+    """
+    import gc
+    import os
+    import threading
+
+    from tileserver.catalog.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "catalog.db")
+    store.list_products()  # this thread's connection, kept
+    counts = []
+    for _ in range(3):
+        threads = [threading.Thread(target=store.list_products) for _ in range(25)]
+        for thread in threads:
+            thread.start()
+            thread.join()
+        del threads, thread
+        gc.collect()
+        assert len(store._connections) == 1
+        counts.append(len(os.listdir("/proc/self/fd")))
+    assert counts[0] == counts[1] == counts[2], counts  # 75 threads, no growth after the first 25
+    store.close()

@@ -9,6 +9,7 @@ import base64
 import json
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -198,7 +199,18 @@ class SQLiteStore:
             self._local.db = db
             with self._lock:
                 self._connections.append(db)
+            # server threads come and go (a thread pool retires idle ones): a connection
+            # outliving its thread would keep its files and caches open until close()
+            weakref.finalize(threading.current_thread(), self._forget, db)
         return db
+
+    def _forget(self, db: sqlite3.Connection) -> None:
+        """Close the connection of a thread that ended."""
+        with self._lock:
+            if db not in self._connections:
+                return  # close() got it first
+            self._connections.remove(db)
+        db.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
