@@ -184,7 +184,7 @@ def test_tiles_answer_while_redis_is_down(tmp_path, private_redis, caplog):
         warnings = [rec for rec in caplog.records if "tile cache (Redis)" in rec.getMessage()]
         assert len(warnings) == 1  # rate-limited: one warning for the whole outage
 
-        name = "20240503T102031_" + "0" * 32 + ".png"
+        name = f"{PRODUCT['id']}.20240503T102031_" + "0" * 32 + ".png"
         missing = a.get(f"/chips/files/{name}")
         assert missing.status_code == 503
         assert missing.json()["detail"] == "the chip cache is unavailable; try again later"
@@ -243,7 +243,7 @@ def test_chips_live_in_redis_and_any_worker_serves_them(tmp_path, redis_url):
         assert (again.headers["X-Chips-Rendered"], again.headers["X-Chips-Cached"]) == ("0", "2")
         assert again.text == page.text
 
-        absent = "20240503T102031_" + "0" * 32 + ".png"
+        absent = f"{CHIP_PRODUCT['id']}.20240503T102031_" + "0" * 32 + ".png"
         response = b.get(f"/chips/files/{absent}")
         assert response.status_code == 404
         assert response.json()["detail"] == (
