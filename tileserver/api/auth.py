@@ -9,9 +9,9 @@ lets it read `public` products. The caller lands in `request.state.principal`, w
 
 from __future__ import annotations
 
-import json
 from urllib.parse import parse_qsl, urlencode
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tileserver.catalog.access import ANONYMOUS, OPEN, Principal
@@ -60,7 +60,7 @@ class KeyAuth:
             return
         principal, problem = self.identify(scope)
         if problem is not None:
-            await self.refuse(send, problem)
+            await self.refuse(scope, receive, send, problem)
             return
         scope.setdefault("state", {})["principal"] = principal
         if principal.user is None:
@@ -87,21 +87,10 @@ class KeyAuth:
         return principal, None
 
     @staticmethod
-    async def refuse(send: Send, detail: str) -> None:
+    async def refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
         """401 with the JSON detail every error has, and the Bearer challenge."""
-        body = json.dumps({"detail": detail}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="tileserver"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        challenge = {"WWW-Authenticate": 'Bearer realm="tileserver"'}
+        await JSONResponse({"detail": detail}, 401, challenge)(scope, receive, send)
 
 
 def private(send: Send) -> Send:

@@ -15,7 +15,7 @@ from fastapi import APIRouter, HTTPException
 
 from tileserver.api.deps import SettingsDep, StoreDep
 from tileserver.ingest.imports import ImportRequest, run_import
-from tileserver.ingest.vsi import StorageError
+from tileserver.ingest.vsi import StorageError, under
 
 router = APIRouter(tags=["imports"])
 
@@ -40,8 +40,7 @@ def check_root(request: ImportRequest, roots: list[Path]) -> None:
             "a file import's bucket_name and prefix may not hold '..' or '~', nor the prefix "
             f"start with '/': name a folder under an import root ({allowed})",
         )
-    target = (Path(request.bucket_name) / request.prefix).resolve()
-    if any(target.is_relative_to(root.resolve()) for root in roots):
+    if under(Path(request.bucket_name) / request.prefix, roots):
         return
     raise HTTPException(403, f"{request.bucket_name}: not under an import root ({allowed})")
 

@@ -476,12 +476,11 @@ def check_sources(name: str, hrefs: Iterable[str], roots: list[Path], data_dir: 
     band files), so a listing confined to the roots is not enough: a scene inside them
     could point anywhere on the server, or at a URL.
     """
-    allowed = [root.resolve() for root in roots]
     for href in hrefs:
-        own_vrt = Path(href).resolve().is_relative_to(Path(data_dir, "vrt").resolve())
+        own_vrt = vsi.under(href, [data_dir / "vrt"])
         for source in file_sources(href)[1 if own_vrt else 0 :]:
             remote = source.startswith("/vsi") or "://" in source
-            if remote or not any(Path(source).resolve().is_relative_to(r) for r in allowed):
+            if remote or not vsi.under(source, roots):
                 raise IngestError(
                     f"{name} reads {vsi.redact(source)}, outside the import roots: "
                     "imports over HTTP only read files under TILESERVER_IMPORT_ROOTS"

@@ -261,6 +261,12 @@ def exists(href: str) -> bool:
     return True
 
 
+def under(path: str | Path, roots: Sequence[Path]) -> bool:
+    """Whether `path`, links resolved, lies inside one of the folders `roots`."""
+    target = Path(path).resolve()
+    return any(target.is_relative_to(root.resolve()) for root in roots)
+
+
 @dataclass(frozen=True)
 class Entry:
     """A listed file: its GDAL path and size in bytes; `refused` says why it is not read."""
@@ -287,9 +293,8 @@ def list_files(
             raise StorageError(f"no such file or folder: {base}")
         found = [base] if base.is_file() else base.rglob("*")  # rglob: no folder links
         for path in sorted(p for p in found if p.is_file() or p.is_symlink()):
-            target = path.resolve()
-            if within is not None and not any(target.is_relative_to(r.resolve()) for r in within):
-                kind = "folder" if target.is_dir() else "file"
+            if within is not None and not under(path, within):
+                kind = "folder" if path.resolve().is_dir() else "file"
                 refused = f"symbolic link to a {kind} outside the import roots: not followed"
                 yield Entry(str(path), 0, refused)
             elif path.is_file():
