@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -112,6 +115,31 @@ def client(demo_app) -> TestClient:
     """An in-process HTTP client of the demo app."""
     with TestClient(demo_app) as test_client:
         yield test_client
+
+
+@pytest.fixture()
+def importer(tmp_path) -> TestClient:
+    """A client of an app over an empty catalog; import root tmp_path/imports (created)."""
+    (tmp_path / "imports").mkdir()
+    store = SQLiteStore(tmp_path / "catalog.db")
+    settings = make_settings(tmp_path, import_roots=[tmp_path / "imports"])
+    with TestClient(create_app(settings, store=store)) as client:
+        client.store = store
+        yield client
+    store.close()
+
+
+@contextlib.contextmanager
+def stub_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` answering on a loopback port, in a thread: its host:port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 @pytest.fixture()

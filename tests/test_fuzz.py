@@ -22,9 +22,8 @@ exists), so no request leaves the machine and none waits for retries.
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections import Counter, defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import morecantile
 import pytest
@@ -37,7 +36,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from tests.conftest import DEMO_IMAGE, DEMO_TILE, make_settings
+from tests.conftest import DEMO_IMAGE, DEMO_TILE, make_settings, stub_server
 from tileserver.app import create_app
 from tileserver.catalog.sqlite import SQLiteStore
 
@@ -69,12 +68,8 @@ class NoBuckets(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def no_buckets():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), NoBuckets)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
+    with stub_server(NoBuckets) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

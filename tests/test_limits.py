@@ -13,9 +13,8 @@ import logging
 import os
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -27,11 +26,10 @@ import rasterio.shutil
 from fastapi.testclient import TestClient
 from rasterio.transform import from_origin
 
-from tests.conftest import DEMO_IMAGE, DEMO_TILE, free_port, make_settings
+from tests.conftest import DEMO_IMAGE, DEMO_TILE, free_port, make_settings, stub_server
 from tests.synthetic import write_raster
 from tileserver.app import create_app
 from tileserver.catalog.cql2sql import MAX_FILTER_DEPTH, MAX_FILTER_NODES, MAX_TEXT_OPERATORS
-from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.logs import RedactSecrets, log_config
 
 PRODUCT = DEMO_IMAGE.split(":")[0]
@@ -280,18 +278,6 @@ def write_tif(path, west: float = 10.0) -> None:
     write_raster(path, data, "EPSG:4326", from_origin(west, 50.1, 0.005, 0.005), tags=tags)
 
 
-@pytest.fixture()
-def importer(tmp_path):
-    """A client of an app over an empty catalog; import root tmp_path/imports."""
-    (tmp_path / "imports").mkdir()
-    store = SQLiteStore(tmp_path / "catalog.db")
-    settings = make_settings(tmp_path, import_roots=[tmp_path / "imports"])
-    with TestClient(create_app(settings, store=store)) as client:
-        client.store = store
-        yield client
-    store.close()
-
-
 def registered(client) -> list[str]:
     return sorted(f["id"] for f in client.post("/stac/search", json={}).json()["features"])
 
@@ -435,12 +421,8 @@ class Denied(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def denied_s3():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Denied)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
+    with stub_server(Denied) as address:
+        yield address
 
 
 def test_served_logs_hold_no_secret(tmp_path, denied_s3):

@@ -14,13 +14,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
 
-from tests.conftest import make_settings
 from tests.ingest.beam_synthetic import map_product, write_product
 from tests.ingest.dimap2_synthetic import write_spot_bundle
-from tileserver.app import create_app
-from tileserver.catalog.sqlite import SQLiteStore
 
 LAUGHS = '<!ENTITY lol0 "lol">' + "".join(
     f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, 10)
@@ -58,17 +54,6 @@ def poison(path: Path, field: str, subset: str, reference: str) -> None:
     doctype = f"\n<!DOCTYPE Dimap_Document [{subset}]>".encode()
     rest = rest.replace(f"<{field}>".encode(), f"<{field}>{reference}".encode(), 1)
     path.write_bytes(declaration + b"?>" + doctype + rest)
-
-
-@pytest.fixture()
-def importer(tmp_path):
-    """A client of an app over an empty catalog; import root tmp_path/imports."""
-    (tmp_path / "imports").mkdir()
-    store = SQLiteStore(tmp_path / "catalog.db")
-    settings = make_settings(tmp_path, import_roots=[tmp_path / "imports"])
-    with TestClient(create_app(settings, store=store)) as client:
-        yield client
-    store.close()
 
 
 def file_import(client, folder: Path) -> dict:
