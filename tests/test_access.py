@@ -476,3 +476,28 @@ def test_gdal_wmts_client_with_a_query_key(world, tmp_path, monkeypatch):
         refused = url.replace(world.tokens["bob"], world.tokens["carol"])
         with pytest.raises(RasterioIOError):
             rasterio.open(f'WMTS:"{refused}"')
+
+
+def test_a_request_reads_each_product_once(world):
+    """An image tile checks the image's product, then renders with it: one catalog read."""
+    from tileserver.catalog.access import Principal, ScopedStore
+
+    reads: list[str] = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(world.store, name)
+
+        def get_product(self, product_id):
+            reads.append(product_id)
+            return world.store.get_product(product_id)
+
+    bob = ScopedStore(Counting(), Principal(user="bob", org="acme"))
+    image = bob.get_image("acme:img")
+    assert bob.get_product(image.product_id).id == "acme"
+    assert reads == ["acme"]
+    with pytest.raises(Exception, match="image 'globex:img' not found"):
+        bob.get_image("globex:img")
+    with pytest.raises(Exception, match="product 'globex' not found"):
+        bob.get_product("globex")  # a hidden product is not remembered as readable
+    assert reads == ["acme", "globex", "globex"]

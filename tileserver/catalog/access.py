@@ -78,6 +78,7 @@ class ScopedStore:
     def __init__(self, store: CatalogStore, principal: Principal):
         self.store, self.principal = store, principal
         self._readable: dict[str, Product] | None = None
+        self._products: dict[str, Product] = {}  # read ones, so a tile looks its product up once
 
     # what the caller sees
 
@@ -105,9 +106,12 @@ class ScopedStore:
         return query.model_copy(update={"collections": keep or [NO_PRODUCT]})
 
     def _product(self, product_id: str) -> Product:
-        product = self.store.get_product(product_id)
-        if not self.principal.can_read(product):
-            raise NotFound(f"product '{product_id}' not found")
+        product = self._products.get(product_id)
+        if product is None:
+            product = self.store.get_product(product_id)
+            if not self.principal.can_read(product):
+                raise NotFound(f"product '{product_id}' not found")
+            self._products[product_id] = product
         return product
 
     def _writable(self, product_id: str) -> Product:
@@ -133,6 +137,11 @@ class ScopedStore:
         """A readable product; NotFound for the others."""
         return self._product(product_id)
 
+    def _forget(self, product_id: str) -> None:
+        """A product changed in this request: read it afresh."""
+        self._products.pop(product_id, None)
+        self._readable = None
+
     def _owned(self, product: Product) -> Product:
         """The product with the caller as owner when it names none."""
         if not self.principal.user:
@@ -143,10 +152,12 @@ class ScopedStore:
 
     def create_product(self, product: Product) -> Product:
         """Create a product, owned by the caller unless it names its owners."""
+        self._forget(product.id)
         return self.store.create_product(self._owned(product))
 
     def put_product(self, product: Product, keep_times: bool = False) -> Product:
         """Replace a writable product (lists: owners only), or create a new one."""
+        self._forget(product.id)
         try:
             existing = self.store.get_product(product.id)
         except NotFound:
@@ -163,6 +174,7 @@ class ScopedStore:
         """Owners delete."""
         if not self.principal.owns(self._product(product_id)):
             raise Forbidden(f"only an owner deletes product '{product_id}'")
+        self._forget(product_id)
         self.store.delete_product(product_id, cascade)
 
     # images
@@ -170,8 +182,10 @@ class ScopedStore:
     def get_image(self, image_id: str) -> Image:
         """An image of a readable product; NotFound for the others."""
         image = self.store.get_image(image_id)
-        if not self.principal.can_read(self.store.get_product(image.product_id)):
-            raise NotFound(f"image '{image_id}' not found")
+        try:
+            self._product(image.product_id)
+        except NotFound:
+            raise NotFound(f"image '{image_id}' not found") from None
         return image
 
     def put_images(self, images: Iterable[Image], keep_times: bool = False) -> list[Image]:
