@@ -17,15 +17,11 @@ import numpy
 import pytest
 import rasterio
 from click.testing import CliRunner
-from fastapi.testclient import TestClient
 from rasterio.transform import from_origin
 from shapely.geometry import box, mapping
 
 from tests.buckets import SECRET, moto_server, s3_environment
-from tests.conftest import make_settings
 from tests.synthetic import write_raster
-from tileserver.app import create_app
-from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.cli import cli
 
 # name -> (west, south, acquired, cloud cover): 0.1 x 0.1 degree scenes in a row
@@ -81,26 +77,15 @@ def write_item(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture()
-def app_client(tmp_path):
-    """A client of an app over an empty catalog, import roots at tmp_path/imports."""
-    store = SQLiteStore(tmp_path / "catalog.db")
-    settings = make_settings(tmp_path, import_roots=[tmp_path / "imports"])
-    with TestClient(create_app(settings, store=store)) as client:
-        client.store = store
-        yield client
-    store.close()
-
-
 def ids(collection: dict) -> set[str]:
     return {f["id"] for f in collection["features"]}
 
 
-def test_s3_import_registers_scenes_that_render_from_the_bucket(tmp_path, s3_bucket, app_client):
+def test_s3_import_registers_scenes_that_render_from_the_bucket(tmp_path, s3_bucket, importer):
     local = write_item(write_scenes(tmp_path / "local"))
     s3_bucket.upload(local, "deliveries/2024/")
     body = {"cloud_provider": "aws", "bucket_name": s3_bucket.name, "prefix": "deliveries/2024/"}
-    response = app_client.post("/imports", json=body)
+    response = importer.post("/imports", json=body)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["type"] == "FeatureCollection" and answer["failed"] == []
@@ -119,18 +104,18 @@ def test_s3_import_registers_scenes_that_render_from_the_bucket(tmp_path, s3_buc
     assert item["properties"]["cc"] == 12.5
 
     # the pixels are read from the bucket: the image's statistics and a raw download match
-    image = app_client.get("/images/2024:2024-05_a").json()
+    image = importer.get("/images/2024:2024-05_a").json()
     assert image["files"][0]["href"] == href
     expected = scene_pixels("a")[0]
-    got = app_client.get("/images/2024:2024-05_a/download.npy", params={"scaling": "raw"})
+    got = importer.get("/images/2024:2024-05_a/download.npy", params={"scaling": "raw"})
     assert got.status_code == 200, got.text
     array = numpy.load(__import__("io").BytesIO(got.content))
     assert numpy.array_equal(array[0], expected)
 
     # importing again updates the same images
-    again = app_client.post("/imports", json=body).json()
+    again = importer.post("/imports", json=body).json()
     assert ids(again) == ids(answer)
-    assert app_client.store.count_images("2024") == 4
+    assert importer.store.count_images("2024") == 4
 
 
 def test_filters_select_the_expected_scenes(tmp_path):
@@ -183,10 +168,10 @@ def test_filters_select_the_expected_scenes(tmp_path):
     ]
 
 
-def test_gcs_import_through_the_emulator(tmp_path, gcs_bucket, app_client):
+def test_gcs_import_through_the_emulator(tmp_path, gcs_bucket, importer):
     local = write_scenes(tmp_path / "local")
     gcs_bucket.upload(local, "snap/outputs")
-    response = app_client.post(
+    response = importer.post(
         "/imports",
         json={
             "cloud_provider": "gcs",
@@ -200,7 +185,7 @@ def test_gcs_import_through_the_emulator(tmp_path, gcs_bucket, app_client):
     assert ids(answer) == {"2024-05_a", "2024-06_b"}
     href = answer["features"][0]["properties"]["tileserver:files"][0]
     assert href.startswith(f"/vsigs/{gcs_bucket.name}/snap/outputs/")
-    got = app_client.get(
+    got = importer.get(
         f"/images/{answer['features'][0]['properties']['up42.data_path']}/download.npy",
         params={"scaling": "raw"},
     )
@@ -210,7 +195,7 @@ def test_gcs_import_through_the_emulator(tmp_path, gcs_bucket, app_client):
     assert numpy.array_equal(array[0], scene_pixels(name)[0])
 
 
-def test_failing_scenes_are_reported_and_the_others_land(tmp_path, s3_bucket, app_client):
+def test_failing_scenes_are_reported_and_the_others_land(tmp_path, s3_bucket, importer):
     local = write_scenes(tmp_path / "local")
     (local / "broken.tif").write_bytes(b"II*\x00 this is not a tiff")
     item = json.loads(json.dumps({
@@ -222,7 +207,7 @@ def test_failing_scenes_are_reported_and_the_others_land(tmp_path, s3_bucket, ap
     }))  # fmt: skip
     (local / "lost.json").write_text(json.dumps(item))
     s3_bucket.upload(local, "p/")
-    answer = app_client.post(
+    answer = importer.post(
         "/imports", json={"cloud_provider": "aws", "bucket_name": s3_bucket.name, "prefix": "p"}
     ).json()
     assert ids(answer) == {"2024-05_a", "2024-06_b", "2024-07_c", "2024-08_d"}
@@ -230,20 +215,20 @@ def test_failing_scenes_are_reported_and_the_others_land(tmp_path, s3_bucket, ap
     assert set(reasons) == {"broken.tif", "lost.json"}
     assert "not a readable raster" in reasons["broken.tif"]
     assert "missing.tif" in reasons["lost.json"]
-    assert app_client.store.count_images("p") == 4
+    assert importer.store.count_images("p") == 4
     with pytest.raises(Exception, match="not found"):
-        app_client.store.get_product("c")  # the failed item created nothing
+        importer.store.get_product("c")  # the failed item created nothing
 
 
-def test_secrets_never_appear(tmp_path, s3_bucket, app_client, caplog):
+def test_secrets_never_appear(tmp_path, s3_bucket, importer, caplog):
     caplog.set_level(logging.DEBUG)
     local = write_scenes(tmp_path / "local")
     (local / "broken.tif").write_bytes(b"garbage")
     s3_bucket.upload(local, "x/")
-    answer = app_client.post(
+    answer = importer.post(
         "/imports", json={"cloud_provider": "aws", "bucket_name": s3_bucket.name, "prefix": "x/"}
     )
-    missing = app_client.post(
+    missing = importer.post(
         "/imports", json={"cloud_provider": "aws", "bucket_name": "no-such-bucket-here"}
     )
     assert missing.status_code == 400
@@ -255,13 +240,13 @@ def test_secrets_never_appear(tmp_path, s3_bucket, app_client, caplog):
     assert not [t for t in texts if SECRET in t]
 
 
-def test_access_denied_is_a_clear_error(tmp_path, monkeypatch, app_client):
+def test_access_denied_is_a_clear_error(tmp_path, monkeypatch, importer):
     """A store that checks credentials (moto with auth on) refuses unknown keys."""
     server = moto_server(INITIAL_NO_AUTH_ACTION_COUNT="0").start()
     try:
         for name, value in s3_environment(server).items():
             monkeypatch.setenv(name, value)
-        response = app_client.post(
+        response = importer.post(
             "/imports", json={"cloud_provider": "aws", "bucket_name": "private-bucket"}
         )
     finally:
@@ -272,8 +257,8 @@ def test_access_denied_is_a_clear_error(tmp_path, monkeypatch, app_client):
     assert SECRET not in response.text
 
 
-def test_request_validation(app_client, tmp_path):
-    post = app_client.post
+def test_request_validation(importer, tmp_path):
+    post = importer.post
     base = {"cloud_provider": "aws", "bucket_name": "b"}
     both = {**base, "bbox": [0, 0, 1, 1], "contains": mapping(box(0, 0, 1, 1))}
     assert post("/imports", json=both).status_code == 422
@@ -288,29 +273,29 @@ def test_request_validation(app_client, tmp_path):
     assert post("/imports", json={**base, "intersects": bowtie}).status_code == 422
 
 
-def test_file_imports_stay_under_the_import_roots(tmp_path, app_client):
+def test_file_imports_stay_under_the_import_roots(tmp_path, importer):
     inside = write_scenes(tmp_path / "imports" / "batch")
     outside = write_scenes(tmp_path / "elsewhere")
     (tmp_path / "imports" / "escape").symlink_to(outside)
-    ok = app_client.post("/imports", json={"cloud_provider": "file", "bucket_name": str(inside)})
+    ok = importer.post("/imports", json={"cloud_provider": "file", "bucket_name": str(inside)})
     assert ok.status_code == 200 and len(ok.json()["features"]) == 4
     for bucket, prefix in (
         (str(outside), ""),
         (str(tmp_path / "imports"), "../elsewhere"),
         (str(tmp_path / "imports" / "escape"), ""),
     ):
-        response = app_client.post(
+        response = importer.post(
             "/imports", json={"cloud_provider": "file", "bucket_name": bucket, "prefix": prefix}
         )
         assert response.status_code == 403, (bucket, prefix, response.text)
         assert "import root" in response.json()["detail"]
 
 
-def test_copy_option_makes_local_cogs(tmp_path, s3_bucket, app_client):
+def test_copy_option_makes_local_cogs(tmp_path, s3_bucket, importer):
     local = write_scenes(tmp_path / "local")
     s3_bucket.upload(local, "c/")
     body = {"cloud_provider": "aws", "bucket_name": s3_bucket.name, "prefix": "c/", "copy": True}
-    answer = app_client.post("/imports", json=body).json()
+    answer = importer.post("/imports", json=body).json()
     assert len(answer["features"]) == 4
     for feature in answer["features"]:
         (href,) = feature["properties"]["tileserver:files"]
