@@ -14,6 +14,11 @@ Two passes over a private copy of the demo catalog (the fuzzer creates and delet
   this pass only: they would replace or delete the very records it reads (the first
   pass fuzzes them).
 
+A third pass sends every operation with an API key of a user who reads and writes the
+demo product but does not own it, while another organisation's product exists beside
+it: the answers go through KeyAuth and the caller's view of the catalog (404 for what is
+hidden, 403 for the writes the caller may not make) and must keep to the same schema.
+
 POST /imports runs in both passes: file imports are confined to an empty import root, and
 the S3 / GCS endpoints are a loopback server answering 404 to everything (no bucket
 exists), so no request leaves the machine and none waits for retries.
@@ -21,8 +26,10 @@ exists), so no request leaves the machine and none waits for retries.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
 import morecantile
@@ -38,7 +45,9 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.conftest import DEMO_IMAGE, DEMO_TILE, make_settings, stub_server
 from tileserver.app import create_app
+from tileserver.catalog.keys import new_key
 from tileserver.catalog.sqlite import SQLiteStore
+from tileserver.settings import Settings
 
 MAX_EXAMPLES = 15  # generated requests per operation, besides examples and coverage cases
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
@@ -73,13 +82,8 @@ def no_buckets():
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(demo_dir, demo_store, tmp_path_factory, monkeypatch_module, no_buckets):
-    """The app over a private copy of the demo catalog, its bucket endpoints on loopback."""
-    folder = tmp_path_factory.mktemp("fuzz")
-    with sqlite3.connect(demo_dir / "catalog.db") as source:
-        with sqlite3.connect(folder / "catalog.db") as target:
-            source.backup(target)
-    (folder / "imports").mkdir()
+def bucket_endpoints(monkeypatch_module, no_buckets):
+    """S3 and GCS on the loopback server where no bucket exists."""
     for name, value in {
         "AWS_S3_ENDPOINT": no_buckets,
         "AWS_HTTPS": "NO",
@@ -89,10 +93,44 @@ def fuzz_app(demo_dir, demo_store, tmp_path_factory, monkeypatch_module, no_buck
         "GS_NO_SIGN_REQUEST": "YES",
     }.items():
         monkeypatch_module.setenv(name, value)
+
+
+@contextlib.contextmanager
+def demo_copy(demo_dir, folder) -> Iterator[tuple[SQLiteStore, Settings]]:
+    """A private copy of the demo catalog, with an empty import root."""
+    with sqlite3.connect(demo_dir / "catalog.db") as source:
+        with sqlite3.connect(folder / "catalog.db") as target:
+            source.backup(target)
+    (folder / "imports").mkdir()
     store = SQLiteStore(folder / "catalog.db")
-    assert not store.has_keys(), "with API keys every request would be a 401: nothing fuzzed"
-    yield create_app(make_settings(folder, import_roots=[folder / "imports"]), store=store)
+    yield store, make_settings(folder, import_roots=[folder / "imports"])
     store.close()
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(demo_dir, demo_store, tmp_path_factory, bucket_endpoints):
+    """The app over a private copy of the demo catalog, its bucket endpoints on loopback."""
+    with demo_copy(demo_dir, tmp_path_factory.mktemp("fuzz")) as (store, settings):
+        assert not store.has_keys(), "with API keys every request would be a 401: nothing fuzzed"
+        yield create_app(settings, store=store)
+
+
+@pytest.fixture(scope="module")
+def keyed_app(demo_dir, demo_store, tmp_path_factory, bucket_endpoints):
+    """The same with API keys: the caller (a key of org `fuzz`) reads and writes the demo
+    product but does not own it; a second product is another organisation's."""
+    with demo_copy(demo_dir, tmp_path_factory.mktemp("fuzz-keyed")) as (store, settings):
+        key, token = new_key("fuzzer", "fuzz")
+        store.put_key(key)
+        demo = store.get_product(PRODUCT)
+        store.put_product(
+            demo.model_copy(update={"readers": ["org:fuzz"], "writers": ["user:fuzzer"]}),
+            keep_times=True,
+        )
+        hidden = demo.model_copy(update={"id": "hidden", "owners": ["org:other"]})
+        store.create_product(hidden)
+        KEYED["Authorization"] = f"Bearer {token}"
+        yield create_app(settings, store=store)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +142,11 @@ def monkeypatch_module():
 @pytest.fixture(scope="module")
 def any_ids_schema(fuzz_app):
     return schemathesis.openapi.from_asgi("/openapi.json", fuzz_app, config=config())
+
+
+@pytest.fixture(scope="module")
+def keyed_schema(keyed_app):
+    return schemathesis.openapi.from_asgi("/openapi.json", keyed_app, config=config())
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +188,8 @@ FUZZ_SETTINGS = settings(
 )
 any_ids = schemathesis.pytest.from_fixture("any_ids_schema")
 demo_ids = schemathesis.pytest.from_fixture("demo_ids_schema").exclude(method=["PUT", "DELETE"])
+keyed = schemathesis.pytest.from_fixture("keyed_schema")
+KEYED: dict[str, str] = {}  # the keyed pass's Authorization header
 
 
 STATUSES: dict[str, Counter] = defaultdict(Counter)  # pass -> status class -> requests
@@ -167,8 +212,8 @@ def report(request):
             )
 
 
-def call(case, name: str) -> None:
-    response = case.call_and_validate(checks=CHECKS)
+def call(case, name: str, headers: dict | None = None) -> None:
+    response = case.call_and_validate(checks=CHECKS, headers=headers)
     STATUSES[name][f"{response.status_code // 100}xx"] += 1
     OPERATIONS[name].add(case.operation.label)
     if response.status_code < 300:
@@ -185,3 +230,10 @@ def test_every_operation(case):
 @FUZZ_SETTINGS
 def test_every_reading_operation_on_demo_records(case):
     call(case, "demo ids")
+
+
+@keyed.parametrize()
+@FUZZ_SETTINGS
+def test_every_operation_with_a_key(case):
+    """Through KeyAuth and the caller's view of the catalog (access.ScopedStore)."""
+    call(case, "keyed", headers=KEYED)

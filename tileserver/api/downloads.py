@@ -286,12 +286,20 @@ def download_area(area: GridDep, body: Annotated[AreaBody | None, Body()] = None
 
 
 AreaDep = Annotated[GridRequest, Depends(download_area)]
-METHODS = ["GET", "POST"]  # POST carries a GeoJSON geometry in its body
 
 
-@router.api_route(
+def get_and_post(path: str, **options):
+    """GET, and POST with a GeoJSON geometry in its body: two operations, two operation ids."""
+
+    def register(endpoint):
+        router.get(path, **options)(endpoint)
+        return router.post(path, **options)(endpoint)
+
+    return register
+
+
+@get_and_post(
     "/images/{image_id}/download.{fmt}",
-    methods=METHODS,
     response_class=FileResponse,
     responses=FILE_RESPONSES,
 )
@@ -310,7 +318,7 @@ def image_download(
     return file_response(image_job(store, image_id, params, area), fmt, params, settings)
 
 
-@router.api_route("/images/{image_id}/raster_info", methods=METHODS)
+@get_and_post("/images/{image_id}/raster_info")
 def image_raster_info(
     image_id: str, params: RenderParamsDep, area: AreaDep, store: StoreDep, settings: SettingsDep
 ) -> dict:
@@ -321,9 +329,8 @@ def image_raster_info(
 # ----------------------------------------------------------------------------- searches
 
 
-@router.api_route(
+@get_and_post(
     "/searches/{search_id}/mosaic.{fmt}",
-    methods=METHODS,
     response_class=FileResponse,
     responses=FILE_RESPONSES,
 )
@@ -342,9 +349,8 @@ def mosaic_download(
     return file_response(job, fmt, params, settings)
 
 
-@router.api_route(
+@get_and_post(
     "/searches/{search_id}/stack.{fmt}",
-    methods=METHODS,
     response_class=FileResponse,
     responses=FILE_RESPONSES,
 )
@@ -367,7 +373,7 @@ def stack_download(
 StackQuery = Annotated[bool, Query(description="describe the stack instead of the mosaic")]
 
 
-@router.api_route("/searches/{search_id}/raster_info", methods=METHODS)
+@get_and_post("/searches/{search_id}/raster_info")
 def search_raster_info(
     search_id: str,
     params: RenderParamsDep,
