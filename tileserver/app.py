@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,6 +36,7 @@ from tileserver.catalog.store import CatalogStore, Conflict, Forbidden, NotFound
 from tileserver.chipcache import ChipCacheUnavailable, open_chip_store
 from tileserver.ingest.vsi import configure_gdal
 from tileserver.limits import BodyLimit
+from tileserver.memory import limit_arenas, trim_every
 from tileserver.render.datasets import DATASETS
 from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError
@@ -113,10 +115,18 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     store = store or open_store(settings.catalog_url)
     configure_gdal()  # serving defaults; GOOGLE_KEY_STRING -> what /vsigs/ reads
     DATASETS.max_idle = settings.open_datasets
+    limit_arenas(settings.malloc_arenas)  # before the request threads exist
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        trimming = None
+        if settings.memory_trim_seconds:
+            trimming = asyncio.create_task(trim_every(settings.memory_trim_seconds))
         yield
+        if trimming:
+            trimming.cancel()
+            with suppress(asyncio.CancelledError):
+                await trimming
         if own_store:
             store.close()
 

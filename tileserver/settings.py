@@ -40,6 +40,17 @@ class Settings(BaseSettings):
     open_datasets: int = Field(
         64, ge=0, description="open files kept between requests per process (their GDAL caches)"
     )
+    malloc_arenas: int | None = Field(
+        None,
+        ge=0,
+        description="glibc malloc arenas the server's threads share (default: one per CPU; "
+        "0: glibc's 8 per CPU, which keep more freed memory)",
+    )
+    memory_trim_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="how often freed memory is handed back to the system (malloc_trim; 0: never)",
+    )
     mosaic_max_images: int = Field(
         30, ge=1, description="most images one mosaic tile reads (header X-Mosaic-Cap-Reached)"
     )
