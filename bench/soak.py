@@ -2,7 +2,8 @@
 
     python bench/soak.py                        # 600 s, 32 clients, 2 workers -> bench/soak.json
     python bench/soak.py --duration 30 --clients 8 --workers 1 --out /tmp/soak.json
-    python bench/soak.py --api-key KEY          # `Authorization: Bearer KEY` on every request
+    python bench/soak.py --with-key             # keys checked: an admin key made for the run
+    SOAK_API_KEY=KEY python bench/soak.py       # `Authorization: Bearer KEY` on every request
 
 Steps:
 
@@ -54,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -190,6 +192,7 @@ class Setup:
     chip_points: list[tuple[float, float]]
     image_tiles: dict[int, list[tuple[int, int, int]]]
     mosaic_tiles: dict[int, list[tuple[int, int, int]]]
+    keyed: bool = False  # the server checks API keys
 
 
 def area_tiles(zooms) -> dict[int, list[tuple[int, int, int]]]:
@@ -535,6 +538,17 @@ class Workload:
             ),
             "unknown_route": get("/no/such/route", expect=(404,)),
         }
+        if self.s.keyed:
+            wrong = {"Authorization": "Bearer tsk_000000000000_not-a-key"}
+            probes["key_wrong"] = Call("bad_request", "GET", image, headers=wrong, expect=(401,))
+            probes["key_wrong_in_query"] = Call(
+                "bad_request",
+                "GET",
+                tile_path(image, tile, "png"),
+                {"api_key": "tsk_000000000000_not-a-key"},
+                headers={"Authorization": ""},
+                expect=(401,),
+            )
         if search["minzoom"] > 0:
             z = search["minzoom"] - 1
             low = centre_tile(z)
@@ -956,29 +970,37 @@ def parcels_geojson(path: Path) -> list[str]:
     return ids
 
 
+def cli(folder: Path, *arguments: str) -> str:
+    """`tileserver ARGUMENTS` on the soak's catalog; its standard output."""
+    env = {**os.environ, "TILESERVER_DATA_DIR": str(folder)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    catalog = f"sqlite:///{folder / 'demo' / 'catalog.db'}"
+    command = [sys.executable, "-m", "tileserver.cli", *arguments, "--catalog", catalog]
+    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(arguments[:2])} failed: {result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def create_key(folder: Path) -> str:
+    """An admin API key in the soak's catalog: from now on the server checks every request."""
+    return cli(folder, "keys", "create", "--user", "soak", "--org", "soak", "--admin").strip()
+
+
+def has_keys(folder: Path) -> bool:
+    """Whether the soak's catalog has API keys (the server then checks them)."""
+    with contextlib.closing(sqlite3.connect(folder / "demo" / "catalog.db")) as db:
+        try:
+            return db.execute("SELECT count(*) FROM api_keys").fetchone()[0] > 0
+        except sqlite3.OperationalError:  # a catalog from before keys existed
+            return False
+
+
 def load_parcels(folder: Path) -> tuple[list[str], float]:
     started = time.monotonic()
     geojson = folder / "soak-fields.geojson"
     ids = parcels_geojson(geojson)
-    catalog = f"sqlite:///{folder / 'demo' / 'catalog.db'}"
-    env = {**os.environ, "TILESERVER_DATA_DIR": str(folder)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    command = [
-        sys.executable,
-        "-m",
-        "tileserver.cli",
-        "parcels",
-        "load",
-        str(geojson),
-        "--name",
-        PARCEL_LAYER,
-        "--catalog",
-        catalog,
-        "--quiet",
-    ]
-    result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"parcels load failed: {result.stdout}{result.stderr}")
+    cli(folder, "parcels", "load", str(geojson), "--name", PARCEL_LAYER, "--quiet")
     return ids, time.monotonic() - started
 
 
@@ -1084,6 +1106,28 @@ async def drive(args, server: Server, work: Workload, headers: dict) -> tuple[St
     return stats, samples, wall
 
 
+def second_half(points: list[tuple[float, float]], duration: float) -> dict:
+    """RSS over the second half of the run, when caches that fill slowly (the tile cache
+    under a long tail of new tiles) have had time: the median of the samples of the tenth
+    of the run after its middle against that of its last tenth, and the slope."""
+    t = numpy.array([p[0] for p in points])
+    rss = numpy.array([p[1] for p in points])
+    half, tenth = duration / 2, duration / 10
+    first, last = rss[(t >= half) & (t < half + tenth)], rss[t >= duration - tenth]
+    later = t >= half
+    if not len(first) or not len(last) or later.sum() < 2:
+        return {}
+    base, end = float(numpy.median(first)), float(numpy.median(last))
+    slope = numpy.polyfit(t[later], rss[later], 1)[0] * 60
+    return {
+        "from_s": round(half, 1),
+        "baseline_mib": round(base, 1),
+        "end_mib": round(end, 1),
+        "growth_pct": round(100 * (end / base - 1), 2),
+        "slope_mib_per_min": round(float(slope), 2),
+    }
+
+
 def rss_summary(samples: list, duration: float) -> dict:
     """Growth after warm-up: median of the first eighth of the post-warm-up samples against
     the median of the last eighth; the least-squares slope of the post-warm-up samples."""
@@ -1116,6 +1160,7 @@ def rss_summary(samples: list, duration: float) -> dict:
                 "end_mib": round(end, 1),
                 "growth_pct": round(100 * (end / base - 1), 2),
                 "slope_mib_per_min_after_warmup": round(float(slope), 2),
+                "second_half": second_half([(s["t_s"], s["rss_mib"]) for s in samples], duration),
             }
         )
     if samples:
@@ -1172,6 +1217,17 @@ def timeline(stats: Stats, duration: float, samples: list) -> list[dict]:
     return rows
 
 
+def redacted(argv: list[str]) -> list[str]:
+    """The command line without the API key's value."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--api-key" and i + 1 < len(out):
+            out[i + 1] = "***"
+        elif arg.startswith("--api-key="):
+            out[i] = "--api-key=***"
+    return out
+
+
 def server_env() -> dict:
     """TILESERVER_* variables passed to the server, secrets redacted."""
     return {
@@ -1222,7 +1278,7 @@ def report(
     return {
         "passed": not problems,
         "problems": problems,
-        "command": [Path(sys.executable).name, *sys.argv],
+        "command": [Path(sys.executable).name, *redacted(sys.argv)],
         "started_utc": extra["started_utc"],
         "finished_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "config": {
@@ -1232,7 +1288,7 @@ def report(
             "seed": args.seed,
             "timeout_s": args.timeout,
             "rss_interval_s": args.rss_interval,
-            "api_key": bool(args.api_key),
+            "api_key": bool(args.api_key or args.with_key),
             "log_level": args.log_level,
             "server_env": server_env(),
             "weights_pct": args.weights,
@@ -1298,6 +1354,11 @@ def summary_text(result: dict) -> str:
             f" MiB, end {rss['end_mib']} MiB ({rss['growth_pct']:+.1f} %), max {rss['max_mib']}"
             f" MiB, slope {rss['slope_mib_per_min_after_warmup']} MiB/min"
         )
+        if half := rss.get("second_half"):
+            lines.append(
+                f"RSS, second half: {half['baseline_mib']} -> {half['end_mib']} MiB "
+                f"({half['growth_pct']:+.1f} %), slope {half['slope_mib_per_min']} MiB/min"
+            )
         files = rss["open_files"]
         lines.append(
             f"open files (server tree): first {files['first']}, after warm-up "
@@ -1327,7 +1388,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=600, help="seconds of load")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
     parser.add_argument("--workers", type=int, default=2, help="server worker processes")
-    parser.add_argument("--api-key", help="sent as `Authorization: Bearer KEY`")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SOAK_API_KEY"),
+        help="sent as `Authorization: Bearer KEY` (default: $SOAK_API_KEY, which stays out "
+        "of the process list)",
+    )
+    parser.add_argument(
+        "--with-key",
+        action="store_true",
+        help="create an admin API key in the soak's catalog before the server starts (keys "
+        "are then checked on every request) and send it",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "soak.json")
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--timeout", type=float, default=30, help="seconds per request")
@@ -1348,6 +1420,8 @@ def main(argv: list[str] | None = None) -> int:
         "coverage round: to find which requests a problem comes with",
     )
     args = parser.parse_args(argv)
+    if args.with_key and args.api_key:
+        parser.error("--with-key creates its own key: leave out --api-key / $SOAK_API_KEY")
     chosen = args.kinds.split(",") if args.kinds else list(KINDS)
     unknown = sorted(set(chosen) - set(KINDS))
     if unknown:
@@ -1364,9 +1438,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         prepare_folder(folder, args.demo_from)
         parcels, parcels_s = load_parcels(folder)
+        if args.with_key:
+            headers = {"Authorization": f"Bearer {create_key(folder)}"}
         ready_s = server.start(headers)
         print(f"server ready in {ready_s:.1f} s on {server.url} (data {folder})", file=sys.stderr)
         plan = setup(server.url, headers, parcels, args.seed)
+        plan.keyed = bool(headers) and has_keys(folder)
         work = Workload(plan)
         stats, samples, wall = asyncio.run(drive(args, server, work, headers))
         died = not server.alive()

@@ -1,7 +1,8 @@
 """bench/soak.py, briefly: a real `serve --demo` under the mixed load gives no errors.
 
 The soak runs as a subprocess for 20 s (8 clients, 1 worker) on a copy of the session's
-demo catalog (`demo_dir`, built once per session); no timing is asserted.
+demo catalog (`demo_dir`, built once per session), with an API key in that catalog, so
+the server checks every request; no timing is asserted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def soak_report(demo_dir, demo_store, tmp_path_factory) -> dict:
     command = [sys.executable, str(SOAK), "--duration", str(DURATION), "--clients", "8"]
     command += ["--workers", "1", "--rss-interval", "2", "--out", str(out)]
     command += ["--data-dir", str(folder / "data"), "--demo-from", str(demo_dir)]
+    command += ["--with-key"]  # every request's key checked, as on a server on the internet
     started = time.monotonic()
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
@@ -89,6 +91,15 @@ def test_soak_bad_requests_get_their_4xx(soak_report):
         assert probe["ok"], (name, probe)
         assert all(400 <= int(status) < 500 for status in probe["statuses"]), (name, probe)
     assert soak_report["totals"]["expected_4xx_probes"] >= len(probes)
+    for name in ("key_wrong", "key_wrong_in_query"):  # the keyed server refuses wrong keys
+        assert set(probes[name]["statuses"]) == {"401"}, probes[name]
+
+
+def test_soak_keys_are_checked_and_kept_out_of_the_report(soak_report):
+    assert soak_report["config"]["api_key"] is True
+    text = json.dumps(soak_report)
+    assert "tsk_" not in text.replace("tsk_000000000000_not-a-key", "")
+    assert "tsk_" not in Path(soak_report["server"]["logs"]["stderr"]["path"]).read_text()
 
 
 def test_soak_samples_memory(soak_report):
@@ -96,6 +107,7 @@ def test_soak_samples_memory(soak_report):
     assert len(rss["samples"]) >= 5
     assert all(sample[1] > 50 for sample in rss["samples"])  # MiB of a live server
     assert "growth_pct" in rss
+    assert rss["second_half"]["from_s"] == DURATION / 2 and "growth_pct" in rss["second_half"]
     assert rss["open_files"]["max"] > 0
     assert soak_report["machine"]["load_average_after"]
 
@@ -152,3 +164,18 @@ def test_soak_counts_server_errors_and_wrong_statuses():
     assert problems[3].startswith("timeout")
     assert problems[4].startswith("unreadable answer")
     assert stats.probes == {"p_ok_is_wrong": {"200": 1}, "p_404": {"404": 1}}
+
+
+def test_soak_report_leaves_a_given_key_out():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import soak
+
+    argv = ["bench/soak.py", "--api-key", "tsk_a_b", "--api-key=tsk_c_d", "--duration", "9"]
+    assert soak.redacted(argv) == [
+        "bench/soak.py",
+        "--api-key",
+        "***",
+        "--api-key=***",
+        "--duration",
+        "9",
+    ]

@@ -1,12 +1,11 @@
 """Hand memory the allocator keeps back to the system (glibc only; elsewhere nothing).
 
 Tiles are decoded, resampled and encoded in a pool of threads. glibc's malloc gives each
-thread an arena of its own (up to 8 per core) and keeps what is freed in it for reuse, but
-returns to the system only what lies at the top of an arena: the pages freed between
-allocations that outlive them stay in the process. Under a steady tile load that retained
-memory grows with every arena, long after the caches are full. Fewer arenas share their
-free space; `malloc_trim(0)` gives back the free pages inside every arena (what GDAL's
-documentation on RAM fragmentation recommends).
+thread an arena of its own (up to 8 per CPU) and keeps what is freed there for reuse; it
+returns to the system only what lies at the top of an arena, so the pages freed between
+allocations that live on stay in the process. Fewer arenas share their free space, and
+`malloc_trim(0)` returns the free pages inside every arena: the remedies GDAL's developers
+give for RAM fragmentation. docs/RELIABILITY.md has what they changed under the soak.
 """
 
 from __future__ import annotations
