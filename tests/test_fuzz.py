@@ -19,7 +19,7 @@ demo product but does not own it, while another organisation's product exists be
 it: the answers go through KeyAuth and the caller's view of the catalog (404 for what is
 hidden, 403 for the writes the caller may not make) and must keep to the same schema.
 
-POST /imports runs in both passes: file imports are confined to an empty import root, and
+POST /imports runs in every pass: file imports are confined to an empty import root, and
 the S3 / GCS endpoints are a loopback server answering 404 to everything (no bucket
 exists), so no request leaves the machine and none waits for retries.
 """
@@ -127,10 +127,15 @@ def keyed_app(demo_dir, demo_store, tmp_path_factory, bucket_endpoints):
             demo.model_copy(update={"readers": ["org:fuzz"], "writers": ["user:fuzzer"]}),
             keep_times=True,
         )
-        hidden = demo.model_copy(update={"id": "hidden", "owners": ["org:other"]})
+        hidden = demo.model_copy(
+            update={"id": "hidden", "owners": ["org:other"], "writers": [], "readers": []}
+        )
         store.create_product(hidden)
         KEYED["Authorization"] = f"Bearer {token}"
-        yield create_app(settings, store=store)
+        app = create_app(settings, store=store)
+        with TestClient(app, headers=KEYED) as client:  # the key works: not a pass of 401s
+            assert [p["id"] for p in client.get("/products").json()["products"]] == [PRODUCT]
+        yield app
 
 
 @pytest.fixture(scope="module")
