@@ -17,6 +17,8 @@ import functools
 import logging
 import os
 
+from starlette.concurrency import run_in_threadpool
+
 logger = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
@@ -61,6 +63,6 @@ async def trim_every(seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         try:
-            await asyncio.to_thread(trim)
+            await run_in_threadpool(trim)  # the server's thread pool, as for tiles
         except Exception:  # never take the server down for a trim
             logger.exception("malloc_trim failed")
