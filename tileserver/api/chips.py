@@ -20,7 +20,6 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -58,6 +57,7 @@ from tileserver.render.chips import (
 from tileserver.render.errors import RenderError
 from tileserver.render.reader import resolve_bands
 from tileserver.settings import Settings
+from tileserver.threads import ContextPool
 
 router = APIRouter(tags=["chips"])
 
@@ -321,7 +321,7 @@ def run_chips(images: Sequence[Image], make: Callable[[Image], Chip], threads: i
     """make(image) for each image, in order, on a few threads."""
     if len(images) <= 1 or threads <= 1:
         return [make(image) for image in images]
-    with ThreadPoolExecutor(max_workers=min(threads, len(images))) as pool:
+    with ContextPool(max_workers=min(threads, len(images))) as pool:
         return list(pool.map(make, images))
 
 

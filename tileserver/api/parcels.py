@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
@@ -39,6 +38,7 @@ from tileserver.render.zonal import (
     value_statistics,
 )
 from tileserver.settings import Settings
+from tileserver.threads import ContextPool
 
 router = APIRouter(tags=["parcels"])
 
@@ -186,7 +186,7 @@ def timeseries(
             f"{start}..{end} holds {len(images)} acquisitions of '{product_id}' over the "
             f"polygon, more than the limit of {limit}: shorten the date window"
         )
-    with ThreadPoolExecutor(max_workers=max(settings.reader_threads, 1)) as pool:
+    with ContextPool(max_workers=max(settings.reader_threads, 1)) as pool:
         zones = list(pool.map(lambda image: read_zone(image, band, area), images))
     labels = None
     if band.type == "class" and band.class_labels:

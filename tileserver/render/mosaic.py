@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy
@@ -36,6 +35,7 @@ from tileserver.render.pipeline import Rendered, RenderParams, render_array
 from tileserver.render.reader import FileRead, read_bands, resolve_bands, tile_reader
 from tileserver.render.scaling import common_data_type
 from tileserver.render.tile import request_bands
+from tileserver.threads import ContextPool
 
 PIXEL_SELECTIONS = tuple(m.name for m in PixelSelectionMethod)
 # selections whose output values are input values, so stored statistics still apply
@@ -212,13 +212,13 @@ def composite(
                 batch.append(layer)
         return batch
 
-    pool: ThreadPoolExecutor | None = None  # started by the first batch of two or more
+    pool: ContextPool | None = None  # started by the first batch of two or more
     try:
         while pending and not method.is_done:
             batch = next_batch()
             read_count += len(batch)
             if len(batch) > 1:
-                pool = pool or ThreadPoolExecutor(max_workers=workers)
+                pool = pool or ContextPool(max_workers=workers)
                 arrays = list(pool.map(read, batch))
             else:  # `first` reads its top image alone: no thread to start for it
                 arrays = [read(layer) for layer in batch]

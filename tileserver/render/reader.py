@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -17,6 +16,7 @@ from rio_tiler.models import ImageData
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.render.datasets import DATASETS
 from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand, gdal_reason
+from tileserver.threads import ContextPool
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def read_bands(
     if len(reads) == 1 or threads <= 1:
         results = [one(r) for r in reads]
     else:
-        with ThreadPoolExecutor(max_workers=min(threads, len(reads))) as pool:
+        with ContextPool(max_workers=min(threads, len(reads))) as pool:
             results = list(pool.map(one, reads))
     return _stack(reads, results, len(bands))
 
