@@ -19,6 +19,7 @@ from tileserver.app import create_app
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.catalog.store import open_store
 from tileserver.demo import ensure_demo
+from tileserver.opener import Confinement, confined, reading
 from tileserver.settings import Settings
 
 # real servers: S3 and GCS for imports, Redis for the shared cache, PostgreSQL for pgSTAC
@@ -27,6 +28,16 @@ pytest_plugins = ["tests.buckets", "tests.redis_server", "tests.postgres"]
 DEMO_IMAGE = "sentinel-2-l2a:S2A_MSIL2A_20240612T102031_T33UVU"  # a clear date, no orbit edge
 DEMO_TILE = (12, 2219, 1347)  # a WebMercatorQuad z/x/y inside every demo footprint
 STORES = ["sqlite", "pgstac"]  # catalog, search and mosaic tests run on each
+
+
+@pytest.fixture(autouse=True)
+def operator_confinement() -> Iterator[None]:
+    """Code a test calls outside any request (ingest and render functions) runs as the
+    operator's command line does; without a confinement the opener refuses every file.
+    Requests run under their app's own confinement whatever this sets."""
+    rules = Confinement(data_dir=Path("/nonexistent/tileserver-data"))
+    with confined(rules), reading(rules.operator()):
+        yield
 
 
 @pytest.fixture(scope="session")

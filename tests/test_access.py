@@ -78,7 +78,8 @@ def product_body(product_id: str) -> dict:
 
 def image_body(folder: Path, product_id: str, name: str = "img") -> dict:
     *_, value, acquired = PRODUCTS[product_id]
-    path = write(folder / f"{product_id}-{name}.tif", numpy.full((1, 256, 256), value, "uint16"))
+    path = folder / "files" / f"{product_id}-{name}.tif"
+    write(path, numpy.full((1, 256, 256), value, "uint16"))
     return {
         "name": name,
         "product_id": product_id,
@@ -99,7 +100,13 @@ class World:
             key, token = new_key(user, org, admin=user == "admin")
             store.put_key(key)
             self.tokens[user] = token
-        settings = make_settings(folder, key_cache_seconds=0, import_roots=[folder / "imports"])
+        grant = [str(folder / "files"), str(folder / "imports")]
+        settings = make_settings(
+            folder,
+            key_cache_seconds=0,
+            import_roots=[folder / "imports"],
+            import_grants={"org:acme": grant, "org:globex": grant},
+        )
         self.app = create_app(settings, store=store)
         self.raw = TestClient(self.app)
 
@@ -424,7 +431,10 @@ def test_imports_write_only_where_the_caller_may(world):
 
 
 def test_anonymous_reading_of_public_products_when_allowed(world, tmp_path):
-    settings = make_settings(tmp_path, allow_anonymous=True, key_cache_seconds=0)
+    grants = world.app.state.settings.import_grants  # alice's files stay hers to read
+    settings = make_settings(
+        tmp_path, allow_anonymous=True, key_cache_seconds=0, import_grants=grants
+    )
     client = TestClient(create_app(settings, store=world.store))
     assert ids(client.get("/products").json()["products"]) == {"open"}
     assert client.get("/images/acme:img").status_code == 404

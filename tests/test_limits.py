@@ -363,7 +363,7 @@ def test_files_a_scene_names_must_be_under_the_import_roots_too(tmp_path, import
     stac_item(root / "batch" / "good.json", "good", "data/inside.tif")
     stac_item(root / "batch" / "absolute.json", "absolute", str(outside / "secret.tif"))
     stac_item(root / "batch" / "dotdot.json", "dotdot", "../../elsewhere/secret.tif")
-    stac_item(root / "batch" / "url.json", "url", "http://169.254.169.254/latest/x.tif")
+    stac_item(root / "batch" / "url.json", "url", "http://127.0.0.1:9/latest/x.tif")
     vrt = root / "vrts" / "out.vrt"
     vrt.parent.mkdir()
     with rasterio.open(outside / "secret.tif") as src:
@@ -374,7 +374,8 @@ def test_files_a_scene_names_must_be_under_the_import_roots_too(tmp_path, import
     assert [f["id"] for f in answer["features"]] == ["good"]
     reasons = {Path(f["path"]).name: f["reason"] for f in answer["failed"]}
     assert set(reasons) == {"absolute.json", "dotdot.json", "url.json", "viavrt.json"}, reasons
-    assert all("outside the import roots" in reason for reason in reasons.values()), reasons
+    refusals = ("not a location this server may open for you", "not a raster format")
+    assert all(any(r in reason for r in refusals) for reason in reasons.values()), reasons
     assert registered(importer) == ["good"]
 
 

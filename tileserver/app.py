@@ -27,6 +27,7 @@ from tileserver.api import (
     tiles,
 )
 from tileserver.api.auth import KeyAuth
+from tileserver.api.confine import Confine
 from tileserver.api.searches import MOSAIC_HEADERS
 from tileserver.api.templates import render_template, root_path
 from tileserver.cache import open_cache
@@ -37,9 +38,10 @@ from tileserver.chipcache import ChipCacheUnavailable, open_chip_store
 from tileserver.ingest.vsi import configure_gdal
 from tileserver.limits import BodyLimit
 from tileserver.memory import limit_arenas, trim_every
+from tileserver.opener import Refused, confinement_of
 from tileserver.render.datasets import DATASETS
 from tileserver.render.download import OutsideError, TooLarge
-from tileserver.render.errors import ImageNotReadable, RenderError
+from tileserver.render.errors import ImageNotReadable, RenderError, gdal_reason
 from tileserver.render.mosaic import EmptyTile
 from tileserver.settings import Settings, get_settings
 
@@ -59,6 +61,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     TooLarge: 413,  # a download above the pixel budget
     FilterError: 400,
     ChipCacheUnavailable: 503,  # chips kept in a Redis that is down
+    Refused: 403,  # a file outside what the caller (or the product) may open
 }
 
 
@@ -104,7 +107,8 @@ def jsonable(errors: list[dict]) -> list[dict]:
 
 async def _io_handler(request: Request, exc: RasterioIOError) -> JSONResponse:
     logger.warning("unreadable file for %s: %s", request.url.path, exc)
-    return JSONResponse({"detail": f"image file cannot be read: {exc}"}, status_code=424)
+    detail = f"image file cannot be read: {gdal_reason(exc)}"
+    return JSONResponse({"detail": detail}, status_code=424)
 
 
 def create_app(settings: Settings | None = None, store: CatalogStore | None = None) -> FastAPI:
@@ -142,6 +146,8 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.cache = cache
     app.state.chips = chip_store
     app.state.layers = searches.LayerCache()
+    app.state.confinement = confinement_of(settings, store)
+    app.add_middleware(Confine, confinement=app.state.confinement)
     app.add_middleware(
         KeyAuth,
         keys=KeyRing(store, settings.key_cache_seconds),

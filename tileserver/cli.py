@@ -95,12 +95,22 @@ def _run_import(request, catalog: str | None, when, overrides, quiet: bool):
     from tileserver.catalog.store import open_store
     from tileserver.ingest.imports import run_import
     from tileserver.ingest.vsi import StorageError, configure_gdal
+    from tileserver.opener import confinement_of
 
     settings = _settings(catalog)
     store = open_store(settings.catalog_url)
     try:
         configure_gdal()
-        return run_import(store, request, settings.data_dir, when, overrides, progress=not quiet)
+        confinement = confinement_of(settings, store)  # the operator's: every local file
+        return run_import(
+            store,
+            request,
+            settings.data_dir,
+            when,
+            overrides,
+            progress=not quiet,
+            confinement=confinement,
+        )
     except StorageError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

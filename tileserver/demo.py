@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy
-import rasterio
 from affine import Affine
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy as copy_dataset
@@ -282,6 +281,7 @@ def stac_item(name: str, when: datetime, footprint: dict, bbox, cloud: float, hr
 def generate(folder: Path) -> list[Path]:
     """Write the demo scenes (COGs + STAC items) into `folder`; returns the item paths."""
     from tileserver.ingest.raster import footprint
+    from tileserver.opener import Confinement, open_raster
 
     folder.mkdir(parents=True, exist_ok=True)
     cover = landscape(numpy.random.default_rng(42), SIZE)
@@ -300,7 +300,7 @@ def generate(folder: Path) -> list[Path]:
         write_cog(scene / "bands_10m.tif", data[:4], t10, ["B02", "B03", "B04", "B08"], 0)
         write_cog(scene / "B11.tif", b11[None], t20, ["B11"], 0)
         write_cog(scene / "SCL.tif", scl[::2, ::2][None], t20, ["SCL"], 0)
-        with rasterio.open(scene / "bands_10m.tif") as src:
+        with open_raster(str(scene / "bands_10m.tif"), Confinement(folder).operator()) as src:
             geometry = footprint(src)
         from shapely.geometry import shape
 

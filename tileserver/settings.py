@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,13 @@ class Settings(BaseSettings):
         description="folders `POST /imports` may read with cloud_provider=file (JSON list); "
         "none: file imports over HTTP are refused",
     )
+    import_grants: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="what each organisation or user may import from, and where its products' "
+        'images may be read from (JSON: {"org:NAME": ["/folder", "s3://bucket/prefix/", '
+        '"gs://bucket/prefix/", "https://host/path/"], "user:NAME": [...]}); "admin": the '
+        "URL prefixes admins and the operator's products may read (no other URL is fetched)",
+    )
     mosaic_scan_limit: int = Field(
         10000, ge=1, description="most catalog records one mosaic tile's lookup examines"
     )
@@ -90,6 +98,17 @@ class Settings(BaseSettings):
         description="lowest zoom mosaic tiles answer; default: the zoom at which one image's "
         "coarsest overview fills a tile",
     )
+
+    @field_validator("import_grants")
+    @classmethod
+    def _grants(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from tileserver.opener import Grant  # checks each entry's form
+
+        for name, entries in value.items():
+            if name != "admin" and not re.fullmatch(r"(user|org):[A-Za-z0-9._@-]{1,200}", name):
+                raise ValueError(f"grant to '{name}': grant to org:NAME, user:NAME or admin")
+            Grant.parse(entries)
+        return value
 
 
 @lru_cache

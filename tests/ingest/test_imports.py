@@ -288,7 +288,9 @@ def test_file_imports_stay_under_the_import_roots(tmp_path, importer):
             "/imports", json={"cloud_provider": "file", "bucket_name": bucket, "prefix": prefix}
         )
         assert response.status_code == 403, (bucket, prefix, response.text)
-        assert "import root" in response.json()["detail"]
+        detail = response.json()["detail"]
+        assert "may import from" in detail or "may not hold '..'" in detail
+        assert str(tmp_path / "imports") not in detail.replace(bucket, "")  # roots not listed
 
 
 def test_copy_option_makes_local_cogs(tmp_path, s3_bucket, importer):
@@ -299,8 +301,8 @@ def test_copy_option_makes_local_cogs(tmp_path, s3_bucket, importer):
     assert len(answer["features"]) == 4
     for feature in answer["features"]:
         (href,) = feature["properties"]["tileserver:files"]
-        assert href.startswith(str(tmp_path / "cogs"))
-        with rasterio.open(href) as src:
+        assert href.startswith("cogs/")  # relative to the data dir: no server path
+        with rasterio.open(tmp_path / href) as src:
             name = feature["id"].split("_")[-1]
             assert numpy.array_equal(src.read(), scene_pixels(name))
             assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"

@@ -8,7 +8,10 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
 from tileserver.api.deps import StoreDep
+from tileserver.api.stac import base_url
+from tileserver.catalog.access import sees_files
 from tileserver.catalog.models import Image, Product, split_image_id
+from tileserver.catalog.stac import shown_files
 from tileserver.catalog.store import ImagePage
 
 router = APIRouter(tags=["catalog"])
@@ -63,6 +66,14 @@ def delete_product(
     return Response(status_code=204)
 
 
+def shown(image: Image, store: StoreDep, request: Request) -> Image:
+    """The image as the caller may see it: readers get the server's download links as file
+    hrefs, never where the files are (writers and admins see the hrefs they wrote)."""
+    if sees_files(store, image.product_id):
+        return image
+    return shown_files(image, store.get_product(image.product_id), base_url(request))
+
+
 @router.get("/products/{product_id}/images", response_model=ImageList)
 def list_images(
     product_id: str,
@@ -76,6 +87,7 @@ def list_images(
         page = store.list_images(product_id, limit=limit, token=token)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
+    page.images = [shown(image, store, request) for image in page.images]
     links = []
     if page.next_token:
         url = request.url.include_query_params(token=page.next_token, limit=limit)
@@ -92,9 +104,9 @@ def _checked_id(image_id: str) -> str:
 
 
 @router.get("/images/{image_id}", response_model=Image)
-def get_image(image_id: str, store: StoreDep) -> Image:
+def get_image(image_id: str, request: Request, store: StoreDep) -> Image:
     """One image by its global id `product_id:name`."""
-    return store.get_image(_checked_id(image_id))
+    return shown(store.get_image(_checked_id(image_id)), store, request)
 
 
 @router.put("/images/{image_id}", response_model=Image)

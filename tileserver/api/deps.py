@@ -40,7 +40,7 @@ async def get_store(request: Request) -> CatalogStore:
     principal = await get_principal(request)
     if principal.admin:
         return request.app.state.store
-    return ScopedStore(request.app.state.store, principal)
+    return ScopedStore(request.app.state.store, principal, request.app.state.confinement)
 
 
 async def get_settings(request: Request) -> Settings:
@@ -224,6 +224,7 @@ async def tms_query(
     return get_tms(tms)
 
 
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 RenderParamsDep = Annotated[RenderParams, Depends(render_params)]
 StoreDep = Annotated[CatalogStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

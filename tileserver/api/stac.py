@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from tileserver.api.deps import StoreDep, bad_request
 from tileserver.catalog import stac
+from tileserver.catalog.access import sees_files
 from tileserver.catalog.models import Product
 from tileserver.catalog.search import SearchPage, SearchQuery, parse_sortby
 from tileserver.catalog.store import CatalogStore
@@ -133,11 +134,14 @@ def item_collection(
     """A page of items as a GeoJSON FeatureCollection with next/prev links."""
     root = base_url(request)
     products: dict[str, Product] = {}
+    hidden: dict[str, bool] = {}
     features = []
     for image in page.images:
         if image.product_id not in products:
             products[image.product_id] = store.get_product(image.product_id)
-        features.append(stac.item(image, products[image.product_id], root))
+            hidden[image.product_id] = not sees_files(store, image.product_id)
+        product = products[image.product_id]
+        features.append(stac.item(image, product, root, hidden[image.product_id]))
     links = [
         {"rel": "root", "type": "application/json", "href": f"{root}/stac"},
         {"rel": "self", "type": GEOJSON, "href": str(request.url)},
@@ -271,7 +275,8 @@ def get_item(request: Request, collection_id: str, item_id: str, store: StoreDep
     """One image as a STAC item."""
     product = store.get_product(collection_id)
     image = store.get_image(f"{collection_id}:{item_id}")
-    return JSONResponse(stac.item(image, product, base_url(request)), media_type=GEOJSON)
+    hidden = not sees_files(store, collection_id)
+    return JSONResponse(stac.item(image, product, base_url(request), hidden), media_type=GEOJSON)
 
 
 @router.get("/search", response_class=GeoJSONResponse)

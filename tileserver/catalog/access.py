@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from tileserver.catalog.models import Image, Product
 from tileserver.catalog.search import RegisteredSearch, SearchPage, SearchQuery, Summary
 from tileserver.catalog.store import CatalogStore, Conflict, Forbidden, ImagePage, NotFound
+from tileserver.opener import REFUSED, Confinement, Refused, Within
 
 PUBLIC = "public"
 NO_PRODUCT = ""  # a collection id no product can have: a search of it matches nothing
@@ -72,11 +73,25 @@ def scope_of(store: CatalogStore | ScopedStore) -> str:
     return store.scope if isinstance(store, ScopedStore) else ""
 
 
-class ScopedStore:
-    """A catalog store as one (non-admin) caller sees it."""
+def sees_files(store: CatalogStore | ScopedStore, product_id: str) -> bool:
+    """Whether the caller may see where a product's image files are: admins and the
+    product's writers (who name them); readers get the server's own links instead."""
+    if not isinstance(store, ScopedStore):
+        return True
+    return store.principal.can_write(store.get_product(product_id))
 
-    def __init__(self, store: CatalogStore, principal: Principal):
-        self.store, self.principal = store, principal
+
+class ScopedStore:
+    """A catalog store as one (non-admin) caller sees it.
+
+    Image files a caller writes must lie where both the caller and the product's owners
+    may read (opener.Confinement); without a confinement, images with files are refused.
+    """
+
+    def __init__(
+        self, store: CatalogStore, principal: Principal, confinement: Confinement | None = None
+    ):
+        self.store, self.principal, self.confinement = store, principal, confinement
         self._readable: dict[str, Product] | None = None
         self._products: dict[str, Product] = {}  # read ones, so a tile looks its product up once
 
@@ -144,11 +159,41 @@ class ScopedStore:
 
     def _owned(self, product: Product) -> Product:
         """The product with the caller as owner when it names none."""
-        if not self.principal.user:
-            raise Forbidden("anonymous callers cannot create products: send an API key")
+        self.check_create(product.id)
         if product.owners:
             return product
         return product.model_copy(update={"owners": [f"user:{self.principal.user}"]})
+
+    def check_create(self, product_id: str) -> None:
+        """Forbidden unless the caller may create a product (anonymous callers may not);
+        Conflict when the id is taken, as create_product would say, before any work."""
+        if not self.principal.user:
+            raise Forbidden("anonymous callers cannot create products: send an API key")
+        try:
+            self.store.get_product(product_id)
+        except NotFound:
+            return
+        raise Conflict(f"product '{product_id}' already exists")
+
+    def check_write(self, product_id: str) -> Product:
+        """The product, when the caller may add images to it; NotFound or Forbidden."""
+        return self._writable(product_id)
+
+    def _check_files(self, image: Image, product: Product) -> None:
+        """Forbidden unless every file lies where the caller and the product's owners may
+        read; checked before anything is stored or opened, one text for every refusal."""
+        if not image.files:
+            return
+        if self.confinement is None:
+            raise Forbidden(f"files[0]: {REFUSED}")
+        caller = self.confinement.for_caller(self.principal.user, self.principal.org, False)
+        own = self.confinement.own_folders(product.id)
+        reach = Within(caller.with_own(*own), self.confinement.for_product(product))
+        for index, file in enumerate(image.files):
+            try:
+                reach.check(file.href)
+            except Refused:
+                raise Forbidden(f"files[{index}]: {REFUSED}") from None
 
     def create_product(self, product: Product) -> Product:
         """Create a product, owned by the caller unless it names its owners."""
@@ -168,6 +213,8 @@ class ScopedStore:
             raise Forbidden(f"you may read product '{product.id}' but not change it")
         if not same_lists(existing, product) and not self.principal.owns(existing):
             raise Forbidden("only an owner of the product changes its owners, writers and readers")
+        if existing.owners and not product.owners:
+            raise Forbidden("a product keeps at least one owner: name the new owner first")
         return self.store.put_product(product, keep_times)
 
     def delete_product(self, product_id: str, cascade: bool = False) -> None:
@@ -189,10 +236,10 @@ class ScopedStore:
         return image
 
     def put_images(self, images: Iterable[Image], keep_times: bool = False) -> list[Image]:
-        """Write images into products the caller may write."""
+        """Write images into products the caller may write, their files where allowed."""
         images = list(images)
-        for product_id in {image.product_id for image in images}:
-            self._writable(product_id)
+        for image in images:
+            self._check_files(image, self._writable(image.product_id))
         return self.store.put_images(images, keep_times)
 
     def delete_image(self, image_id: str) -> None:

@@ -113,3 +113,23 @@ class KeyRing:
                 self._known.clear()
             self._known[memo] = (now, found)
         return found
+
+
+def key_users(store, seconds: float = 5.0):
+    """A function giving, per user, the organisations of their live keys and whether one
+    of them is an admin key; read from the store at most every `seconds`."""
+    lock = threading.Lock()
+    known: list = [float("-inf"), {}]
+
+    def users() -> dict[str, tuple[set[str], bool]]:
+        with lock:
+            if time.monotonic() - known[0] >= seconds:
+                found: dict[str, tuple[set[str], bool]] = {}
+                for key in store.list_keys():
+                    if key.revoked is None:
+                        orgs, admin = found.get(key.user, (set(), False))
+                        found[key.user] = (orgs | {key.org}, admin or key.admin)
+                known[:] = [time.monotonic(), found]
+            return known[1]
+
+    return users

@@ -25,7 +25,7 @@ DataType = Literal["Byte", "UInt16", "Int16", "UInt32", "Int32", "Float32", "Flo
 BandType = Literal["spectral", "mask", "class", "generic", "microwave"]
 StorageState = Literal["available", "remote"]
 
-NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+NAME_PATTERN = r"^[A-Za-z0-9._-]*[A-Za-z0-9_-][A-Za-z0-9._-]*$"  # not "." nor ".."
 ACCESS_ENTRY = r"^(user|org):[A-Za-z0-9._@-]{1,200}$"  # `public` is allowed among readers
 Range = tuple[float, float]
 
@@ -294,8 +294,9 @@ def split_image_id(value: str) -> tuple[str, str]:
 
 
 def safe_name(value: str) -> str:
-    """Turn a file stem into a valid image/band name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("_") or "unnamed"
+    """Turn a file stem into a valid image/band name (never "." or "..": names are folders)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("_")
+    return name if re.fullmatch(NAME_PATTERN, name) else "unnamed"
 
 
 M = TypeVar("M", bound=BaseModel)

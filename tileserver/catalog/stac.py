@@ -54,8 +54,28 @@ def asset_keys(image: Image) -> list[str]:
     return [f"file{i}" for i in range(len(image.files))]
 
 
-def item(image: Image, product: Product, root: str) -> dict:
-    """The STAC item of an image, with links to its tiles."""
+def file_link(image: Image, product: Product, index: int, root: str) -> str:
+    """The server's download of one of an image's files (its bands, on the image's grid,
+    pixels unchanged): what a reader who may not see server paths gets as the href."""
+    names = [
+        b.name for b in sorted(product.bands, key=lambda b: b.band_index) if b.file_index == index
+    ]
+    query = f"?bands={','.join(names)}" if names else ""
+    return f"{root}/images/{image.id}/download.tif{query}"
+
+
+def shown_files(image: Image, product: Product, root: str) -> Image:
+    """The image with each file's href replaced by file_link (for readers)."""
+    files = [
+        file.model_copy(update={"href": file_link(image, product, i, root)})
+        for i, file in enumerate(image.files)
+    ]
+    return image.model_copy(update={"files": files})
+
+
+def item(image: Image, product: Product, root: str, links_only: bool = False) -> dict:
+    """The STAC item of an image, with links to its tiles; `links_only`: asset hrefs are
+    the server's download links, not the files' locations."""
     stac = f"{root}/stac"
     collection = f"{stac}/collections/{image.product_id}"
     properties = {
@@ -79,7 +99,8 @@ def item(image: Image, product: Product, root: str) -> dict:
         in_file = sorted(
             (b for b in product.bands if b.file_index == index), key=lambda b: b.band_index
         )
-        asset = {"href": file.href, "type": GEOTIFF, "roles": ["data"]}
+        href = file_link(image, product, index, root) if links_only else file.href
+        asset = {"href": href, "type": GEOTIFF, "roles": ["data"]}
         if in_file:
             asset["bands"] = [stac_band(b) for b in in_file]
         if file.size:

@@ -26,7 +26,6 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy
-import rasterio
 import shapely
 import shapely.affinity
 from affine import Affine
@@ -61,6 +60,7 @@ from tileserver.ingest.raster import (
     numeric_or_none,
 )
 from tileserver.ingest.scene import SceneMeta
+from tileserver.opener import open_raster
 
 ENVI_SIZES = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 12: 2, 13: 4, 14: 8, 15: 8}  # `data type` -> bytes
 MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
@@ -547,7 +547,7 @@ class BeamDimapScene:
         geo = self.georeference
         write_vrt(vrt_path, vrt_xml(header, files, geo))
         if header.is_map:
-            with rasterio.open(vrt_path) as src:
+            with open_raster(str(vrt_path)) as src:
                 placement = grid(src)
         else:
             placement = {

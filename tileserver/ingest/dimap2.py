@@ -50,7 +50,6 @@ from typing import Any
 
 import defusedxml.ElementTree as SafeET
 import numpy
-import rasterio
 import shapely
 from affine import Affine
 from defusedxml.common import DefusedXmlException
@@ -82,6 +81,7 @@ from tileserver.ingest.raster import (
     parse_time,
 )
 from tileserver.ingest.scene import SceneMeta
+from tileserver.opener import open_raster
 
 ENTRY = re.compile(r"^(VOL|DIM)_.+\.XML$", re.IGNORECASE)
 ROOTS = ("Dimap_Document", "PHR_DIMAP_Document")
@@ -429,7 +429,7 @@ def discover_tiles(dim_href: str) -> dict[tuple[int, int], str]:
 def open_tile(href: str, dim_href: str) -> Tile:
     """A tile's header; opening it proves the tile is there and readable."""
     try:
-        with rasterio.open(href) as src:
+        with open_raster(href) as src:
             return Tile(
                 href=href,
                 width=src.width,

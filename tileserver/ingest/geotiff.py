@@ -32,6 +32,7 @@ from tileserver.ingest.raster import (
     time_from_name,
 )
 from tileserver.ingest.scene import SceneMeta
+from tileserver.opener import open_raster
 
 TYPE_RANGES = {
     "Byte": (0, 255),
@@ -112,7 +113,7 @@ def read_geotiff(
 ) -> tuple[Image, list[Band]]:
     """An image record for one GeoTIFF, and the bands it implies for a new product."""
     try:
-        src_ctx = rasterio.open(href)
+        src_ctx = open_raster(href)
     except rasterio.errors.RasterioIOError as exc:
         raise IngestError(f"{href}: not a readable raster ({exc})") from exc
     with src_ctx as src:
@@ -155,7 +156,7 @@ class GeoTiffScene:
     def meta(self) -> SceneMeta:
         """Time and cloud cover from the tags, footprint from the header's bounds."""
         try:
-            src_ctx = rasterio.open(self.href)
+            src_ctx = open_raster(self.href)
         except rasterio.errors.RasterioIOError as exc:
             raise IngestError(f"{self.href}: not a readable raster ({exc})") from exc
         with src_ctx as src:

@@ -13,8 +13,10 @@ import logging
 import os
 import posixpath
 import re
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +25,6 @@ from typing import Any, Literal
 import rasterio
 import rasterio.shutil
 import shapely
-from defusedxml import ElementTree
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -36,6 +37,8 @@ from pydantic import (
 from shapely.geometry import box, shape
 from tqdm import tqdm
 
+from tileserver import opener
+from tileserver.catalog.access import ScopedStore
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, ImageFile, Product, safe_name
 from tileserver.catalog.search import check_geometry, datetime_interval, parse_instant
 from tileserver.catalog.store import CatalogError, CatalogStore, NotFound
@@ -45,6 +48,7 @@ from tileserver.ingest.overrides import apply_overrides
 from tileserver.ingest.raster import IngestError
 from tileserver.ingest.scene import SceneMeta, SceneReader
 from tileserver.ingest.stac import StacScene, load_item
+from tileserver.opener import Allowed, Confinement, open_raster
 from tileserver.render.errors import gdal_reason
 
 log = logging.getLogger(__name__)
@@ -212,8 +216,8 @@ def find_scenes(
             continue
         try:
             item = load_item(href, MAX_ITEM_BYTES)
-        except (IngestError, vsi.StorageError) as exc:
-            problems.append({"path": href, "reason": vsi.redact(str(exc))})
+        except (IngestError, vsi.StorageError, opener.Refused) as exc:
+            problems.append({"path": href, "reason": reason(exc)})
             continue
         if item is not None:
             scene = StacScene(href, item, default_product)
@@ -302,24 +306,15 @@ def feature(image: Image, meta: SceneMeta, source: str) -> dict:
     }
 
 
-def copy_to_cog(image: Image, cog_dir: Path) -> Image:
-    """The image with its pixels copied into local COGs (one per file), written atomically."""
-    folder = cog_dir / image.product_id
-    folder.mkdir(parents=True, exist_ok=True)
+def copy_to_cog(image: Image, folder: Path) -> Image:
+    """The image with its pixels copied into COGs (one per file) in `folder`."""
     files = []
     for i, source in enumerate(image.files):
         target = folder / (f"{image.name}.tif" if i == 0 else f"{image.name}_{i}.tif")
-        handle, partial = tempfile.mkstemp(dir=folder, suffix=".partial.tif")
-        os.close(handle)
-        try:
-            with rasterio.open(source.href) as src:
-                rasterio.shutil.copy(
-                    src, partial, driver="COG", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER"
-                )
-            os.replace(partial, target)
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
+        with open_raster(source.href) as src:
+            rasterio.shutil.copy(
+                src, str(target), driver="COG", COMPRESS="DEFLATE", BIGTIFF="IF_SAFER"
+            )
         files.append(ImageFile(href=str(target), size=target.stat().st_size))
     return image.model_copy(update={"files": files})
 
@@ -332,6 +327,8 @@ def run_import(
     band_overrides: dict[str, dict] | None = None,
     progress: bool = False,
     roots: list[Path] | None = None,
+    caller: Allowed | None = None,
+    confinement: Confinement | None = None,
 ) -> ImportResult:
     """List, filter and register; see the module docstring.
 
@@ -339,8 +336,12 @@ def run_import(
     `band_overrides` apply to products this import creates. VRTs go to DATA_DIR/vrt, copies to
     DATA_DIR/cogs. A listing that fails raises vsi.StorageError (nothing is registered).
     `roots` (imports over HTTP) confines a folder listing: links out of them are reported
-    under `failed`, not followed (vsi.list_files).
+    under `failed`, not followed (vsi.list_files). Every file is opened through the opener
+    within `caller` (what the importer may read; default: the operator's reach) and, for a
+    scene of an existing product, what that product's owners may read (`confinement`).
     """
+    confinement = confinement or Confinement(data_dir=data_dir)
+    caller = caller or confinement.operator()
     result = ImportResult()
     default_product = request.product or default_product_id(request)
     root = vsi.gdal_path(request.cloud_provider, request.bucket_name, request.prefix)
@@ -351,7 +352,8 @@ def run_import(
     )
     result.failed.extend({"path": e.href, "reason": e.refused} for e in entries if e.refused)
     hrefs = [e.href for e in entries if not e.refused]
-    found, problems = find_scenes(hrefs, root, default_product)
+    with opener.reading(caller):  # STAC items are read to know their assets
+        found, problems = find_scenes(hrefs, root, default_product)
     result.failed.extend(problems)
     result.found = len(found)
 
@@ -361,9 +363,10 @@ def run_import(
     seen_ids: set[str] = set()
     for scene in tqdm(found, desc="read metadata", unit="scene", disable=not progress):
         try:
-            meta = scene.reader.meta()
-        except (IngestError, vsi.StorageError, OSError, ValueError) as exc:
-            result.failed.append({"path": scene.href, "reason": vsi.redact(gdal_reason(exc))})
+            with opener.reading(caller):
+                meta = scene.reader.meta()
+        except SCENE_ERRORS as exc:
+            result.failed.append({"path": scene.href, "reason": reason(exc)})
             continue
         if when is not None:
             meta.acquired = when
@@ -386,20 +389,14 @@ def run_import(
         selected = selected[: request.limit]
 
     products: dict[str, Product | None] = {}
+    target = Target(store, request, confinement, caller, band_overrides)
     for scene, meta in tqdm(selected, desc="register", unit="scene", disable=not progress):
         try:
-            image = register(store, scene, meta, request, data_dir, band_overrides, products, roots)
-        except (
-            IngestError,
-            ValidationError,
-            vsi.StorageError,
-            OSError,
-            ValueError,
-            CatalogError,
-        ) as exc:  # CatalogError: a product the caller may not write, say
-            reason = vsi.redact(gdal_reason(exc))
-            log.warning("import: %s failed: %s", scene.href, reason)
-            result.failed.append({"path": scene.href, "reason": reason})
+            image = register(target, scene, meta, products)
+        except SCENE_ERRORS as exc:  # CatalogError: a product the caller may not write, say
+            why = reason(exc)
+            log.warning("import: %s failed: %s", scene.href, why)
+            result.failed.append({"path": scene.href, "reason": why})
             continue
         result.features.append(feature(image, meta, scene.href))
     if not found and not problems:
@@ -409,82 +406,130 @@ def run_import(
     return result
 
 
+SCENE_ERRORS = (
+    IngestError,
+    ValidationError,
+    vsi.StorageError,
+    OSError,
+    ValueError,
+    CatalogError,
+    opener.Refused,
+)
+
+
+def reason(exc: BaseException) -> str:
+    """Why a scene failed, without secrets; a refusal names the file as the scene named it."""
+    if isinstance(exc, opener.Refused):
+        return f"{exc.href}: {exc}" if exc.href else str(exc)
+    return vsi.redact(gdal_reason(exc, keep_paths=True))  # the API makes them relative
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where an import registers scenes, for whom, and what it may read."""
+
+    store: CatalogStore
+    request: ImportRequest
+    confinement: Confinement
+    caller: Allowed
+    band_overrides: dict[str, dict] | None = None
+
+
 def register(
-    store: CatalogStore,
-    scene: Found,
-    meta: SceneMeta,
-    request: ImportRequest,
-    data_dir: Path,
-    band_overrides: dict[str, dict] | None,
-    products: dict[str, Product | None],
-    roots: list[Path] | None = None,
+    target: Target, scene: Found, meta: SceneMeta, products: dict[str, Product | None]
 ) -> Image:
     """Build and store one scene; the product is created from the first scene it gets.
 
-    With `roots` (imports over HTTP), every file the image would read must lie under them.
+    Nothing is written before it is allowed: the product id and the caller's right to write
+    it are checked first; every file is read through the opener within what both the caller
+    and the product's owners may read; the VRTs (and copies) are written under temporary
+    names and moved into place only once the image is registered. A scene that fails leaves
+    every file as it was.
     """
+    request, store = target.request, target.store
     if meta.acquired is None:
         raise IngestError(f"{scene.href}: no acquisition time in its metadata; pass --datetime")
-    product_id = request.product or meta.product_id
+    product_id = check_name(request.product or meta.product_id, "product id")
+    name = check_name(safe_name(meta.id), "image name")
     if product_id not in products:
-        try:
-            products[product_id] = store.get_product(product_id)
-        except NotFound:
-            products[product_id] = None
+        products[product_id] = writable_product(store, product_id)
     product = products[product_id]
-    vrt_path = data_dir / "vrt" / product_id / f"{safe_name(meta.id)}.vrt"
-    confined = roots is not None and request.cloud_provider == "file"
-    if confined and isinstance(scene.reader, StacScene):  # before anything is opened
-        check_sources(meta.id, scene.reader.asset_hrefs(), roots, data_dir)
-    image, bands = scene.reader.build(meta, product_id, product, vrt_path)
-    if confined:
-        check_sources(image.name, [f.href for f in image.files], roots, data_dir)
-    if request.copy_pixels:
-        image = copy_to_cog(image, data_dir / "cogs")
-    if product is None:
-        bands = apply_overrides(bands, band_overrides or {})
-        product = store.create_product(new_product(product_id, bands, meta))
-        products[product_id] = product
-    store.put_images([image])
+    own = target.confinement.own_folders(product_id)
+    reach: opener.Reach = target.caller.with_own(*own)
+    if product is not None:
+        reach = opener.Within(reach, target.confinement.for_product(product))
+    with opener.reading(reach), staged(own[0]) as vrts, staged(own[1]) as cogs:
+        image, bands = scene.reader.build(meta, product_id, product, vrts.folder / f"{name}.vrt")
+        for file in image.files:
+            reach.check(file.href)
+        if request.copy_pixels:
+            image = copy_to_cog(image, cogs.folder)
+        if product is None:
+            bands = apply_overrides(bands, target.band_overrides or {})
+            product = store.create_product(new_product(product_id, bands, meta))
+            products[product_id] = product
+        image = vrts.moved(cogs.moved(image))
+        store.put_images([image])
+        vrts.publish()
+        cogs.publish()
     return image
 
 
-def file_sources(href: str, depth: int = 0) -> list[str]:
-    """The files reading `href` opens: itself, and the sources of a VRT (ours, for
-    DIMAP/BEAM, or one a scene brings), VRTs within VRTs included."""
-    if not href.lower().endswith(".vrt") or href.startswith("/vsi") or "://" in href:
-        return [href]
-    if depth > 3:
-        raise IngestError(f"{href}: VRTs nested more than 3 deep")
-    sources = [href]
+def check_name(value: str, what: str) -> str:
+    """`value` when it can name a product or image (and a folder of the data dir)."""
+    if not re.fullmatch(NAME_PATTERN, value or ""):
+        raise IngestError(f"{value!r} cannot be a {what}: letters, digits, '.', '-', '_'")
+    return value
+
+
+def writable_product(store: CatalogStore, product_id: str) -> Product | None:
+    """The product if the caller may add images to it, None when it is still to be created
+    (CatalogError when it exists and the caller may not write it)."""
     try:
-        root = ElementTree.parse(href).getroot()
-    except (OSError, SyntaxError, ValueError) as exc:  # ParseError is a SyntaxError
-        raise IngestError(f"{href}: not a readable VRT ({exc})") from None
-    for element in root.iter("SourceFilename"):
-        name = (element.text or "").strip()
-        relative = element.get("relativeToVRT") == "1"
-        source = os.path.join(os.path.dirname(href), name) if relative else name
-        sources.extend(file_sources(source, depth + 1))
-    return sources
+        product = store.get_product(product_id)
+    except NotFound:
+        if isinstance(store, ScopedStore):
+            store.check_create(product_id)
+        return None
+    if isinstance(store, ScopedStore):
+        store.check_write(product_id)
+    return product
 
 
-def check_sources(name: str, hrefs: Iterable[str], roots: list[Path], data_dir: Path) -> None:
-    """IngestError when a scene would read a file outside the import roots.
+class Staging:
+    """Files an import writes for one scene, kept under a temporary folder of their final
+    folder until the scene is registered: a failed scene's files are simply removed."""
 
-    The metadata names the pixels' files (STAC asset hrefs, DIMAP DATA_FILE_PATH, BEAM
-    band files), so a listing confined to the roots is not enough: a scene inside them
-    could point anywhere on the server, or at a URL.
-    """
-    for href in hrefs:
-        own_vrt = vsi.under(href, [data_dir / "vrt"])
-        for source in file_sources(href)[1 if own_vrt else 0 :]:
-            remote = source.startswith("/vsi") or "://" in source
-            if remote or not vsi.under(source, roots):
-                raise IngestError(
-                    f"{name} reads {vsi.redact(source)}, outside the import roots: "
-                    "imports over HTTP only read files under TILESERVER_IMPORT_ROOTS"
-                )
+    def __init__(self, final: Path):
+        self.final = final
+        final.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=".staging-", dir=final))
+
+    def moved(self, image: Image) -> Image:
+        """The image with its staged files named where they will be."""
+        staged = str(self.folder) + os.sep
+        files = [
+            f.model_copy(update={"href": str(self.final) + os.sep + f.href[len(staged) :]})
+            if f.href.startswith(staged)
+            else f
+            for f in image.files
+        ]
+        return image.model_copy(update={"files": files})
+
+    def publish(self) -> None:
+        """Move the staged files into place (a rename each: readers see old or new)."""
+        for path in sorted(self.folder.iterdir()):
+            os.replace(path, self.final / path.name)
+
+
+@contextmanager
+def staged(final: Path) -> Iterator[Staging]:
+    """A Staging for `final`, removed with whatever it still holds when the block ends."""
+    staging = Staging(final)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging.folder, ignore_errors=True)
 
 
 def new_product(product_id: str, bands: list[Band], meta: SceneMeta) -> Product:

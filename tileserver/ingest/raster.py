@@ -20,6 +20,7 @@ from shapely.geometry import mapping, shape
 from shapely.ops import unary_union
 
 from tileserver.catalog.models import BandStatistics
+from tileserver.opener import open_raster
 
 PERCENTILES = list(range(1, 100))
 FOOTPRINT_SIZE = 512  # longest edge of the overview the footprint is traced on
@@ -147,7 +148,7 @@ def band_statistics(
     options = {"nodata": nodata} if nodata is not None else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NoOverviewWarning)  # small files: read whole, on purpose
-        with Reader(href, options=options) as reader:
+        with open_raster(href) as src, Reader(href, dataset=src, options=options) as reader:
             stats = reader.statistics(indexes=indexes, percentiles=PERCENTILES, max_size=1024)
     result = []
     for value in stats.values():
@@ -204,7 +205,7 @@ def image_statistics(
     bucket) to decimate it; such images get no stored statistics, and `auto`
     scaling stretches from the returned pixels instead.
     """
-    with rasterio.open(href) as src:
+    with open_raster(href) as src:
         if not src.overviews(1) and src.width * src.height > MAX_STATISTICS_PIXELS:
             return None
     return band_statistics(href, indexes, nodata)

@@ -21,6 +21,7 @@ from tileserver.catalog.models import (
 from tileserver.ingest import vsi
 from tileserver.ingest.raster import IngestError, band_statistics, file_size, grid, parse_time
 from tileserver.ingest.scene import SceneMeta
+from tileserver.opener import open_raster
 
 RASTER_MEDIA = ("image/tiff", "image/jp2", "application/x-hdf")
 
@@ -178,7 +179,7 @@ def read_item(
     for file_index, href in enumerate(hrefs):
         in_file = [b for b in bands if b.file_index == file_index]
         try:
-            with rasterio.open(href) as src:
+            with open_raster(href) as src:
                 if finest is None or abs(src.transform.a) < abs(finest["geotrans"][1]):
                     finest = grid(src)
         except rasterio.errors.RasterioIOError as exc:

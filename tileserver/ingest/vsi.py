@@ -28,6 +28,8 @@ from typing import Literal
 import obstore
 from obstore.store import GCSStore, S3Store
 
+from tileserver import opener
+
 Provider = Literal["file", "aws", "gcs"]
 PREFIXES = {"aws": "/vsis3/", "gcs": "/vsigs/"}
 SECRET_VARIABLES = (
@@ -231,11 +233,13 @@ def _fail(what: str, href: str, exc: Exception) -> StorageError:
 
 
 def read_bytes(href: str) -> bytes:
-    """The whole content of a (small) file: a metadata document, a tie-point grid."""
+    """The whole content of a (small) file: a metadata document, a tie-point grid; only
+    where the running import may read (opener.check), before anything is requested."""
+    checked = opener.check(href)
     where = locate(href)
     if where.provider == "file":
         try:
-            return Path(href).read_bytes()
+            return Path(checked.path).read_bytes()
         except OSError as exc:
             raise StorageError(f"cannot read {href}: {exc.strerror or exc}") from None
     try:
@@ -246,7 +250,9 @@ def read_bytes(href: str) -> bytes:
 
 
 def exists(href: str) -> bool:
-    """Whether a file is there (a HEAD request for buckets)."""
+    """Whether a file is there (a HEAD request for buckets), asked only where the running
+    import may read: elsewhere the answer is a refusal, whether the file is there or not."""
+    opener.check(href)
     where = locate(href)
     if where.provider == "file":
         return Path(href).is_file()

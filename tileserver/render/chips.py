@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy
-import rasterio
 import shapely
 from affine import Affine
 from pyproj import CRS as ProjCRS
@@ -32,10 +31,9 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from tileserver.catalog.models import Band, Image
-from tileserver.render.datasets import open_dataset
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import ImageNotReadable, RenderError
-from tileserver.render.reader import FileRead, read_bands
+from tileserver.render.reader import FileRead, file_header, file_number, read_bands
 
 WGS84 = CRS.from_epsg(4326)
 OUTLINE_COLOR = (255, 255, 0)  # yellow: stands out on false-colour and true-colour chips
@@ -120,17 +118,14 @@ def array_bounds(transform: Affine, width: int, height: int) -> tuple[float, flo
     return window_bounds(Window(0, 0, width, height), transform)
 
 
-def file_grid(href: str) -> tuple[CRS, Affine]:
+def file_grid(image: Image, href: str) -> tuple[CRS, Affine]:
     """The CRS and geotransform of one file: the grid chips of its bands snap to."""
-    try:
-        with open_dataset(href) as src:
-            crs, transform = src.crs, src.transform
-    except rasterio.errors.RasterioIOError as exc:
-        raise ImageNotReadable(f"cannot open {href}: {exc}") from exc
-    if crs is None:
-        raise ImageNotReadable(f"{href} has no CRS: chips need georeferenced files")
+    crs, transform, _, _ = file_header(image, href)
     if transform.b or transform.d:
-        raise ImageNotReadable(f"{href} has a rotated grid: chips need north-up files")
+        raise ImageNotReadable(
+            f"file {file_number(image, href)} of image '{image.id}' has a rotated grid: "
+            "chips need north-up files"
+        )
     return crs, transform
 
 
@@ -138,7 +133,7 @@ def band_grid(image: Image, band: Band) -> tuple[CRS, Affine]:
     """The grid of the file holding `band` in `image`."""
     if image.storage_state == "remote" or band.file_index >= len(image.files):
         raise ImageNotReadable(f"image '{image.id}' has no file holding band '{band.name}'")
-    return file_grid(image.files[band.file_index].href)
+    return file_grid(image, image.files[band.file_index].href)
 
 
 def chip_grid(

@@ -22,6 +22,8 @@ import rasterio._base
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 
+from tileserver.opener import Reach, open_raster
+
 DEFAULT_MAX_IDLE = 64  # idle datasets per process (TILESERVER_OPEN_DATASETS)
 
 
@@ -82,11 +84,11 @@ def reset_gdal_errors() -> None:
         reset()
 
 
-def open_dataset(href: str) -> DatasetReader:
-    """rasterio.open; a remote file that fails to open is forgotten by GDAL, so the next
-    open asks the bucket again instead of repeating the failure (see forget_cached)."""
+def open_dataset(href: str, allowed: Reach) -> DatasetReader:
+    """The confined opener's dataset; a remote file that fails to open is forgotten by
+    GDAL, so the next open asks the bucket again instead of repeating the failure."""
     try:
-        return rasterio.open(href)
+        return open_raster(href, allowed)
     except RasterioError:
         forget_cached(href)
         raise
@@ -103,17 +105,20 @@ class DatasetPool:
         self.opened = 0  # datasets opened since start (tests and diagnostics)
 
     @contextmanager
-    def dataset(self, href: str, version: str = "") -> Iterator[DatasetReader]:
-        """An open dataset of `href` for the caller's exclusive use.
+    def dataset(self, href: str, allowed: Reach, version: str = "") -> Iterator[DatasetReader]:
+        """An open dataset of `href` for the caller's exclusive use, if `allowed` has it.
 
-        A dataset whose read failed in GDAL (a RasterioError, an OSError) is closed rather
-        than lent again; other exceptions (a tile outside the image) keep it.
+        The location is checked at every loan (a grant withdrawn since the open counts); the
+        open itself checks drivers and the files GDAL takes along. A dataset whose read
+        failed in GDAL (a RasterioError, an OSError) is closed rather than lent again; other
+        exceptions (a tile outside the image) keep it.
         """
+        allowed.check(href)
         key = file_version(href, version)
         dataset = self._take(key)
         if dataset is None:
             self._drop_other_versions(key)
-            dataset = open_dataset(href)
+            dataset = open_dataset(href, allowed)
             with self._lock:
                 self.opened += 1
         reset_gdal_errors()  # what an earlier failure in this thread left must not fail this use

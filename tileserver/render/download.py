@@ -31,7 +31,7 @@ import rasterio
 import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.errors import CRSError, RasterioIOError
+from rasterio.errors import CRSError
 from rasterio.features import geometry_mask
 from rasterio.transform import array_bounds
 from rasterio.warp import calculate_default_transform, transform_bounds, transform_geom
@@ -42,8 +42,7 @@ from rio_tiler.models import ImageData
 from shapely.geometry import shape
 
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
-from tileserver.render.datasets import open_dataset
-from tileserver.render.errors import ImageNotReadable, RenderError
+from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import (
     VALUE_PRESERVING,
     Layer,
@@ -55,7 +54,13 @@ from tileserver.render.mosaic import (
     selection_bands,
 )
 from tileserver.render.pipeline import EXPRESSION_BAND, RenderParams, expression_blocks
-from tileserver.render.reader import FileRead, check_nodata, plan_reads, resolve_bands
+from tileserver.render.reader import (
+    FileRead,
+    check_nodata,
+    file_header,
+    plan_reads,
+    resolve_bands,
+)
 from tileserver.render.scaling import ScalingError, common_data_type, scaling_parameters
 
 WGS84 = CRS.from_epsg(4326)
@@ -263,21 +268,10 @@ def area_wgs84(request: GridRequest) -> tuple | None:
 # ----------------------------------------------------------------------------- grids
 
 
-def file_grid(href: str, image_id: str) -> Grid:
-    """The grid of one file, from its header."""
-    try:
-        with open_dataset(href) as src:
-            if src.crs is None:
-                raise ImageNotReadable(f"file {href} of image '{image_id}' has no CRS")
-            return Grid(src.crs, src.transform, src.width, src.height)
-    except RasterioIOError as exc:
-        raise ImageNotReadable(f"cannot read file {href} of image '{image_id}': {exc}") from exc
-
-
 def image_grid(image: Image, bands: Sequence[Band]) -> Grid:
     """The image's own grid for `bands`: the grid of the finest file holding one of them."""
     hrefs = dict.fromkeys(read.href for read in plan_reads(image, bands))
-    grids = [file_grid(href, image.id) for href in hrefs]
+    grids = [Grid(*file_header(image, href)) for href in hrefs]
     return min(grids, key=lambda g: abs(g.transform.determinant))
 
 

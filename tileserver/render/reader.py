@@ -8,11 +8,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy
+from affine import Affine
 from morecantile import TileMatrixSet
+from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
+from tileserver import opener
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.render.datasets import DATASETS
 from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand, gdal_reason
@@ -84,9 +87,36 @@ def plan_reads(image: Image, bands: Sequence[Band], nodata: float | None = None)
 
 @contextmanager
 def image_reader(image: Image, href: str, **kwargs) -> Iterator[Reader]:
-    """A rio-tiler Reader of one of `image`'s files, on a dataset lent by the pool."""
-    with DATASETS.dataset(href, str(image.modified)) as dataset:
-        yield Reader(href, dataset=dataset, **kwargs)
+    """A rio-tiler Reader of one of `image`'s files, on a dataset lent by the pool, opened
+    only where the image's product may read (opener.py)."""
+    try:
+        allowed = opener.for_product(image.product_id)
+        with DATASETS.dataset(href, allowed, str(image.modified)) as dataset:
+            yield Reader(href, dataset=dataset, **kwargs)
+    except opener.Refused as exc:
+        raise ImageNotReadable(
+            f"file {file_number(image, href)} of image '{image.id}' cannot be read: {exc}"
+        ) from None
+
+
+def file_header(image: Image, href: str) -> tuple[CRS, Affine, int, int]:
+    """The CRS, geotransform and size of one of the image's files, from a pooled dataset."""
+    try:
+        with image_reader(image, href) as reader:
+            src = reader.dataset
+            crs, transform, width, height = src.crs, src.transform, src.width, src.height
+    except RasterioIOError as exc:
+        raise ImageNotReadable(
+            f"cannot read file {file_number(image, href)} of image '{image.id}': {gdal_reason(exc)}"
+        ) from exc
+    if crs is None:
+        raise ImageNotReadable(f"file {file_number(image, href)} of image '{image.id}' has no CRS")
+    return crs, transform, width, height
+
+
+def file_number(image: Image, href: str) -> int:
+    """Which of the image's files `href` is: errors name files by number, never by path."""
+    return next((i for i, f in enumerate(image.files) if f.href == href), 0)
 
 
 def _stack(reads: Sequence[FileRead], results: Sequence[ImageData], count: int) -> ImageData:
@@ -146,8 +176,9 @@ def read_bands(
             with image_reader(image, file_read.href, options=options, **kwargs) as reader:
                 return read_mixed(reader, file_read, read)
         except RasterioIOError as exc:
+            number = file_number(image, file_read.href)
             raise ImageNotReadable(
-                f"cannot read file {file_read.href} of image '{image.id}': {gdal_reason(exc)}"
+                f"cannot read file {number} of image '{image.id}': {gdal_reason(exc)}"
             ) from exc
 
     if len(reads) == 1 or threads <= 1:
