@@ -142,6 +142,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.cache = cache
     app.state.chips = chip_store
     app.state.layers = searches.LayerCache()
+    searches.limit_searches(store, settings)  # TTL and cap of registered searches
     app.add_middleware(
         KeyAuth,
         keys=KeyRing(store, settings.key_cache_seconds),
