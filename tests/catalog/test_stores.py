@@ -420,6 +420,29 @@ def test_the_searches_table_is_capped_expired_first_then_least_recently_used(p_s
             assert conn.execute("SELECT 1 FROM searches WHERE hash = %s", (foreign,)).fetchone()
 
 
+def test_pgstac_upgrade_counts_searches_as_used_once(pgstac_url):
+    from tileserver.catalog.pgstac import migrate
+
+    store = open_store(pgstac_url)
+    try:
+        search_id = registered(store, "a")
+        backdate(store, search_id, 40 * 86400)  # as if registered long before the upgrade
+        with store._conn() as conn:  # the catalog as the previous release left it
+            conn.execute("DELETE FROM tileserver.meta WHERE key = 'searches_last_used'")
+            conn.execute("INSERT INTO tileserver.meta VALUES ('generation', 7)")
+        migrate(pgstac_url)
+        assert store.get_search(search_id).id == search_id
+        with store._conn() as conn:
+            keys = {k for (k,) in conn.execute("SELECT key FROM tileserver.meta")}
+        assert "generation" not in keys
+        backdate(store, search_id, 40 * 86400)
+        migrate(pgstac_url)  # the next start refreshes nothing
+        with pytest.raises(NotFound):
+            store.get_search(search_id)
+    finally:
+        store.close()
+
+
 def test_queryables_follow_the_properties_images_carry(p_store):
     p_store.put_images(
         [image("a", box(0, 0, 1, 1), properties={"sat:orbit": 12, "mode": "IW", "ok": True})]
