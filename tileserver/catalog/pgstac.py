@@ -771,7 +771,8 @@ class PgstacStore:
         limits = self.search_limits
         with self._conn() as conn:
             row = conn.execute(
-                "SELECT metadata, lastused, extract(epoch FROM now() - lastused)::float8"
+                "SELECT metadata, lastused,"
+                " coalesce(extract(epoch FROM now() - lastused)::float8, 'infinity')"
                 " FROM searches WHERE metadata->>'tileserver:id' = %s LIMIT 1",
                 (search_id,),
             ).fetchone()
