@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.layers = searches.LayerCache()
     app.state.confinement = confinement_of(settings, store)
     app.add_middleware(Confine, confinement=app.state.confinement)
+    searches.limit_searches(store, settings)  # TTL and cap of registered searches
     app.add_middleware(
         KeyAuth,
         keys=KeyRing(store, settings.key_cache_seconds),

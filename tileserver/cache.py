@@ -1,10 +1,12 @@
 """The encoded-tile cache: an in-process LRU, or Redis shared by every worker.
 
 There is no explicit invalidation: keys are versioned. A tile key holds the image's and its
-product's modified times (single-image tiles) or the catalog generation (mosaic tiles), and
-every write to an image or product changes one of them, so each worker, in every process,
-computes a new key and misses the stale entry. Stale entries are never read again; the LRU
-drops them when full, and Redis when their TTL runs out (or by its own maxmemory policy).
+product's modified times (single-image tiles) or the generations of the products a mosaic
+can paint (mosaic tiles, api.searches.mosaic_generation), and every write to an image or
+product changes one of them, so each worker, in every process, computes a new key and misses
+the stale entry; a write to another product leaves the key alone. Stale entries are never
+read again; the LRU drops them when full, and Redis when their TTL runs out (or by its own
+maxmemory policy).
 Keys carry no catalog identity: one Redis database serves one catalog.
 """
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tileserver.catalog.search import DEFAULT_MAX_SEARCHES, DEFAULT_SEARCH_TTL_DAYS
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -92,6 +94,18 @@ class Settings(BaseSettings):
     )
     key_cache_seconds: float = Field(
         5.0, ge=0, description="how long a process trusts a key check (a revocation's delay)"
+    )
+    search_ttl_days: float = Field(
+        DEFAULT_SEARCH_TTL_DAYS,
+        gt=0,
+        description="days a registered search lives unused (no registration, tile or lookup); "
+        "then it is a 404 until registered again",
+    )
+    max_searches: int = Field(
+        DEFAULT_MAX_SEARCHES,
+        ge=1,
+        description="most registered searches kept; registering past it deletes expired "
+        "searches, then the least recently used",
     )
     mosaic_minzoom: int | None = Field(
         None,

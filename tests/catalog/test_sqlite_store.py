@@ -13,7 +13,7 @@ from shapely.geometry import box, mapping
 
 from tileserver.catalog.models import Image, Product
 from tileserver.catalog.search import SearchQuery
-from tileserver.catalog.sqlite import SCHEMA, SCHEMA_VERSION, SQLiteStore
+from tileserver.catalog.sqlite import MIGRATIONS, SCHEMA, SCHEMA_VERSION, SQLiteStore, _statements
 
 BANDS = [{"name": "b1", "data_type": "Byte", "data_range": [0, 255]}]
 
@@ -108,6 +108,35 @@ def test_version_1_catalog_is_migrated_in_place(tmp_path):
     assert version == SCHEMA_VERSION
     assert json.loads(again.get_image("p:a").model_dump_json())["name"] == "a"
     again.close()
+
+
+def test_version_4_searches_live_on_and_generations_are_per_product(tmp_path):
+    path = tmp_path / "v4.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(SCHEMA)
+    for version in (2, 3, 4):
+        for statement in _statements(MIGRATIONS[version]):
+            db.execute(statement)
+    db.execute("PRAGMA user_version = 4")
+    query = SearchQuery(collections=["p"])
+    db.execute(
+        "INSERT INTO searches VALUES (?, ?, ?)",
+        (query.search_id(), json.dumps(query.identity()), "2020-01-01T00:00:00.000000Z"),
+    )
+    db.execute("UPDATE meta SET value = 41 WHERE key = 'generation'")
+    db.close()
+
+    store = SQLiteStore(path)  # registered in 2020, unused since: alive as of the upgrade
+    registered = store.get_search(query.search_id())
+    assert registered.created.year == 2020 and registered.last_used.year > 2020
+    assert store.generations() == {}
+    store.put_product(Product(id="p", bands=BANDS))
+    assert store.generations() == {"p": 1}
+    assert (
+        sqlite3.connect(path).execute("SELECT * FROM meta WHERE key = 'generation'").fetchall()
+        == []
+    )
+    store.close()
 
 
 def test_statistics_are_gathered_as_the_catalog_grows(store):

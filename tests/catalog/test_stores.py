@@ -22,10 +22,11 @@ from tests.catalog.test_cql2sql import (
     _cql2,
 )
 from tileserver.catalog.cql2sql import FilterError, parse_filter
+from tileserver.catalog.keys import new_key
 from tileserver.catalog.migrate import copy_catalog
 from tileserver.catalog.models import Image, Product
 from tileserver.catalog.pgstac import PgstacStore
-from tileserver.catalog.search import SearchQuery, TileLookup, select_for_tile
+from tileserver.catalog.search import SearchLimits, SearchQuery, TileLookup, select_for_tile
 from tileserver.catalog.store import Conflict, NotFound, open_store
 
 BANDS = [{"name": "b1", "data_type": "Byte", "data_range": [0, 255]}]
@@ -309,6 +310,137 @@ def test_generation_grows_with_writes_only(p_store):
     assert after > before
     p_store.delete_image("p:a")
     assert p_store.generation() > after
+
+
+def test_each_product_has_its_own_generation(p_store):
+    p_store.put_product(Product(id="q", bands=BANDS))
+    start = p_store.generations()
+    p_store.put_images([image("a", box(0, 0, 1, 1))])
+    after = p_store.generations()
+    assert after["p"] > start["p"] and after["q"] == start["q"]
+    assert p_store.generation(["q"]) == start["q"]
+    assert p_store.generation(["p", "q"]) > start["p"] + start["q"]
+    assert p_store.generation() == sum(after.values()) and p_store.generation([]) == 0
+    moves = [
+        lambda: p_store.put_images([image("b", box(0, 0, 1, 1), product="q")]),
+        lambda: p_store.delete_image("q:b"),
+        lambda: p_store.put_product(Product(id="q", bands=[{**BANDS[0], "name": "b2"}])),
+        lambda: p_store.delete_product("q"),
+        lambda: p_store.put_product(Product(id="q", bands=BANDS)),  # the same id again
+    ]
+    for move in moves:
+        before = p_store.generations()
+        move()
+        now = p_store.generations()
+        assert now["q"] > before.get("q", 0) and now["p"] == before["p"]
+    assert p_store.generations(["nope"]) == {}
+
+
+def test_registering_a_search_moves_no_generation(p_store):
+    p_store.put_images([image("a", box(0, 0, 1, 1))])
+    before = p_store.generations()
+    for n in range(5):
+        query = SearchQuery(collections=["p"], filter=f"eo:cloud_cover < {n}")
+        p_store.register_search(query)
+        p_store.register_search(query)  # again: refreshed
+        p_store.get_search(query.search_id())
+    p_store.register_search(SearchQuery())
+    p_store.list_searches()
+    p_store.put_key(new_key("someone", "org")[0])
+    assert p_store.generations() == before
+
+
+def backdate(store, search_id: str, seconds: float) -> None:
+    """Make a registered search's last use `seconds` older, in either store."""
+    if isinstance(store, PgstacStore):
+        with store._conn() as conn:
+            conn.execute(
+                "UPDATE searches SET lastused = lastused - make_interval(secs => %s)"
+                " WHERE metadata->>'tileserver:id' = %s",
+                (seconds, search_id),
+            )
+    else:
+        store._connection().execute(
+            "UPDATE searches SET last_used = last_used - ? WHERE id = ?", (seconds, search_id)
+        )
+
+
+def registered(store, name: str) -> str:
+    return store.register_search(SearchQuery(ids=[name])).id
+
+
+def test_unused_searches_expire_and_come_back_when_registered_again(p_store):
+    p_store.search_limits = SearchLimits(ttl_days=1)
+    day = 86400
+    old, fresh = registered(p_store, "old"), registered(p_store, "fresh")
+    created = p_store.get_search(old).created
+    backdate(p_store, old, day + 1)
+    backdate(p_store, fresh, day - 100)
+    with pytest.raises(NotFound, match="register it with POST /searches"):
+        p_store.get_search(old)
+    assert [s.id for s in p_store.list_searches()] == [fresh]
+    assert registered(p_store, "old") == old  # the same id, alive again
+    assert p_store.get_search(old).created == created
+    # a lookup refreshes the last use, at most once a minute
+    touched = p_store.get_search(fresh).last_used
+    assert p_store.get_search(fresh).last_used > touched
+    backdate(p_store, fresh, 30)
+    stale = p_store.get_search(fresh).last_used
+    assert p_store.get_search(fresh).last_used == stale  # under a minute: not written
+    backdate(p_store, fresh, day - 100)
+    p_store.get_search(fresh)  # a tile of it, say: keeps it alive for another TTL
+    backdate(p_store, fresh, 200)
+    assert p_store.get_search(fresh).id == fresh
+
+
+def test_the_searches_table_is_capped_expired_first_then_least_recently_used(p_store):
+    p_store.search_limits = SearchLimits(ttl_days=1, max_searches=3)
+    foreign = None
+    if isinstance(p_store, PgstacStore):  # another pgSTAC client's search is not ours to drop
+        with p_store._conn() as conn:
+            foreign = conn.execute(
+                "SELECT hash FROM search_query(%s, false, %s)",
+                (json.dumps({"collections": ["p"]}), json.dumps({"name": "theirs"})),
+            ).fetchone()[0]
+    first, second, third = (registered(p_store, n) for n in ("1", "2", "3"))
+    for age, search_id in ((300, first), (200, second), (100, third)):
+        backdate(p_store, search_id, age)
+    p_store.get_search(first)  # used: now the most recent
+    fourth = registered(p_store, "4")  # the least recently used goes
+    assert {s.id for s in p_store.list_searches()} == {first, third, fourth}
+    with pytest.raises(NotFound):
+        p_store.get_search(second)
+    backdate(p_store, fourth, 86400 + 1)  # expired, though more recent than third
+    fifth = registered(p_store, "5")
+    assert {s.id for s in p_store.list_searches()} == {first, third, fifth}
+    assert registered(p_store, "3") == third  # registering again adds nothing
+    assert len(p_store.list_searches()) == 3
+    if foreign is not None:
+        with p_store._conn() as conn:
+            assert conn.execute("SELECT 1 FROM searches WHERE hash = %s", (foreign,)).fetchone()
+
+
+def test_pgstac_upgrade_counts_searches_as_used_once(pgstac_url):
+    from tileserver.catalog.pgstac import migrate
+
+    store = open_store(pgstac_url)
+    try:
+        search_id = registered(store, "a")
+        backdate(store, search_id, 40 * 86400)  # as if registered long before the upgrade
+        with store._conn() as conn:  # the catalog as the previous release left it
+            conn.execute("DELETE FROM tileserver.meta WHERE key = 'searches_last_used'")
+            conn.execute("INSERT INTO tileserver.meta VALUES ('generation', 7)")
+        migrate(pgstac_url)
+        assert store.get_search(search_id).id == search_id
+        with store._conn() as conn:
+            keys = {k for (k,) in conn.execute("SELECT key FROM tileserver.meta")}
+        assert "generation" not in keys
+        backdate(store, search_id, 40 * 86400)
+        migrate(pgstac_url)  # the next start refreshes nothing
+        with pytest.raises(NotFound):
+            store.get_search(search_id)
+    finally:
+        store.close()
 
 
 def test_queryables_follow_the_properties_images_carry(p_store):

@@ -35,7 +35,7 @@ from tileserver.api.tiles import (
 )
 from tileserver.catalog.access import scope_of
 from tileserver.catalog.models import Image, Product
-from tileserver.catalog.search import Interval, SearchQuery, Summary
+from tileserver.catalog.search import Interval, SearchLimits, SearchQuery, Summary
 from tileserver.catalog.store import CatalogStore, NotFound
 from tileserver.render.encode import ImageFormat
 from tileserver.render.mosaic import TileGrid, mosaic_bands, render_mosaic_tile
@@ -47,6 +47,20 @@ router = APIRouter(tags=["searches"])
 IMAGES_HEADER = "X-Mosaic-Images"
 CAP_HEADER = "X-Mosaic-Cap-Reached"
 MOSAIC_HEADERS = (IMAGES_HEADER, CAP_HEADER)
+
+
+def limit_searches(store: CatalogStore, settings: Settings) -> None:
+    """Give the store the settings' TTL and cap of registered searches (at app start)."""
+    store.search_limits = SearchLimits(settings.search_ttl_days, settings.max_searches)
+
+
+def mosaic_generation(store: CatalogStore, query: SearchQuery) -> int:
+    """The generation of what a search can paint: its collections, else every product.
+
+    A ScopedStore counts only what the caller reads, so a write to a product outside the
+    search (or hidden from the caller) keeps their cached mosaics; a write inside moves it.
+    """
+    return store.generation(query.collections or None)
 
 
 def search_links(request: Request, search_id: str) -> list[dict]:
@@ -129,7 +143,7 @@ def mosaic_query(store: CatalogStore, search_id: str, mosaic: MosaicParams) -> S
 
 
 class LayerCache:
-    """What a mosaic needs from its first image, per (search, order, catalog generation).
+    """What a mosaic needs from its first image, per (search, order, scope, generation).
 
     Looking it up on every tile would run a search (and open a file) per tile.
     """
@@ -140,7 +154,8 @@ class LayerCache:
 
     def get(self, store: CatalogStore, search_id: str, query: SearchQuery, what: str, compute):
         """The cached value, or compute() remembered."""
-        key = (search_id, query.model_dump_json(), scope_of(store), store.generation(), what)
+        generation = mosaic_generation(store, query)
+        key = (search_id, query.model_dump_json(), scope_of(store), generation, what)
         with self._lock:
             if key in self._cache:
                 return self._cache[key]
@@ -161,7 +176,7 @@ LayersDep = Annotated[LayerCache, Depends(get_layers)]
 def cached_first_image(
     store: CatalogStore, layers: LayerCache, search_id: str, query: SearchQuery
 ) -> Image:
-    """The search's first image, looked up once per search, order and catalog generation.
+    """The search's first image, looked up once per search, order, scope and generation.
 
     "No image" is remembered too: every tile of an empty mosaic would repeat the search.
     """
@@ -259,7 +274,7 @@ async def search_tile(
             "search",
             search_id,
             scope_of(store),
-            str(store.generation()),
+            f"g{mosaic_generation(store, query)}",  # "g": unlike keys of the old global one
             tms.id,
             f"{z}/{x}/{y}@{scale}.{fmt.value}",
             render_query(request),

@@ -13,11 +13,17 @@ and a write they may not make is Forbidden.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from tileserver.catalog.models import Image, Product
-from tileserver.catalog.search import RegisteredSearch, SearchPage, SearchQuery, Summary
+from tileserver.catalog.search import (
+    RegisteredSearch,
+    SearchLimits,
+    SearchPage,
+    SearchQuery,
+    Summary,
+)
 from tileserver.catalog.store import CatalogStore, Conflict, Forbidden, ImagePage, NotFound
 from tileserver.opener import REFUSED, Confinement, Refused, Within
 
@@ -111,13 +117,21 @@ class ScopedStore:
         ids = "\n".join(sorted(self.readable()))
         return hashlib.sha256(ids.encode()).hexdigest()[:16]
 
+    @property
+    def search_limits(self) -> SearchLimits:
+        """The wrapped store's: the searches table is one for all callers."""
+        return self.store.search_limits
+
+    def _readable_ids(self, product_ids: Sequence[str] | None) -> list[str]:
+        """The readable ones of these products (None, or none named: every readable one)."""
+        readable = self.readable()
+        if product_ids:
+            return [p for p in product_ids if p in readable]
+        return sorted(readable)
+
     def restrict(self, query: SearchQuery) -> SearchQuery:
         """The query limited to readable products (of those it names, if it names some)."""
-        readable = self.readable()
-        if query.collections:
-            keep = [c for c in query.collections if c in readable]
-        else:
-            keep = sorted(readable)
+        keep = self._readable_ids(query.collections)
         return query.model_copy(update={"collections": keep or [NO_PRODUCT]})
 
     def _product(self, product_id: str) -> Product:
@@ -295,9 +309,16 @@ class ScopedStore:
         """Registered searches naming only readable products."""
         return [s for s in self.store.list_searches() if self._visible_search(s)]
 
-    def generation(self) -> int:
-        """The store's write generation."""
-        return self.store.generation()
+    def generations(self, product_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Generations of readable products (None: all readable), as restrict() limits searches."""
+        return self.store.generations(self._readable_ids(product_ids))
+
+    def generation(self, product_ids: Sequence[str] | None = None) -> int:
+        """Generation of readable products (None: all readable): what a search of them sees.
+
+        So a write to a product the caller cannot read leaves their mosaics' keys alone.
+        """
+        return self.store.generation(self._readable_ids(product_ids))
 
     def close(self) -> None:
         """The wrapped store outlives the request: nothing to close."""

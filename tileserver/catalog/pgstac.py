@@ -8,8 +8,9 @@ tileserver document beside the STAC fields (`tileserver:product` in a collection
 Searches are pgSTAC's: a SearchQuery becomes one CQL2-JSON filter and a sortby, and
 pgSTAC's `search`, `stac_search_to_where` and `geometrysearch` run them. Registered
 searches live in pgSTAC's search registry. Only what pgSTAC has no notion of lives in the
-`tileserver` schema: the properties each product's images carry (its queryables) and the
-write generation that mosaic cache keys include.
+`tileserver` schema: the properties each product's images carry (its queryables) and each
+product's write generation, which mosaic cache keys include. A registered search's last use
+is pgSTAC's own `lastused` column of its registry row.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from tileserver.catalog.search import (
     COUNT_LIMIT,
     Interval,
     RegisteredSearch,
+    SearchLimits,
     SearchPage,
     SearchQuery,
     Summary,
@@ -51,7 +53,11 @@ CREATE TABLE IF NOT EXISTS tileserver.properties (
     PRIMARY KEY (product_id, name)
 );
 CREATE TABLE IF NOT EXISTS tileserver.meta (key text PRIMARY KEY, value bigint NOT NULL);
-INSERT INTO tileserver.meta VALUES ('generation', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS tileserver.generations (
+    product_id text PRIMARY KEY,
+    value bigint NOT NULL
+);
+DELETE FROM tileserver.meta WHERE key = 'generation';
 CREATE TABLE IF NOT EXISTS tileserver.api_keys (
     id text PRIMARY KEY,
     created timestamptz NOT NULL,
@@ -59,6 +65,18 @@ CREATE TABLE IF NOT EXISTS tileserver.api_keys (
 );
 CREATE INDEX IF NOT EXISTS searches_tileserver_id ON pgstac.searches
     ((metadata->>'tileserver:id'));
+CREATE INDEX IF NOT EXISTS searches_tileserver_lastused ON pgstac.searches (lastused)
+    WHERE metadata ? 'tileserver:id';
+"""
+# once per catalog: searches registered before last use counted are used as of the upgrade
+# (pgSTAC's lastused held their registration time), so none expires at the upgrade
+LAST_USED_SINCE = """
+WITH first AS (
+    INSERT INTO tileserver.meta VALUES ('searches_last_used', 1) ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+UPDATE pgstac.searches SET lastused = now()
+WHERE metadata ? 'tileserver:id' AND EXISTS (SELECT 1 FROM first)
 """
 
 # pgSTAC wraps a property in a cast chosen by its queryable; unregistered ones compare as
@@ -74,8 +92,10 @@ WRAPPERS = {
 # what pgSTAC raises for a search it cannot run (its own RAISE, or SQL it built that fails)
 PGSTAC_REFUSALS = (psycopg.errors.RaiseException, psycopg.ProgrammingError, psycopg.DataError)
 NATIVE = {"id", "collection", "datetime", "geometry"}  # item columns, not properties
+OURS = "metadata ? 'tileserver:id'"  # tileserver's rows of pgSTAC's search registry
 STAC_VERSION = "1.1.0"
 MIGRATION_LOCK = 7_274_113  # pg_advisory_lock key held while migrating
+SEARCHES_LOCK = 7_274_114  # pg_advisory_xact_lock key held while a search is added
 SEARCH_PATH = "-c search_path=pgstac,public"  # pgSTAC's functions call each other unqualified
 
 
@@ -91,6 +111,7 @@ def migrate(dsn: str) -> str:
             with PgstacDB(dsn=dsn) as db:
                 version = Migrate(db).run_migration()
             conn.execute(SCHEMA)
+            conn.execute(LAST_USED_SINCE)
             for name, queryable in CORE_QUERYABLES.items():
                 if name not in NATIVE:
                     _register_queryable(conn, name, queryable.type, queryable.description)
@@ -280,8 +301,15 @@ BUCKETS: dict[str, str] = {
 class PgstacStore:
     """Catalog store on PostgreSQL with pgSTAC; a pool of connections shared by threads."""
 
-    def __init__(self, dsn: str, pool_size: int = 8, migrate_schema: bool = True):
+    def __init__(
+        self,
+        dsn: str,
+        pool_size: int = 8,
+        migrate_schema: bool = True,
+        search_limits: SearchLimits | None = None,
+    ):
         self.dsn = dsn
+        self.search_limits = search_limits or SearchLimits()
         if migrate_schema:
             migrate(dsn)
         self._pool = ConnectionPool(
@@ -302,10 +330,21 @@ class PgstacStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Connection]:
-        """One write transaction; it moves the generation on."""
+        """One write transaction."""
         with self._pool.connection() as conn, conn.transaction():
             yield conn
-            conn.execute("UPDATE tileserver.meta SET value = value + 1 WHERE key = 'generation'")
+
+    @staticmethod
+    def _bump(conn, product_ids: Iterable[str]) -> None:
+        """Move the generation of products whose images or bands this transaction changes.
+
+        In id order, so two transactions bumping the same products cannot deadlock.
+        """
+        conn.execute(
+            "INSERT INTO tileserver.generations AS g SELECT p, 1 FROM unnest(%s::text[]) AS p"
+            " ORDER BY p ON CONFLICT (product_id) DO UPDATE SET value = g.value + 1",
+            (sorted(set(product_ids)),),
+        )
 
     def close(self) -> None:
         """Close the pool."""
@@ -354,10 +393,10 @@ class PgstacStore:
             created = Product.model_validate(doc).created if doc else None
             return self._write_product(conn, product, created, keep_times)
 
-    @staticmethod
-    def _write_product(conn, product: Product, created, keep_times: bool = False) -> Product:
+    def _write_product(self, conn, product: Product, created, keep_times: bool = False) -> Product:
         product = stamped(product, created, keep_times)
         conn.execute("SELECT upsert_collection(%s)", (Jsonb(collection(product)),))
+        self._bump(conn, [product.id])
         return product
 
     def delete_product(self, product_id: str, cascade: bool = False) -> None:
@@ -374,6 +413,7 @@ class PgstacStore:
             conn.execute("DELETE FROM items WHERE collection = %s", (product_id,))
             conn.execute("SELECT delete_collection(%s)", (product_id,))
             conn.execute("DELETE FROM tileserver.properties WHERE product_id = %s", (product_id,))
+            self._bump(conn, [product_id])
 
     # images
 
@@ -413,6 +453,7 @@ class PgstacStore:
             written = [stamped(i, created.get(i.id), keep_times) for i in images]
             conn.execute("SELECT upsert_items(%s)", (Jsonb([item(i) for i in written]),))
             self._record_properties(conn, written)
+            self._bump(conn, by_product)
         return written
 
     @staticmethod
@@ -445,6 +486,7 @@ class PgstacStore:
             ).rowcount
             if not deleted:
                 raise NotFound(f"image '{image_id}' not found")
+            self._bump(conn, [product_id])
 
     def list_images(self, product_id: str, limit: int = 100, token: str | None = None) -> ImagePage:
         """A page of a product's images, newest first (keyset paging on datetime, id)."""
@@ -478,12 +520,23 @@ class PgstacStore:
 
     # search
 
-    def generation(self) -> int:
-        """A number that grows with every write: part of mosaic cache keys."""
+    def generations(self, product_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Each product's generation (None: all; never written: absent, i.e. 0)."""
+        sql, args = "SELECT product_id, value FROM tileserver.generations", []
+        if product_ids is not None:
+            sql, args = sql + " WHERE product_id = ANY(%s)", [list(product_ids)]
         with self._conn() as conn:
-            return conn.execute(
-                "SELECT value FROM tileserver.meta WHERE key = 'generation'"
-            ).fetchone()[0]
+            return dict(conn.execute(sql, args).fetchall())
+
+    def generation(self, product_ids: Sequence[str] | None = None) -> int:
+        """The sum of the products' generations (None: all): part of mosaic cache keys."""
+        if product_ids is not None and not product_ids:
+            return 0
+        sql, args = "SELECT coalesce(sum(value), 0)::bigint FROM tileserver.generations", []
+        if product_ids is not None:
+            sql, args = sql + " WHERE product_id = ANY(%s)", [list(product_ids)]
+        with self._conn() as conn:
+            return conn.execute(sql, args).fetchone()[0]
 
     def queryables(self, product_id: str | Sequence[str] | None = None) -> dict[str, Queryable]:
         """What filters may name: the core properties and those the images carry."""
@@ -667,11 +720,21 @@ class PgstacStore:
         return summary
 
     def register_search(self, query: SearchQuery) -> RegisteredSearch:
-        """Put a search in pgSTAC's registry under its stable id (again: no change)."""
+        """Put a search in pgSTAC's registry under its stable id; again: refresh its last use.
+
+        No generation moves. Past the cap, expired searches are deleted first, then the
+        least recently used; one worker at a time adds, so workers together keep the cap.
+        """
         body = self._checked(query)
         search_id = query.search_id()
-        with self._conn() as conn:
-            if not self._registered(conn, search_id):
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SEARCHES_LOCK,))
+            refreshed = conn.execute(
+                "UPDATE searches SET lastused = now() WHERE metadata->>'tileserver:id' = %s",
+                (search_id,),
+            ).rowcount
+            if not refreshed:
+                self._make_room(conn)
                 metadata = {
                     "tileserver:id": search_id,
                     "tileserver:search": query.identity(),
@@ -680,41 +743,69 @@ class PgstacStore:
                 conn.execute("SELECT search_query(%s, false, %s)", (Jsonb(body), Jsonb(metadata)))
         return self.get_search(search_id)
 
-    @staticmethod
-    def _registered(conn, search_id: str) -> dict | None:
-        row = conn.execute(
-            "SELECT metadata FROM searches WHERE metadata->>'tileserver:id' = %s LIMIT 1",
-            (search_id,),
-        ).fetchone()
-        return None if row is None else row[0]
+    def _make_room(self, conn) -> None:
+        """Below the cap for one more search: expired ones go, then the least recently used.
+
+        Only tileserver's rows: other pgSTAC clients' searches are theirs to keep.
+        """
+        limits = self.search_limits
+        (count,) = conn.execute(f"SELECT count(*) FROM searches WHERE {OURS}").fetchone()
+        if count < limits.max_searches:
+            return
+        count -= conn.execute(
+            f"DELETE FROM searches WHERE {OURS} AND lastused < now() - make_interval(secs => %s)",
+            (limits.ttl,),
+        ).rowcount
+        if count >= limits.max_searches:
+            conn.execute(
+                "DELETE FROM searches WHERE hash IN (SELECT hash FROM searches"
+                f" WHERE {OURS} ORDER BY lastused, metadata->>'tileserver:id' LIMIT %s)",
+                (count - limits.max_searches + 1,),
+            )
 
     def get_search(self, search_id: str) -> RegisteredSearch:
-        """A registered search; NotFound if absent."""
+        """A registered search, its last use refreshed (at most every touch_every seconds).
+
+        NotFound if absent or unused for longer than the TTL: the client registers it again.
+        """
+        limits = self.search_limits
         with self._conn() as conn:
-            metadata = self._registered(conn, search_id)
-        if metadata is None:
-            raise NotFound(f"search '{search_id}' not found; register it with POST /searches")
-        return RegisteredSearch(
-            id=search_id,
-            search=SearchQuery.model_validate(metadata["tileserver:search"]),
-            created=metadata.get("tileserver:created"),
-        )
+            row = conn.execute(
+                "SELECT metadata, lastused,"
+                " coalesce(extract(epoch FROM now() - lastused)::float8, 'infinity')"
+                " FROM searches WHERE metadata->>'tileserver:id' = %s LIMIT 1",
+                (search_id,),
+            ).fetchone()
+            if row is None or row[2] > limits.ttl:
+                raise NotFound(f"search '{search_id}' not found; register it with POST /searches")
+            if row[2] >= limits.touch_every:
+                conn.execute(
+                    "UPDATE searches SET lastused = now() WHERE metadata->>'tileserver:id' = %s"
+                    " AND lastused < now() - make_interval(secs => %s)",
+                    (search_id, limits.touch_every),
+                )
+        return _registered(row[0], row[1])
 
     def list_searches(self) -> list[RegisteredSearch]:
-        """Every registered search (of tileserver's), by id."""
+        """Every registered search (of tileserver's) that has not expired, by id."""
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT metadata FROM searches WHERE metadata ? 'tileserver:id'"
-                " ORDER BY metadata->>'tileserver:id'"
+                f"SELECT metadata, lastused FROM searches WHERE {OURS}"
+                " AND lastused >= now() - make_interval(secs => %s)"
+                " ORDER BY metadata->>'tileserver:id'",
+                (self.search_limits.ttl,),
             ).fetchall()
-        return [
-            RegisteredSearch(
-                id=m["tileserver:id"],
-                search=SearchQuery.model_validate(m["tileserver:search"]),
-                created=m.get("tileserver:created"),
-            )
-            for (m,) in rows
-        ]
+        return [_registered(metadata, last_used) for metadata, last_used in rows]
+
+
+def _registered(metadata: dict, last_used: datetime | None) -> RegisteredSearch:
+    """A row of pgSTAC's registry as a RegisteredSearch."""
+    return RegisteredSearch(
+        id=metadata["tileserver:id"],
+        search=SearchQuery.model_validate(metadata["tileserver:search"]),
+        created=metadata.get("tileserver:created"),
+        last_used=last_used,
+    )
 
 
 def _refused(exc: psycopg.Error) -> FilterError:

@@ -13,6 +13,7 @@ import math
 import re
 import time as time_module
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from typing import Any, Literal
 
@@ -273,6 +274,33 @@ class RegisteredSearch(BaseModel):
     id: str
     search: SearchQuery
     created: datetime | None = None
+    last_used: datetime | None = None  # registration or a lookup, to TOUCH_EVERY's precision
+
+
+DEFAULT_SEARCH_TTL_DAYS = 30.0
+DEFAULT_MAX_SEARCHES = 100_000
+TOUCH_EVERY = 60.0  # seconds: a search's last use is written at most this often
+
+
+@dataclass(frozen=True)
+class SearchLimits:
+    """How long an unused registered search lives and how many the catalog keeps.
+
+    Registering is open to every reader, so without both the table would grow without bound.
+    """
+
+    ttl_days: float = DEFAULT_SEARCH_TTL_DAYS
+    max_searches: int = DEFAULT_MAX_SEARCHES
+
+    @property
+    def ttl(self) -> float:
+        """The TTL in seconds."""
+        return self.ttl_days * 86400.0
+
+    @property
+    def touch_every(self) -> float:
+        """Seconds between two writes of a search's last use (a tenth of a short TTL)."""
+        return min(TOUCH_EVERY, self.ttl / 10)
 
 
 class TileLookup(BaseModel):

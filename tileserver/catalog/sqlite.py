@@ -9,9 +9,11 @@ import base64
 import json
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import shapely
@@ -31,6 +33,7 @@ from tileserver.catalog.queryables import image_properties, queryable_set
 from tileserver.catalog.search import (
     COUNT_LIMIT,
     RegisteredSearch,
+    SearchLimits,
     SearchPage,
     SearchQuery,
     SortBy,
@@ -114,7 +117,24 @@ CREATE TABLE IF NOT EXISTS api_keys (
     doc TEXT NOT NULL
 );
 """
+# Version 5: a generation per product (mosaic cache keys), replacing the catalog-wide one that
+# any write, a search registration included, moved for every tenant; when each registered
+# search was last used (expiry and the cap). Searches there already count as used now.
+MIGRATIONS[5] = """
+CREATE TABLE IF NOT EXISTS generations (
+    product_id TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+DELETE FROM meta WHERE key = 'generation';
+ALTER TABLE searches ADD COLUMN last_used REAL;
+UPDATE searches SET last_used = CAST(strftime('%s', 'now') AS REAL);
+CREATE INDEX IF NOT EXISTS searches_last_used ON searches (last_used);
+"""
 SCHEMA_VERSION = max(MIGRATIONS)
+
+
+BUSY_TIMEOUT_MS = 30_000  # how long a statement waits for another connection's write
+TOUCH_WAIT_MS = 100  # how long the write of a search's last use waits
 
 
 def _encode_token(acquired: str, image_id: str) -> str:
@@ -150,8 +170,9 @@ def _bytes(image: Image) -> int:
 class SQLiteStore:
     """Catalog store on one SQLite file; one connection per thread."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, search_limits: SearchLimits | None = None):
         self.path = str(path)
+        self.search_limits = search_limits or SearchLimits()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
@@ -190,7 +211,10 @@ class SQLiteStore:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
+                self.path,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
             )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
@@ -216,16 +240,22 @@ class SQLiteStore:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
-        before = db.total_changes
         try:
             yield db
         except BaseException:
             db.execute("ROLLBACK")
             raise
         else:
-            if db.in_transaction and db.total_changes != before:
-                db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
             db.execute("COMMIT")
+
+    @staticmethod
+    def _bump(db: sqlite3.Connection, product_ids: Iterable[str]) -> None:
+        """Move the generation of products whose images or bands this transaction changes."""
+        db.executemany(
+            "INSERT INTO generations VALUES (?, 1)"
+            " ON CONFLICT (product_id) DO UPDATE SET value = value + 1",
+            [(p,) for p in sorted(set(product_ids))],
+        )
 
     def close(self) -> None:
         """Close every thread's connection."""
@@ -273,6 +303,7 @@ class SQLiteStore:
             "INSERT OR REPLACE INTO products (id, doc) VALUES (?, ?)",
             (product.id, product.model_dump_json()),
         )
+        self._bump(db, [product.id])
         return product
 
     def delete_product(self, product_id: str, cascade: bool = False) -> None:
@@ -290,6 +321,7 @@ class SQLiteStore:
                 )
             db.execute("DELETE FROM images WHERE product_id = ?", (product_id,))
             db.execute("DELETE FROM products WHERE id = ?", (product_id,))
+            self._bump(db, [product_id])
 
     # images
 
@@ -346,6 +378,7 @@ class SQLiteStore:
                 )
                 self._record_properties(db, image)
                 written.append(image)
+            self._bump(db, known)
         self._keep_statistics()
         return written
 
@@ -368,8 +401,11 @@ class SQLiteStore:
     def delete_image(self, image_id: str) -> None:
         """Delete one image."""
         with self._transaction() as db:
-            if db.execute("DELETE FROM images WHERE id = ?", (image_id,)).rowcount == 0:
+            row = db.execute("DELETE FROM images WHERE id = ? RETURNING product_id", (image_id,))
+            deleted = row.fetchall()
+            if not deleted:
                 raise NotFound(f"image '{image_id}' not found")
+            self._bump(db, [deleted[0][0]])
 
     def list_images(self, product_id: str, limit: int = 100, token: str | None = None) -> ImagePage:
         """A page of a product's images, newest first (keyset paging on acquired, id)."""
@@ -408,12 +444,17 @@ class SQLiteStore:
 
     # search
 
-    def generation(self) -> int:
-        """A number that grows with every write: part of mosaic cache keys."""
-        (value,) = (
-            self._connection().execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        )
-        return value
+    def generations(self, product_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Each product's generation (None: all; never written: absent, i.e. 0)."""
+        sql, args = _in_products("SELECT product_id, value FROM generations", product_ids)
+        return dict(self._connection().execute(sql, args).fetchall())
+
+    def generation(self, product_ids: Sequence[str] | None = None) -> int:
+        """The sum of the products' generations (None: all): part of mosaic cache keys."""
+        if product_ids is not None and not product_ids:
+            return 0
+        sql, args = _in_products("SELECT coalesce(sum(value), 0) FROM generations", product_ids)
+        return self._connection().execute(sql, args).fetchone()[0]
 
     def queryables(self, product_id: str | Sequence[str] | None = None) -> dict[str, Queryable]:
         """What filters may name: the core properties and those the images carry."""
@@ -565,39 +606,91 @@ class SQLiteStore:
         return summary
 
     def register_search(self, query: SearchQuery) -> RegisteredSearch:
-        """Store a search under its stable id (registering it again changes nothing)."""
+        """Store a search under its stable id; again: refresh its last use. No generation moves.
+
+        Past the cap, expired searches are deleted first, then the least recently used.
+        """
         queryables = self.queryables()  # unknown properties are refused now, not at a tile
         self._where(query, queryables)
         self._order(query, queryables)
         search_id = query.search_id()
         doc = json.dumps(query.identity(), sort_keys=True)
+        now = time.time()
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR IGNORE INTO searches VALUES (?, ?, ?)",
-                (search_id, doc, sortable_time(utcnow())),
-            )
+            if not db.execute(
+                "UPDATE searches SET last_used = ? WHERE id = ?", (now, search_id)
+            ).rowcount:
+                self._make_room(db, now)
+                db.execute(
+                    "INSERT INTO searches (id, doc, created, last_used) VALUES (?, ?, ?, ?)",
+                    (search_id, doc, sortable_time(utcnow()), now),
+                )
         return self.get_search(search_id)
 
+    def _make_room(self, db: sqlite3.Connection, now: float) -> None:
+        """Below the cap for one more search: expired ones go, then the least recently used."""
+        limits = self.search_limits
+        (count,) = db.execute("SELECT count(*) FROM searches").fetchone()
+        if count < limits.max_searches:
+            return
+        count -= db.execute(
+            "DELETE FROM searches WHERE last_used < ?", (now - limits.ttl,)
+        ).rowcount
+        if count >= limits.max_searches:
+            db.execute(
+                "DELETE FROM searches WHERE id IN"
+                " (SELECT id FROM searches ORDER BY last_used, id LIMIT ?)",
+                (count - limits.max_searches + 1,),
+            )
+
     def list_searches(self) -> list[RegisteredSearch]:
-        """Every registered search, by id."""
-        rows = self._connection().execute("SELECT id, doc, created FROM searches ORDER BY id")
-        return [
-            RegisteredSearch(id=i, search=SearchQuery.model_validate_json(doc), created=created)
-            for i, doc, created in rows
-        ]
+        """Every registered search that has not expired, by id."""
+        rows = self._connection().execute(
+            "SELECT id, doc, created, last_used FROM searches WHERE last_used >= ? ORDER BY id",
+            (time.time() - self.search_limits.ttl,),
+        )
+        return [_registered(*row) for row in rows]
 
     def get_search(self, search_id: str) -> RegisteredSearch:
-        """A registered search; NotFound if absent."""
-        row = (
-            self._connection()
-            .execute("SELECT doc, created FROM searches WHERE id = ?", (search_id,))
-            .fetchone()
-        )
-        if row is None:
+        """A registered search, its last use refreshed (at most every touch_every seconds).
+
+        NotFound if absent or unused for longer than the TTL: the client registers it again.
+        """
+        db = self._connection()
+        row = db.execute(
+            "SELECT id, doc, created, last_used FROM searches WHERE id = ?", (search_id,)
+        ).fetchone()
+        now, limits = time.time(), self.search_limits
+        if row is None or (row[3] or 0) < now - limits.ttl:
             raise NotFound(f"search '{search_id}' not found; register it with POST /searches")
-        return RegisteredSearch(
-            id=search_id, search=SearchQuery.model_validate_json(row[0]), created=row[1]
-        )
+        if now - row[3] >= limits.touch_every:
+            # autocommit, waiting briefly: a catalog busy with a long write must not stall a
+            # tile, and a touch missed now is made by a later lookup
+            db.execute(f"PRAGMA busy_timeout = {TOUCH_WAIT_MS}")
+            try:
+                db.execute("UPDATE searches SET last_used = ? WHERE id = ?", (now, search_id))
+            except sqlite3.OperationalError:
+                pass
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return _registered(*row)
+
+
+def _registered(search_id: str, doc: str, created: str, last_used: float) -> RegisteredSearch:
+    """A row of the searches table as a RegisteredSearch."""
+    return RegisteredSearch(
+        id=search_id,
+        search=SearchQuery.model_validate_json(doc),
+        created=created,
+        last_used=datetime.fromtimestamp(last_used, UTC),
+    )
+
+
+def _in_products(sql: str, product_ids: Sequence[str] | None) -> tuple[str, list]:
+    """`sql` limited to some products (None: all)."""
+    if product_ids is None:
+        return sql, []
+    return f"{sql} WHERE product_id IN ({', '.join('?' * len(product_ids))})", list(product_ids)
 
 
 def _nulls(key: SortBy) -> str:

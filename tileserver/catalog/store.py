@@ -11,6 +11,7 @@ from tileserver.catalog.cql2sql import Queryable
 from tileserver.catalog.models import Image, Product
 from tileserver.catalog.search import (
     RegisteredSearch,
+    SearchLimits,
     SearchPage,
     SearchQuery,
     Summary,
@@ -46,6 +47,8 @@ class ImagePage(BaseModel):
 
 class CatalogStore(Protocol):
     """Products, bands and images; writes of one scene are atomic."""
+
+    search_limits: SearchLimits  # TTL and cap of registered searches (the app sets its own)
 
     def list_products(self) -> list[Product]:
         """Every product, by id."""
@@ -94,13 +97,17 @@ class CatalogStore(Protocol):
         """Matching images whose footprint meets a WGS84 box, in paint order (select_for_tile)."""
 
     def register_search(self, query: SearchQuery) -> RegisteredSearch:
-        """Store a search under its stable id."""
+        """Store a search under its stable id, or refresh its last use; no generation moves.
+
+        Past `search_limits.max_searches`, expired searches go first, then the least
+        recently used.
+        """
 
     def get_search(self, search_id: str) -> RegisteredSearch:
-        """A registered search; NotFound if absent."""
+        """A registered search, its last use refreshed; NotFound if absent or expired."""
 
     def list_searches(self) -> list[RegisteredSearch]:
-        """Every registered search, by id."""
+        """Every registered search that has not expired, by id."""
 
     def put_key(self, key: ApiKey) -> ApiKey:
         """Create or replace an API key record (catalog.keys)."""
@@ -114,23 +121,33 @@ class CatalogStore(Protocol):
     def has_keys(self) -> bool:
         """Whether any key was ever created (revoked ones count)."""
 
-    def generation(self) -> int:
-        """Grows with every write (cache keys of mosaics include it)."""
+    def generations(self, product_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Each product's generation (None: all), moved by every write to its images or bands.
+
+        Products never written are absent (generation 0); a deleted product keeps its row so
+        one created again under the same id never reuses a number.
+        """
+
+    def generation(self, product_ids: Sequence[str] | None = None) -> int:
+        """The sum of these products' generations (None: all): mosaic cache keys include it.
+
+        Generations only grow, so the sum over a set moves with any write to one of them.
+        """
 
     def close(self) -> None:
         """Release connections."""
 
 
-def open_store(url: str) -> CatalogStore:
+def open_store(url: str, search_limits: SearchLimits | None = None) -> CatalogStore:
     """Open the store a catalog URL names."""
     if url.startswith("sqlite:///") or url == "sqlite://":
         from tileserver.catalog.sqlite import SQLiteStore
 
-        return SQLiteStore(url.removeprefix("sqlite:///") or ":memory:")
+        return SQLiteStore(url.removeprefix("sqlite:///") or ":memory:", search_limits)
     if url.startswith(("postgresql://", "postgres://")):
         from tileserver.catalog.pgstac import PgstacStore
 
-        return PgstacStore(url)
+        return PgstacStore(url, search_limits=search_limits)
     raise ValueError(
         f"unsupported catalog URL '{url}': use sqlite:///PATH or postgresql://USER@HOST/DB"
     )
