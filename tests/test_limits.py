@@ -29,7 +29,12 @@ from rasterio.transform import from_origin
 from tests.conftest import DEMO_IMAGE, DEMO_TILE, free_port, make_settings, stub_server
 from tests.synthetic import write_raster
 from tileserver.app import create_app
-from tileserver.catalog.cql2sql import MAX_FILTER_DEPTH, MAX_FILTER_NODES, MAX_TEXT_OPERATORS
+from tileserver.catalog.cql2sql import (
+    MAX_FILTER_DEPTH,
+    MAX_FILTER_NODES,
+    MAX_FILTER_STRING,
+    MAX_TEXT_OPERATORS,
+)
 from tileserver.logs import RedactSecrets, log_config
 
 PRODUCT = DEMO_IMAGE.split(":")[0]
@@ -507,3 +512,36 @@ def test_redact_filter_covers_message_arguments_and_traceback(monkeypatch):
     config = log_config()  # what `tileserver serve` hands uvicorn
     assert all(h["filters"] == ["redact"] for h in config["handlers"].values())
     assert config["root"]["handlers"] == ["default"]
+
+
+# --------------------------------------------------------------------------- LIKE
+
+
+def search_time(client, text: str) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = client.get("/stac/search", params={"filter": text, "limit": 100})
+    return response, time.monotonic() - started
+
+
+@pytest.mark.parametrize("pairs", [12, 30, 100])
+def test_pathological_like_patterns_answer_fast_in_both_stores(any_client, pairs):
+    """`%_` repeated made SQLite's LIKE (a Python regex) backtrack: 12 pairs took 30 s+."""
+    everything = any_client.get("/stac/search", params={"limit": 100}).json()["numberMatched"]
+    for text, matched in (
+        (f"id LIKE '{'%_' * pairs}!'", 0),  # no id ends with '!': every split is tried
+        (f"id LIKE '{'%_' * pairs}%'", everything if pairs <= 30 else 0),  # ids of >= pairs
+        (f"'{'a' * MAX_FILTER_STRING}' LIKE '{'%_' * pairs}!'", 0),  # the longest literal
+        (f"'{'a' * MAX_FILTER_STRING}' LIKE '{'%a_' * pairs}%'", everything),
+    ):
+        response, seconds = search_time(any_client, text)
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["numberMatched"] == matched, text[:80]
+        assert seconds < 2, (text[:80], seconds)
+
+
+def test_like_string_longer_than_the_limit_is_refused(any_client):
+    pattern = "%_" * (MAX_FILTER_STRING // 2) + "!"  # one character too long
+    response, _ = search_time(any_client, f"id LIKE '{pattern}'")
+    assert_refused(response, str(MAX_FILTER_STRING), "string")
+    response, _ = search_time(any_client, f"id LIKE '{pattern[1:]}'")  # exactly the limit
+    assert response.status_code == 200 and response.json()["numberMatched"] == 0
