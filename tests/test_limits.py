@@ -35,6 +35,12 @@ from tileserver.catalog.cql2sql import (
     MAX_FILTER_STRING,
     MAX_TEXT_OPERATORS,
 )
+from tileserver.catalog.geojson import (
+    MAX_GEOMETRY_DEPTH,
+    MAX_GEOMETRY_PARTS,
+    MAX_GEOMETRY_POSITIONS,
+)
+from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.logs import RedactSecrets, log_config
 
 PRODUCT = DEMO_IMAGE.split(":")[0]
@@ -545,3 +551,206 @@ def test_like_string_longer_than_the_limit_is_refused(any_client):
     assert_refused(response, str(MAX_FILTER_STRING), "string")
     response, _ = search_time(any_client, f"id LIKE '{pattern[1:]}'")  # exactly the limit
     assert response.status_code == 200 and response.json()["numberMatched"] == 0
+
+
+# --------------------------------------------------------------------------- GeoJSON geometries
+
+
+def nested(depth: int) -> list:
+    """A list nested `depth` levels deep (built without recursion)."""
+    value: list = [0.0, 0.0]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def ring(lon: float, lat: float, radius: float, count: int) -> list[list[float]]:
+    """A closed circle of `count` positions (the first repeated last): a valid ring."""
+    step = 2 * numpy.pi / (count - 1)
+    points = [
+        [lon + radius * numpy.cos(i * step), lat + radius * numpy.sin(i * step)]
+        for i in range(count - 1)
+    ]
+    return [*points, points[0]]
+
+
+def deep_polygon(depth: int) -> dict:
+    """A Polygon whose coordinates nest so the whole geometry is `depth` levels deep."""
+    return {"type": "Polygon", "coordinates": nested(depth - 1)}
+
+
+def nested_collections(depth: int, lon: float, lat: float) -> dict:
+    """A valid geometry exactly `depth` levels deep: collections around a Polygon (4 levels)."""
+    geometry: dict = {"type": "Polygon", "coordinates": [ring(lon, lat, 0.01, 5)]}
+    levels = 4
+    while levels + 2 <= depth:  # each collection adds an object and its `geometries` list
+        geometry = {"type": "GeometryCollection", "geometries": [geometry]}
+        levels += 2
+    assert levels == depth, "an even depth"
+    return geometry
+
+
+OVERSIZE = {  # how each limit is crossed, and a word the detail must hold
+    "far too deep": (lambda: deep_polygon(500), "16 levels"),
+    "just too deep": (lambda: deep_polygon(MAX_GEOMETRY_DEPTH + 1), "16 levels"),
+    "too many positions": (
+        lambda: {"type": "Polygon", "coordinates": [[[0, 0]] * (MAX_GEOMETRY_POSITIONS + 1)]},
+        str(MAX_GEOMETRY_POSITIONS),
+    ),
+    "too many empty parts": (
+        lambda: {"type": "MultiPolygon", "coordinates": [[]] * MAX_GEOMETRY_PARTS},
+        str(MAX_GEOMETRY_PARTS),
+    ),
+    "a long position": (
+        lambda: {"type": "Polygon", "coordinates": [[[0.0] * 10_000, [1, 0], [0, 1], [0, 0]]]},
+        "position",
+    ),
+}
+
+
+def geometry_requests(geometry: dict) -> dict:
+    """Every place the demo app takes a GeoJSON geometry: method, path and request."""
+    image = f"/images/{DEMO_IMAGE}"
+    footprint = {"name": "limits", "product_id": PRODUCT, "acquired": "2024-06-12T10:20:31Z"}
+    text = json.dumps(geometry)
+    get = {"params": {"intersects": text}} if len(text) < 30_000 else None  # httpx's URL limit
+    requests = {
+        "GET /stac/search": ("GET", "/stac/search", get),
+        "POST /stac/search": ("POST", "/stac/search", {"json": {"intersects": geometry}}),
+        "POST /searches": ("POST", "/searches", {"json": {"intersects": geometry}}),
+        "filter literal": (
+            "POST",
+            "/stac/search",
+            {
+                "json": {
+                    "filter": {
+                        "op": "s_intersects",
+                        "args": [{"property": "geometry"}, geometry],
+                    },
+                    "filter-lang": "cql2-json",
+                }
+            },
+        ),
+        "POST download": ("POST", f"{image}/download.tif", {"json": {"geometry": geometry}}),
+        "POST /timeseries": (
+            "POST",
+            "/timeseries",
+            {
+                "json": {
+                    "geometry": geometry,
+                    "product": PRODUCT,
+                    "band": "B04",
+                    "start_date": "2024-06-01",
+                    "end_date": "2024-06-30",
+                }
+            },
+        ),
+        "PUT image": (
+            "PUT",
+            f"/images/{PRODUCT}:limits",
+            {"json": {**footprint, "storage_state": "remote", "geometry": geometry}},
+        ),
+        "PUT image with bbox": (
+            "PUT",
+            f"/images/{PRODUCT}:limits",
+            {
+                "json": {
+                    **footprint,
+                    "storage_state": "remote",
+                    "geometry": geometry,
+                    "bbox": [0, 0, 1, 1],
+                }
+            },
+        ),
+    }
+    return {place: request for place, request in requests.items() if request[2] is not None}
+
+
+@pytest.mark.parametrize("size", list(OVERSIZE))
+def test_oversize_geometries_are_refused_everywhere(client, size):
+    make, word = OVERSIZE[size]
+    geometry = make()
+    for place, (method, path, request) in geometry_requests(geometry).items():
+        response = client.request(method, path, **request)
+        assert response.status_code in (400, 422), (place, response.text[:300])
+        detail = response.json()["detail"]
+        assert word in detail, (place, detail[:300])
+
+
+def test_geometries_deeper_than_python_can_parse_are_refused(client):
+    """3,000 levels: json.loads raised RecursionError on GET /stac/search (a 500)."""
+    text = '{"type": "Polygon", "coordinates": ' + "[" * 3_000 + "0, 0" + "]" * 3_000 + "}"
+    response = client.get("/stac/search", params={"intersects": text})
+    assert_refused(response, "intersects", "16 levels")
+    filter_text = json.dumps({"op": "s_intersects", "args": [{"property": "geometry"}, "G"]})
+    filter_text = filter_text.replace('"G"', text)
+    response = client.get("/stac/search", params={"filter": filter_text})
+    assert_refused(response)  # cql2's own JSON parser refuses nesting beyond 128
+    for place, (method, path, request) in geometry_requests({"type": "Point"}).items():
+        if method == "GET":
+            continue
+        body = json.dumps(request["json"]).replace('{"type": "Point"}', text)
+        headers = {"content-type": "application/json"}
+        response = client.request(method, path, content=body, headers=headers)
+        assert response.status_code == 400, (place, response.text[:300])
+        assert response.json()["detail"], place
+
+
+@pytest.mark.parametrize("size", list(OVERSIZE))
+def test_oversize_import_geometries_are_refused(importer, size):
+    make, word = OVERSIZE[size]
+    geometry = make()
+    for field in ("intersects", "contains"):
+        root = Path(importer.store.path).parent / "imports"
+        body = {"cloud_provider": "file", "bucket_name": str(root)}
+        response = importer.post("/imports", json={**body, field: geometry})
+        assert response.status_code in (400, 422), (field, response.text[:300])
+        assert word in response.json()["detail"], (field, response.text[:300])
+
+
+@pytest.fixture()
+def roomy_client(demo_dir, any_demo_store):
+    """A client of the demo app in each store, taking bodies of 16 MiB (100,000 vertices)."""
+    settings = make_settings(demo_dir, max_body_bytes=16 << 20)
+    with TestClient(create_app(settings, store=any_demo_store)) as client:
+        yield client
+
+
+def test_geometries_at_the_limits_still_work(roomy_client):
+    """The deepest, the most vertices and the most parts allowed: a search still answers."""
+    any_client = roomy_client
+    lon, lat = demo_point()
+    point = {"type": "Point", "coordinates": [lon, lat]}
+    body = {"intersects": point, "limit": 100}
+    expected = any_client.post("/stac/search", json=body).json()["numberMatched"]
+    assert expected > 0
+    circle = {"type": "Polygon", "coordinates": [ring(lon, lat, 0.01, MAX_GEOMETRY_POSITIONS)]}
+    # a MultiPolygon of n one-ring polygons has 2 + 2n parts: the object, its coordinates,
+    # and each polygon with its ring
+    squares = (MAX_GEOMETRY_PARTS - 2) // 2
+    assert 2 + 2 * squares == MAX_GEOMETRY_PARTS
+    many = {
+        "type": "MultiPolygon",
+        "coordinates": [
+            [
+                [
+                    [lon + i * 2e-6, lat],
+                    [lon + i * 2e-6 + 1e-6, lat],
+                    [lon + i * 2e-6, lat + 1e-6],
+                    [lon + i * 2e-6, lat],
+                ]
+            ]
+            for i in range(squares)
+        ],
+    }
+    deepest = nested_collections(MAX_GEOMETRY_DEPTH, lon, lat)
+    geometries = [circle, many]
+    if isinstance(any_client.app.state.store, SQLiteStore):  # pgSTAC takes no collections
+        geometries.append(deepest)
+    for geometry in geometries:
+        response = any_client.post("/stac/search", json={"intersects": geometry, "limit": 100})
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["numberMatched"] == expected
+    polygons = {"type": "MultiPolygon", "coordinates": [[ring(lon, lat, 0.01, 50)]]}
+    response = any_client.get("/stac/search", params={"intersects": json.dumps(polygons)})
+    assert response.status_code == 200 and response.json()["numberMatched"] == expected

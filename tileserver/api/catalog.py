@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
 from tileserver.api.deps import StoreDep
+from tileserver.catalog.geojson import geometry_problem
 from tileserver.catalog.models import Image, Product, split_image_id
 from tileserver.catalog.store import ImagePage
 
@@ -102,6 +103,9 @@ def put_image(image_id: str, image: Image, store: StoreDep) -> Image:
     """Create or replace an image; a `remote` image has no files and no tiles."""
     if image.id != _checked_id(image_id):
         raise HTTPException(400, f"body id '{image.id}' differs from path id '{image_id}'")
+    problem = geometry_problem(image.geometry)  # a footprint with a bbox is not read before
+    if problem is not None:
+        raise HTTPException(400, f"geometry {problem}")
     return store.put_images([image])[0]
 
 

@@ -29,6 +29,7 @@ import cql2
 import shapely
 from shapely.geometry import shape
 
+from tileserver.catalog.geojson import geometry_problem
 from tileserver.catalog.models import sortable_time
 
 QueryableType = Literal[
@@ -137,10 +138,24 @@ def _check_tree(tree: Any) -> None:
             raise FilterError(
                 f"filter has a string of {len(node)} characters, more than {MAX_FILTER_STRING}"
             )
-        if isinstance(node, Mapping) and not _is_geometry_literal(node):
+        if _is_geometry_literal(node):
+            _check_geometry_literal(node)
+        elif isinstance(node, Mapping):
             pending.extend((child, depth + 1) for child in node.values())
         elif isinstance(node, list | tuple):
             pending.extend((child, depth + 1) for child in node)
+
+
+def _check_geometry_literal(node: Mapping) -> None:
+    """FilterError when a geometry literal is deeper or larger than geojson's limits."""
+    if "bbox" in node:
+        box = node["bbox"]
+        if not isinstance(box, list | tuple) or len(box) not in (4, 6):
+            raise FilterError("a bbox in a filter has 4 or 6 numbers")
+        return
+    problem = geometry_problem(node)
+    if problem is not None:
+        raise FilterError(f"filter geometry {problem}")
 
 
 @lru_cache(maxsize=1024)
