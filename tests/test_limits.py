@@ -28,6 +28,7 @@ from rasterio.transform import from_origin
 
 from tests.conftest import DEMO_IMAGE, DEMO_TILE, free_port, make_settings, stub_server
 from tests.synthetic import write_raster
+from tileserver.api.deps import MAX_BANDS, MAX_SCALING_DEPTH, MAX_SCALING_VALUES
 from tileserver.app import create_app
 from tileserver.catalog.cql2sql import (
     MAX_FILTER_DEPTH,
@@ -42,6 +43,12 @@ from tileserver.catalog.geojson import (
 )
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.logs import RedactSecrets, log_config
+from tileserver.render.pipeline import (
+    MAX_EXPRESSION_DEPTH,
+    MAX_EXPRESSION_LENGTH,
+    MAX_EXPRESSION_OUTPUTS,
+    MAX_EXPRESSION_TERMS,
+)
 
 PRODUCT = DEMO_IMAGE.split(":")[0]
 LIMIT = 1024  # max_body_bytes of the body tests
@@ -754,3 +761,90 @@ def test_geometries_at_the_limits_still_work(roomy_client):
     polygons = {"type": "MultiPolygon", "coordinates": [[ring(lon, lat, 0.01, 50)]]}
     response = any_client.get("/stac/search", params={"intersects": json.dumps(polygons)})
     assert response.status_code == 200 and response.json()["numberMatched"] == expected
+
+
+# --------------------------------------------------------------------------- render parameters
+
+TIF = tile_url().replace(".png", ".tif")
+
+
+def scaling_json(depth: int) -> str:
+    """A scaling object `depth` levels deep: {"B04": [[...[0, 3000]...]]}."""
+    return '{"B04": ' + "[" * (depth - 1) + "0, 3000" + "]" * (depth - 1) + "}"
+
+
+@pytest.mark.parametrize("depth", [3, 500, 3_000])
+def test_deep_scaling_json_is_refused(client, depth):
+    """3,000 levels made json.loads raise RecursionError (a 500); a list in a list is wrong."""
+    response = client.get(TIF, params={"bands": "B04", "scaling": scaling_json(depth)})
+    assert_refused(response, "scaling", f"deeper than {MAX_SCALING_DEPTH} levels")
+
+
+def test_scaling_sizes_are_bounded(client):
+    entry = ",".join(["1"] * (MAX_SCALING_VALUES + 1))
+    assert_refused(client.get(TIF, params={"scaling": entry}), str(MAX_SCALING_VALUES))
+    many = [f"B{i}" for i in range(MAX_BANDS + 1)]
+    response = client.get(TIF, params={"scaling": ["display"] * (MAX_BANDS + 1)})
+    assert_refused(response, str(MAX_BANDS))
+    mapping = json.dumps({name: "display" for name in [*many, "default_"]})
+    assert_refused(client.get(TIF, params={"scaling": mapping}), str(MAX_BANDS))
+
+
+def test_scaling_within_the_limits_still_works(client):
+    for scaling in (scaling_json(MAX_SCALING_DEPTH), "0,3000,0,255", ["0,3000"] * 3):
+        response = client.get(TIF, params={"bands": "B04,B03,B02", "scaling": scaling})
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("expression", "words"),
+    [
+        ("+".join(["B04"] * 3_000), [str(MAX_EXPRESSION_LENGTH), "characters"]),
+        ("+".join(["1"] * 300) + "+B04", [str(MAX_EXPRESSION_TERMS), "terms"]),
+        ("-" * 1_000 + "B04", [str(MAX_EXPRESSION_TERMS), "terms"]),
+        ("(" * 100 + "B04" + ")" * 100, [str(MAX_EXPRESSION_DEPTH), "parentheses"]),
+        (";".join(["B04"] * 2_000), ["characters", str(MAX_EXPRESSION_LENGTH)]),
+        (
+            ";".join(["B04"] * (MAX_EXPRESSION_OUTPUTS + 1)),
+            ["outputs", str(MAX_EXPRESSION_OUTPUTS)],
+        ),
+    ],
+    ids=[
+        "3,000 terms",
+        "301 terms",
+        "1,000 signs",
+        "100 parentheses",
+        "2,000 outputs",
+        "17 outputs",
+    ],
+)
+def test_oversize_expressions_are_refused(client, expression, words):
+    """3,000 terms overflowed Python's parser (a 500); 2,000 outputs ran for a minute."""
+    started = time.monotonic()
+    assert_refused(client.get(TIF, params={"expression": expression}), *words)
+    assert time.monotonic() - started < 2
+
+
+def test_expressions_at_the_limits_still_work(client):
+    names = ["B04", "B08", "B03", "B02"]
+    terms = [names[i % 4] for i in range((MAX_EXPRESSION_TERMS + 1) // 2)]
+    assert len(terms) * 2 - 1 <= MAX_EXPRESSION_TERMS and len("+".join(terms)) <= 1024
+    outputs = ";".join(["(B08-B04)/(B08+B04)"] * MAX_EXPRESSION_OUTPUTS)
+    nested = "(" * MAX_EXPRESSION_DEPTH + "B08-B04" + ")" * MAX_EXPRESSION_DEPTH
+    for expression, count in (("+".join(terms), 1), (outputs, MAX_EXPRESSION_OUTPUTS), (nested, 1)):
+        response = client.get(TIF, params={"expression": expression})
+        assert response.status_code == 200, (expression[:50], response.text)
+        with rasterio.MemoryFile(response.content) as memory, memory.open() as tif:
+            assert tif.count == count + 1  # and the mask band
+
+
+def test_band_lists_are_bounded(client):
+    started = time.monotonic()
+    response = client.get(TIF, params={"bands": ",".join(["B04"] * 3_000)})
+    assert_refused(response, "bands", str(MAX_BANDS))
+    assert time.monotonic() - started < 2  # 3,000 names were 3,000 reads: 20 s
+    assert_refused(client.get(TIF, params={"bands": ",".join(["B04"] * (MAX_BANDS + 1))}))
+    response = client.get(TIF, params={"bands": ",".join(["B04", "B03", "B02", "B04"] * 16)})
+    assert response.status_code == 200, response.text  # 64 names, repeats allowed
+    with rasterio.MemoryFile(response.content) as memory, memory.open() as tif:
+        assert tif.count == MAX_BANDS + 1
