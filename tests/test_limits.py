@@ -16,6 +16,7 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import morecantile
@@ -42,7 +43,7 @@ from tileserver.catalog.geojson import (
     MAX_GEOMETRY_POSITIONS,
 )
 from tileserver.catalog.sqlite import SQLiteStore
-from tileserver.logs import RedactSecrets, log_config
+from tileserver.logs import RedactSecrets, decoded, log_config, scrub
 from tileserver.render.pipeline import (
     MAX_EXPRESSION_DEPTH,
     MAX_EXPRESSION_LENGTH,
@@ -443,6 +444,40 @@ def denied_s3():
         yield address
 
 
+def api_token(secret: str) -> str:
+    """A key in catalog.keys' format: tsk_<12 hex>_<secret>."""
+    return f"tsk_0123456789ab_{secret}"
+
+
+KEY_SECRETS = [f"KeySecret{i}xYz-0123456789_abc" for i in range(9)]
+TOKENS = [api_token(s) for s in KEY_SECRETS]
+KEY_SPELLINGS = [  # how a client may spell ?api_key=<key>; parse_qsl reads each as the key
+    f"api%5Fkey={TOKENS[0]}",  # the name percent-encoded
+    f"%61%70%69%5f%6b%65%79={TOKENS[1]}",  # every character of it, lower-case hex
+    f"API_KEY={TOKENS[2]}&bands=B04",  # letter case (not our key, still masked)
+    f"api_key={quote(TOKENS[3], safe='')}",  # the value percent-encoded
+    f"api_key=first&api_key={TOKENS[4]}",  # repeated
+    f"api_key+={TOKENS[5]}",  # a `+` (a space) after the name
+    f"next={quote('https://x/?api_key=' + TOKENS[6], safe='')}",  # a URL inside a parameter
+    f"ref={''.join(f'%{b:02X}' for b in TOKENS[7].encode())}",  # a key fully encoded
+    f"q=see%20{TOKENS[8]}",  # a key anywhere
+]
+
+
+@pytest.mark.parametrize("spelling", KEY_SPELLINGS)
+def test_every_spelling_of_a_key_is_scrubbed(spelling):
+    secret = KEY_SECRETS[KEY_SPELLINGS.index(spelling)]
+    for text in (
+        f'127.0.0.1:5000 - "GET /products?{spelling} HTTP/1.1" 200',
+        f"Referer: http://viewer.example/map?{spelling}#12/50/10",
+        f"cannot read http://host/x.tif?{spelling}",
+    ):
+        scrubbed = scrub(text)
+        assert secret not in scrubbed and "***" in scrubbed, scrubbed
+        assert secret not in decoded(scrubbed), scrubbed
+    assert scrub("GET /products?bands=B04,B03&scaling=0,3000 HTTP/1.1").endswith("3000 HTTP/1.1")
+
+
 def test_served_logs_hold_no_secret(tmp_path, denied_s3):
     """`tileserver serve` as a process: request lines logged, every secret in them masked."""
     port = free_port()
@@ -479,6 +514,8 @@ def test_served_logs_hold_no_secret(tmp_path, denied_s3):
             # secrets a client put in a URL: the credential's value, a password in a URL
             httpx.get(f"{url}/products/{SECRETS['AWS_SECRET_ACCESS_KEY']}")
             httpx.get(f"{url}/products", params={"next": "postgresql://me:DBPASS42@db/x"})
+            for query in KEY_SPELLINGS:  # the server is open: each is a 200, logged
+                assert httpx.get(f"{url}/products?{query}").status_code == 200, query
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -487,8 +524,9 @@ def test_served_logs_hold_no_secret(tmp_path, denied_s3):
     assert '"POST /imports HTTP/1.1" 400' in logged
     assert "GET /products/*** HTTP/1.1" in logged
     assert "next=postgresql%3A%2F%2Fme%3A***%40db" in logged
-    for secret in ("SECRET123", "SECRET456", "DBPASS42", *SECRETS.values()):
+    for secret in ("SECRET123", "SECRET456", "DBPASS42", *SECRETS.values(), *KEY_SECRETS):
         assert secret not in logged, (secret, logged)
+    assert logged.count("GET /products?") >= 2 + len(KEY_SPELLINGS)  # every line was logged
 
 
 def wait_until_up(url: str, process: subprocess.Popen) -> None:
