@@ -16,6 +16,7 @@ import sys
 import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import morecantile
@@ -28,9 +29,27 @@ from rasterio.transform import from_origin
 
 from tests.conftest import DEMO_IMAGE, DEMO_TILE, free_port, make_settings, stub_server
 from tests.synthetic import write_raster
+from tileserver.api.deps import MAX_BANDS, MAX_SCALING_DEPTH, MAX_SCALING_VALUES
 from tileserver.app import create_app
-from tileserver.catalog.cql2sql import MAX_FILTER_DEPTH, MAX_FILTER_NODES, MAX_TEXT_OPERATORS
-from tileserver.logs import RedactSecrets, log_config
+from tileserver.catalog.cql2sql import (
+    MAX_FILTER_DEPTH,
+    MAX_FILTER_NODES,
+    MAX_FILTER_STRING,
+    MAX_TEXT_OPERATORS,
+)
+from tileserver.catalog.geojson import (
+    MAX_GEOMETRY_DEPTH,
+    MAX_GEOMETRY_PARTS,
+    MAX_GEOMETRY_POSITIONS,
+)
+from tileserver.catalog.sqlite import SQLiteStore
+from tileserver.logs import RedactSecrets, decoded, log_config, scrub
+from tileserver.render.pipeline import (
+    MAX_EXPRESSION_DEPTH,
+    MAX_EXPRESSION_LENGTH,
+    MAX_EXPRESSION_OUTPUTS,
+    MAX_EXPRESSION_TERMS,
+)
 
 PRODUCT = DEMO_IMAGE.split(":")[0]
 LIMIT = 1024  # max_body_bytes of the body tests
@@ -426,6 +445,40 @@ def denied_s3():
         yield address
 
 
+def api_token(secret: str) -> str:
+    """A key in catalog.keys' format: tsk_<12 hex>_<secret>."""
+    return f"tsk_0123456789ab_{secret}"
+
+
+KEY_SECRETS = [f"KeySecret{i}xYz-0123456789_abc" for i in range(9)]
+TOKENS = [api_token(s) for s in KEY_SECRETS]
+KEY_SPELLINGS = [  # how a client may spell ?api_key=<key>; parse_qsl reads each as the key
+    f"api%5Fkey={TOKENS[0]}",  # the name percent-encoded
+    f"%61%70%69%5f%6b%65%79={TOKENS[1]}",  # every character of it, lower-case hex
+    f"API_KEY={TOKENS[2]}&bands=B04",  # letter case (not our key, still masked)
+    f"api_key={quote(TOKENS[3], safe='')}",  # the value percent-encoded
+    f"api_key=first&api_key={TOKENS[4]}",  # repeated
+    f"api_key+={TOKENS[5]}",  # a `+` (a space) after the name
+    f"next={quote('https://x/?api_key=' + TOKENS[6], safe='')}",  # a URL inside a parameter
+    f"ref={''.join(f'%{b:02X}' for b in TOKENS[7].encode())}",  # a key fully encoded
+    f"q=see%20{TOKENS[8]}",  # a key anywhere
+]
+
+
+@pytest.mark.parametrize("spelling", KEY_SPELLINGS)
+def test_every_spelling_of_a_key_is_scrubbed(spelling):
+    secret = KEY_SECRETS[KEY_SPELLINGS.index(spelling)]
+    for text in (
+        f'127.0.0.1:5000 - "GET /products?{spelling} HTTP/1.1" 200',
+        f"Referer: http://viewer.example/map?{spelling}#12/50/10",
+        f"cannot read http://host/x.tif?{spelling}",
+    ):
+        scrubbed = scrub(text)
+        assert secret not in scrubbed and "***" in scrubbed, scrubbed
+        assert secret not in decoded(scrubbed), scrubbed
+    assert scrub("GET /products?bands=B04,B03&scaling=0,3000 HTTP/1.1").endswith("3000 HTTP/1.1")
+
+
 def test_served_logs_hold_no_secret(tmp_path, denied_s3):
     """`tileserver serve` as a process: request lines logged, every secret in them masked."""
     port = free_port()
@@ -462,6 +515,8 @@ def test_served_logs_hold_no_secret(tmp_path, denied_s3):
             # secrets a client put in a URL: the credential's value, a password in a URL
             httpx.get(f"{url}/products/{SECRETS['AWS_SECRET_ACCESS_KEY']}")
             httpx.get(f"{url}/products", params={"next": "postgresql://me:DBPASS42@db/x"})
+            for query in KEY_SPELLINGS:  # the server is open: each is a 200, logged
+                assert httpx.get(f"{url}/products?{query}").status_code == 200, query
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -470,8 +525,9 @@ def test_served_logs_hold_no_secret(tmp_path, denied_s3):
     assert '"POST /imports HTTP/1.1" 400' in logged
     assert "GET /products/*** HTTP/1.1" in logged
     assert "next=postgresql%3A%2F%2Fme%3A***%40db" in logged
-    for secret in ("SECRET123", "SECRET456", "DBPASS42", *SECRETS.values()):
+    for secret in ("SECRET123", "SECRET456", "DBPASS42", *SECRETS.values(), *KEY_SECRETS):
         assert secret not in logged, (secret, logged)
+    assert logged.count("GET /products?") >= 2 + len(KEY_SPELLINGS)  # every line was logged
 
 
 def wait_until_up(url: str, process: subprocess.Popen) -> None:
@@ -508,3 +564,326 @@ def test_redact_filter_covers_message_arguments_and_traceback(monkeypatch):
     config = log_config()  # what `tileserver serve` hands uvicorn
     assert all(h["filters"] == ["redact"] for h in config["handlers"].values())
     assert config["root"]["handlers"] == ["default"]
+
+
+# --------------------------------------------------------------------------- LIKE
+
+
+def search_time(client, text: str) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = client.get("/stac/search", params={"filter": text, "limit": 100})
+    return response, time.monotonic() - started
+
+
+@pytest.mark.parametrize("pairs", [12, 30, 100])
+def test_pathological_like_patterns_answer_fast_in_both_stores(any_client, pairs):
+    """`%_` repeated made SQLite's LIKE (a Python regex) backtrack: 12 pairs took 30 s+."""
+    everything = any_client.get("/stac/search", params={"limit": 100}).json()["numberMatched"]
+    for text, matched in (
+        (f"id LIKE '{'%_' * pairs}!'", 0),  # no id ends with '!': every split is tried
+        (f"id LIKE '{'%_' * pairs}%'", everything if pairs <= 30 else 0),  # ids of >= pairs
+        (f"'{'a' * MAX_FILTER_STRING}' LIKE '{'%_' * pairs}!'", 0),  # the longest literal
+        (f"'{'a' * MAX_FILTER_STRING}' LIKE '{'%a_' * pairs}%'", everything),
+    ):
+        response, seconds = search_time(any_client, text)
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["numberMatched"] == matched, text[:80]
+        assert seconds < 2, (text[:80], seconds)
+
+
+def test_like_string_longer_than_the_limit_is_refused(any_client):
+    pattern = "%_" * (MAX_FILTER_STRING // 2) + "!"  # one character too long
+    response, _ = search_time(any_client, f"id LIKE '{pattern}'")
+    assert_refused(response, str(MAX_FILTER_STRING), "string")
+    response, _ = search_time(any_client, f"id LIKE '{pattern[1:]}'")  # exactly the limit
+    assert response.status_code == 200 and response.json()["numberMatched"] == 0
+
+
+# --------------------------------------------------------------------------- GeoJSON geometries
+
+
+def nested(depth: int) -> list:
+    """A list nested `depth` levels deep (built without recursion)."""
+    value: list = [0.0, 0.0]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def ring(lon: float, lat: float, radius: float, count: int) -> list[list[float]]:
+    """A closed circle of `count` positions (the first repeated last): a valid ring."""
+    step = 2 * numpy.pi / (count - 1)
+    points = [
+        [lon + radius * numpy.cos(i * step), lat + radius * numpy.sin(i * step)]
+        for i in range(count - 1)
+    ]
+    return [*points, points[0]]
+
+
+def deep_polygon(depth: int) -> dict:
+    """A Polygon whose coordinates nest so the whole geometry is `depth` levels deep."""
+    return {"type": "Polygon", "coordinates": nested(depth - 1)}
+
+
+def nested_collections(depth: int, lon: float, lat: float) -> dict:
+    """A valid geometry exactly `depth` levels deep: collections around a Polygon (4 levels)."""
+    geometry: dict = {"type": "Polygon", "coordinates": [ring(lon, lat, 0.01, 5)]}
+    levels = 4
+    while levels + 2 <= depth:  # each collection adds an object and its `geometries` list
+        geometry = {"type": "GeometryCollection", "geometries": [geometry]}
+        levels += 2
+    assert levels == depth, "an even depth"
+    return geometry
+
+
+OVERSIZE = {  # how each limit is crossed, and a word the detail must hold
+    "far too deep": (lambda: deep_polygon(500), "16 levels"),
+    "just too deep": (lambda: deep_polygon(MAX_GEOMETRY_DEPTH + 1), "16 levels"),
+    "too many positions": (
+        lambda: {"type": "Polygon", "coordinates": [[[0, 0]] * (MAX_GEOMETRY_POSITIONS + 1)]},
+        str(MAX_GEOMETRY_POSITIONS),
+    ),
+    "too many empty parts": (
+        lambda: {"type": "MultiPolygon", "coordinates": [[]] * MAX_GEOMETRY_PARTS},
+        str(MAX_GEOMETRY_PARTS),
+    ),
+    "a long position": (
+        lambda: {"type": "Polygon", "coordinates": [[[0.0] * 10_000, [1, 0], [0, 1], [0, 0]]]},
+        "position",
+    ),
+}
+
+
+def geometry_requests(geometry: dict) -> dict:
+    """Every place the demo app takes a GeoJSON geometry: method, path and request."""
+    image = f"/images/{DEMO_IMAGE}"
+    footprint = {"name": "limits", "product_id": PRODUCT, "acquired": "2024-06-12T10:20:31Z"}
+    text = json.dumps(geometry)
+    get = {"params": {"intersects": text}} if len(text) < 30_000 else None  # httpx's URL limit
+    requests = {
+        "GET /stac/search": ("GET", "/stac/search", get),
+        "POST /stac/search": ("POST", "/stac/search", {"json": {"intersects": geometry}}),
+        "POST /searches": ("POST", "/searches", {"json": {"intersects": geometry}}),
+        "filter literal": (
+            "POST",
+            "/stac/search",
+            {
+                "json": {
+                    "filter": {
+                        "op": "s_intersects",
+                        "args": [{"property": "geometry"}, geometry],
+                    },
+                    "filter-lang": "cql2-json",
+                }
+            },
+        ),
+        "POST download": ("POST", f"{image}/download.tif", {"json": {"geometry": geometry}}),
+        "POST /timeseries": (
+            "POST",
+            "/timeseries",
+            {
+                "json": {
+                    "geometry": geometry,
+                    "product": PRODUCT,
+                    "band": "B04",
+                    "start_date": "2024-06-01",
+                    "end_date": "2024-06-30",
+                }
+            },
+        ),
+        "PUT image": (
+            "PUT",
+            f"/images/{PRODUCT}:limits",
+            {"json": {**footprint, "storage_state": "remote", "geometry": geometry}},
+        ),
+        "PUT image with bbox": (
+            "PUT",
+            f"/images/{PRODUCT}:limits",
+            {
+                "json": {
+                    **footprint,
+                    "storage_state": "remote",
+                    "geometry": geometry,
+                    "bbox": [0, 0, 1, 1],
+                }
+            },
+        ),
+    }
+    return {place: request for place, request in requests.items() if request[2] is not None}
+
+
+@pytest.mark.parametrize("size", list(OVERSIZE))
+def test_oversize_geometries_are_refused_everywhere(client, size):
+    make, word = OVERSIZE[size]
+    geometry = make()
+    for place, (method, path, request) in geometry_requests(geometry).items():
+        response = client.request(method, path, **request)
+        assert response.status_code in (400, 422), (place, response.text[:300])
+        detail = response.json()["detail"]
+        assert word in detail, (place, detail[:300])
+
+
+def test_geometries_deeper_than_python_can_parse_are_refused(client):
+    """3,000 levels: json.loads raised RecursionError on GET /stac/search (a 500)."""
+    text = '{"type": "Polygon", "coordinates": ' + "[" * 3_000 + "0, 0" + "]" * 3_000 + "}"
+    response = client.get("/stac/search", params={"intersects": text})
+    assert_refused(response, "intersects", "16 levels")
+    filter_text = json.dumps({"op": "s_intersects", "args": [{"property": "geometry"}, "G"]})
+    filter_text = filter_text.replace('"G"', text)
+    response = client.get("/stac/search", params={"filter": filter_text})
+    assert_refused(response)  # cql2's own JSON parser refuses nesting beyond 128
+    for place, (method, path, request) in geometry_requests({"type": "Point"}).items():
+        if method == "GET":
+            continue
+        body = json.dumps(request["json"]).replace('{"type": "Point"}', text)
+        headers = {"content-type": "application/json"}
+        response = client.request(method, path, content=body, headers=headers)
+        assert response.status_code == 400, (place, response.text[:300])
+        assert response.json()["detail"], place
+
+
+@pytest.mark.parametrize("size", list(OVERSIZE))
+def test_oversize_import_geometries_are_refused(importer, size):
+    make, word = OVERSIZE[size]
+    geometry = make()
+    for field in ("intersects", "contains"):
+        root = Path(importer.store.path).parent / "imports"
+        body = {"cloud_provider": "file", "bucket_name": str(root)}
+        response = importer.post("/imports", json={**body, field: geometry})
+        assert response.status_code in (400, 422), (field, response.text[:300])
+        assert word in response.json()["detail"], (field, response.text[:300])
+
+
+@pytest.fixture()
+def roomy_client(demo_dir, any_demo_store):
+    """A client of the demo app in each store, taking bodies of 16 MiB (100,000 vertices)."""
+    settings = make_settings(demo_dir, max_body_bytes=16 << 20)
+    with TestClient(create_app(settings, store=any_demo_store)) as client:
+        yield client
+
+
+def test_geometries_at_the_limits_still_work(roomy_client):
+    """The deepest, the most vertices and the most parts allowed: a search still answers."""
+    any_client = roomy_client
+    lon, lat = demo_point()
+    point = {"type": "Point", "coordinates": [lon, lat]}
+    body = {"intersects": point, "limit": 100}
+    expected = any_client.post("/stac/search", json=body).json()["numberMatched"]
+    assert expected > 0
+    circle = {"type": "Polygon", "coordinates": [ring(lon, lat, 0.01, MAX_GEOMETRY_POSITIONS)]}
+    # a MultiPolygon of n one-ring polygons has 2 + 2n parts: the object, its coordinates,
+    # and each polygon with its ring
+    squares = (MAX_GEOMETRY_PARTS - 2) // 2
+    assert 2 + 2 * squares == MAX_GEOMETRY_PARTS
+    many = {
+        "type": "MultiPolygon",
+        "coordinates": [
+            [
+                [
+                    [lon + i * 2e-6, lat],
+                    [lon + i * 2e-6 + 1e-6, lat],
+                    [lon + i * 2e-6, lat + 1e-6],
+                    [lon + i * 2e-6, lat],
+                ]
+            ]
+            for i in range(squares)
+        ],
+    }
+    deepest = nested_collections(MAX_GEOMETRY_DEPTH, lon, lat)
+    geometries = [circle, many]
+    if isinstance(any_client.app.state.store, SQLiteStore):  # pgSTAC takes no collections
+        geometries.append(deepest)
+    for geometry in geometries:
+        response = any_client.post("/stac/search", json={"intersects": geometry, "limit": 100})
+        assert response.status_code == 200, response.text[:300]
+        assert response.json()["numberMatched"] == expected
+    polygons = {"type": "MultiPolygon", "coordinates": [[ring(lon, lat, 0.01, 50)]]}
+    response = any_client.get("/stac/search", params={"intersects": json.dumps(polygons)})
+    assert response.status_code == 200 and response.json()["numberMatched"] == expected
+
+
+# --------------------------------------------------------------------------- render parameters
+
+TIF = tile_url().replace(".png", ".tif")
+
+
+def scaling_json(depth: int) -> str:
+    """A scaling object `depth` levels deep: {"B04": [[...[0, 3000]...]]}."""
+    return '{"B04": ' + "[" * (depth - 1) + "0, 3000" + "]" * (depth - 1) + "}"
+
+
+@pytest.mark.parametrize("depth", [3, 500, 3_000])
+def test_deep_scaling_json_is_refused(client, depth):
+    """3,000 levels made json.loads raise RecursionError (a 500); a list in a list is wrong."""
+    response = client.get(TIF, params={"bands": "B04", "scaling": scaling_json(depth)})
+    assert_refused(response, "scaling", f"deeper than {MAX_SCALING_DEPTH} levels")
+
+
+def test_scaling_sizes_are_bounded(client):
+    entry = ",".join(["1"] * (MAX_SCALING_VALUES + 1))
+    assert_refused(client.get(TIF, params={"scaling": entry}), str(MAX_SCALING_VALUES))
+    many = [f"B{i}" for i in range(MAX_BANDS + 1)]
+    response = client.get(TIF, params={"scaling": ["display"] * (MAX_BANDS + 1)})
+    assert_refused(response, str(MAX_BANDS))
+    mapping = json.dumps({name: "display" for name in [*many, "default_"]})
+    assert_refused(client.get(TIF, params={"scaling": mapping}), str(MAX_BANDS))
+
+
+def test_scaling_within_the_limits_still_works(client):
+    for scaling in (scaling_json(MAX_SCALING_DEPTH), "0,3000,0,255", ["0,3000"] * 3):
+        response = client.get(TIF, params={"bands": "B04,B03,B02", "scaling": scaling})
+        assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("expression", "words"),
+    [
+        ("+".join(["B04"] * 3_000), [str(MAX_EXPRESSION_LENGTH), "characters"]),
+        ("+".join(["1"] * 300) + "+B04", [str(MAX_EXPRESSION_TERMS), "terms"]),
+        ("-" * 1_000 + "B04", [str(MAX_EXPRESSION_TERMS), "terms"]),
+        ("(" * 100 + "B04" + ")" * 100, [str(MAX_EXPRESSION_DEPTH), "parentheses"]),
+        (";".join(["B04"] * 2_000), ["characters", str(MAX_EXPRESSION_LENGTH)]),
+        (
+            ";".join(["B04"] * (MAX_EXPRESSION_OUTPUTS + 1)),
+            ["outputs", str(MAX_EXPRESSION_OUTPUTS)],
+        ),
+    ],
+    ids=[
+        "3,000 terms",
+        "301 terms",
+        "1,000 signs",
+        "100 parentheses",
+        "2,000 outputs",
+        "17 outputs",
+    ],
+)
+def test_oversize_expressions_are_refused(client, expression, words):
+    """3,000 terms overflowed Python's parser (a 500); 2,000 outputs ran for a minute."""
+    started = time.monotonic()
+    assert_refused(client.get(TIF, params={"expression": expression}), *words)
+    assert time.monotonic() - started < 2
+
+
+def test_expressions_at_the_limits_still_work(client):
+    names = ["B04", "B08", "B03", "B02"]
+    terms = [names[i % 4] for i in range((MAX_EXPRESSION_TERMS + 1) // 2)]
+    assert len(terms) * 2 - 1 <= MAX_EXPRESSION_TERMS and len("+".join(terms)) <= 1024
+    outputs = ";".join(["(B08-B04)/(B08+B04)"] * MAX_EXPRESSION_OUTPUTS)
+    nested = "(" * MAX_EXPRESSION_DEPTH + "B08-B04" + ")" * MAX_EXPRESSION_DEPTH
+    for expression, count in (("+".join(terms), 1), (outputs, MAX_EXPRESSION_OUTPUTS), (nested, 1)):
+        response = client.get(TIF, params={"expression": expression})
+        assert response.status_code == 200, (expression[:50], response.text)
+        with rasterio.MemoryFile(response.content) as memory, memory.open() as tif:
+            assert tif.count == count + 1  # and the mask band
+
+
+def test_band_lists_are_bounded(client):
+    started = time.monotonic()
+    response = client.get(TIF, params={"bands": ",".join(["B04"] * 3_000)})
+    assert_refused(response, "bands", str(MAX_BANDS))
+    assert time.monotonic() - started < 2  # 3,000 names were 3,000 reads: 20 s
+    assert_refused(client.get(TIF, params={"bands": ",".join(["B04"] * (MAX_BANDS + 1))}))
+    response = client.get(TIF, params={"bands": ",".join(["B04", "B03", "B02", "B04"] * 16)})
+    assert response.status_code == 200, response.text  # 64 names, repeats allowed
+    with rasterio.MemoryFile(response.content) as memory, memory.open() as tif:
+        assert tif.count == MAX_BANDS + 1

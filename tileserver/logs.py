@@ -4,6 +4,12 @@ A request line keeps its path and query with `api_key=***`; `Authorization` valu
 passwords (`postgresql://user:***@host`) and the values of the credential variables
 (vsi.SECRET_VARIABLES: AWS secret and session token, the GCS key) become `***`, in the
 message, its arguments and a traceback alike.
+
+Query parameter names are compared as the server reads them (percent-decoded, `+` as a
+space, any letter case, surrounding spaces ignored), so `api%5Fkey=`, `API_KEY=` and a
+repeated parameter are all masked; and anything shaped like one of our API keys
+(`tsk_<12 hex>_<secret>`, catalog.keys.TOKEN), plain or percent-encoded, is masked wherever
+it appears (a Referer, a URL in an error).
 """
 
 from __future__ import annotations
@@ -12,14 +18,34 @@ import copy
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 from tileserver.ingest.vsi import redact
 
 # query parameters that carry a credential: ours, and presigned S3 / GCS URLs'
-QUERY_SECRETS = re.compile(
+SECRET_PARAMETERS = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "api-key",
+        "access_token",
+        "x-amz-signature",
+        "x-amz-security-token",
+        "x-amz-credential",
+        "x-goog-signature",
+        "x-goog-credential",
+    }
+)
+QUERY_SECRETS = re.compile(  # the plain spellings (kept: other modules and tests use it)
     r"(?i)\b(api_key|apikey|access_token|x-amz-signature|x-amz-security-token|"
     r"x-amz-credential|x-goog-signature|x-goog-credential)=[^&\s\"'#]+"
 )
+# any `name=value` of a query string; a name may hold percent escapes and `+`
+QUERY_PAIR = re.compile(r"([^\s?&;=#\"'<>]+)=([^&;\s\"'#<>]*)")
+# a run of URL characters (percent escapes included) that may hold a key, encoded or not
+URL_RUN = re.compile(r"[A-Za-z0-9_.~+%-]{20,}")
+API_TOKEN = re.compile(r"(?i)tsk_[0-9a-f]{12}_[A-Za-z0-9_-]{8,}")  # catalog.keys.TOKEN's shape
+MASK = "***"
 AUTHORIZATION = re.compile(  # a header as text: `Authorization: Bearer x`, `{"x-api-key": ...`
     r"(?i)(\b(?:(?:proxy-)?authorization|x-api-key|api[_-]?key)[\"']?\s*[:=,]\s*[\"']?"
     r"(?:(?:bearer|basic|token|digest)\s+)?)[^\s\"',;&)}\]]+"
@@ -35,10 +61,37 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@\s]*):[^/\s]*@", r"\1:***@", url)  # to the last @: p@ss too
 
 
+def decoded(text: str, rounds: int = 3) -> str:
+    """`text` percent-decoded (`+` as a space) until it no longer changes, at most `rounds`."""
+    for _ in range(rounds):
+        plain = unquote_plus(text)
+        if plain == text:
+            break
+        text = plain
+    return text
+
+
+def _masked_pair(match: re.Match) -> str:
+    """A query `name=value` with the value masked when the decoded name is a credential's."""
+    name, value = match.group(1), match.group(2)
+    if value and decoded(name).strip().lower() in SECRET_PARAMETERS:
+        return f"{name}={MASK}"
+    return match.group(0)
+
+
+def _masked_run(match: re.Match) -> str:
+    """A run of URL characters, masked when it holds an API key once decoded."""
+    run = match.group(0)
+    return MASK if API_TOKEN.search(decoded(run)) else run
+
+
 def scrub(text: str) -> str:
     """`text` with every secret this module knows of replaced by `***`."""
     text = ENCODED_PASSWORD.sub(r"\1***\2", redact_url(redact(text)))
     text = QUERY_SECRETS.sub(r"\1=***", text)
+    text = QUERY_PAIR.sub(_masked_pair, text)
+    text = API_TOKEN.sub(MASK, text)
+    text = URL_RUN.sub(_masked_run, text)
     text = AUTHORIZATION.sub(r"\1***", text)
     return SCHEMES.sub(lambda m: (m.group(1) or m.group(2)) + "***", text)
 

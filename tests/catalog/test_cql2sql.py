@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
+import random
+import re
 import sqlite3
 from datetime import UTC, date, datetime, time, timedelta, timezone
+from time import monotonic
 
 import cql2
 import pytest
@@ -15,6 +20,7 @@ from tileserver.catalog.cql2sql import (
     FilterError,
     Queryable,
     compile_filter,
+    like_match,
     parse_filter,
     register_functions,
 )
@@ -755,3 +761,86 @@ def test_ts_norm(db):
         "2021-05-01T00:00:00.000000Z",
         "2021-05-01T01:00:00.000000Z",
     )
+
+
+# ----------------------------------------------------------------------------- LIKE matcher
+
+
+def like_by_definition(value: str, pattern: str) -> bool:
+    """CQL2 LIKE straight from its definition: try every split of the value at each `%`."""
+    tokens, i = [], 0
+    while i < len(pattern):
+        if pattern[i] == "\\":
+            tokens.append(("char", pattern[i + 1] if i + 1 < len(pattern) else "\\"))
+            i += 2
+        else:
+            tokens.append({"%": ("any",), "_": ("one",)}.get(pattern[i], ("char", pattern[i])))
+            i += 1
+
+    @functools.cache
+    def match(v: int, t: int) -> bool:  # value[v:] against tokens[t:]
+        if t == len(tokens):
+            return v == len(value)
+        if tokens[t][0] == "any":
+            return any(match(k, t + 1) for k in range(v, len(value) + 1))
+        if v == len(value):
+            return False
+        return (tokens[t][0] == "one" or tokens[t][1] == value[v]) and match(v + 1, t + 1)
+
+    return match(0, 0)
+
+
+def strings(alphabet: str, longest: int) -> list[str]:
+    return ["".join(p) for n in range(longest + 1) for p in itertools.product(alphabet, repeat=n)]
+
+
+def test_like_matcher_agrees_with_the_definition_exhaustively():
+    """Every pattern of up to 4 of `ab%_\\` against every value of up to 3 of them."""
+    values = strings("ab%_\\", 3)
+    for pattern in strings("ab%_\\", 4):
+        for value in values:
+            assert like_match(value, pattern) == like_by_definition(value, pattern), (
+                value,
+                pattern,
+            )
+
+
+def test_like_matcher_agrees_with_cql2s_evaluator_on_random_inputs():
+    """Longer random patterns and values, against cql2's own LIKE (case, é, newlines too)."""
+    rng = random.Random(7)
+    alphabet = "aAb%_\\é\n"
+    checked = 0
+    for _ in range(400):
+        pattern = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
+        if re.search(r"(?<!\\)(\\\\)*\\$", pattern):
+            continue  # cql2 refuses a trailing lone escape; ours takes it literally
+        expr = cql2.parse_json(json.dumps({"op": "like", "args": [{"property": "p"}, pattern]}))
+        for _ in range(30):
+            value = "".join(rng.choice("aAbé\n%_\\") for _ in range(rng.randint(0, 12)))
+            if rng.random() < 0.5:  # values built to match often, not only by chance
+                value = "".join(
+                    rng.choice("ab") * rng.randint(0, 2)
+                    if c == "%"
+                    else rng.choice("ab")
+                    if c == "_"
+                    else c
+                    for c in pattern.replace("\\", "")
+                )
+            expected = expr.matches({"properties": {"p": value}})
+            assert like_match(value, pattern) == expected == like_by_definition(value, pattern), (
+                value,
+                pattern,
+            )
+            checked += 1
+    assert checked > 5000
+
+
+@pytest.mark.parametrize("pairs", [12, 40, 200])
+def test_like_matcher_is_not_exponential(pairs):
+    """`%_` repeated made the former regex backtrack: 12 pairs took 30 s, each more x2+."""
+    started = monotonic()
+    assert not like_match("a" * 1000, "%_" * pairs + "!")
+    assert like_match("a" * 1000, "%_" * pairs + "%")
+    assert not like_match("a" * 1000, "%" + "a_" * pairs + "b%")
+    assert like_match("ab" * 500, "%_" * pairs + "b")
+    assert monotonic() - started < 2

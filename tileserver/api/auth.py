@@ -30,7 +30,7 @@ def request_token(scope: Scope) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     query = scope.get("query_string", b"").decode("latin-1")
-    if QUERY_KEY in query:
+    if query:  # parsed whatever its spelling: `api%5Fkey` is `api_key` too, as logs.scrub knows
         for name, value in parse_qsl(query):
             if name == QUERY_KEY and value:
                 return value

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from tileserver.api.deps import StoreDep
 from tileserver.api.stac import base_url
 from tileserver.catalog.access import sees_files
+from tileserver.catalog.geojson import geometry_problem
 from tileserver.catalog.models import Image, Product, split_image_id
 from tileserver.catalog.stac import shown_files
 from tileserver.catalog.store import ImagePage
@@ -114,6 +115,9 @@ def put_image(image_id: str, image: Image, store: StoreDep) -> Image:
     """Create or replace an image; a `remote` image has no files and no tiles."""
     if image.id != _checked_id(image_id):
         raise HTTPException(400, f"body id '{image.id}' differs from path id '{image_id}'")
+    problem = geometry_problem(image.geometry)  # a footprint with a bbox is not read before
+    if problem is not None:
+        raise HTTPException(400, f"geometry {problem}")
     return store.put_images([image])[0]
 
 

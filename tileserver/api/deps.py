@@ -7,7 +7,6 @@ its thread pool, and two thread hand-offs per dependency cost more than a cached
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -17,13 +16,20 @@ from morecantile import TileMatrixSet
 from rio_tiler.colormap import InvalidColorMapName, cmap
 
 from tileserver.catalog.access import OPEN, Principal, ScopedStore
+from tileserver.catalog.geojson import loads_bounded
 from tileserver.catalog.search import SortBy, TileLookup, parse_sortby
 from tileserver.catalog.store import CatalogStore
+from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
-from tileserver.render.pipeline import RenderParams
+from tileserver.render.pipeline import RenderParams, check_expression
 from tileserver.settings import Settings
 
 MODES = ("raw", "auto", "display", "physical")
+# Request size limits: a product has a few dozen bands at most, and each band named is one
+# more read (3,000 names took 20 s); `scaling` is one entry per band.
+MAX_BANDS = 64  # names in `bands` (repeats count), entries in `scaling`
+MAX_SCALING_VALUES = 4  # lo,hi or lo,hi,outlo,outhi
+MAX_SCALING_DEPTH = 2  # a JSON scaling is an object of band name -> list of numbers
 PixelSelection = Literal[PIXEL_SELECTIONS]  # rio-tiler's methods, as an enum in the API docs
 Resampling = Literal[
     "nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "rms"
@@ -65,8 +71,14 @@ def parse_scaling_entry(text: str) -> Any:
         return None
     if text.lower() in MODES:
         return text.lower()
+    parts = text.strip("()[]").split(",")
+    if len(parts) > MAX_SCALING_VALUES:
+        raise bad_request(
+            f"scaling entry has {len(parts)} values, more than {MAX_SCALING_VALUES}: "
+            "an entry is lo,hi or lo,hi,outlo,outhi"
+        )
     items = []
-    for item in text.strip("()[]").split(","):
+    for item in parts:
         item = item.strip()
         try:
             items.append(f"{_number(item[:-1])}%" if item.endswith("%") else _number(item))
@@ -87,13 +99,24 @@ def parse_scaling(values: list[str] | None) -> Any:
     """
     if not values:
         return None
+    if len(values) > MAX_BANDS:
+        raise bad_request(
+            f"scaling has {len(values)} entries, more than {MAX_BANDS} (one per band)"
+        )
     if len(values) == 1 and values[0].lstrip().startswith("{"):
         try:
-            mapping = json.loads(values[0])
-        except json.JSONDecodeError as exc:
-            raise bad_request(f"scaling is not valid JSON: {exc}") from None
+            mapping = loads_bounded(values[0], "scaling JSON", MAX_SCALING_DEPTH)
+        except ValueError as exc:
+            raise bad_request(
+                f"{exc}: it is an object of band name -> entry, e.g. "
+                '{"B04": [0, 3000], "default_": "display"}'
+            ) from None
         if not isinstance(mapping, dict):
             raise bad_request("scaling JSON must be an object of band name -> entry")
+        if len(mapping) > MAX_BANDS + 1:
+            raise bad_request(
+                f"scaling JSON has {len(mapping)} entries, more than {MAX_BANDS} bands and default_"
+            )
         return {key: tuple(v) if isinstance(v, list) else v for key, v in mapping.items()}
     entries = [parse_scaling_entry(v) for v in values]
     return entries[0] if len(entries) == 1 else entries
@@ -128,6 +151,13 @@ async def render_params(
         names = tuple(b.strip() for b in bands.split(",") if b.strip())
         if not names:
             raise bad_request("bands is empty: name one or more bands, comma-separated")
+        if len(names) > MAX_BANDS:
+            raise bad_request(f"bands names {len(names)} bands, more than {MAX_BANDS}")
+    if expression is not None:
+        try:
+            check_expression(expression)
+        except RenderError as exc:
+            raise bad_request(str(exc)) from None
     colormap = None
     if colormap_name:
         try:

@@ -23,6 +23,7 @@ from shapely.geometry.base import BaseGeometry
 
 from tileserver.api.deps import SettingsDep, StoreDep, bad_request
 from tileserver.catalog.acquisitions import acquisitions
+from tileserver.catalog.geojson import check_geometry_size
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, safe_name
 from tileserver.catalog.parcels import Parcel, ParcelLayer, ParcelStore
 from tileserver.catalog.store import CatalogStore
@@ -86,6 +87,7 @@ class TimeseriesRequest(BaseModel):
     def _polygon(cls, value: dict[str, Any]) -> dict[str, Any]:
         if value.get("type") not in ("Polygon", "MultiPolygon"):
             raise ValueError(f"must be a GeoJSON Polygon or MultiPolygon, not {value.get('type')}")
+        check_geometry_size(value, "geometry")  # before shape(), which recurses
         try:
             polygon = shape(value)
         except Exception as exc:  # shapely says little; the shape was wrong anyway

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -12,6 +11,7 @@ from pydantic import ValidationError
 from tileserver.api.deps import StoreDep, bad_request
 from tileserver.catalog import stac
 from tileserver.catalog.access import sees_files
+from tileserver.catalog.geojson import MAX_GEOMETRY_DEPTH, loads_bounded
 from tileserver.catalog.models import Product
 from tileserver.catalog.search import SearchPage, SearchQuery, parse_sortby
 from tileserver.catalog.store import CatalogStore
@@ -103,9 +103,13 @@ def search_params(
     except ValueError:
         raise bad_request(f"bbox '{bbox}' must be comma-separated numbers") from None
     try:
-        geometry = json.loads(intersects) if intersects is not None else None
+        geometry = (
+            loads_bounded(intersects, "intersects", MAX_GEOMETRY_DEPTH)
+            if intersects is not None
+            else None
+        )
     except ValueError as exc:
-        raise bad_request(f"intersects is not GeoJSON: {exc}") from None
+        raise bad_request(str(exc)) from None
     try:
         keys = parse_sortby(sortby) if sortby is not None else None
     except ValueError as exc:

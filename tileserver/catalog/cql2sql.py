@@ -29,6 +29,7 @@ import cql2
 import shapely
 from shapely.geometry import shape
 
+from tileserver.catalog.geojson import geometry_problem
 from tileserver.catalog.models import sortable_time
 
 QueryableType = Literal[
@@ -44,6 +45,8 @@ OPEN_END = "~"  # an open end: sorts above every timestamp text
 MAX_FILTER_DEPTH = 32  # nested JSON objects and arrays in the tree; parentheses in cql2-text
 MAX_FILTER_NODES = 10_000  # values in the tree (a geometry literal is one): bounds SQL parameters
 MAX_TEXT_OPERATORS = 256  # NOT and arithmetic operators in cql2-text: one recursion level each
+# characters in one string literal: a LIKE costs at worst len(value) x len(pattern) steps
+MAX_FILTER_STRING = 1024
 
 
 class FilterError(ValueError):
@@ -131,10 +134,28 @@ def _check_tree(tree: Any) -> None:
             raise FilterError(f"filter has more than {MAX_FILTER_NODES} values")
         if depth > MAX_FILTER_DEPTH:
             raise FilterError(f"filter nests deeper than {MAX_FILTER_DEPTH} levels")
-        if isinstance(node, Mapping) and not _is_geometry_literal(node):
+        if isinstance(node, str) and len(node) > MAX_FILTER_STRING:
+            raise FilterError(
+                f"filter has a string of {len(node)} characters, more than {MAX_FILTER_STRING}"
+            )
+        if _is_geometry_literal(node):
+            _check_geometry_literal(node)
+        elif isinstance(node, Mapping):
             pending.extend((child, depth + 1) for child in node.values())
         elif isinstance(node, list | tuple):
             pending.extend((child, depth + 1) for child in node)
+
+
+def _check_geometry_literal(node: Mapping) -> None:
+    """FilterError when a geometry literal is deeper or larger than geojson's limits."""
+    if "bbox" in node:
+        box = node["bbox"]
+        if not isinstance(box, list | tuple) or len(box) not in (4, 6):
+            raise FilterError("a bbox in a filter has 4 or 6 numbers")
+        return
+    problem = geometry_problem(node)
+    if problem is not None:
+        raise FilterError(f"filter geometry {problem}")
 
 
 @lru_cache(maxsize=1024)
@@ -709,23 +730,62 @@ def compile_filter(
 # --------------------------------------------------------------------------- functions
 
 
+# A LIKE pattern is matched segment by segment, never by one backtracking regex: `%`
+# splits it into segments of literal characters and `_` (one character each), and each
+# segment is found at the leftmost place after the previous one (greedy leftmost is exact
+# for `%`, which absorbs any run). No segment holds a quantifier, so finding one is at worst
+# len(value) x len(segment) steps (in C), and the whole match O(len(value) x len(pattern)),
+# where the former regex backtracked exponentially in the number of `%_`.
+
+
 @lru_cache(maxsize=256)
-def _like_regex(pattern: str) -> re.Pattern:
-    """A CQL2 LIKE pattern as a regex: `%` any run, `_` one character, `\\` escapes."""
-    out, chars = [], iter(pattern)
+def _like_segments(pattern: str) -> tuple[tuple[re.Pattern, int], ...]:
+    """A CQL2 LIKE pattern split at `%`: each segment as (quantifier-free regex, its length).
+
+    `_` is one character, `\\` escapes the next character (a trailing one is literal).
+    Consecutive `%` give empty segments; the first and last segments are anchored.
+    """
+    segments: list[list[str]] = [[]]
+    chars = iter(pattern)
     for char in chars:
-        if char == "\\":
-            out.append(re.escape(next(chars, "\\")))
+        if char == "%":
+            segments.append([])
+        elif char == "_":
+            segments[-1].append(".")
         else:
-            out.append({"%": ".*", "_": "."}.get(char) or re.escape(char))
-    return re.compile("".join(out), re.DOTALL)
+            literal = next(chars, "\\") if char == "\\" else char
+            segments[-1].append(re.escape(literal))
+    return tuple((re.compile("".join(s), re.DOTALL), len(s)) for s in segments)
+
+
+def like_match(value: str, pattern: str) -> bool:
+    """Whether `value` matches the CQL2 LIKE `pattern` (case-sensitive), without backtracking."""
+    segments = _like_segments(pattern)
+    if sum(length for _, length in segments) > len(value):
+        return False  # each segment character takes one value character
+    first, first_length = segments[0]
+    if len(segments) == 1:
+        return first_length == len(value) and first.match(value) is not None
+    last, last_length = segments[-1]
+    end = len(value) - last_length  # where the last segment must start
+    if end < first_length or first.match(value) is None or last.match(value, end) is None:
+        return False
+    position = first_length
+    for segment, length in segments[1:-1]:
+        if length == 0:
+            continue
+        found = segment.search(value, position, end)
+        if found is None:
+            return False
+        position = found.end()
+    return True
 
 
 def _sql_like(value: Any, pattern: Any) -> int | None:
     """SQL `cql2_like(value, pattern)`: CQL2 LIKE, case-sensitive (NULL: unknown)."""
     if not isinstance(value, str) or not isinstance(pattern, str):
         return None
-    return int(_like_regex(pattern).fullmatch(value) is not None)
+    return int(like_match(value, pattern))
 
 
 def _sql_casei(value: Any) -> Any:

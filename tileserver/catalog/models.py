@@ -259,6 +259,9 @@ class Image(BaseModel):
         if self.bbox is None:
             from shapely.geometry import shape
 
+            from tileserver.catalog.geojson import check_geometry_size
+
+            check_geometry_size(self.geometry, "geometry")  # shape() recurses per level
             try:  # shapely raises whatever a malformed mapping trips on
                 footprint = shape(self.geometry)
             except Exception as exc:

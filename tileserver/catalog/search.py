@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from shapely.geometry import shape
 
 from tileserver.catalog.cql2sql import FilterError, parse_filter
+from tileserver.catalog.geojson import check_geometry_size
 from tileserver.catalog.models import Image
 
 Interval = Literal["year", "quarter", "month", "week", "day", "hour"]
@@ -38,9 +39,10 @@ class SortBy(BaseModel):
 
 
 def check_geometry(value: dict | None, what: str) -> dict | None:
-    """A GeoJSON geometry parameter, refused (ValueError) when unreadable, empty or invalid."""
+    """A GeoJSON geometry parameter, refused (ValueError) when too large, unreadable or invalid."""
     if value is None:
         return None
+    check_geometry_size(value, what)  # before shape(), which recurses per nesting level
     try:
         geometry = shape(value)
     except Exception as exc:

@@ -41,6 +41,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from shapely.geometry import shape
 
+from tileserver.catalog.geojson import check_geometry_size
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import (
@@ -206,6 +207,7 @@ def parse_bbox(value: str) -> tuple[float, float, float, float]:
 
 def check_geometry(geometry: dict) -> dict:
     """A valid, non-empty GeoJSON (Multi)Polygon; ValueError says what is wrong."""
+    check_geometry_size(geometry, "the geometry")  # before shape(), which recurses
     try:
         geom = shape(geometry)
     except Exception as exc:

@@ -6,6 +6,7 @@ Pure functions over numpy arrays; the API parses parameters into `RenderParams` 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,46 @@ EXPRESSION_BAND = {
     "display_range": (-1.0, 1.0),
     "physical_range": (-1.0, 1.0),
 }
+
+
+# Band math limits, checked before Python's parser or numexpr see an expression: both recurse
+# once per operator (3,000 chained terms overflow the stack), and each `;` output is one more
+# full evaluation and output band.
+MAX_EXPRESSION_LENGTH = 1024  # characters
+MAX_EXPRESSION_OUTPUTS = 16  # `;`-separated outputs
+MAX_EXPRESSION_TERMS = 256  # band names, numbers and operators, all outputs together
+MAX_EXPRESSION_DEPTH = 32  # nested parentheses
+_OPERAND = r"[A-Za-z_]\w*|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_EXPRESSION_TOKEN = re.compile(rf"{_OPERAND}|\*\*|//|[<>=!]=|<<|>>|[-+*/%<>&|~^]")
+
+
+def check_expression(expression: str) -> None:
+    """RenderError naming the limit when an expression is too long, deep or large to evaluate."""
+    if len(expression) > MAX_EXPRESSION_LENGTH:
+        raise RenderError(
+            f"expression has {len(expression)} characters, more than {MAX_EXPRESSION_LENGTH}"
+        )
+    outputs = len(expression_blocks(expression))
+    if outputs > MAX_EXPRESSION_OUTPUTS:
+        raise RenderError(
+            f"expression has {outputs} outputs (separated by ';'), more than "
+            f"{MAX_EXPRESSION_OUTPUTS}"
+        )
+    terms = len(_EXPRESSION_TOKEN.findall(expression))
+    if terms > MAX_EXPRESSION_TERMS:
+        raise RenderError(
+            f"expression has {terms} terms (band names, numbers, operators), more than "
+            f"{MAX_EXPRESSION_TERMS}"
+        )
+    depth = deepest = 0
+    for char in expression:
+        if char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth -= 1
+    if deepest > MAX_EXPRESSION_DEPTH:
+        raise RenderError(f"expression nests parentheses deeper than {MAX_EXPRESSION_DEPTH}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +100,7 @@ def expression_blocks(expression: str) -> list[str]:
 
 def expression_bands(product: Product, expression: str) -> list[str]:
     """Band names an expression uses, in product order; unknown names are a RenderError."""
+    check_expression(expression)
     try:
         validate_expression(expression)
     except InvalidExpression as exc:

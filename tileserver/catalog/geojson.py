@@ -1,0 +1,104 @@
+"""Bounded JSON and GeoJSON: depth and size limits checked before anything recurses.
+
+Python's json, shapely's `shape()`, pgSTAC's filter rewrite and `repr` recurse once per
+nesting level, so input nested past the interpreter's limit raises RecursionError (a 500),
+and a geometry of millions of empty rings costs time before any check sees it. Every
+GeoJSON geometry the API accepts (searches, filters, imports, downloads, parcels, images)
+and every JSON text parsed from a query parameter goes through here first; the walks are
+iterative. The ValueError's message says what was wrong and the limit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+# A GeoJSON geometry nests at most 7 levels (a collection of multipolygons); 16 leaves room
+# for collections of collections.
+MAX_GEOMETRY_DEPTH = 16
+MAX_GEOMETRY_POSITIONS = 100_000  # vertices in one geometry (a 1 MiB body holds ~60,000)
+MAX_GEOMETRY_PARTS = 10_000  # coordinate arrays (lines, rings, polygons) and member geometries
+MAX_POSITION_NUMBERS = 4  # x, y and optional z, m
+
+
+def json_depth_problem(value: Any, max_depth: int) -> str | None:
+    """Why `value` (parsed JSON) nests too deep (None: it does not); an iterative walk."""
+    pending = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, Mapping):
+            children = list(node.values())
+        elif isinstance(node, list | tuple):
+            children = list(node)
+        else:
+            continue
+        if depth > max_depth:
+            return f"nests deeper than {max_depth} levels"
+        pending.extend((child, depth + 1) for child in children)
+    return None
+
+
+def loads_bounded(text: str, what: str, max_depth: int) -> Any:
+    """`text` as JSON, ValueError when it is not JSON or nests deeper than `max_depth`.
+
+    Deeper input than Python can parse raises RecursionError inside json.loads (which
+    cleans up after itself); it is answered as too deep, like shallower excess.
+    """
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{what} nests deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        raise ValueError(f"{what} is not valid JSON: {exc}") from None
+    problem = json_depth_problem(value, max_depth)
+    if problem is not None:
+        raise ValueError(f"{what} {problem}")
+    return value
+
+
+def geometry_problem(value: Any) -> str | None:
+    """Why a GeoJSON geometry is too deep or too large (None: within every limit).
+
+    Counts positions (arrays of numbers), parts (arrays of arrays, and geometry objects)
+    and the numbers of a position, walking without recursion and stopping at the first
+    limit crossed, so the cost is bounded by the limits, not by the input.
+    """
+    pending = [(value, 1)]
+    positions = parts = 0
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, Mapping | list | tuple) and depth > MAX_GEOMETRY_DEPTH:
+            return f"nests deeper than {MAX_GEOMETRY_DEPTH} levels"
+        if isinstance(node, Mapping):
+            children = list(node.values())
+            parts += 1
+        elif isinstance(node, list | tuple):
+            children = list(node)
+            if children and not isinstance(children[0], list | tuple | Mapping):
+                positions += 1
+                if len(children) > MAX_POSITION_NUMBERS:
+                    return (
+                        f"has a position of {len(children)} numbers; a position has "
+                        f"2 to {MAX_POSITION_NUMBERS} (x, y, z, m)"
+                    )
+                if positions > MAX_GEOMETRY_POSITIONS:
+                    return f"has more than {MAX_GEOMETRY_POSITIONS} positions (vertices)"
+                continue
+            parts += 1
+        else:
+            continue
+        if parts > MAX_GEOMETRY_PARTS:
+            return (
+                f"has more than {MAX_GEOMETRY_PARTS} parts (rings, lines, polygons, "
+                "member geometries)"
+            )
+        pending.extend((child, depth + 1) for child in children)
+    return None
+
+
+def check_geometry_size(value: Any, what: str) -> None:
+    """ValueError naming `what` and the limit when a geometry is too deep or too large."""
+    problem = geometry_problem(value)
+    if problem is not None:
+        raise ValueError(f"{what} {problem}")
