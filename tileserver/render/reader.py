@@ -13,6 +13,7 @@ from rasterio.errors import RasterioIOError
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
+from tileserver import deadline
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.render.datasets import DATASETS
 from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand, gdal_reason
@@ -84,8 +85,13 @@ def plan_reads(image: Image, bands: Sequence[Band], nodata: float | None = None)
 
 @contextmanager
 def image_reader(image: Image, href: str, **kwargs) -> Iterator[Reader]:
-    """A rio-tiler Reader of one of `image`'s files, on a dataset lent by the pool."""
-    with DATASETS.dataset(href, str(image.modified)) as dataset:
+    """A rio-tiler Reader of one of `image`'s files, on a dataset lent by the pool.
+
+    A checkpoint first (a request out of time or abandoned reads no more files); a remote
+    file is read holding one of the process's remote-read slots (RemoteBusy if none frees).
+    """
+    deadline.check()
+    with deadline.REMOTE_READS.slot(href), DATASETS.dataset(href, str(image.modified)) as dataset:
         yield Reader(href, dataset=dataset, **kwargs)
 
 
