@@ -275,8 +275,9 @@ class DeadlineMiddleware:
             deadline.cancel(timeout_detail(self.seconds))
             answered = True
             abandon(work)
-            logger.warning("%s %s: stopped at the %gs deadline", scope["method"],
-                           scope["path"], self.seconds)
+            logger.warning(
+                "%s %s: stopped at the %gs deadline", scope["method"], scope["path"], self.seconds
+            )
             await send_json(send, 504, {"detail": deadline.reason})
         except BaseException:
             if not work.done():

@@ -32,6 +32,7 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from tileserver.catalog.models import Band, Image
+from tileserver.deadline import REMOTE_READS, check
 from tileserver.render.datasets import open_dataset
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import ImageNotReadable, RenderError
@@ -122,8 +123,9 @@ def array_bounds(transform: Affine, width: int, height: int) -> tuple[float, flo
 
 def file_grid(href: str) -> tuple[CRS, Affine]:
     """The CRS and geotransform of one file: the grid chips of its bands snap to."""
+    check()
     try:
-        with open_dataset(href) as src:
+        with REMOTE_READS.slot(href), open_dataset(href) as src:
             crs, transform = src.crs, src.transform
     except rasterio.errors.RasterioIOError as exc:
         raise ImageNotReadable(f"cannot open {href}: {exc}") from exc
@@ -200,6 +202,7 @@ def read_chip(
     image: Image, bands: Sequence[Band], grid: ChipGrid, threads: int = 4
 ) -> numpy.ma.MaskedArray:
     """(bands, rows, cols) pixels of `image` on `grid`, masked where each band is nodata."""
+    check()  # per chip
     return read_bands(image, bands, part_reader(grid), threads=threads).array
 
 

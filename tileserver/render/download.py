@@ -42,6 +42,7 @@ from rio_tiler.models import ImageData
 from shapely.geometry import shape
 
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
+from tileserver.deadline import REMOTE_READS, check
 from tileserver.render.datasets import open_dataset
 from tileserver.render.errors import ImageNotReadable, RenderError
 from tileserver.render.mosaic import (
@@ -265,8 +266,9 @@ def area_wgs84(request: GridRequest) -> tuple | None:
 
 def file_grid(href: str, image_id: str) -> Grid:
     """The grid of one file, from its header."""
+    check()
     try:
-        with open_dataset(href) as src:
+        with REMOTE_READS.slot(href), open_dataset(href) as src:
             if src.crs is None:
                 raise ImageNotReadable(f"file {href} of image '{image_id}' has no CRS")
             return Grid(src.crs, src.transform, src.width, src.height)
@@ -610,6 +612,7 @@ def render_stack(
     dtype = DATA_TYPE_TO_NUMPY[plan.data_type]
     out = numpy.empty((len(groups), len(plan.outputs), *grid.shape), dtype=dtype)
     for i, group in enumerate(groups):
+        check()  # per layer of the stack (and per image and file within it)
         render_layers(group, plan, grid, params, geometry, threads, out=out[i])
     return out
 
