@@ -6,6 +6,7 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager, suppress
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -35,6 +36,7 @@ from tileserver.catalog.cql2sql import FilterError
 from tileserver.catalog.keys import KeyRing
 from tileserver.catalog.store import CatalogStore, Conflict, Forbidden, NotFound, open_store
 from tileserver.chipcache import ChipCacheUnavailable, open_chip_store
+from tileserver.deadline import REMOTE_READS, DeadlineExceeded, DeadlineMiddleware, RemoteBusy
 from tileserver.ingest.vsi import configure_gdal
 from tileserver.limits import BodyLimit
 from tileserver.memory import limit_arenas, trim_every
@@ -62,6 +64,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     FilterError: 400,
     ChipCacheUnavailable: 503,  # chips kept in a Redis that is down
     Refused: 403,  # a file outside what the caller (or the product) may open
+    DeadlineExceeded: 504,  # out of time (TILESERVER_REQUEST_TIMEOUT) or the client left
 }
 
 
@@ -105,6 +108,13 @@ def jsonable(errors: list[dict]) -> list[dict]:
     return [{k: (str(v) if k in ("ctx", "input") else v) for k, v in e.items()} for e in errors]
 
 
+async def _busy_handler(request: Request, exc: RemoteBusy) -> JSONResponse:
+    """503 with Retry-After: remote reads are all taken, a retry soon may find one free."""
+    return JSONResponse(
+        {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(exc.retry_after)}
+    )
+
+
 async def _io_handler(request: Request, exc: RasterioIOError) -> JSONResponse:
     logger.warning("unreadable file for %s: %s", request.url.path, exc)
     detail = f"image file cannot be read: {gdal_reason(exc)}"
@@ -119,10 +129,13 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     store = store or open_store(settings.catalog_url)
     configure_gdal()  # serving defaults; GOOGLE_KEY_STRING -> what /vsigs/ reads
     DATASETS.max_idle = settings.open_datasets
+    REMOTE_READS.configure(settings.remote_reads, settings.remote_read_wait)
     limit_arenas(settings.malloc_arenas)  # before the request threads exist
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # requests waiting on a hung bucket hold threads: leave plenty for everyone else
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.request_threads
         trimming = None
         if settings.memory_trim_seconds:
             trimming = asyncio.create_task(trim_every(settings.memory_trim_seconds))
@@ -154,6 +167,8 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         keys=KeyRing(store, settings.key_cache_seconds),
         allow_anonymous=settings.allow_anonymous,
     )
+    # inside BodyLimit, which caps the body this buffers; outside KeyAuth and the routes
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # 413 with CORS headers
     app.add_middleware(  # outside KeyAuth: preflights and 401s carry CORS headers
         CORSMiddleware,
@@ -166,10 +181,11 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         app.add_exception_handler(exc, _handler(status))
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(RasterioIOError, _io_handler)
+    app.add_exception_handler(RemoteBusy, _busy_handler)
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict:
-        """Liveness: the process answers."""
+    async def healthz() -> dict:
+        """Liveness: answered on the event loop, so busy worker threads cannot delay it."""
         return {"status": "ok"}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -113,6 +113,30 @@ class Settings(BaseSettings):
         "coarsest overview fills a tile",
     )
 
+    request_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a request may take; then it is answered 504 and its work stops "
+        "at its next checkpoint (also when the client disconnects)",
+    )
+    remote_reads: int = Field(
+        8,
+        ge=1,
+        description="most reads of remote files (buckets, URLs) at once per process, so a "
+        "bucket that hangs cannot take every thread",
+    )
+    remote_read_wait: float = Field(
+        2.0,
+        ge=0,
+        description="seconds a request waits for a remote-read slot before a 503 with Retry-After",
+    )
+    request_threads: int = Field(
+        100,
+        ge=1,
+        description="threads per process running blocking request work (Starlette's "
+        "default is 40); requests waiting on remote reads must leave some for the others",
+    )
+
     @field_validator("import_grants")
     @classmethod
     def _grants(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:

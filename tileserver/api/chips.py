@@ -41,6 +41,7 @@ from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.models import Band, Image, Product
 from tileserver.catalog.store import CatalogStore, NotFound
 from tileserver.chipcache import ChipStore, FolderChips, chip_dir
+from tileserver.deadline import check
 from tileserver.render.chips import (
     ChipGrid,
     Lut,
@@ -318,11 +319,16 @@ class Chip:
 
 
 def run_chips(images: Sequence[Image], make: Callable[[Image], Chip], threads: int) -> list[Chip]:
-    """make(image) for each image, in order, on a few threads."""
+    """make(image) for each image, in order, on a few threads; a checkpoint per chip."""
+
+    def checked(image: Image) -> Chip:
+        check()
+        return make(image)
+
     if len(images) <= 1 or threads <= 1:
-        return [make(image) for image in images]
+        return [checked(image) for image in images]
     with ContextPool(max_workers=min(threads, len(images))) as pool:
-        return list(pool.map(make, images))
+        return list(pool.map(checked, images))
 
 
 def read_masked(

@@ -27,6 +27,7 @@ from tileserver.catalog.geojson import check_geometry_size
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, safe_name
 from tileserver.catalog.parcels import Parcel, ParcelLayer, ParcelStore
 from tileserver.catalog.store import CatalogStore
+from tileserver.deadline import check
 from tileserver.render.reader import resolve_bands
 from tileserver.render.zonal import (
     CLOUDY_CLASSES,
@@ -188,6 +189,7 @@ def timeseries(
             f"{start}..{end} holds {len(images)} acquisitions of '{product_id}' over the "
             f"polygon, more than the limit of {limit}: shorten the date window"
         )
+    check()  # the lookup took its time; read_zone checks again per image
     with ContextPool(max_workers=max(settings.reader_threads, 1)) as pool:
         zones = list(pool.map(lambda image: read_zone(image, band, area), images))
     labels = None

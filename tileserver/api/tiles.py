@@ -37,11 +37,15 @@ def load(store, image_id: str) -> tuple[Image, Product]:
 
 
 def layer(store, image_id: str, params: RenderParams, tms: TileMatrixSet) -> tuple[Image, int, int]:
-    """The image a TileJSON/WMTS describes and its zooms; bad bands are one 400, here."""
+    """The image a TileJSON/WMTS describes and its zooms; bad bands are one 400, here.
+
+    The minzoom is the TMS's own (0): a tile far below the image's resolution reads only
+    the few pixels the image covers in it (render/reader.py read_tile), so it is cheap.
+    """
     image, product = load(store, image_id)
     request_bands(product, params)
-    minzoom, maxzoom = zoom_range(image, tms) if image.files else (0, tms.maxzoom)
-    return image, minzoom, maxzoom
+    maxzoom = zoom_range(image, tms)[1] if image.files else tms.maxzoom
+    return image, tms.minzoom, max(tms.minzoom, maxzoom)
 
 
 def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:

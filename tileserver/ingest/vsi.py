@@ -21,6 +21,7 @@ import posixpath
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -113,11 +114,20 @@ def _flag(name: str, default: bool) -> bool:
 # memory bounded and flat; the rest makes remote reads fewer and larger. Not
 # GDAL_DISABLE_READDIR_ON_OPEN: it would hide external .ovr overviews of local GeoTIFFs,
 # and pooled datasets (render/datasets.py) open each file once anyway.
+# GDAL waits forever on a server that accepts a connection and never answers: the HTTP
+# timeouts bound every HTTP request (connect 5 s, whole request 10 s, one retry after 0.5 s on
+# 429/5xx and on timeouts), so a read of a dead server fails in about 20 s per request GDAL
+# makes (opening a file makes two) instead of holding a thread and a remote-read slot for
+# good. The obstore clients below use the same values.
 GDAL_DEFAULTS = {
     "GDAL_CACHEMAX": "200",
     "GDAL_INGESTED_BYTES_AT_OPEN": "32768",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_CONNECTTIMEOUT": "5",
+    "GDAL_HTTP_TIMEOUT": "10",
+    "GDAL_HTTP_MAX_RETRY": "1",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": "5000000",
 }
@@ -161,8 +171,36 @@ def _environment() -> tuple:
         "GOOGLE_APPLICATION_CREDENTIALS",
         "CPL_GS_ENDPOINT",
         "GS_NO_SIGN_REQUEST",
+        "GDAL_HTTP_CONNECTTIMEOUT",
+        "GDAL_HTTP_TIMEOUT",
+        "GDAL_HTTP_MAX_RETRY",
+        "GDAL_HTTP_RETRY_DELAY",
     )
     return tuple(os.environ.get(n) for n in names)
+
+
+def _seconds(name: str) -> float:
+    """A GDAL timeout or count from the environment, else GDAL_DEFAULTS (a bad value too)."""
+    try:
+        return max(0.0, float(os.environ.get(name) or GDAL_DEFAULTS[name]))
+    except ValueError:
+        return float(GDAL_DEFAULTS[name])
+
+
+def client_options(allow_http: bool) -> dict:
+    """obstore HTTP options: GDAL's timeouts, so a bucket that never answers fails as fast."""
+    return {
+        "allow_http": allow_http,
+        "connect_timeout": f"{_seconds('GDAL_HTTP_CONNECTTIMEOUT'):g}s",
+        "timeout": f"{_seconds('GDAL_HTTP_TIMEOUT'):g}s",
+    }
+
+
+def retry_config() -> dict:
+    """obstore retries like GDAL's (its own default retries for up to 3 minutes)."""
+    retries = int(_seconds("GDAL_HTTP_MAX_RETRY"))
+    total = (retries + 1) * (_seconds("GDAL_HTTP_TIMEOUT") + _seconds("GDAL_HTTP_RETRY_DELAY"))
+    return {"max_retries": retries, "retry_timeout": timedelta(seconds=total)}
 
 
 @lru_cache(maxsize=32)
@@ -192,7 +230,12 @@ def _store(provider: Provider, bucket: str, environment: tuple):
                 if env.get(name):
                     options[option] = env[name]
         allow_http = options.get("endpoint", "").startswith("http://")
-        return S3Store(bucket, client_options={"allow_http": allow_http}, **options)
+        return S3Store(
+            bucket,
+            client_options=client_options(allow_http),
+            retry_config=retry_config(),
+            **options,
+        )
     options = {}
     if env.get("CPL_GS_ENDPOINT"):
         options["base_url"] = env["CPL_GS_ENDPOINT"].rstrip("/")
@@ -203,7 +246,9 @@ def _store(provider: Provider, bucket: str, environment: tuple):
     elif env.get("GOOGLE_APPLICATION_CREDENTIALS"):
         options["application_credentials"] = env["GOOGLE_APPLICATION_CREDENTIALS"]
     allow_http = options.get("base_url", "").startswith("http://")
-    return GCSStore(bucket, client_options={"allow_http": allow_http}, **options)
+    return GCSStore(
+        bucket, client_options=client_options(allow_http), retry_config=retry_config(), **options
+    )
 
 
 HTTP_REASONS = {

@@ -31,6 +31,7 @@ from shapely.geometry import box, shape
 from shapely.geometry.base import BaseGeometry
 
 from tileserver.catalog.models import Band, Image
+from tileserver.deadline import check
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import ImageNotReadable, RenderError
 from tileserver.render.reader import FileRead, file_header, file_number, read_bands
@@ -195,6 +196,7 @@ def read_chip(
     image: Image, bands: Sequence[Band], grid: ChipGrid, threads: int = 4
 ) -> numpy.ma.MaskedArray:
     """(bands, rows, cols) pixels of `image` on `grid`, masked where each band is nodata."""
+    check()  # per chip
     return read_bands(image, bands, part_reader(grid), threads=threads).array
 
 

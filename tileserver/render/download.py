@@ -43,6 +43,7 @@ from shapely.geometry import shape
 
 from tileserver.catalog.geojson import check_geometry_size
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
+from tileserver.deadline import check
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import (
     VALUE_PRESERVING,
@@ -606,6 +607,7 @@ def render_stack(
     dtype = DATA_TYPE_TO_NUMPY[plan.data_type]
     out = numpy.empty((len(groups), len(plan.outputs), *grid.shape), dtype=dtype)
     for i, group in enumerate(groups):
+        check()  # per layer of the stack (and per image and file within it)
         render_layers(group, plan, grid, params, geometry, threads, out=out[i])
     return out
 

@@ -28,6 +28,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.mosaic.methods import PixelSelectionMethod
 
+from tileserver import deadline
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, BandStatistics, Image, Product
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import RenderError
@@ -215,6 +216,7 @@ def composite(
     pool: ContextPool | None = None  # started by the first batch of two or more
     try:
         while pending and not method.is_done:
+            deadline.check()  # between images: a request out of time or abandoned stops here
             batch = next_batch()
             read_count += len(batch)
             if len(batch) > 1:

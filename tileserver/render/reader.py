@@ -8,14 +8,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy
+import rio_tiler.reader
 from affine import Affine
 from morecantile import TileMatrixSet
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
+from rio_tiler.utils import get_vrt_transform
 
-from tileserver import opener
+from tileserver import deadline, opener
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.render.datasets import DATASETS
 from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand, gdal_reason
@@ -88,10 +93,19 @@ def plan_reads(image: Image, bands: Sequence[Band], nodata: float | None = None)
 @contextmanager
 def image_reader(image: Image, href: str, **kwargs) -> Iterator[Reader]:
     """A rio-tiler Reader of one of `image`'s files, on a dataset lent by the pool, opened
-    only where the image's product may read (opener.py)."""
+    only where the image's product may read (opener.py).
+
+    A checkpoint first (a request out of time or abandoned reads no more files); a remote
+    file is read holding one of the process's remote-read slots (RemoteBusy if none frees).
+    """
+    deadline.check()
     try:
         allowed = opener.for_product(image.product_id)
-        with DATASETS.dataset(href, allowed, str(image.modified)) as dataset:
+        allowed.check(href)  # before anything looks at the file, the slot's VRT peek too
+        with (
+            deadline.REMOTE_READS.slot(href),
+            DATASETS.dataset(href, allowed, str(image.modified)) as dataset,
+        ):
             yield Reader(href, dataset=dataset, **kwargs)
     except opener.Refused as exc:
         raise ImageNotReadable(
@@ -195,14 +209,108 @@ def tile_reader(
     """A `read` for read_bands that reads one tile of the reader's TMS."""
 
     def read(reader: Reader, file_read: FileRead) -> ImageData:
-        return reader.tile(
-            x,
-            y,
-            z,
-            tilesize=tilesize,
-            indexes=file_read.indexes,
-            resampling_method=resampling,
-            reproject_method=resampling,
-        )
+        return read_tile(reader, x, y, z, tilesize, file_read.indexes, resampling)
 
     return read
+
+
+# below this share of a tile's pixels, a tile reads only the part of it the image covers
+PARTIAL_TILE_SHARE = 0.25
+
+
+def covered_window(
+    reader: Reader, x: int, y: int, z: int, tilesize: int
+) -> tuple[int, int, int, int] | None:
+    """The tile pixels (col0, row0, col1, row1) the image's bounds cover, when they are a
+    small part of the tile; None otherwise (or when the bounds cannot be projected)."""
+    tms = reader.tms
+    left, bottom, right, top = tms.xy_bounds(x, y, z)
+    try:
+        west, south, east, north = transform_bounds(
+            reader.crs, tms.rasterio_crs, *reader.bounds, densify_pts=21
+        )
+    except Exception:  # a CRS pair GDAL cannot transform: rio-tiler's own path decides
+        return None
+    if not all(map(math.isfinite, (west, south, east, north))) or west >= east or south >= north:
+        return None
+    size_x, size_y = (right - left) / tilesize, (top - bottom) / tilesize
+    col0 = max(0, math.floor((west - left) / size_x))
+    col1 = min(tilesize, math.ceil((east - left) / size_x))
+    row0 = max(0, math.floor((top - north) / size_y))
+    row1 = min(tilesize, math.ceil((top - south) / size_y))
+    if col1 <= col0 or row1 <= row0:
+        return None
+    if (col1 - col0) * (row1 - row0) > PARTIAL_TILE_SHARE * tilesize * tilesize:
+        return None
+    return col0, row0, col1, row1
+
+
+def read_tile(
+    reader: Reader,
+    x: int,
+    y: int,
+    z: int,
+    tilesize: int,
+    indexes: Sequence[int],
+    resampling: str,
+    partial: bool | None = None,
+) -> ImageData:
+    """One tile of the reader's TMS, at a cost bounded by the image's size in the tile.
+
+    rio-tiler warps the whole tile at the image's own resolution: a tile far below the
+    image's zooms (QGIS starts at zoom 0) warps millions of empty pixels and reads the whole
+    image for it (minutes). When the image covers a small part of the tile, only the tile
+    pixels over the image are read, at the tile's resolution (from overviews), and placed
+    in a masked tile. `partial` forces one way or the other (tests).
+    """
+    window = None
+    if partial is not False:
+        if not reader.tile_exists(x, y, z):
+            raise TileOutsideBounds(f"Tile(x={x}, y={y}, z={z}) is outside bounds")
+        window = covered_window(reader, x, y, z, tilesize)
+        if window is None and partial:
+            window = (0, 0, tilesize, tilesize)
+    options = {"resampling_method": resampling, "reproject_method": resampling}
+    if window is None:
+        return reader.tile(x, y, z, tilesize=tilesize, indexes=indexes, **options)
+    col0, row0, col1, row1 = window
+    tms = reader.tms
+    bounds = tms.xy_bounds(x, y, z)
+    # the warped grid rio-tiler reads the whole tile from, of which only the window is read
+    transform, width, height = get_vrt_transform(
+        reader.dataset, bounds, tilesize, tilesize, dst_crs=tms.rasterio_crs
+    )
+    span_x, span_y = width / tilesize, height / tilesize
+    part = rio_tiler.reader.read(
+        reader.dataset,
+        indexes=indexes,
+        width=col1 - col0,
+        height=row1 - row0,
+        window=Window(col0 * span_x, row0 * span_y, (col1 - col0) * span_x, (row1 - row0) * span_y),
+        vrt_options={
+            "crs": tms.rasterio_crs,
+            "transform": transform,
+            "width": width,
+            "height": height,
+            "dtype": reader.dataset.dtypes[0],
+        },
+        **{**reader.options, **options},
+    )
+    fill = part.nodata if part.nodata is not None else 0
+    data = numpy.full((part.count, tilesize, tilesize), fill, dtype=part.array.dtype)
+    mask = numpy.ones(data.shape, dtype=bool)
+    data[:, row0:row1, col0:col1] = part.array.data
+    mask[:, row0:row1, col0:col1] = numpy.ma.getmaskarray(part.array)
+    return ImageData(
+        numpy.ma.MaskedArray(data, mask=mask),
+        bounds=bounds,
+        crs=tms.rasterio_crs,
+        assets=part.assets,
+        metadata=part.metadata,
+        nodata=part.nodata,
+        scales=part.scales,
+        offsets=part.offsets,
+        band_names=part.band_names,
+        band_descriptions=part.band_descriptions,
+        dataset_statistics=part.dataset_statistics,
+    )

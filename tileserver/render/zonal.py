@@ -32,6 +32,7 @@ from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
 from tileserver.catalog.models import Band, Image
+from tileserver.deadline import check
 from tileserver.render.errors import RenderError
 from tileserver.render.reader import FileRead, read_bands
 
@@ -109,6 +110,7 @@ def read_zone(
     RenderError when the window is larger than `max_pixels`; ImageNotReadable (from
     read_bands) for remote images and unreadable files.
     """
+    check()  # per image of a time series
     shapes: dict[str, dict] = {}
 
     def in_crs(crs) -> dict:
