@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -25,7 +26,7 @@ import pytest
 from shapely.geometry import box, mapping
 
 from tests.conftest import STORES, LiveServer, make_settings, stub_server
-from tests.ingest.test_hostile_xml import beam_scene
+from tests.ingest.test_hostile_xml import beam_scene, dimap_scene
 from tests.synthetic import TILE, WEB_MERCATOR, write
 from tileserver.app import create_app
 from tileserver.catalog.keys import new_key
@@ -342,6 +343,34 @@ def test_scenes_cannot_point_out_of_the_roots(world):
     assert str(world.folder) not in answer.text  # paths relative to what she named
 
 
+def dimap_naming(folder: Path, target: str) -> Path:
+    """A DIMAP v2 scene whose first DATA_FILE_PATH names `target`."""
+    dim, _ = dimap_scene(folder)
+    text = re.sub(r'(<DATA_FILE_PATH href=")[^"]*"', rf'\g<1>{target}"', dim.read_text(), count=1)
+    dim.write_text(text)
+    return dim
+
+
+def test_dimap_data_files_are_checked_before_they_are_read(world):
+    mallory = world.client("mallory")
+    targets = {
+        "catalog": str(world.data / "catalog.db"),
+        "canary": f"/vsicurl/http://{world.canary}/IMG.TIF",
+        "other": str(world.roots["acme"] / "a.tif"),
+    }
+    for name, target in targets.items():
+        dimap_naming(world.roots["evil"] / "dimap" / name, target)
+    body = {"cloud_provider": "file", "bucket_name": str(world.roots["evil"] / "dimap")}
+    answer = mallory.post("/imports", json=body)
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["features"] == [] and len(result["failed"]) == len(targets), result
+    for failure in result["failed"]:
+        assert REFUSED in failure["reason"], failure
+    assert str(world.folder) not in answer.text
+    assert not list((world.data / "vrt").rglob(".staging-*"))
+
+
 def vrts(world: World) -> dict[str, str]:
     """Every file under the data dir's vrt/ folder, with its digest."""
     root = world.data / "vrt"
@@ -416,3 +445,16 @@ def test_unreadable_files_are_reported_without_paths(world):
         answer = alice.get(f"/images/acme:gone/{route}")
         assert 400 <= answer.status_code < 500, answer.text
         assert str(world.folder) not in answer.text, answer.text
+
+
+def test_an_open_server_checks_admin_writes_too(empty_client, tmp_path):
+    """Without keys everyone is admin: hrefs no product could open are refused at once."""
+    assert empty_client.post("/products", json=product("ops")).status_code == 201
+    good = write(tmp_path / "files" / "a.tif", numpy.full((1, 256, 256), 9, "uint16"))
+    for href in ("<VRTDataset/>", "/vsicurl/http://127.0.0.1:9/x.tif", "relative.tif"):
+        response = empty_client.put("/images/ops:x", json=image("ops", "x", href))
+        assert response.status_code == 403, (href, response.text)
+        assert response.json()["detail"] == f"files[0]: {REFUSED}"
+    response = empty_client.put("/images/ops:x", json=image("ops", "x", str(good)))
+    assert response.status_code == 200, response.text
+    assert empty_client.get(f"/images/ops:x/{TILE_PATH}").status_code == 200

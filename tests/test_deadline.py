@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import sqlite3
@@ -245,6 +246,8 @@ def test_a_bucket_that_never_answers_does_not_take_the_server(
         "GDAL_HTTP_TIMEOUT": "2",
         "GDAL_HTTP_CONNECTTIMEOUT": "2",
         "GDAL_HTTP_MAX_RETRY": "0",
+        # the operator lets the server fetch from that (internal) host: no URL is otherwise
+        "TILESERVER_IMPORT_GRANTS": json.dumps({"admin": [f"http://127.0.0.1:{stall_server}/"]}),
     }
     statuses: list[tuple[int, float, str]] = []
     probes: list[tuple[str, int, float]] = []

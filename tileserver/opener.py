@@ -28,7 +28,7 @@ import functools
 import os
 import posixpath
 import re
-import time
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -37,6 +37,7 @@ from urllib.parse import unquote, urlsplit
 
 import rasterio
 import rasterio._base
+from cachetools import TTLCache
 from defusedxml import ElementTree
 from rasterio.io import DatasetReader
 
@@ -78,11 +79,12 @@ def _refuse_text(text: str) -> None:
 
 
 def _clean_segments(href: str, path: str) -> None:
-    """No `.`/`..` or empty segments, no backslashes: a remote key means one object."""
-    decoded = unquote(path)
-    if "\\" in decoded or any(s in (".", "..") for s in decoded.split("/")):
+    """No `.`/`..` or empty segments (a trailing `/` aside), no backslashes: a remote key or
+    URL path names one object, the one a prefix check sees."""
+    segments = unquote(path).split("/")
+    if "\\" in path or "\\" in unquote(path) or "" in segments[:-1]:
         raise Refused(href)
-    if "//" in decoded:
+    if any(s in (".", "..") for s in segments):
         raise Refused(href)
 
 
@@ -104,7 +106,7 @@ def _url_location(href: str, url: str) -> Location:
         raise Refused(href)
     if parts.fragment:
         raise Refused(href)
-    _clean_segments(href, parts.path or "/")
+    _clean_segments(href, (parts.path or "/").removeprefix("/"))
     host = parts.hostname.lower() + (f":{port}" if port else "")
     query = f"?{parts.query}" if parts.query else ""
     return Location(href, f"/vsicurl/{parts.scheme}://{host}{parts.path or '/'}{query}", True)
@@ -261,8 +263,11 @@ class Confinement:
     grants: dict[str, Grant] = field(default_factory=dict)
     import_roots: tuple[Path, ...] = ()  # the admins' folders (TILESERVER_IMPORT_ROOTS)
     products: Callable[[str], Product] | None = None
-    key_users: Callable[[], dict[str, tuple[set[str], bool]]] | None = None
-    _cache: dict = field(default_factory=dict, repr=False)
+    key_users: Callable[[], dict[str, tuple[frozenset[str], bool]]] | None = None
+    _allowed: TTLCache = field(
+        default_factory=lambda: TTLCache(maxsize=4096, ttl=CACHE_SECONDS), repr=False
+    )
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _base(self) -> dict:
         written = tuple(os.path.realpath(self.data_dir / d) for d in ("vrt", "cogs", "chips"))
@@ -328,17 +333,15 @@ class Confinement:
 
     def for_product_id(self, product_id: str) -> Allowed:
         """for_product of the stored product, reused for a few seconds (every tile asks)."""
-        now = time.monotonic()
-        hit = self._cache.get(product_id)
-        if hit is not None and now - hit[0] < CACHE_SECONDS:
-            return hit[1]
-        if self.products is None:
-            allowed = self.operator(product_id)
-        else:
-            allowed = self.for_product(self.products(product_id))
-        if len(self._cache) > 4096:
-            self._cache.clear()
-        self._cache[product_id] = (now, allowed)
+        with self._lock:
+            allowed = self._allowed.get(product_id)
+        if allowed is None:
+            if self.products is None:
+                allowed = self.operator(product_id)
+            else:
+                allowed = self.for_product(self.products(product_id))
+            with self._lock:
+                self._allowed[product_id] = allowed
         return allowed
 
 

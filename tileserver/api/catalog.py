@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from tileserver.api.deps import StoreDep
 from tileserver.api.stac import base_url
-from tileserver.catalog.access import sees_files
+from tileserver.catalog.access import ScopedStore, check_files, sees_files
 from tileserver.catalog.geojson import geometry_problem
 from tileserver.catalog.models import Image, Product, split_image_id
 from tileserver.catalog.stac import shown_files
@@ -111,13 +111,21 @@ def get_image(image_id: str, request: Request, store: StoreDep) -> Image:
 
 
 @router.put("/images/{image_id}", response_model=Image)
-def put_image(image_id: str, image: Image, store: StoreDep) -> Image:
-    """Create or replace an image; a `remote` image has no files and no tiles."""
+def put_image(image_id: str, image: Image, request: Request, store: StoreDep) -> Image:
+    """Create or replace an image; a `remote` image has no files and no tiles.
+
+    Its files must lie where the product may read (ScopedStore also checks a tenant's own
+    grants); an admin's are checked here, so an href nobody could open is a 403 now, not a
+    409 at the first tile.
+    """
     if image.id != _checked_id(image_id):
         raise HTTPException(400, f"body id '{image.id}' differs from path id '{image_id}'")
     problem = geometry_problem(image.geometry)  # a footprint with a bbox is not read before
     if problem is not None:
         raise HTTPException(400, f"geometry {problem}")
+    if not isinstance(store, ScopedStore):
+        confinement = request.app.state.confinement
+        check_files(image, confinement.for_product(store.get_product(image.product_id)))
     return store.put_images([image])[0]
 
 

@@ -36,16 +36,19 @@ def load(store, image_id: str) -> tuple[Image, Product]:
     return image, store.get_product(image.product_id)
 
 
-def layer(store, image_id: str, params: RenderParams, tms: TileMatrixSet) -> tuple[Image, int, int]:
-    """The image a TileJSON/WMTS describes and its zooms; bad bands are one 400, here.
+def layer(
+    store, image_id: str, params: RenderParams, tms: TileMatrixSet
+) -> tuple[Image, int, int, int]:
+    """The image a TileJSON/WMTS describes, its zooms, and the image's own first zoom (the
+    WMTS extent snaps to its pixels); bad bands are one 400, here.
 
     The minzoom is the TMS's own (0): a tile far below the image's resolution reads only
     the few pixels the image covers in it (render/reader.py read_tile), so it is cheap.
     """
     image, product = load(store, image_id)
     request_bands(product, params)
-    maxzoom = zoom_range(image, tms)[1] if image.files else tms.maxzoom
-    return image, tms.minzoom, max(tms.minzoom, maxzoom)
+    native, maxzoom = zoom_range(image, tms) if image.files else (tms.minzoom, tms.maxzoom)
+    return image, tms.minzoom, max(tms.minzoom, maxzoom), max(tms.minzoom, native)
 
 
 def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
@@ -238,15 +241,17 @@ def wmts_capabilities(
     tms: TileMatrixSet,
     fmt: ImageFormat,
     tile_url: str,
+    snap_zoom: int | None = None,
 ) -> Response:
-    """OGC WMTS 1.0 capabilities (RESTful) of one layer."""
+    """OGC WMTS 1.0 capabilities (RESTful) of one layer; its extent snaps to the pixels of
+    `snap_zoom` (default `minzoom`): the layer's own data, not the whole first matrix."""
     epsg = tms.crs._pyproj_crs.to_epsg()
     xml = render_template(
         "wmts.xml",
         title=title,
         layer=title.replace(":", "_"),
         bounds=bounds,
-        native_bounds=snapped_bounds(tms, bounds, minzoom),
+        native_bounds=snapped_bounds(tms, bounds, minzoom if snap_zoom is None else snap_zoom),
         media_type=fmt.media_type,
         tms_id=tms.id,
         limits=tms_limits_to_xml(
@@ -273,7 +278,7 @@ def image_tilejson(
     tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
 ) -> dict:
     """TileJSON 3.0 for the image with the request's rendering parameters."""
-    image, minzoom, maxzoom = layer(store, image_id, params, tms)
+    image, minzoom, maxzoom, _ = layer(store, image_id, params, tms)
     url = tile_url_template(request, "image_tile", {"image_id": image.id}, tms, tile_format.value)
     return tilejson(image.id, url, image.bbox, minzoom, maxzoom)
 
@@ -307,11 +312,13 @@ def image_wmts(
     tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
 ) -> Response:
     """OGC WMTS 1.0 capabilities (RESTful) for QGIS, GDAL and OpenLayers."""
-    image, minzoom, maxzoom = layer(store, image_id, params, tms)
+    image, minzoom, maxzoom, native = layer(store, image_id, params, tms)
     url = tile_url_template(
         request, "image_tile", {"image_id": image.id}, tms, tile_format.value, WMTS_XYZ
     )
-    return wmts_capabilities(request, image.id, image.bbox, minzoom, maxzoom, tms, tile_format, url)
+    return wmts_capabilities(
+        request, image.id, image.bbox, minzoom, maxzoom, tms, tile_format, url, native
+    )
 
 
 @router.get("/images/{image_id}/map", response_class=HTMLResponse)

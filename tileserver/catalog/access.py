@@ -25,7 +25,7 @@ from tileserver.catalog.search import (
     Summary,
 )
 from tileserver.catalog.store import CatalogStore, Conflict, Forbidden, ImagePage, NotFound
-from tileserver.opener import REFUSED, Confinement, Refused, Within
+from tileserver.opener import REFUSED, Allowed, Confinement, Refused, Within
 
 PUBLIC = "public"
 NO_PRODUCT = ""  # a collection id no product can have: a search of it matches nothing
@@ -77,6 +77,16 @@ def same_lists(a: Product, b: Product) -> bool:
 def scope_of(store: CatalogStore | ScopedStore) -> str:
     """What a store shows, for cache keys of answers that depend on it ('' for all)."""
     return store.scope if isinstance(store, ScopedStore) else ""
+
+
+def check_files(image: Image, reach: Allowed | Within) -> None:
+    """Forbidden unless every file of the image lies within `reach`: one text whether the
+    file exists or not, before anything is stored or opened."""
+    for index, file in enumerate(image.files):
+        try:
+            reach.check(file.href)
+        except Refused:
+            raise Forbidden(f"files[{index}]: {REFUSED}") from None
 
 
 def sees_files(store: CatalogStore | ScopedStore, product_id: str) -> bool:
@@ -202,12 +212,7 @@ class ScopedStore:
             raise Forbidden(f"files[0]: {REFUSED}")
         caller = self.confinement.for_caller(self.principal.user, self.principal.org, False)
         own = self.confinement.own_folders(product.id)
-        reach = Within(caller.with_own(*own), self.confinement.for_product(product))
-        for index, file in enumerate(image.files):
-            try:
-                reach.check(file.href)
-            except Refused:
-                raise Forbidden(f"files[{index}]: {REFUSED}") from None
+        check_files(image, Within(caller.with_own(*own), self.confinement.for_product(product)))
 
     def create_product(self, product: Product) -> Product:
         """Create a product, owned by the caller unless it names its owners."""

@@ -15,6 +15,7 @@ import threading
 import time
 from datetime import datetime
 
+import cachetools.func
 from pydantic import BaseModel, Field
 
 from tileserver.catalog.access import Principal
@@ -118,18 +119,14 @@ class KeyRing:
 def key_users(store, seconds: float = 5.0):
     """A function giving, per user, the organisations of their live keys and whether one
     of them is an admin key; read from the store at most every `seconds`."""
-    lock = threading.Lock()
-    known: list = [float("-inf"), {}]
 
-    def users() -> dict[str, tuple[set[str], bool]]:
-        with lock:
-            if time.monotonic() - known[0] >= seconds:
-                found: dict[str, tuple[set[str], bool]] = {}
-                for key in store.list_keys():
-                    if key.revoked is None:
-                        orgs, admin = found.get(key.user, (set(), False))
-                        found[key.user] = (orgs | {key.org}, admin or key.admin)
-                known[:] = [time.monotonic(), found]
-            return known[1]
+    @cachetools.func.ttl_cache(maxsize=1, ttl=seconds)
+    def users() -> dict[str, tuple[frozenset[str], bool]]:
+        found: dict[str, tuple[frozenset[str], bool]] = {}
+        for key in store.list_keys():
+            if key.revoked is None:
+                orgs, admin = found.get(key.user, (frozenset(), False))
+                found[key.user] = (orgs | {key.org}, admin or key.admin)
+        return found
 
     return users
