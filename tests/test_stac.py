@@ -244,3 +244,17 @@ def test_pystac_client_with_cql2_filter_and_paging(any_live_server, all_images):
     assert collection.id == PRODUCT
     one = next(catalog.search(ids=[expected[0]], collections=[PRODUCT]).items())
     assert one.datetime == next(i.acquired for i in all_images if i.name == expected[0])
+
+
+def test_a_bare_boolean_filter_is_a_filter(any_client):
+    """`TRUE`/`FALSE` become cql2-json `true`/`false`: registered, read back, searched (the
+    schema fuzz found a registered `FALSE` that could not be read back: a 500)."""
+    everything = any_client.post("/stac/search", json={"limit": 1}).json()["numberMatched"]
+    assert everything > 0
+    for text, matched in (("TRUE", everything), ("FALSE", 0), ("TRUE AND FALSE", 0)):
+        registered = any_client.post("/searches", json={"filter": text})
+        assert registered.status_code == 200, registered.text
+        again = any_client.get(f"/searches/{registered.json()['id']}")
+        assert again.status_code == 200, again.text
+        found = any_client.post("/stac/search", json={"filter": text, "limit": 1})
+        assert found.status_code == 200 and found.json()["numberMatched"] == matched, text

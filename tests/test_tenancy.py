@@ -68,7 +68,11 @@ class Tenants:
             key, token = new_key(user, org, admin=user == "admin")
             store.put_key(key)
             self.tokens[user] = token
-        settings = make_settings(folder, key_cache_seconds=0, reader_threads=1, **settings)
+        files = str(folder / "files")  # each organisation was granted the folder of its files
+        grants = {f"org:{org}": [files] for org in set(USERS.values())}
+        settings = make_settings(
+            folder, key_cache_seconds=0, reader_threads=1, import_grants=grants, **settings
+        )
         self.app = create_app(settings, store=store)
         self.renders: list[str] = []
         render = searches.render_mosaic_tile
@@ -83,7 +87,8 @@ class Tenants:
         return TestClient(self.app, headers={"Authorization": f"Bearer {self.tokens[user]}"})
 
     def put_image(self, user: str, product_id: str, name: str, value: int, acquired: str):
-        path = write(self.folder / f"{product_id}-{name}.tif", numpy.full((1, 256, 256), value))
+        path = self.folder / "files" / f"{product_id}-{name}.tif"
+        write(path, numpy.full((1, 256, 256), value))
         body = {
             "name": name,
             "product_id": product_id,

@@ -39,6 +39,7 @@ import rasterio
 import rasterio._base
 from cachetools import TTLCache
 from defusedxml import ElementTree
+from rasterio.errors import RasterioIOError
 from rasterio.io import DatasetReader
 
 from tileserver.catalog.models import Product
@@ -423,7 +424,8 @@ GDAL_OF_RASTER = 0x02
 
 @functools.cache
 def _gdal():
-    """GDALIdentifyDriverEx and GDALGetDriverShortName from the GDAL rasterio runs on."""
+    """The GDAL functions rasterio does not bind, from the GDAL it runs on: driver
+    identification, a driver's name, and the thread's last error."""
     library = ctypes.CDLL(rasterio._base.__file__)
     identify = library.GDALIdentifyDriverEx
     identify.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
@@ -431,18 +433,40 @@ def _gdal():
     short_name = library.GDALGetDriverShortName
     short_name.argtypes = [ctypes.c_void_p]
     short_name.restype = ctypes.c_char_p
-    return identify, short_name
+    stat = library.VSIStatExL
+    stat.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+    stat.restype = ctypes.c_int
+    library.VSIErrorReset.restype = None
+    library.VSIGetLastErrorMsg.restype = ctypes.c_char_p
+    return identify, short_name, library
+
+
+VSI_STAT_EXISTS_FLAG, VSI_STAT_SET_ERROR_FLAG = 0x1, 0x8
 
 
 def identify(path: str, drivers: Iterable[str]) -> str | None:
     """Which of `drivers` recognises the file (GDAL reads its header and opens nothing);
-    None when none does, or the file cannot be read."""
-    identify_driver, short_name = _gdal()
+    None when none does or it is not there."""
+    identify_driver, short_name, _ = _gdal()
     names = [d.encode() for d in drivers]
     array = (ctypes.c_char_p * (len(names) + 1))(*names, None)
     with rasterio.Env():
         handle = identify_driver(path.encode(), GDAL_OF_RASTER, array, None)
     return short_name(handle).decode() if handle else None
+
+
+def storage_problem(path: str) -> str | None:
+    """Why a remote file cannot be reached, in GDAL's words (None: it is there, or simply
+    missing): a bucket that is down is not a file that is not a raster."""
+    _, _, library = _gdal()
+    buffer = ctypes.create_string_buffer(512)  # larger than any VSIStatBufL
+    with rasterio.Env():
+        library.VSIErrorReset()
+        flags = VSI_STAT_EXISTS_FLAG | VSI_STAT_SET_ERROR_FLAG
+        missing = library.VSIStatExL(path.encode(), buffer, flags) != 0
+        said = (library.VSIGetLastErrorMsg() or b"").decode("utf-8", "replace")
+        library.VSIErrorReset()
+    return said if missing and said else None
 
 
 def check_siblings(location: Location, allowed: Reach) -> None:
@@ -503,6 +527,8 @@ def open_raster(href: str, allowed: Reach | None = None) -> DatasetReader:
             check_vrt(location, allowed)
         except (OSError, SyntaxError, ValueError):  # unreadable XML: ParseError is a SyntaxError
             raise Refused(href) from None
+    if location.remote and (problem := storage_problem(location.path)):
+        raise RasterioIOError(problem)  # asked first: GDAL remembers a failed look as absent
     driver = identify(location.path, drivers)
     if driver is None:  # not one of ours, or not there: GDAL says which, in its own words
         if not location.remote and os.path.isfile(location.path):

@@ -72,7 +72,7 @@ class Queryable:
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_filter(value: str | Mapping[str, Any], lang: str | None = None) -> dict:
+def parse_filter(value: str | bool | Mapping[str, Any], lang: str | None = None) -> dict | bool:
     """The filter as a CQL2-JSON dict, whatever form it came in; FilterError if malformed."""
     if lang is None:
         is_text = isinstance(value, str) and not value.lstrip().startswith("{")
@@ -89,6 +89,8 @@ def parse_filter(value: str | Mapping[str, Any], lang: str | None = None) -> dic
             expr = cql2.parse_json(value)  # serde_json refuses nesting beyond 128
         elif isinstance(value, Mapping):
             _check_tree(value)
+            expr = cql2.parse_json(json.dumps(value))
+        elif isinstance(value, bool):  # a bare true/false is a CQL2 boolean expression
             expr = cql2.parse_json(json.dumps(value))
         else:
             raise FilterError("a cql2-json filter must be a JSON object or its text")

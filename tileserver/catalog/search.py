@@ -63,7 +63,7 @@ class SearchQuery(BaseModel):
     bbox: list[float] | None = None
     intersects: dict[str, Any] | None = None
     datetime: str | None = None
-    filter: dict[str, Any] | str | None = None
+    filter: dict[str, Any] | bool | str | None = None  # cql2-json may be a bare true/false
     filter_lang: Literal["cql2-json", "cql2-text"] | None = Field(None, alias="filter-lang")
     sortby: list[SortBy] | None = None
     limit: int = Field(10, ge=1, le=MAX_LIMIT)

@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -458,20 +458,23 @@ def register(
     reach: opener.Reach = target.caller.with_own(*own)
     if product is not None:
         reach = opener.Within(reach, target.confinement.for_product(product))
-    with opener.reading(reach), staged(own[0]) as vrts, staged(own[1]) as cogs:
+    with opener.reading(reach), staged(own[0]) as vrts, ExitStack() as stack:
         image, bands = scene.reader.build(meta, product_id, product, vrts.folder / f"{name}.vrt")
         for file in image.files:
             reach.check(file.href)
+        stages = [vrts]
         if request.copy_pixels:
-            image = copy_to_cog(image, cogs.folder)
+            stages.append(stack.enter_context(staged(own[1])))
+            image = copy_to_cog(image, stages[-1].folder)
         if product is None:
             bands = apply_overrides(bands, target.band_overrides or {})
             product = store.create_product(new_product(product_id, bands, meta))
             products[product_id] = product
-        image = vrts.moved(cogs.moved(image))
+        for stage in stages:
+            image = stage.moved(image)
         store.put_images([image])
-        vrts.publish()
-        cogs.publish()
+        for stage in stages:
+            stage.publish()
     return image
 
 
