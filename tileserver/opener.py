@@ -147,8 +147,23 @@ def _prefix(text: str) -> str:
     return location.path
 
 
+class _Checks:
+    """`check` for anything with `permits`."""
+
+    def permits(self, location: Location) -> bool:  # pragma: no cover - overridden
+        """Whether the location is allowed."""
+        raise NotImplementedError
+
+    def check(self, href: str) -> Location:
+        """The location of `href` when allowed; Refused (one text) otherwise."""
+        location = locate(href)
+        if not self.permits(location):
+            raise Refused(href)
+        return location
+
+
 @dataclass(frozen=True)
-class Allowed:
+class Allowed(_Checks):
     """Where one product's files (or one caller's imports) may be read from."""
 
     roots: tuple[str, ...] = ()  # local folders, links resolved
@@ -174,13 +189,6 @@ class Allowed:
             return False  # other products' VRTs, COGs and chips
         return self.any_local or any(_under(path, root) for root in self.roots)
 
-    def check(self, href: str) -> Location:
-        """The location of `href` when allowed; Refused (one text) otherwise."""
-        location = locate(href)
-        if not self.permits(location):
-            raise Refused(href)
-        return location
-
     def is_own_vrt(self, location: Location) -> bool:
         """A VRT the server wrote for this product (the only VRTs the VRT driver opens, but
         for the operator's, who may open any local file anyway)."""
@@ -194,7 +202,7 @@ class Allowed:
 
 
 @dataclass(frozen=True)
-class Within:
+class Within(_Checks):
     """What two Allowed both permit: a writer's grants within the product owners'."""
 
     first: Allowed
@@ -203,13 +211,6 @@ class Within:
     def permits(self, location: Location) -> bool:
         """Allowed by both."""
         return self.first.permits(location) and self.second.permits(location)
-
-    def check(self, href: str) -> Location:
-        """The location of `href` when both allow it; Refused otherwise."""
-        location = locate(href)
-        if not self.permits(location):
-            raise Refused(href)
-        return location
 
     def is_own_vrt(self, location: Location) -> bool:
         """A VRT the server wrote for the product, in both views."""

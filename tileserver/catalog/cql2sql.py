@@ -110,17 +110,22 @@ _QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")  # literals, quoted 
 _NESTING_OPERATORS = re.compile(r"[-+*/%^]|\b(?:NOT|DIV)\b", re.IGNORECASE)
 
 
-def _check_text(text: str) -> None:
-    """FilterError when cql2-text nests parentheses or chains operators beyond the limits."""
-    bare = _QUOTED.sub("''", text)
+def parenthesis_depth(text: str) -> int:
+    """How deep parentheses nest in `text` (filters and expressions are bounded by it)."""
     depth = deepest = 0
-    for char in bare:
+    for char in text:
         if char == "(":
             depth += 1
             deepest = max(deepest, depth)
         elif char == ")":
             depth -= 1
-    if deepest > MAX_FILTER_DEPTH:
+    return deepest
+
+
+def _check_text(text: str) -> None:
+    """FilterError when cql2-text nests parentheses or chains operators beyond the limits."""
+    bare = _QUOTED.sub("''", text)
+    if parenthesis_depth(bare) > MAX_FILTER_DEPTH:
         raise FilterError(f"filter nests parentheses deeper than {MAX_FILTER_DEPTH} levels")
     if len(_NESTING_OPERATORS.findall(bare)) > MAX_TEXT_OPERATORS:
         raise FilterError(f"filter has more than {MAX_TEXT_OPERATORS} NOT or arithmetic operators")

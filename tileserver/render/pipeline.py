@@ -15,6 +15,7 @@ import numpy
 from rio_tiler.errors import InvalidExpression
 from rio_tiler.expression import apply_expression, validate_expression
 
+from tileserver.catalog.cql2sql import parenthesis_depth
 from tileserver.catalog.models import Band, BandStatistics, Product
 from tileserver.render.errors import RenderError, UnknownBand
 from tileserver.render.scaling import ScalingError, scale_array, scaling_parameters
@@ -59,14 +60,7 @@ def check_expression(expression: str) -> None:
             f"expression has {terms} terms (band names, numbers, operators), more than "
             f"{MAX_EXPRESSION_TERMS}"
         )
-    depth = deepest = 0
-    for char in expression:
-        if char == "(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char == ")":
-            depth -= 1
-    if deepest > MAX_EXPRESSION_DEPTH:
+    if parenthesis_depth(expression) > MAX_EXPRESSION_DEPTH:
         raise RenderError(f"expression nests parentheses deeper than {MAX_EXPRESSION_DEPTH}")
 
 
