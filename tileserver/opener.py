@@ -253,7 +253,7 @@ class Grant:
 class Confinement:
     """The server's rules for what may be opened: its data dir, catalog and grants.
 
-    `owners` maps a product id to its product (the catalog, as an admin sees it) and
+    `products` maps a product id to its product (the catalog, as an admin sees it) and
     `key_users` returns, per user, the organisations of their keys and whether one of them
     is an admin key: a product owned by `user:alice` may use what alice's organisation was
     granted.
