@@ -177,6 +177,7 @@ def test_bundle_metadata(spot_bundle):
         "processing:level": "ORTHO",
         "dimap:spectral_processing": "P+MS",
         "snow_cover": 1.5,
+        "tileserver:provenance": {"geometry": "Dataset_Extent", "datetime": "IMAGING_DATE"},
     }
 
 

@@ -35,8 +35,6 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.transform import from_gcps
-from rasterio.warp import transform_geom
-from shapely.geometry import mapping
 from shapely.geometry.polygon import orient
 
 from tileserver.catalog.models import (
@@ -56,6 +54,7 @@ from tileserver.ingest.raster import (
     IngestError,
     display_range,
     grid,
+    grid_outline,
     image_statistics,
     numeric_or_none,
 )
@@ -446,10 +445,7 @@ class BeamDimapScene:
         segment = max(width, height) / FOOTPRINT_SEGMENTS
         if header.is_map:
             geo = self.georeference
-            t = geo.transform
-            outline = shapely.segmentize(shapely.box(0, 0, width, height), segment)
-            model = shapely.affinity.affine_transform(outline, [t.a, t.b, t.d, t.e, t.c, t.f])
-            return dict(transform_geom(geo.crs, "EPSG:4326", mapping(model), precision=7))
+            return grid_outline(geo.crs, geo.transform, width, height, FOOTPRINT_SEGMENTS)
         # through the centres of the edge pixels, as SNAP's geo-boundary: tie points are
         # pixel centres, so the outline is interpolated, not extrapolated beyond the grid
         inset = 0.5 if width > 1 and height > 1 else 0.0
