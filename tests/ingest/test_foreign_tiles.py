@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import morecantile
 import numpy
 import pytest
 import rasterio
+import shapely
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from pyproj import Transformer
 from rasterio.transform import RPCTransformer
-from shapely.geometry import MultiPoint, Point
+from shapely.geometry import box
 
 from tests.conftest import make_settings
 from tests.fixtures import fixture_path
-from tests.test_tiles import decode
+from tests.test_tiles import decode, display
 from tileserver.app import create_app
 from tileserver.cli import cli
 
@@ -75,20 +77,43 @@ def pixel_centres(tile: morecantile.Tile) -> tuple[numpy.ndarray, numpy.ndarray]
     return Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True).transform(x, y)
 
 
+def assert_coverage(client, image_id: str, outline, zoom: int, margin: float, **params):
+    """The tile at the outline's centre is opaque inside it and transparent outside it
+    (`margin` degrees either side of the edge are not judged)."""
+    pixels, _, tile = tile_at(client, image_id, *outline.centroid.coords[0], zoom, **params)
+    lons, lats = pixel_centres(tile)
+    points = shapely.points(lons, lats)
+    inside = shapely.contains(outline.buffer(-margin), points)
+    outside = ~shapely.intersects(outline.buffer(margin), points)
+    assert inside.sum() > 100 and outside.sum() > 100  # the tile shows both
+    assert (pixels[-1][inside] > 0).all()
+    assert (pixels[-1][outside] == 0).all()
+
+
 def test_pleiades_neo_sample_renders(served):
+    """GDAL's sample bands are constant (1..6 in file order): the values say which file band
+    each catalog band reads."""
     client, samples = served
-    with rasterio.open(samples / "vhr2020_ms_fs" / "MS-FS" / "IMG_RGB_R1C1.TIF") as rgb:
+    folder = samples / "vhr2020_ms_fs" / "MS-FS"
+    with (
+        rasterio.open(folder / "IMG_RGB_R1C1.TIF") as rgb,
+        rasterio.open(folder / "IMG_NED_R1C1.TIF") as ned,
+    ):
         col, row = 800, 600
         lon, lat = rgb.transform * (col + 0.5, row + 0.5)
-        expected = rgb.read(window=((row, row + 1), (col, col + 1)))[:, 0, 0]
+        window = ((row, row + 1), (col, col + 1))
+        expected = [*rgb.read(window=window)[:, 0, 0], *ned.read(window=window)[:, 0, 0]]
+        outline = box(*rgb.bounds)
         step = rgb.transform.a
+    image = "pneo_ms-fs:DS_PNEO4_201704121106009_PS1_FR1_FR1_E005N46_004192"
     zoom = 19
     assert 360 / (256 * 2**zoom) <= step / 3
-    image = "pneo_ms-fs:DS_PNEO4_201704121106009_PS1_FR1_FR1_E005N46_004192"
-    pixels, (r, c), _ = tile_at(client, image, lon, lat, zoom, bands="red,green,blue")
-    assert pixels.dtype == "uint16" and pixels.shape == (4, 256, 256)
-    assert list(pixels[:3, r, c]) == list(expected)  # R, G, B of the RGB file
-    assert pixels[3, r, c] > 0  # inside the footprint: not transparent
+    for names, values in (("red,green,blue", expected[:3]), ("nir,rededge,deepblue", expected[3:])):
+        pixels, (r, c), _ = tile_at(client, image, lon, lat, zoom, bands=names)
+        assert pixels.dtype == "uint16" and pixels.shape == (4, 256, 256)
+        assert list(pixels[:3, r, c]) == list(values)
+        assert pixels[3, r, c] > 0
+    assert_coverage(client, image, outline, 14, 2 * 360 / (256 * 2**14), bands="red")
 
 
 def test_pleiades_jpeg2000_sample_renders(served):
@@ -96,13 +121,17 @@ def test_pleiades_jpeg2000_sample_renders(served):
     client, samples = served
     with rasterio.open(samples / "jpeg2000_ple" / "IMG_md_ple_R1C1.jp2") as jp2:
         rpcs, data = jp2.rpcs, jp2.read()
-    col, row = 100, 150
-    with RPCTransformer(rpcs) as transformer:
-        lon, lat = transformer.xy(row, col, zs=rpcs.height_off)  # the pixel centre
     zoom = 18  # pixels 5.4e-6 degrees; the chip's are 2.2e-5
-    pixels, (r, c), _ = tile_at(client, "phr:DIM_md_ple", lon, lat, zoom, bands="b1,b2,b3")
-    assert pixels[3, r, c] > 0
-    assert list(pixels[:3, r, c]) == list(data[:3, row, col])
+    with RPCTransformer(rpcs) as transformer:
+        for col, row in ((100, 150), (20, 30), (180, 290)):
+            lon, lat = transformer.xy(row, col, zs=rpcs.height_off)  # the pixel centre
+            pixels, (r, c), _ = tile_at(client, "phr:DIM_md_ple", lon, lat, zoom, bands="b1,b2,b3")
+            assert pixels[3, r, c] > 0
+            assert list(pixels[:3, r, c]) == list(data[:3, row, col])
+        rows, cols = [0, 0, 308, 308], [0, 202, 202, 0]
+        corners = transformer.xy(rows, cols, zs=[rpcs.height_off] * 4, offset="ul")
+    outline = shapely.Polygon(list(zip(*corners, strict=True)))
+    assert_coverage(client, "phr:DIM_md_ple", outline, 15, 3 * 2.2e-5, bands="b1")
 
 
 def bilinear(grid: numpy.ndarray, x: float, y: float, offset: float, step: float) -> float:
@@ -114,38 +143,61 @@ def bilinear(grid: numpy.ndarray, x: float, y: float, offset: float, step: float
     return float(top * (1 - v) + bottom * v)
 
 
-def test_merge_test1_sample_renders(served):
-    """MERIS RR in satellite geometry, geocoded by 3x3 tie points every 16 pixels from 0.5."""
-    client, samples = served
+def merge_test1(samples: Path) -> dict[str, numpy.ndarray]:
+    """mergeTest1's bands and tie-point grids, read with numpy (big-endian ENVI)."""
     data = samples / "beam-dimap" / "mergeTest1.data"
-    reflec = numpy.fromfile(data / "reflec_1.img", dtype=">u2").reshape(11, 11)
-    lat = numpy.fromfile(data / "tie_point_grids" / "latitude.img", dtype=">f4").reshape(3, 3)
-    lon = numpy.fromfile(data / "tie_point_grids" / "longitude.img", dtype=">f4").reshape(3, 3)
+    grids = data / "tie_point_grids"
+    return {
+        "l2_flags": numpy.fromfile(data / "l2_flags.img", dtype=">u4").reshape(11, 11),
+        "reflec_1": numpy.fromfile(data / "reflec_1.img", dtype=">u2").reshape(11, 11),
+        "lat": numpy.fromfile(grids / "latitude.img", dtype=">f4").reshape(3, 3),
+        "lon": numpy.fromfile(grids / "longitude.img", dtype=">f4").reshape(3, 3),
+    }
+
+
+def ground(arrays: dict, x: float, y: float) -> tuple[float, float]:
+    """Lon/lat of image pixel coordinates (x, y): tie points every 16 pixels from 0.5."""
+    return bilinear(arrays["lon"], x, y, 0.5, 16.0), bilinear(arrays["lat"], x, y, 0.5, 16.0)
+
+
+MERGE_POINTS = ((5, 5), (2, 8), (9, 1))  # (col, row) of source pixels
+FLAGS_STRETCH = {"bands": "l2_flags", "scaling": "0,4194304", "data_type": "Byte"}
+
+
+def test_merge_test1_sample_renders(served):
+    """MERIS RR in satellite geometry, geocoded by 3x3 tie points every 16 pixels from 0.5.
+
+    SNAP's sample holds a reflec_1 that is all 0 (its nodata value) and a constant l2_flags.
+    """
+    client, samples = served
+    arrays = merge_test1(samples)
+    image = "mer_rr__2p:mergeTest1"
     zoom = 10  # pixels of 0.0014 degrees; MERIS RR's are about 0.013
-    for col, row in ((5, 5), (2, 8), (9, 1)):
-        x, y = col + 0.5, row + 0.5
-        point = bilinear(lon, x, y, 0.5, 16.0), bilinear(lat, x, y, 0.5, 16.0)
-        pixels, (r, c), tile = tile_at(
-            client, "mer_rr__2p:mergeTest1", *point, zoom, bands="reflec_1"
-        )
-        assert pixels.shape == (2, 256, 256)
-        assert pixels[0, r, c] == reflec[row, col]
-        assert pixels[1, r, c] > 0
-    # transparent well outside the image: the outline of the 11x11 pixel centres, grown by
-    # 1.5 pixels; opaque well inside it
-    centres = [
-        (bilinear(lon, x + 0.5, y + 0.5, 0.5, 16.0), bilinear(lat, x + 0.5, y + 0.5, 0.5, 16.0))
-        for x in (0, 10)
-        for y in (0, 10)
-    ]
-    hull = MultiPoint(centres).convex_hull
-    pixels, _, tile = tile_at(client, "mer_rr__2p:mergeTest1", *hull.centroid.coords[0], 9)
-    lons, lats = pixel_centres(tile)
-    inside = numpy.vectorize(lambda a, b: hull.buffer(-0.004).contains(Point(a, b)))(lons, lats)
-    outside = numpy.vectorize(lambda a, b: not hull.buffer(0.02).contains(Point(a, b)))(lons, lats)
-    assert inside.sum() > 50 and outside.sum() > 1000
-    assert (pixels[-1][inside] > 0).all()
-    assert (pixels[-1][outside] == 0).all()
+    for col, row in MERGE_POINTS:
+        point = ground(arrays, col + 0.5, row + 0.5)
+        pixels, (r, c), _ = tile_at(client, image, *point, zoom, bands="reflec_1")
+        assert pixels.shape == (2, 256, 256) and pixels.dtype == "uint16"
+        assert pixels[0, r, c] == arrays["reflec_1"][row, col]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known render bug: in this GCP-placed BEAM-DIMAP (band 1 l2_flags without nodata, "
+    "band 2 reflec_1 all at its nodata 0) the warped read serves l2_flags as 0 and "
+    "transparent (tiles and download.npy), reflec_1 as opaque 0; the VRT reads 2080770",
+)
+def test_merge_test1_flags_render_within_the_footprint(served):
+    client, samples = served
+    arrays = merge_test1(samples)
+    image = "mer_rr__2p:mergeTest1"
+    for col, row in MERGE_POINTS:
+        point = ground(arrays, col + 0.5, row + 0.5)
+        pixels, (r, c), _ = tile_at(client, image, *point, 10, **FLAGS_STRETCH)
+        assert pixels[0, r, c] == display(arrays["l2_flags"][row, col], 0, 4194304)  # 127
+    # opaque inside the outline through the corner pixels' outer corners, clear outside it
+    corners = [(0, 0), (11, 0), (11, 11), (0, 11)]
+    outline = shapely.Polygon([ground(arrays, x, y) for x, y in corners])
+    assert_coverage(client, image, outline, 9, 0.015, **FLAGS_STRETCH)
 
 
 def test_foreign_samples_say_where_their_values_came_from(served):
