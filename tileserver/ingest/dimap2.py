@@ -322,9 +322,7 @@ def grid_footprint(component: Component) -> tuple[Polygon, str]:
     insert = insert_georeference(component.doc) if size else None
     if insert is not None:
         outline = grid_outline(*insert, *size, OUTLINE_SEGMENTS)
-        return _as_polygon(shape(outline), component.href, "geotransform"), (
-            "geotransform"
-        )
+        return _as_polygon(shape(outline), component.href, "geotransform"), ("geotransform")
     rpc = rpc_model(component, None) if size else None
     if rpc is not None:
         return rpc_outline(rpc, *size, component.href), "rpc"
@@ -334,9 +332,7 @@ def grid_footprint(component: Component) -> tuple[Polygon, str]:
     outline = grid_outline(
         mosaic.grid_crs, mosaic.grid_transform, mosaic.width, mosaic.height, OUTLINE_SEGMENTS
     )
-    return _as_polygon(shape(outline), component.href, mosaic.source), (
-        mosaic.source
-    )
+    return _as_polygon(shape(outline), component.href, mosaic.source), (mosaic.source)
 
 
 def cloud_cover(components: list[Component]) -> float | None:
