@@ -180,12 +180,6 @@ def test_merge_test1_sample_renders(served):
         assert pixels[0, r, c] == arrays["reflec_1"][row, col]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known render bug: in this GCP-placed BEAM-DIMAP (band 1 l2_flags without nodata, "
-    "band 2 reflec_1 all at its nodata 0) the warped read serves l2_flags as 0 and "
-    "transparent (tiles and download.npy), reflec_1 as opaque 0; the VRT reads 2080770",
-)
 def test_merge_test1_flags_render_within_the_footprint(served):
     client, samples = served
     arrays = merge_test1(samples)
