@@ -4,6 +4,13 @@ A product is `<name>.dim` (XML header) beside `<name>.data/`, holding one ENVI `
 pair per band, big-endian (`byte order = 1`), and `tie_point_grids/` for satellite geometry.
 As SNAP writes them, int8 bands are ENVI Byte (1) and uint32 bands ENVI Int32 (3) files: only
 the `.dim`'s DATA_TYPE says how to read their bytes.
+
+Variants from SNAP's public test resources (senbox-org/snap-engine): products without
+PRODUCT_SCENE_RASTER_START_TIME whose times are metadata attributes (`metadata`: NetCDF/CF
+`Global_Attributes` time_coverage_start/end, ENVISAT `SPH` FIRST/LAST_LINE_TIME), and the
+older places a tie-point geocoding names its grids (`geocoding`: "beam4" under
+Coordinate_Reference_System/Geocoding_Tie_Point_Grids, "gcp" inside Original_Geocoding), as
+DimapProductHelpersTest's expected headers show.
 """
 
 from __future__ import annotations
@@ -90,6 +97,8 @@ class SyntheticProduct:
     tie_points: TiePoints | None = None
     mission: str | None = None
     extra_xml: list[str] = field(default_factory=list)
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)  # MDElem -> MDATTRs
+    geocoding: str = "current"  # where the tie-point grid names go: current, beam4, gcp
 
 
 def _element(tag: str, value) -> str:
@@ -209,13 +218,22 @@ def dim_xml(product: SyntheticProduct) -> str:
             "    </Geoposition>"
         )
     if product.tie_points is not None:
+        names = (
+            "<TIE_POINT_GRID_NAME_LAT>latitude</TIE_POINT_GRID_NAME_LAT>\n"
+            "<TIE_POINT_GRID_NAME_LON>longitude</TIE_POINT_GRID_NAME_LON>\n"
+        )
         sections.append(
-            "    <Geoposition>\n"
-            "        <Geoposition_Points>\n"
-            "            <TIE_POINT_GRID_NAME_LAT>latitude</TIE_POINT_GRID_NAME_LAT>\n"
-            "            <TIE_POINT_GRID_NAME_LON>longitude</TIE_POINT_GRID_NAME_LON>\n"
-            "        </Geoposition_Points>\n"
-            "    </Geoposition>"
+            {
+                "current": "<Geoposition><Geoposition_Points>\n"
+                f"{names}</Geoposition_Points></Geoposition>",
+                "beam4": "<Coordinate_Reference_System><Geocoding_Tie_Point_Grids>\n"
+                f"{names}</Geocoding_Tie_Point_Grids></Coordinate_Reference_System>",
+                "gcp": "<Geoposition><Geoposition_Points>\n"
+                "<INTERPOLATION_METHOD>POLYNOMIAL1</INTERPOLATION_METHOD>\n"
+                "<Original_Geocoding><Geoposition><Geoposition_Points>\n"
+                f"{names}</Geoposition_Points></Geoposition></Original_Geocoding>\n"
+                "</Geoposition_Points></Geoposition>",
+            }[product.geocoding]
         )
     for band in stored:
         if band.flag_coding:
@@ -272,16 +290,25 @@ def dim_xml(product: SyntheticProduct) -> str:
         )
     bands = "\n".join(_band_xml(i, band) for i, band in enumerate(product.bands))
     sections.append(f"    <Image_Interpretation>\n{bands}\n    </Image_Interpretation>")
+    elements = dict(product.metadata)
     if product.mission is not None:
+        elements["Abstracted_Metadata"] = {
+            "MISSION": product.mission,
+            **elements.get("Abstracted_Metadata", {}),
+        }
+    if elements:
+        inner = "\n".join(
+            f'        <MDElem name="{escape(element)}">\n'
+            + "".join(
+                f'            <MDATTR name="{escape(k)}" type="ascii">{escape(v)}</MDATTR>\n'
+                for k, v in attributes.items()
+            )
+            + "        </MDElem>"
+            for element, attributes in elements.items()
+        )
         sections.append(
-            "    <Dataset_Sources>\n"
-            '        <MDElem name="metadata">\n'
-            '            <MDElem name="Abstracted_Metadata">\n'
-            f'                <MDATTR name="MISSION" type="ascii">{escape(product.mission)}'
-            "</MDATTR>\n"
-            "            </MDElem>\n"
-            "        </MDElem>\n"
-            "    </Dataset_Sources>"
+            '    <Dataset_Sources>\n    <MDElem name="metadata">\n'
+            f"{inner}\n    </MDElem>\n    </Dataset_Sources>"
         )
     sections += product.extra_xml
     body = "\n".join(sections)

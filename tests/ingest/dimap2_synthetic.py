@@ -6,6 +6,12 @@ Raster_Encoding/NBITS, Special_Value NODATA, Raster_Index_List, Band_Display_Ord
 Band_Radiance / Band_Reflectance / Band_Spectral_Range under Band_Measurement_List,
 Dataset_Extent, CLOUD_COVERAGE and the Strip_Source. Sensor products get an RPC_*.XML with a
 linear ground-to-image model whose inverse the tests work out by hand.
+
+Variants seen in GDAL's public samples (autotest/gdrivers/data/dimap2): no Dataset_Extent at
+all (`DIM_foo.XML`, `bundle/`), a Dataset_Extent holding only a Center with a height
+(`primary_rpc_center_h`), placeholder IMAGING_DATE with the time in Geometric_Data's
+Located_Geometric_Values (`single_component`), placement by Geoposition_Insert; plus tiles
+that carry only GCPs (GeoTIFF tie points, as GDAL reads them).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy
 import rasterio
 from affine import Affine
 from pyproj import Transformer
+from rasterio.crs import CRS
 from rasterio.transform import from_origin
 
 
@@ -84,6 +91,10 @@ class DimSpec:
     extent: list[tuple[float, float]] | None = None
     extent_type: str = "Bounding_Polygon"
     extent_centre: tuple[float, float] | None = None  # an extra, inner Vertex
+    extent_center_only: tuple[float, float, float] | None = None  # <Center> LON LAT H, no Vertex
+    located_times: list[tuple[str, str]] = field(default_factory=list)  # (LOCATION_TYPE, TIME)
+    insert: bool = False  # write Geoposition_Insert (and tiles without a CRS)
+    gcps: list | None = None  # GroundControlPoints in EPSG:4326 written into the (single) tile
     imaging_date: str | None = None
     imaging_time: str | None = None
     source_id: str | None = None
@@ -154,11 +165,13 @@ def write_tiles(folder: Path, spec: DimSpec) -> dict[int, dict[tuple[int, int], 
                 "dtype": str(group.data.dtype),
                 **options,
             }
-            if spec.crs is not None:
+            if spec.crs is not None and not spec.insert:
                 profile["crs"] = spec.crs
                 profile["transform"] = spec.transform * Affine.translation(x0, y0)
             with rasterio.open(folder / name, "w", **profile) as dst:
                 dst.write(group.data[:, y0 : y0 + rows, x0 : x0 + cols])
+                if spec.gcps:
+                    dst.gcps = (spec.gcps, CRS.from_epsg(4326))
             written[g][(r, c)] = name
     return written
 
@@ -304,6 +317,12 @@ def write_dim(folder: Path, spec: DimSpec) -> Path:
     if spec.snow_cover is not None:
         _el(content, "SNOW_COVERAGE", spec.snow_cover, unit="percent")
     _el(content, "Dataset_Components")
+    if spec.extent_center_only:
+        extent = _el(content, "Dataset_Extent")
+        _el(extent, "EXTENT_TYPE", "Bounding_Box")
+        center = _el(extent, "Center")
+        for tag, value in zip(("LON", "LAT", "H"), spec.extent_center_only, strict=True):
+            _el(center, tag, repr(value))
     if spec.extent:
         extent = _el(content, "Dataset_Extent")
         _el(extent, "EXTENT_TYPE", spec.extent_type)
@@ -318,6 +337,11 @@ def write_dim(folder: Path, spec: DimSpec) -> Path:
         tag = "GEODETIC_CRS_CODE" if code == "4326" else "PROJECTED_CRS_CODE"
         _el(_el(crs, kind), tag, f"urn:ogc:def:crs:EPSG::{code}")
     geoposition = _el(root, "Geoposition")
+    if spec.insert:
+        insert = _el(geoposition, "Geoposition_Insert")
+        t = spec.transform
+        for tag, value in (("ULXMAP", t.c), ("ULYMAP", t.f), ("XDIM", t.a), ("YDIM", -t.e)):
+            _el(insert, tag, repr(value), unit="m")
     if spec.rpc is not None:
         rpc_file = spec.rpc_file or f"RPC_{spec.stem}.XML"
         _save(_rpc_document(spec.rpc), folder / rpc_file)
@@ -335,6 +359,12 @@ def write_dim(folder: Path, spec: DimSpec) -> Path:
     if spec.raster_data:
         _raster_data(root, spec, tiles)
     _radiometric_data(root, spec)
+    if spec.located_times:
+        area = _el(_el(root, "Geometric_Data"), "Use_Area")
+        for location, time in spec.located_times:
+            located = _el(area, "Located_Geometric_Values")
+            _el(located, "LOCATION_TYPE", location)
+            _el(located, "TIME", time)
     source = _el(_el(root, "Dataset_Sources"), "Source_Identification")
     if spec.source_id:
         _el(source, "SOURCE_ID", spec.source_id)

@@ -98,6 +98,96 @@ def test_map_footprint_has_the_image_corners(tmp_path):
     assert footprint.is_valid and len(footprint.exterior.coords) > 5  # densified
 
 
+@pytest.mark.parametrize(
+    "element, attributes, start, end, source",
+    [
+        (  # SNAP's NetCDF/CF reader: global attributes, ISO 8601
+            "Global_Attributes",
+            {
+                "time_coverage_start": "2019-06-01T10:20:30.5Z",
+                "time_coverage_end": "2019-06-01T10:23:00Z",
+            },
+            datetime(2019, 6, 1, 10, 20, 30, 500000, tzinfo=UTC),
+            datetime(2019, 6, 1, 10, 23, tzinfo=UTC),
+            "time_coverage_start",
+        ),
+        (  # compact ISO form, start only: an instant, no interval
+            "Global_Attributes",
+            {"TIME_COVERAGE_START": "20190601T102030Z"},
+            datetime(2019, 6, 1, 10, 20, 30, tzinfo=UTC),
+            None,
+            "TIME_COVERAGE_START",
+        ),
+        (  # ENVISAT SPH, BEAM's own time format (mergeTest1 carries these too)
+            "SPH",
+            {
+                "FIRST_LINE_TIME": "01-FEB-2008 09:26:09.416161",
+                "LAST_LINE_TIME": "01-FEB-2008 09:29:29.338529",
+            },
+            datetime(2008, 2, 1, 9, 26, 9, 416161, tzinfo=UTC),
+            datetime(2008, 2, 1, 9, 29, 29, 338529, tzinfo=UTC),
+            "FIRST_LINE_TIME",
+        ),
+    ],
+    ids=["cf", "cf-start-only", "envisat-sph"],
+)
+def test_times_from_metadata_attributes(tmp_path, element, attributes, start, end, source):
+    product = map_product(start=None, stop=None, metadata={element: attributes})
+    meta = BeamDimapScene(str(write_product(tmp_path, product))).meta()
+    assert meta.acquired == start
+    assert meta.properties.get("start_datetime") == (start.isoformat() if end else None)
+    assert meta.properties.get("end_datetime") == (end.isoformat() if end else None)
+    assert meta.properties["tileserver:provenance"] == {
+        "geometry": "geotransform",
+        "datetime": source,
+    }
+
+
+def test_production_times_win_over_metadata_attributes(tmp_path):
+    cf = {"Global_Attributes": {"time_coverage_start": "2001-01-01T00:00:00Z"}}
+    meta = BeamDimapScene(str(write_product(tmp_path, map_product(metadata=cf)))).meta()
+    assert meta.acquired == datetime(2021, 6, 15, 10, 20, 30, 123456, tzinfo=UTC)
+    assert meta.properties["tileserver:provenance"]["datetime"] == (
+        "PRODUCT_SCENE_RASTER_START_TIME"
+    )
+
+
+def test_no_time_anywhere_is_left_to_the_caller(tmp_path):
+    """SNAP-written NISAR GCOV headers carry no time at all: the import asks for --datetime."""
+    unreadable = {"Global_Attributes": {"time_coverage_start": "sometime in June"}}
+    product = map_product(start=None, stop=None, metadata=unreadable)
+    meta = BeamDimapScene(str(write_product(tmp_path, product))).meta()
+    assert meta.acquired is None
+    assert meta.properties["tileserver:provenance"] == {"geometry": "geotransform"}
+
+
+@pytest.mark.parametrize("geocoding", ["beam4", "gcp"])
+def test_older_tie_point_geocoding_forms(tmp_path, geocoding):
+    """The grid names where BEAM 4 and SNAP's GCP geocoding put them place the product
+    exactly as the current form does."""
+    current = BeamDimapScene(str(write_product(tmp_path / "a", gcp_product()))).georeference
+    older = gcp_product(geocoding=geocoding)
+    scene = BeamDimapScene(str(write_product(tmp_path / "b", older)))
+    older_geo = scene.georeference
+    assert older_geo.transform == current.transform
+    assert [(g.col, g.row, g.x, g.y) for g in older_geo.gcps] == [
+        (g.col, g.row, g.x, g.y) for g in current.gcps
+    ]
+    assert len(current.gcps) == 16
+    assert scene.meta().properties["tileserver:provenance"]["geometry"] == "tie_point_grids"
+
+
+def test_beam4_map_info_is_named(tmp_path):
+    old = (
+        "<Coordinate_Reference_System><Horizontal_CS><HORIZONTAL_CS_TYPE>PROJECTED"
+        '</HORIZONTAL_CS_TYPE><MAP_INFO><PIXEL_X value="0.5" /></MAP_INFO></Horizontal_CS>'
+        "</Coordinate_Reference_System>"
+    )
+    product = map_product(wkt=None, image_to_model=None, extra_xml=[old])
+    with pytest.raises(IngestError, match="BEAM 4 map geocoding .*MAP_INFO.* re-save"):
+        BeamDimapScene(str(write_product(tmp_path, product))).meta()
+
+
 def test_meta_reads_no_band_file(tmp_path):
     for product in (map_product(), gcp_product()):
         dim = write_product(tmp_path, product)
@@ -452,6 +542,10 @@ def test_merge_test1_product(tmp_path):
     # <PRODUCT_SCENE_RASTER_START_TIME>01-FEB-2008 09:26:09.416160 / STOP ...11.176040
     assert meta.acquired == datetime(2008, 2, 1, 9, 26, 9, 416160, tzinfo=UTC)
     assert meta.properties["end_datetime"] == "2008-02-01T09:26:11.176040+00:00"
+    assert meta.properties["tileserver:provenance"] == {
+        "geometry": "tie_point_grids",
+        "datetime": "PRODUCT_SCENE_RASTER_START_TIME",
+    }
     assert meta.product_id == "mer_rr__2p"
     assert [b.name for b in bands] == ["l2_flags", "reflec_1"]  # no nodata first
     flags, reflec = bands

@@ -177,6 +177,7 @@ def test_bundle_metadata(spot_bundle):
         "processing:level": "ORTHO",
         "dimap:spectral_processing": "P+MS",
         "snow_cover": 1.5,
+        "tileserver:provenance": {"geometry": "Dataset_Extent", "datetime": "IMAGING_DATE"},
     }
 
 
@@ -429,6 +430,158 @@ def test_sensor_product_placed_by_rpc(tmp_path):
     pixel = (0.01 / 20.0, 0.008 / 15.0)  # the warped grid may end within one pixel
     assert east == pytest.approx(corners[2][0], abs=pixel[0])
     assert south == pytest.approx(corners[2][1], abs=pixel[1])
+
+
+# --- products that carry less than the spec (GDAL's public samples) -----------------
+
+RPC = LinearRpc(
+    long_off=2.35,
+    long_scale=0.01,
+    lat_off=48.85,
+    lat_scale=0.008,
+    samp_off=20.5,
+    samp_scale=20.0,
+    line_off=15.5,
+    line_scale=15.0,
+)
+
+
+def sensor_spec(**changes) -> DimSpec:
+    """A Pleiades sensor product 40x30 placed by RPC only: no CRS, no Dataset_Extent."""
+    spec = DimSpec(
+        stem="PHR1A_P_202201011010101_SEN_9",
+        groups=[FileGroup(pixels(1, 30, 40))],
+        mission="PHR",
+        mission_index="1A",
+        spectral="P",
+        processing_level="SENSOR",
+        crs=None,
+        rpc=RPC,
+        imaging_date="2022-01-01",
+        imaging_time="10:10:10.1Z",
+    )
+    return replace(spec, **changes)
+
+
+def assert_outline(geometry: dict, corners: list[tuple[float, float]], tolerance: float):
+    """The footprint is the quadrilateral of `corners`, with several points per edge."""
+    footprint, expected = shape(geometry), MultiPoint(corners).convex_hull
+    assert footprint.is_valid
+    assert footprint.symmetric_difference(expected).area < tolerance * expected.area
+    assert len(geometry["coordinates"][0]) > 4 * 4  # densified edges
+    ring = geometry["coordinates"][0]
+    for corner in corners:
+        assert min(Point(corner).distance(Point(xy)) for xy in ring) < 1e-7  # GeoJSON rounding
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # GDAL's DIM_foo.XML / bundle: no Dataset_Extent at all
+        {"extent_center_only": (2.35, 48.85, 123.45)},  # primary_rpc_center_h: only a Center
+        {"rpc_file": "RPC_named_by_the_dim.XML"},
+    ],
+    ids=["no-extent", "center-only", "named-rpc"],
+)
+def test_footprint_from_the_rpc_model(tmp_path, changes):
+    """Corners worked out by hand from the linear model (LinearRpc.lonlat), not by GDAL."""
+    dim = write_dim(tmp_path, sensor_spec(**changes))
+    meta = Dimap2Scene(str(dim)).meta()
+    corners = [RPC.lonlat(x, y) for x, y in ((0, 0), (40, 0), (40, 30), (0, 30))]
+    assert_outline(meta.geometry, corners, 1e-9)
+    assert meta.properties["tileserver:provenance"] == {
+        "geometry": "rpc",
+        "datetime": "IMAGING_DATE",
+    }
+    image, _ = build(Dimap2Scene(str(dim)), tmp_path)
+    assert image.geometry == meta.geometry
+    assert image.properties["tileserver:provenance"]["geometry"] == "rpc"
+
+
+def test_rpc_footprint_without_raster_dimensions_reads_the_tiles(tmp_path):
+    """No Raster_Data (size unknown to the XML): the tiles found by name give the size."""
+    dim = write_dim(tmp_path, sensor_spec(raster_data=False))
+    meta = Dimap2Scene(str(dim)).meta()
+    corners = [RPC.lonlat(x, y) for x, y in ((0, 0), (40, 0), (40, 30), (0, 30))]
+    assert_outline(meta.geometry, corners, 1e-9)
+    assert meta.properties["tileserver:provenance"]["geometry"] == "rpc"
+
+
+def test_footprint_from_the_tiles_geotransform(tmp_path):
+    spec = replace(tiled_spec("GTiff"), extent=None)
+    dim = write_dim(tmp_path, spec)
+    meta = Dimap2Scene(str(dim)).meta()
+    corners = corner_extent("EPSG:32631", spec.transform, 28, 20)  # pyproj, not the reader
+    assert_outline(meta.geometry, corners, 1e-3)  # a 56 m image, rounded to 1e-7 degrees
+    assert meta.properties["tileserver:provenance"]["geometry"] == "geotransform"
+
+
+def test_footprint_from_geoposition_insert_reads_no_tile(tmp_path):
+    spec = replace(tiled_spec("GTiff"), extent=None, insert=True)
+    dim = write_dim(tmp_path, spec)
+    for tile in tmp_path.glob("IMG_*"):
+        tile.unlink()  # the XML alone places it
+    meta = Dimap2Scene(str(dim)).meta()
+    corners = corner_extent("EPSG:32631", spec.transform, 28, 20)
+    assert_outline(meta.geometry, corners, 1e-3)  # a 56 m image, rounded to 1e-7 degrees
+    assert meta.properties["tileserver:provenance"]["geometry"] == "geotransform"
+
+
+def test_footprint_and_placement_from_tile_gcps(tmp_path):
+    from rasterio.control import GroundControlPoint
+
+    fit = from_origin(12.0, 41.0, 0.001, 0.0008)  # an affine grid the GCPs sample exactly
+    points = [(0, 0), (40, 0), (40, 30), (0, 30), (20, 15)]
+    gcps = [
+        GroundControlPoint(row=r, col=c, x=(fit * (c, r))[0], y=(fit * (c, r))[1])
+        for c, r in points
+    ]
+    dim = write_dim(tmp_path, sensor_spec(rpc=None, gcps=gcps))
+    scene = Dimap2Scene(str(dim))
+    meta = scene.meta()
+    assert_outline(meta.geometry, [fit * c for c in points[:4]], 1e-9)
+    assert meta.properties["tileserver:provenance"]["geometry"] == "gcps"
+    image, _ = build(scene, tmp_path)
+    assert image.crs == "EPSG:4326"
+    assert image.geotrans == pytest.approx(fit.to_gdal())
+    with rasterio.open(image.files[0].href) as vrt:
+        assert len(vrt.gcps[0]) == len(points)
+
+
+def test_a_product_nothing_places_is_named(tmp_path):
+    dim = write_dim(tmp_path, sensor_spec(rpc=None))
+    with pytest.raises(IngestError, match="cannot be placed: no map CRS.*no RPC model.*no GCPs"):
+        Dimap2Scene(str(dim)).meta()
+
+
+def test_placeholder_rpc_values_are_named(tmp_path):
+    """GDAL's stripped RPC_foo.XML holds tag names where numbers belong."""
+    dim = write_dim(tmp_path, sensor_spec())
+    rpc = tmp_path / f"RPC_{sensor_spec().stem}.XML"
+    text = rpc.read_text()
+    start = text.index("<HEIGHT_OFF>")
+    end = text.index("</HEIGHT_OFF>")
+    rpc.write_text(text[:start] + "<HEIGHT_OFF>HEIGHT_OFF" + text[end:])
+    with pytest.raises(IngestError, match="RPC HEIGHT_OFF 'HEIGHT_OFF' is not a number"):
+        Dimap2Scene(str(dim)).meta()
+
+
+def test_time_from_located_geometric_values(tmp_path):
+    """GDAL's single_component sample: IMAGING_DATE is a placeholder, the Center has a TIME."""
+    spec = sensor_spec(
+        imaging_date="IMAGING_DATE",
+        imaging_time="IMAGING_TIME",
+        located_times=[
+            ("BottomCenter", "2022-05-19T05:55:41.5Z"),
+            ("Center", "2022-05-19T05:55:43.122330Z"),
+        ],
+    )
+    meta = Dimap2Scene(str(write_dim(tmp_path, spec))).meta()
+    assert meta.acquired == datetime(2022, 5, 19, 5, 55, 43, 122330, tzinfo=UTC)
+    assert meta.properties["tileserver:provenance"]["datetime"] == "Located_Geometric_Values/TIME"
+    without = replace(spec, stem="PHR1A_P_NO_TIME", located_times=[])
+    meta = Dimap2Scene(str(write_dim(tmp_path / "none", without))).meta()
+    assert meta.acquired is None and "datetime" not in meta.properties["tileserver:provenance"]
 
 
 # --- buckets --------------------------------------------------------------------------

@@ -7,6 +7,14 @@ ENVI headers (int8 is stored as ENVI Byte and uint32 as Int32). Map products car
 affine image-to-model transform; satellite-geometry products carry lat/lon tie-point grids,
 which become the VRT's GCPs.
 
+Times: PRODUCT_SCENE_RASTER_START/STOP_TIME; products without them (SNAP's NetCDF/CF
+conversions, SAR and ENVISAT products) carry them as metadata attributes under
+`Dataset_Sources` (TIME_ATTRIBUTES, the first pair found); two times make an interval
+(start_datetime / end_datetime). Tie-point geocoding is found in its current place
+(Geoposition/Geoposition_Points), BEAM 4's (Coordinate_Reference_System/
+Geocoding_Tie_Point_Grids) and under a GCP geocoding's Original_Geocoding. The image's
+`tileserver:provenance` names the source of its footprint and time.
+
 GDAL >= 3.12 only opens raw sources beside or below the VRT unless
 GDAL_VRT_RAWRASTERBAND_ALLOWED_SOURCE says otherwise (ALL, ONLY_REMOTE or a folder).
 """
@@ -35,8 +43,6 @@ from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.transform import from_gcps
-from rasterio.warp import transform_geom
-from shapely.geometry import mapping
 from shapely.geometry.polygon import orient
 
 from tileserver.catalog.models import (
@@ -56,10 +62,12 @@ from tileserver.ingest.raster import (
     IngestError,
     display_range,
     grid,
+    grid_outline,
     image_statistics,
     numeric_or_none,
 )
-from tileserver.ingest.scene import SceneMeta
+from tileserver.ingest.raster import parse_time as parse_iso_time  # BEAM's own is parse_time
+from tileserver.ingest.scene import PROVENANCE, SceneMeta
 from tileserver.opener import open_raster
 
 ENVI_SIZES = {1: 1, 2: 2, 3: 4, 4: 4, 5: 8, 12: 2, 13: 4, 14: 8, 15: 8}  # `data type` -> bytes
@@ -72,6 +80,19 @@ ENVISAT_INSTRUMENTS = {"MER_": "meris", "ASA_": "asar", "ATS_": "aatsr"}
 FOOTPRINT_SEGMENTS = 16  # points per image edge, so footprints follow the projection
 MAX_GCPS_PER_AXIS = 64  # larger tie-point grids are thinned for the VRT (the fit is affine)
 GCP_CRS = "EPSG:4326"
+# (start, end) MDATTR names under Dataset_Sources, by preference; matched case-insensitively
+TIME_ATTRIBUTES = (
+    ("time_coverage_start", "time_coverage_end"),  # NetCDF/CF global attributes
+    ("first_line_time", "last_line_time"),  # SAR Abstracted_Metadata, ENVISAT SPH
+    ("start_time", "stop_time"),
+    ("start_time", "end_time"),
+)
+# where a tie-point geocoding names its lat/lon grids (current, BEAM 4, inside a GCP geocoding)
+TIE_POINT_NAMES = (
+    "Geoposition/Geoposition_Points",
+    "Coordinate_Reference_System/Geocoding_Tie_Point_Grids",
+    "Geoposition/Geoposition_Points/Original_Geocoding/Geoposition/Geoposition_Points",
+)
 
 
 def is_entry(href: str) -> bool:
@@ -95,6 +116,16 @@ def parse_time(text: str) -> datetime:
         int((fraction or "0")[:6].ljust(6, "0")),
         tzinfo=UTC,
     )
+
+
+def _any_time(text: str) -> datetime | None:
+    """A metadata time as BEAM (01-FEB-2008 09:26:09.416160) or ISO 8601 / CF writes it."""
+    try:
+        return parse_time(text)
+    except ValueError:
+        pass
+    when = parse_iso_time(text) if text.strip() else None
+    return when.astimezone(UTC) if when is not None else None
 
 
 @dataclass(frozen=True)
@@ -146,6 +177,7 @@ class Header:
     product_type: str | None
     start: datetime | None
     stop: datetime | None
+    time_source: str | None  # the element or attribute the times came from
     width: int
     height: int
     bands: tuple[BandInfo, ...]
@@ -255,6 +287,28 @@ class BeamDimapScene:
         except ValueError as exc:
             raise self._error(str(exc)) from None
 
+    def _times(self) -> tuple[datetime | None, datetime | None, str | None]:
+        """(start, stop, source): the Production times, else metadata attributes."""
+        start = self._time("Production/PRODUCT_SCENE_RASTER_START_TIME")
+        stop = self._time("Production/PRODUCT_SCENE_RASTER_STOP_TIME")
+        if start or stop:
+            return start, stop, f"PRODUCT_SCENE_RASTER_{'START' if start else 'STOP'}_TIME"
+        found: dict[str, tuple[str, datetime]] = {}
+        sources = self.root.find("Dataset_Sources")
+        for attribute in sources.iter("MDATTR") if sources is not None else []:
+            name = (attribute.get("name") or "").strip()
+            key = name.lower()
+            if key in found or not any(key in pair for pair in TIME_ATTRIBUTES):
+                continue
+            when = _any_time(attribute.text or "")
+            if when is not None:
+                found[key] = (name, when)
+        for start_name, end_name in TIME_ATTRIBUTES:
+            if start_name in found:
+                end = found.get(end_name)
+                return found[start_name][1], end[1] if end else None, found[start_name][0]
+        return None, None, None
+
     def _band(self, info: ET.Element, width: int, height: int) -> BandInfo | None:
         """A stored band; None for virtual bands (an expression, no file)."""
         name = _text(info, "BAND_NAME")
@@ -353,15 +407,21 @@ class BeamDimapScene:
                 image_to_model = ()
             if len(image_to_model) != 6:
                 raise self._error(f"IMAGE_TO_MODEL_TRANSFORM '{transform}' is not 6 numbers")
-        lat_name = _text(root, "Geoposition/Geoposition_Points/TIE_POINT_GRID_NAME_LAT")
-        lon_name = _text(root, "Geoposition/Geoposition_Points/TIE_POINT_GRID_NAME_LON")
+        lat_name = lon_name = None
+        for place in TIE_POINT_NAMES:
+            lat_name = _text(root, f"{place}/TIE_POINT_GRID_NAME_LAT")
+            lon_name = _text(root, f"{place}/TIE_POINT_GRID_NAME_LON")
+            if lat_name and lon_name:
+                break
         lat = self._tie_point_grid(lat_name) if lat_name and lon_name else None
         lon = self._tie_point_grid(lon_name) if lat_name and lon_name else None
+        start, stop, time_source = self._times()
         header = Header(
             name=_text(root, "Dataset_Id/DATASET_NAME") or self.stem,
             product_type=_text(root, "Production/PRODUCT_TYPE"),
-            start=self._time("Production/PRODUCT_SCENE_RASTER_START_TIME"),
-            stop=self._time("Production/PRODUCT_SCENE_RASTER_STOP_TIME"),
+            start=start,
+            stop=stop,
+            time_source=time_source,
             width=width,
             height=height,
             bands=tuple(bands),
@@ -371,6 +431,11 @@ class BeamDimapScene:
             lon=lon,
             mission=_text(root, ".//MDElem[@name='Abstracted_Metadata']/MDATTR[@name='MISSION']"),
         )
+        if not header.is_map and header.lat is None and root.find(".//MAP_INFO") is not None:
+            raise self._error(
+                "BEAM 4 map geocoding (MAP_INFO without Coordinate_Reference_System/WKT and "
+                "IMAGE_TO_MODEL_TRANSFORM) is not supported: re-save the product with SNAP"
+            )
         if not header.is_map and header.lat is None:
             raise self._error(
                 "no map geocoding (Coordinate_Reference_System/WKT + "
@@ -446,10 +511,7 @@ class BeamDimapScene:
         segment = max(width, height) / FOOTPRINT_SEGMENTS
         if header.is_map:
             geo = self.georeference
-            t = geo.transform
-            outline = shapely.segmentize(shapely.box(0, 0, width, height), segment)
-            model = shapely.affinity.affine_transform(outline, [t.a, t.b, t.d, t.e, t.c, t.f])
-            return dict(transform_geom(geo.crs, "EPSG:4326", mapping(model), precision=7))
+            return grid_outline(geo.crs, geo.transform, width, height, FOOTPRINT_SEGMENTS)
         # through the centres of the edge pixels, as SNAP's geo-boundary: tie points are
         # pixel centres, so the outline is interpolated, not extrapolated beyond the grid
         inset = 0.5 if width > 1 and height > 1 else 0.0
@@ -469,10 +531,13 @@ class BeamDimapScene:
         """Id, times and footprint from the `.dim` (and the lat/lon tie-point grids)."""
         header = self.header
         properties: dict = {"beam:product_type": header.product_type}
-        if header.start:
+        if header.start and header.stop:
             properties["start_datetime"] = header.start.isoformat()
-        if header.stop:
             properties["end_datetime"] = header.stop.isoformat()
+        provenance = {"geometry": "geotransform" if header.is_map else "tie_point_grids"}
+        if header.time_source:
+            provenance["datetime"] = header.time_source
+        properties[PROVENANCE] = provenance
         if header.mission:
             properties["platform"] = header.mission.lower()
         prefix = (header.product_type or "")[:4].upper()

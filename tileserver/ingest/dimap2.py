@@ -32,7 +32,16 @@ Rules the import and users rely on:
   bands also get a `reflectance` level (DN / Gr + Br).
 - Placement: the tiles' own CRS and geotransform (ortho products), else the DIM's
   `Geoposition_Insert` with its CRS code, else GCPs in EPSG:4326 computed from the RPC
-  model (sensor products), which rio-tiler warps with an affine fit.
+  model (sensor products), else the tiles' own GCPs; rio-tiler warps GCPs with an affine fit.
+- Footprint: `Dataset_Extent` vertices; a product without them (stripped and some sensor
+  deliveries; GDAL's `primary_rpc_center_h` sample has only a Center) gets the outline of
+  its pixel grid: through the RPC model at its HEIGHT_OFF (`rpc`), the geotransform
+  (`geotransform`) or the affine fit of the tiles' GCPs (`gcps`). The XML is tried first
+  (Raster_Dimensions + Geoposition_Insert or the RPC file); the tile headers only when it
+  says too little.
+- Time: `IMAGING_DATE` + `IMAGING_TIME` of the strip, else the `TIME` of the
+  `Geometric_Data` Located_Geometric_Values (Center first): GDAL's stripped samples carry
+  placeholders in IMAGING_DATE. The image's `tileserver:provenance` says which was used.
 """
 
 from __future__ import annotations
@@ -58,7 +67,8 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
 from rasterio.rpc import RPC
 from rasterio.transform import RPCTransformer, from_gcps
-from shapely.geometry import MultiPoint, Polygon
+from rasterio.warp import transform as warp_transform
+from shapely.geometry import MultiPoint, Polygon, shape
 from shapely.geometry.polygon import orient
 
 from tileserver.catalog.models import (
@@ -77,16 +87,18 @@ from tileserver.ingest.raster import (
     VRT_DATA_TYPES,
     IngestError,
     display_range,
+    grid_outline,
     image_statistics,
     parse_time,
 )
-from tileserver.ingest.scene import SceneMeta
+from tileserver.ingest.scene import PROVENANCE, SceneMeta
 from tileserver.opener import open_raster
 
 ENTRY = re.compile(r"^(VOL|DIM)_.+\.XML$", re.IGNORECASE)
 ROOTS = ("Dimap_Document", "PHR_DIMAP_Document")
 TILE_SUFFIXES = (".TIF", ".tif", ".JP2", ".jp2")
 GCP_GRID = 5  # GCPs per side computed from an RPC model
+OUTLINE_SEGMENTS = 16  # pieces per image edge of a footprint derived from the pixel grid
 
 BAND_NAMES = {
     "P": "pan",
@@ -211,13 +223,22 @@ def component_paths(volume: ET.Element) -> list[str]:
     return paths
 
 
-def acquisition_time(component: Component) -> datetime | None:
-    """IMAGING_DATE + IMAGING_TIME of the strip, UTC; midnight when only the date is given."""
+def acquisition_time(component: Component) -> tuple[datetime | None, str | None]:
+    """(time, where it came from): IMAGING_DATE + IMAGING_TIME of the strip (midnight when
+    only the date is given), else the TIME of a Located_Geometric_Values, the Center first."""
     date = _text(component.strip, "IMAGING_DATE")
-    if date is None:
-        return None
-    clock = _text(component.strip, "IMAGING_TIME") or "00:00:00"
-    return parse_time(f"{date}T{clock}")
+    if date is not None:
+        clock = _text(component.strip, "IMAGING_TIME") or "00:00:00"
+        when = parse_time(f"{date}T{clock}")
+        if when is not None:
+            return when, "IMAGING_DATE"
+    located = list(component.doc.iterfind("Geometric_Data/Use_Area/Located_Geometric_Values"))
+    located.sort(key=lambda node: (_text(node, "LOCATION_TYPE") or "").lower() != "center")
+    for node in located:
+        when = parse_time(_text(node, "TIME") or "")
+        if when is not None:
+            return when, "Located_Geometric_Values/TIME"
+    return None, None
 
 
 def extent_polygon(component: Component) -> Polygon | None:
@@ -241,15 +262,77 @@ def extent_polygon(component: Component) -> Polygon | None:
     return orient(hull) if isinstance(hull, Polygon) else None
 
 
-def footprint(components: list[Component], href: str) -> dict:
-    """WGS84 GeoJSON Polygon of the components' extents."""
-    polygons = [p for p in (extent_polygon(c) for c in components) if p is not None]
-    if not polygons:
-        raise IngestError(f"{href}: no Dataset_Extent vertices, the scene cannot be placed")
+def footprint(components: list[Component]) -> tuple[dict, str]:
+    """WGS84 GeoJSON Polygon of the components' outlines, and where it came from
+    (`Dataset_Extent`, `rpc`, `geotransform`, `gcps`; joined with + when they differ)."""
+    polygons, sources = [], []
+    for component in components:
+        polygon = extent_polygon(component)
+        source = "Dataset_Extent"
+        if polygon is None:
+            polygon, source = grid_footprint(component)
+        polygons.append(polygon)
+        if source not in sources:
+            sources.append(source)
     geom = shapely.union_all(polygons)
     if not isinstance(geom, Polygon):
         geom = orient(geom.convex_hull)
-    return {"type": "Polygon", "coordinates": [[list(xy) for xy in geom.exterior.coords]]}
+    coordinates = [[list(xy) for xy in geom.exterior.coords]]
+    return {"type": "Polygon", "coordinates": coordinates}, "+".join(sources)
+
+
+def _as_polygon(geom: shapely.Geometry, href: str, source: str) -> Polygon:
+    """A valid, counter-clockwise polygon of an outline (its hull if it folds on itself)."""
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    if not isinstance(geom, Polygon):
+        geom = geom.convex_hull
+    if not isinstance(geom, Polygon) or geom.is_empty or geom.area <= 0:
+        raise IngestError(f"{href}: the outline of its pixels through its {source} is empty")
+    return orient(geom)
+
+
+def rpc_outline(rpc: RPC, width: int, height: int, href: str) -> Polygon:
+    """The image's outline (pixel corners, OUTLINE_SEGMENTS points per edge) projected
+    through the RPC model at its HEIGHT_OFF."""
+    edge = shapely.segmentize(
+        shapely.box(0, 0, width, height), max(width, height) / OUTLINE_SEGMENTS
+    )
+    cols, rows = shapely.get_coordinates(edge).T
+    with RPCTransformer(rpc) as transformer:
+        lons, lats = transformer.xy(rows, cols, zs=[rpc.height_off] * len(rows), offset="ul")
+    points = numpy.column_stack([lons, lats])
+    if not numpy.isfinite(points).all() or (numpy.abs(points[:, 1]) > 90).any():
+        raise IngestError(f"{href}: its RPC model does not place the image corners on Earth")
+    return _as_polygon(Polygon(points), href, "RPC model")
+
+
+def _size(component: Component) -> tuple[int, int] | None:
+    """Raster_Dimensions NCOLS x NROWS, None when absent."""
+    dims = component.doc.find("Raster_Data/Raster_Dimensions")
+    width, height = _float(dims, "NCOLS"), _float(dims, "NROWS")
+    return (int(width), int(height)) if width and height else None
+
+
+def grid_footprint(component: Component) -> tuple[Polygon, str]:
+    """The outline of a component's pixel grid in WGS84 and the model that placed it: from
+    the XML when it says enough (size + Geoposition_Insert or an RPC file), else from the
+    tile headers as the image will be read."""
+    size = _size(component)
+    insert = insert_georeference(component.doc) if size else None
+    if insert is not None:
+        outline = grid_outline(*insert, *size, OUTLINE_SEGMENTS)
+        return _as_polygon(shape(outline), component.href, "geotransform"), ("geotransform")
+    rpc = rpc_model(component, None) if size else None
+    if rpc is not None:
+        return rpc_outline(rpc, *size, component.href), "rpc"
+    mosaic, _ = build_mosaic(component)
+    if mosaic.rpc is not None:
+        return rpc_outline(mosaic.rpc, mosaic.width, mosaic.height, component.href), "rpc"
+    outline = grid_outline(
+        mosaic.grid_crs, mosaic.grid_transform, mosaic.width, mosaic.height, OUTLINE_SEGMENTS
+    )
+    return _as_polygon(shape(outline), component.href, mosaic.source), (mosaic.source)
 
 
 def cloud_cover(components: list[Component]) -> float | None:
@@ -323,6 +406,7 @@ class Tile:
     crs: CRS | None
     transform: Affine
     rpcs: RPC | None
+    gcps: tuple[list[GroundControlPoint], CRS | None] = ([], None)
 
 
 def _nodata(display: ET.Element | None) -> float | None:
@@ -440,6 +524,7 @@ def open_tile(href: str, dim_href: str) -> Tile:
                 crs=src.crs,
                 transform=src.transform,
                 rpcs=src.rpcs,
+                gcps=src.gcps,
             )
     except RasterioIOError as exc:
         raise IngestError(f"tile {href} listed by {dim_href} cannot be opened ({exc})") from exc
@@ -591,11 +676,13 @@ def parse_rpc(doc: ET.Element, href: str) -> RPC:
     of DIMAP v3's validity domain) to 0-based ones."""
 
     def value(name: str) -> float:
-        found = _float(doc, f".//RFM_Validity/{name}")
-        found = found if found is not None else _float(doc, f".//{name}")
-        if found is None:
+        text = _text(doc, f".//RFM_Validity/{name}") or _text(doc, f".//{name}")
+        if text is None:
             raise IngestError(f"{href}: RPC model without {name}")
-        return found
+        try:
+            return float(text)
+        except ValueError:
+            raise IngestError(f"{href}: RPC {name} '{text[:40]}' is not a number") from None
 
     def coefficients(name: str) -> list[float]:
         for section in ("Inverse_Model", "GroundtoImage_Values"):
@@ -662,27 +749,65 @@ def _usable(crs: CRS | None) -> bool:
     return crs is not None and (crs.is_projected or crs.is_geographic)
 
 
-def georeference(
-    component: Component, tile: Tile, offset: tuple[int, int], size: tuple[int, int]
-) -> tuple[CRS | None, Affine | None, list[GroundControlPoint] | None]:
-    """(crs, transform, None) for map products, (None, None, GCPs) for sensor products."""
-    if _usable(tile.crs):
-        return tile.crs, tile.transform * Affine.translation(-offset[0], -offset[1]), None
-    doc = component.doc
+def insert_georeference(doc: ET.Element) -> tuple[CRS, Affine] | None:
+    """Geoposition_Insert (ULXMAP, ULYMAP, XDIM, YDIM) with the document's CRS code."""
     insert = doc.find("Geoposition/Geoposition_Insert")
     code = _text(doc, "Coordinate_Reference_System/Projected_CRS/PROJECTED_CRS_CODE") or _text(
         doc, "Coordinate_Reference_System/Geodetic_CRS/GEODETIC_CRS_CODE"
     )
     values = [_float(insert, k) for k in ("ULXMAP", "ULYMAP", "XDIM", "YDIM")]
-    if insert is not None and code and all(v is not None for v in values):
-        x, y, dx, dy = values
-        return CRS.from_user_input(code), Affine(dx, 0, x, 0, -dy, y), None
+    if insert is None or not code or any(v is None for v in values):
+        return None
+    x, y, dx, dy = values
+    return CRS.from_user_input(code), Affine(dx, 0, x, 0, -dy, y)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a component's pixels go, and which model said so (`source`)."""
+
+    crs: CRS | None
+    transform: Affine | None
+    gcps: list[GroundControlPoint] | None
+    source: str  # geotransform, rpc or gcps
+    rpc: RPC | None = None
+
+
+def tile_gcps(tile: Tile, offset: tuple[int, int]) -> list[GroundControlPoint] | None:
+    """The tile's own GCPs in EPSG:4326, moved to the mosaic's pixel grid."""
+    points, crs = tile.gcps
+    if not points:
+        return None
+    xs, ys = [g.x for g in points], [g.y for g in points]
+    if crs is not None and crs != CRS.from_epsg(4326):
+        xs, ys = warp_transform(crs, "EPSG:4326", xs, ys)
+    return [
+        GroundControlPoint(row=g.row + offset[1], col=g.col + offset[0], x=x, y=y, z=g.z)
+        for g, x, y in zip(points, xs, ys, strict=True)
+    ]
+
+
+def georeference(
+    component: Component, tile: Tile, offset: tuple[int, int], size: tuple[int, int]
+) -> Placement:
+    """The tiles' map grid, else Geoposition_Insert, else GCPs from the RPC model, else the
+    tiles' own GCPs (module docstring)."""
+    if _usable(tile.crs):
+        transform = tile.transform * Affine.translation(-offset[0], -offset[1])
+        return Placement(tile.crs, transform, None, "geotransform")
+    insert = insert_georeference(component.doc)
+    if insert is not None:
+        return Placement(*insert, None, "geotransform")
     rpc = rpc_model(component, tile if offset == (0, 0) else None)
-    if rpc is None:
-        raise IngestError(
-            f"{component.href}: no map georeferencing and no RPC model, it cannot be placed"
-        )
-    return None, None, rpc_gcps(rpc, *size)
+    if rpc is not None:
+        return Placement(None, None, rpc_gcps(rpc, *size), "rpc", rpc)
+    gcps = tile_gcps(tile, offset)
+    if gcps is not None and len(gcps) >= 3:
+        return Placement(None, None, gcps, "gcps")
+    raise IngestError(
+        f"{component.href}: cannot be placed: no map CRS in its tiles, no "
+        "Geoposition_Insert, no RPC model (RPC_*.XML or in the tiles) and no GCPs"
+    )
 
 
 # --- VRT ------------------------------------------------------------------------------
@@ -709,6 +834,8 @@ class Mosaic:
     gcps: list[GroundControlPoint] | None
     counts: list[int]  # bands per Data_Files group
     bands: list[VrtBand]  # in file order, group after group
+    source: str = "geotransform"  # the model that placed it (Placement.source)
+    rpc: RPC | None = None
 
     @property
     def grid_crs(self) -> CRS:
@@ -763,9 +890,20 @@ def build_mosaic(component: Component) -> tuple[Mosaic, list[Group]]:
             bands.append(VrtBand(first.dtypes[b], group.nodata, sources))
     (row, col), anchor = next(iter(layouts[0][0].items()))
     offset = (layouts[0][1][col], layouts[0][2][row])
-    crs, transform, gcps = georeference(component, anchor, offset, (width, height))
+    place = georeference(component, anchor, offset, (width, height))
     counts = [next(iter(tiles.values())).count for tiles, _, _ in layouts]
-    return Mosaic(width, height, crs, transform, gcps, counts, bands), groups
+    mosaic = Mosaic(
+        width,
+        height,
+        place.crs,
+        place.transform,
+        place.gcps,
+        counts,
+        bands,
+        place.source,
+        place.rpc,
+    )
+    return mosaic, groups
 
 
 def _number(value: float) -> str:
@@ -876,10 +1014,19 @@ class Dimap2Scene:
         properties = scene_properties(components)
         if missing:
             properties["tileserver:missing_components"] = list(missing)
+        geometry, geometry_source = footprint(components)
+        acquired, time_source = next(
+            (found for found in map(acquisition_time, components) if found[0] is not None),
+            (None, None),
+        )
+        provenance = {"geometry": geometry_source}
+        if time_source is not None:
+            provenance["datetime"] = time_source
+        properties[PROVENANCE] = provenance
         return SceneMeta(
             id=scene_id(components, self.href),
-            acquired=acquisition_time(components[0]),
-            geometry=footprint(components, self.href),
+            acquired=acquired,
+            geometry=geometry,
             cloud_cover=cloud_cover(components),
             product_id=product_id(components),
             properties=properties,

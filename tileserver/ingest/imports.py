@@ -46,7 +46,7 @@ from tileserver.ingest import beam_dimap, dimap2, vsi
 from tileserver.ingest.geotiff import GeoTiffScene
 from tileserver.ingest.overrides import apply_overrides
 from tileserver.ingest.raster import IngestError
-from tileserver.ingest.scene import SceneMeta, SceneReader
+from tileserver.ingest.scene import PROVENANCE, SceneMeta, SceneReader
 from tileserver.ingest.stac import StacScene, load_item
 from tileserver.opener import Allowed, Confinement, open_raster
 from tileserver.render.errors import gdal_reason
@@ -370,6 +370,7 @@ def run_import(
             continue
         if when is not None:
             meta.acquired = when
+            meta.properties.setdefault(PROVENANCE, {})["datetime"] = "--datetime"
         if request.ids is not None:
             if meta.id in wanted or safe_name(meta.id) in wanted:
                 seen_ids.update({meta.id, safe_name(meta.id)})

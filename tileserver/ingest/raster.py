@@ -13,6 +13,7 @@ import rasterio
 import rasterio.features
 import rasterio.warp
 import shapely
+import shapely.affinity
 from affine import Affine
 from rio_tiler.errors import NoOverviewWarning
 from rio_tiler.io import Reader
@@ -64,6 +65,16 @@ def footprint(src: rasterio.DatasetReader, nodata: float | None = None) -> dict:
     geom = shapely.segmentize(geom, max_segment_length=max(span / 16, cell))
     wgs84 = rasterio.warp.transform_geom(src.crs, "EPSG:4326", mapping(geom), precision=7)
     return dict(wgs84)
+
+
+def grid_outline(crs, transform: Affine, width: int, height: int, segments: int = 16) -> dict:
+    """WGS84 GeoJSON of a grid's outline (pixel corners), each edge cut into `segments`
+    pieces so the outline follows the projection's curvature."""
+    step = max(width, height) / segments
+    outline = shapely.segmentize(shapely.box(0, 0, width, height), step)
+    t = transform
+    model = shapely.affinity.affine_transform(outline, [t.a, t.b, t.d, t.e, t.c, t.f])
+    return dict(rasterio.warp.transform_geom(crs, "EPSG:4326", mapping(model), precision=7))
 
 
 def grid(src: rasterio.DatasetReader) -> dict:

@@ -14,6 +14,10 @@ from typing import Any, Protocol
 
 from tileserver.catalog.models import Band, Image, Product
 
+# The image property naming where each derived value came from: {"geometry": "rpc",
+# "datetime": "time_coverage_start"}; README "Where footprints and times come from".
+PROVENANCE = "tileserver:provenance"
+
 
 @dataclass
 class SceneMeta:

@@ -13,6 +13,8 @@ from affine import Affine
 from morecantile import TileMatrixSet
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
+from rasterio.transform import from_gcps
+from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from rio_tiler.errors import TileOutsideBounds
@@ -106,11 +108,34 @@ def image_reader(image: Image, href: str, **kwargs) -> Iterator[Reader]:
             deadline.REMOTE_READS.slot(href),
             DATASETS.dataset(href, allowed, str(image.modified)) as dataset,
         ):
-            yield Reader(href, dataset=dataset, **kwargs)
+            if dataset.crs is None and dataset.gcps[0]:
+                with placed_by_gcps(dataset) as placed:
+                    yield Reader(href, dataset=placed, **kwargs)
+            else:
+                yield Reader(href, dataset=dataset, **kwargs)
     except opener.Refused as exc:
         raise ImageNotReadable(
             f"file {file_number(image, href)} of image '{image.id}' cannot be read: {exc}"
         ) from None
+
+
+def placed_by_gcps(dataset) -> WarpedVRT:
+    """A GCP-placed dataset on the grid its GCPs fit, Float64 with NaN where it has no pixels.
+
+    rio-tiler warps such datasets itself with an alpha band of 255 in the working type GDAL
+    picks (Int64 for a BEAM-DIMAP's UInt32 flags beside UInt16 radiances), then reads that
+    alpha against the type's maximum: every pixel of every band but Byte and UInt16 ones came
+    out transparent. NaN marks outside without an alpha band or the source bands' nodata
+    (each band's own nodata still masks it in read_bands); Float64 holds every source type.
+    """
+    points, crs = dataset.gcps
+    return WarpedVRT(
+        dataset,
+        src_crs=crs,
+        src_transform=from_gcps(points),
+        dtype="float64",
+        nodata=math.nan,
+    )
 
 
 def file_header(image: Image, href: str) -> tuple[CRS, Affine, int, int]:
@@ -188,12 +213,15 @@ def read_bands(
         try:
             kwargs = {"tms": tms} if tms is not None else {}
             with image_reader(image, file_read.href, options=options, **kwargs) as reader:
-                return read_mixed(reader, file_read, read)
+                result = read_mixed(reader, file_read, read)
         except RasterioIOError as exc:
             number = file_number(image, file_read.href)
             raise ImageNotReadable(
                 f"cannot read file {number} of image '{image.id}': {gdal_reason(exc)}"
             ) from exc
+        if result.array.dtype.kind == "f":  # NaN is no value (outside a GCP-placed file)
+            result.array.mask = numpy.ma.getmaskarray(result.array) | numpy.isnan(result.array.data)
+        return result
 
     if len(reads) == 1 or threads <= 1:
         results = [one(r) for r in reads]
