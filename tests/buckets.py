@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,12 +23,13 @@ from tests.conftest import free_port
 SECRET = "sEcReT-never-in-logs-0123456789"  # the S3 secret key the tests use
 
 
-def wait_for(url: str, process: subprocess.Popen, what: str) -> None:
-    """Poll `url` until it answers; fail with the process's stderr when it died."""
+def wait_for(url: str, process: subprocess.Popen, what: str, log) -> None:
+    """Poll `url` until it answers; fail with the end of the process's `log` when it died."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited: {process.stderr.read().decode()[-2000:]}")
+            log.seek(0)
+            raise RuntimeError(f"{what} exited: {log.read().decode()[-2000:]}")
         try:
             httpx.get(url, timeout=1)
             return
@@ -49,10 +51,13 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
+        # stderr to a file, not a pipe: moto logs every request there, and a pipe nobody
+        # reads fills after some hundreds of requests and stops the server mid-suite.
+        log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env
+            self.command, stdout=subprocess.DEVNULL, stderr=log, env=self.env
         )
-        wait_for(self.url, self.process, self.what)
+        wait_for(self.url, self.process, self.what, log)
         return self
 
     def stop(self) -> None:
