@@ -69,9 +69,12 @@ class SafeSpec:
         n = self.baseline.replace(".", "")
         if self.compact:
             tile = self.granules[0].tile
-            return f"{self.platform}_MSI{self.level}_20240601T103629_N{n}_R008_T{tile}_20240601T133011"
+            return (
+                f"{self.platform}_MSI{self.level}_20240601T103629_N{n}_R008_T{tile}_20240601T133011"
+            )
         kind = "OPER_PRD" if self.level == "L1C" else "USER_PRD"
-        return f"{self.platform}_{kind}_MSI{self.level}_PDMC_20160607T154053_R022_V20160605T103031_20160605T103031"
+        when = "20160607T154053_R022_V20160605T103031_20160605T103031"
+        return f"{self.platform}_{kind}_MSI{self.level}_PDMC_{when}"
 
     def offset(self, band: str) -> float:
         """The band's offset as the product document gives it."""
@@ -151,10 +154,16 @@ def granule_names(spec: SafeSpec, granule: GranuleSpec) -> tuple[str, str, str]:
     """(granuleIdentifier, folder name, tile document name)."""
     if spec.compact:
         level = spec.level
-        ident = f"{spec.platform}_OPER_MSI_{level}_TL_2BPS_20240601T133011_A037712_T{granule.tile}_N{spec.baseline}"
+        ident = (
+            f"{spec.platform}_OPER_MSI_{level}_TL_2BPS_20240601T133011_A037712_"
+            f"T{granule.tile}_N{spec.baseline}"
+        )
         return ident, f"{level}_T{granule.tile}_A037712_20240601T103631", "MTD_TL.xml"
     kind = "OPER" if spec.level == "L1C" else "USER"
-    ident = f"{spec.platform}_{kind}_MSI_{spec.level}_TL_SGS__20160605T153005_A005000_T{granule.tile}_N{spec.baseline}"
+    ident = (
+        f"{spec.platform}_{kind}_MSI_{spec.level}_TL_SGS__20160605T153005_A005000_"
+        f"T{granule.tile}_N{spec.baseline}"
+    )
     stem = ident.rsplit("_N", 1)[0].replace("_MSI_", "_MTD_", 1)
     return ident, ident, f"{stem}.xml"
 
@@ -197,7 +206,9 @@ def product_document(spec: SafeSpec) -> str:
             for b, r in band_files(spec)
         )
         granules.append(
-            f'<{granule_tag} datastripIdentifier="{spec.platform}_OPER_MSI_{spec.level}_DS_2BPS_20240601T133011_S20240601T103631_N{spec.baseline}" '
+            f"<{granule_tag} datastripIdentifier="
+            f'"{spec.platform}_OPER_MSI_{spec.level}_DS_2BPS_20240601T133011_S20240601T103631_'
+            f'N{spec.baseline}" '
             f'granuleIdentifier="{ident}" imageFormat="JPEG2000">{files}</{granule_tag}>'
         )
     if spec.level == "L1C":
@@ -224,7 +235,7 @@ def product_document(spec: SafeSpec) -> str:
         )
     spectral = "".join(
         f'<Spectral_Information bandId="{SPECTRAL.index(b)}" physicalBand="B{b[1:].lstrip("0")}">'
-        f"<RESOLUTION>{NATIVE[b]}</RESOLUTION><Wavelength><MIN unit=\"nm\">{lo}</MIN>"
+        f'<RESOLUTION>{NATIVE[b]}</RESOLUTION><Wavelength><MIN unit="nm">{lo}</MIN>'
         f'<MAX unit="nm">{hi}</MAX><CENTRAL unit="nm">{c}</CENTRAL></Wavelength>'
         "</Spectral_Information>"
         for b, (lo, hi, c) in WAVELENGTHS.items()
@@ -284,7 +295,8 @@ def tile_document(spec: SafeSpec, granule: GranuleSpec) -> str:
     ident, _, _ = granule_names(spec, granule)
     x, y = granule.origin
     sizes = "".join(
-        f'<Size resolution="{r}"><NROWS>{SIZE * 10 // r}</NROWS><NCOLS>{SIZE * 10 // r}</NCOLS></Size>'
+        f'<Size resolution="{r}"><NROWS>{SIZE * 10 // r}</NROWS>'
+        f"<NCOLS>{SIZE * 10 // r}</NCOLS></Size>"
         for r in (10, 20, 60)
     )
     positions = "".join(

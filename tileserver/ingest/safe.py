@@ -264,6 +264,8 @@ class SafeProduct:
         files: dict[str, tuple[str, int]] = {}
         if node.find("IMAGE_FILE") is not None:  # compact: paths from the SAFE root
             paths = [(n.text or "").strip() for n in node.iterfind("IMAGE_FILE")]
+            for path in paths:
+                inside(self.root, path, self.href)
             folders = {p.split("/")[1] for p in paths if p.startswith("GRANULE/") and "/" in p[8:]}
             if len(folders) != 1:
                 raise IngestError(f"{self.href}: granule {identifier} has no single GRANULE folder")
@@ -585,9 +587,10 @@ class SafeScene:
                 )
                 continue
             offset = offsets.get(name, 0.0)
-            # DN 0..Q - offset is reflectance offset/Q..1: `physical` scaling gives reflectance
-            data_range = (0, int(quantification - offset))
-            physical = (offset / quantification, 1.0)
+            # the whole type's range: reflectances above 1 (clouds, snow) are not clipped, and
+            # `physical` scaling maps it linearly onto reflectance
+            data_range = (0, 65535)
+            physical = (offset / quantification, (65535 + offset) / quantification)
             step = ProcessingStep(
                 function="linear",
                 parameter=[1 / quantification, offset / quantification],
