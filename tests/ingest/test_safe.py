@@ -20,9 +20,12 @@ import morecantile
 import numpy
 import pytest
 from click.testing import CliRunner
+from fastapi.testclient import TestClient
 from pyproj import Transformer
 from shapely.geometry import box, shape
 
+from tests.buckets import S3Bucket, moto_server, s3_environment
+from tests.conftest import make_settings
 from tests.ingest.safe_synthetic import (
     CRS,
     SIZE,
@@ -32,6 +35,8 @@ from tests.ingest.safe_synthetic import (
     tile_ring,
     write_safe,
 )
+from tileserver.app import create_app
+from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.cli import cli
 
 TMS = morecantile.tms.get("WebMercatorQuad")
@@ -271,7 +276,31 @@ def test_a_scene_converting_differently_is_refused_from_a_product(tmp_path, impo
     assert "converts to reflectance differently" in answer["failed"][0]["reason"]
 
 
-def test_products_from_s3(tmp_path, s3_bucket, importer):
+@pytest.fixture()
+def patient_importer(tmp_path):
+    """An importer whose requests may take 3 minutes: an import reads every band file's
+    header and statistics from the bucket, slow on a loaded machine's moto server."""
+    (tmp_path / "imports").mkdir(exist_ok=True)
+    store = SQLiteStore(tmp_path / "catalog.db")
+    settings = make_settings(tmp_path, import_roots=[tmp_path / "imports"], request_timeout=180)
+    with TestClient(create_app(settings, store=store)) as client:
+        yield client
+    store.close()
+
+
+@pytest.fixture()
+def own_s3_bucket(monkeypatch):
+    """A bucket on a moto server of its own: many small range reads of JPEG2000s through
+    /vsizip/ and /vsis3/ should not wait behind what earlier tests left with the shared one."""
+    server = moto_server().start()
+    for name, value in s3_environment(server).items():
+        monkeypatch.setenv(name, value)
+    yield S3Bucket(server)
+    server.stop()
+
+
+def test_products_from_s3(tmp_path, own_s3_bucket, patient_importer):
+    importer, s3_bucket = patient_importer, own_s3_bucket
     local = tmp_path / "upload"
     folder = write_safe(local, SafeSpec())
     zipped = write_safe(local, SafeSpec(level="L1C", platform="S2A"), zipped=".SAFE.zip")
