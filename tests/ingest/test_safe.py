@@ -19,6 +19,7 @@ from pathlib import Path
 import morecantile
 import numpy
 import pytest
+import rasterio
 from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from pyproj import Transformer
@@ -32,7 +33,9 @@ from tests.ingest.safe_synthetic import (
     GranuleSpec,
     SafeSpec,
     WrittenGranule,
+    file_stem,
     tile_ring,
+    write_jp2,
     write_safe,
 )
 from tileserver.app import create_app
@@ -66,17 +69,22 @@ def tile_npy(client, image_id: str, tile: morecantile.Tile, **params) -> numpy.n
     return numpy.load(io.BytesIO(response.content))
 
 
+def tile_utm(tile: morecantile.Tile, size: int = 256) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """The UTM coordinates of each tile pixel's centre."""
+    left, bottom, right, top = TMS.xy_bounds(tile)
+    step = (right - left) / size
+    cols, rows = numpy.meshgrid(numpy.arange(size) + 0.5, numpy.arange(size) + 0.5)
+    mx, my = left + cols * step, top - rows * step
+    return Transformer.from_crs("EPSG:3857", CRS, always_xy=True).transform(mx, my)
+
+
 def expected_tile(
     granule: WrittenGranule, tile: morecantile.Tile, arrays: list[tuple[numpy.ndarray, int]]
 ) -> tuple[list[numpy.ndarray], numpy.ndarray]:
     """Per band, the written value under each tile pixel's centre; and where that is sure
     (inside the image, away from the edges of every band's pixels)."""
-    left, bottom, right, top = TMS.xy_bounds(tile)
-    size = 256
-    step = (right - left) / size
-    cols, rows = numpy.meshgrid(numpy.arange(size) + 0.5, numpy.arange(size) + 0.5)
-    mx, my = left + cols * step, top - rows * step
-    ux, uy = Transformer.from_crs("EPSG:3857", CRS, always_xy=True).transform(mx, my)
+    ux, uy = tile_utm(tile)
+    size = ux.shape[0]
     ox, oy = granule.spec.origin
     sure = numpy.ones((size, size), bool)
     values = []
@@ -183,7 +191,146 @@ def test_physical_scaling_and_the_processing_level_give_reflectance(l2a, importe
     assert physical[0][row, col] == pytest.approx((int(dn[row, col]) - 1000) / 10000)
 
 
-def test_before_baseline_04_there_is_no_offset_and_older_naming_gives_one_image_per_granule(
+# --- one product across processing baselines (harmonised) ----------------------------------
+
+OLD_ORIGIN, NEW_ORIGIN = (600000.0, 5000040.0), (600300.0, 5000040.0)  # 300 m overlap
+# written into the old granule's B04 (10 m), row 5: sums above 65535 clamp
+CRAFTED = numpy.array([65000, 64535, 64536, 65535, 1, 7], dtype="uint16")
+
+
+@pytest.fixture()
+def harmonised(tmp_path, importer):
+    """A 2021 L2A granule of baseline 03.00 (no offset) and a 2022 one of 04.00 (-1000),
+    overlapping, imported together."""
+    old = SafeSpec(
+        baseline="03.00",
+        start="2021-06-01T10:36:29.024Z",
+        granules=[GranuleSpec(origin=OLD_ORIGIN, sensing="2021-06-01T10:36:31.024Z")],
+    )
+    new = SafeSpec(
+        baseline="04.00",
+        platform="S2A",
+        start="2022-06-01T10:36:29.024Z",
+        granules=[GranuleSpec(origin=NEW_ORIGIN, sensing="2022-06-01T10:36:31.024Z", seed=3)],
+    )
+    folder = tmp_path / "imports" / "series"
+    written_old, written_new = write_safe(folder, old), write_safe(folder, new)
+    granule = written_old.granules[0]
+    data = granule.arrays[("B04", 10)]
+    data[5, : len(CRAFTED)] = CRAFTED
+    stem = file_stem(old, granule.spec, granule.identifier, "B04", 10)
+    write_jp2(written_old.safe / f"{stem}.jp2", data, OLD_ORIGIN, 10)
+    answer = file_import(importer, folder)
+    assert answer["failed"] == [] and len(answer["features"]) == 2
+    by_id = {f["id"]: f["properties"]["up42.data_path"] for f in answer["features"]}
+    return (written_old, by_id[old.name]), (written_new, by_id[new.name])
+
+
+def test_scenes_before_and_after_baseline_04_share_one_product(harmonised, importer):
+    (old, old_image), (new, new_image) = harmonised
+    assert old_image.startswith("sentinel-2-l2a:") and new_image.startswith("sentinel-2-l2a:")
+    baselines = {
+        importer.get(f"/images/{image}").json()["properties"]["s2:processing_baseline"]
+        for image in (old_image, new_image)
+    }
+    assert baselines == {"03.00", "04.00"}
+    old_files = importer.store.get_image(old_image).files
+    new_files = importer.store.get_image(new_image).files
+    assert all(f.href.endswith(".jp2") for f in new_files)  # offset -1000: no VRT
+    names = [*L2A_BANDS, "SCL", "AOT", "WVP"]
+    assert [Path(f.href).suffix for f in old_files] == [".vrt"] * 12 + [".jp2"] * 3
+    assert all(f"/vrt/sentinel-2-l2a/{old.spec.name}_{n}.vrt" in f.href
+               for n, f in zip(names[:12], old_files, strict=False))  # fmt: skip
+    for (written, image), offset in (((old, old_image), 0), ((new, new_image), -1000)):
+        granule = written.granules[0]
+        tile = centre_tile(granule)
+        (dn,), sure = expected_tile(granule, tile, [granule.finest("B04")])
+        valid = sure & (dn != 0)
+        assert valid.sum() > 10000
+        reflectance = (dn[valid].astype("float64") + offset) / 10000
+        physical = tile_npy(importer, image, tile, bands="B04", scaling="physical")
+        numpy.testing.assert_allclose(physical[0][valid], reflectance, atol=1e-9)
+        level = tile_npy(importer, image, tile, bands="B04", scaling="raw",
+                         processing_level="surface_reflectance")  # fmt: skip
+        numpy.testing.assert_allclose(level[0][valid], reflectance, atol=1e-6)
+        # raw: the harmonised DN, the one conversion's input (DN + 1000 before 04.00)
+        raw = tile_npy(importer, image, tile, bands="B04", scaling="raw")
+        numpy.testing.assert_array_equal(raw[0][valid], dn[valid].astype(int) + offset + 1000)
+        row, col = numpy.argwhere(valid)[0]
+        assert physical[0][row, col] == pytest.approx((int(dn[row, col]) + offset) / 10000)
+
+
+def test_the_shifting_vrt_keeps_nodata_and_clamps(harmonised, importer):
+    (old, old_image), _ = harmonised
+    granule = old.granules[0]
+    dn = granule.arrays[("B04", 10)].astype(int)
+    vrt = importer.store.get_image(old_image).files[L2A_BANDS.index("B04")].href
+    with rasterio.open(vrt) as src:
+        assert src.nodatavals == (0,) and src.dtypes == ("uint16",)
+        values, mask = src.read(1), src.read_masks(1)
+    assert values[5, : len(CRAFTED)].tolist() == [65535, 65535, 65535, 65535, 1001, 1007]
+    numpy.testing.assert_array_equal(
+        values, numpy.where(dn == 0, 0, numpy.minimum(dn + 1000, 65535))
+    )
+    numpy.testing.assert_array_equal(mask, numpy.where(dn == 0, 0, 255))
+    assert (dn == 0).sum() == 60 * 10  # the strip on the right
+    # served: the strip is transparent
+    x, y = OLD_ORIGIN
+    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x + 555, y - 300)
+    tile = TMS.tile(lon, lat, ZOOM)
+    (written,), sure = expected_tile(granule, tile, [granule.finest("B04")])
+    got = tile_npy(importer, old_image, tile, bands="B04", scaling="raw")
+    nodata, valid = sure & (written == 0), sure & (written != 0)
+    assert nodata.sum() > 10000 and valid.sum() > 1000
+    assert (got[1][nodata] == 0).all() and (got[0][nodata] == 0).all()
+    assert (got[1][valid] == 255).all()
+
+
+def test_a_search_mosaic_paints_both_in_reflectance(harmonised, importer):
+    (old, _), (new, _) = harmonised
+    response = importer.post("/searches", json={"collections": ["sentinel-2-l2a"]})
+    assert response.status_code == 200, response.text
+    search = response.json()["id"]
+    x, y = NEW_ORIGIN
+    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y - 300)
+    tile = TMS.tile(lon, lat, 17)
+    url = f"/searches/{search}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.npy"
+    response = importer.get(url, params={"bands": "B04", "scaling": "physical"})
+    assert response.status_code == 200, response.text
+    got = numpy.load(io.BytesIO(response.content))
+    ux, _ = tile_utm(tile)
+    (old_dn,), old_sure = expected_tile(old.granules[0], tile, [old.granules[0].finest("B04")])
+    (new_dn,), new_sure = expected_tile(new.granules[0], tile, [new.granules[0].finest("B04")])
+    newest = new_sure & (new_dn != 0)  # newest on top
+    only_old = old_sure & (old_dn != 0) & (ux < x - 1)
+    assert newest.sum() > 1000 and only_old.sum() > 1000
+    numpy.testing.assert_allclose(got[0][newest], (new_dn[newest] - 1000.0) / 10000, atol=1e-6)
+    numpy.testing.assert_allclose(got[0][only_old], old_dn[only_old] / 10000.0, atol=1e-6)
+    assert (got[1][newest | only_old] == 255).all()
+
+
+def test_chip_services_see_both_baselines(harmonised, importer):
+    (old, _), (new, _) = harmonised
+    x, y = NEW_ORIGIN[0] + 104, NEW_ORIGIN[1] - 296  # covered by both
+    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y)
+    query = {"lon": lon, "lat": lat, "start_date": "2021-01-01", "end_date": "2022-12-31",
+             "band": "B04", "chipsize": 100}  # fmt: skip
+    response = importer.get("/chips/raw", params=query)  # LEVEL2A: sentinel-2-l2a
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["dates"] == ["20210601T103631", "20220601T103631"]
+    for url, written, shift in zip(body["chips"], (old, new), (1000, 0), strict=True):
+        with rasterio.MemoryFile(importer.get("/" + url).content) as memory, memory.open() as src:
+            pixels, transform = src.read(1), src.transform
+        assert pixels.shape == (10, 10) and transform.a == 10
+        ox, oy = written.granules[0].spec.origin
+        col, row = round((transform.c - ox) / 10), round((oy - transform.f) / 10)
+        dn = written.granules[0].arrays[("B04", 10)][row : row + 10, col : col + 10]
+        assert (dn != 0).all()
+        numpy.testing.assert_array_equal(pixels, dn.astype(int) + shift)
+
+
+def test_before_baseline_04_older_naming_gives_one_image_per_granule_of_the_same_product(
     tmp_path, importer
 ):
     spec = SafeSpec(
@@ -202,7 +349,9 @@ def test_before_baseline_04_there_is_no_offset_and_older_naming_gives_one_image_
     ids = sorted(f["id"] for f in answer["features"])
     assert ids == sorted(g.identifier for g in written.granules)
     assert all(i.startswith("S2A_OPER_MSI_L1C_TL_") and i.endswith("_N02.04") for i in ids)
-    product = importer.get("/products/sentinel-2-l1c-pre0400").json()
+    assert {f["properties"]["tileserver:product"] for f in answer["features"]} == {"sentinel-2-l1c"}
+    assert importer.get("/products/sentinel-2-l1c-pre0400").status_code == 404
+    product = importer.get("/products/sentinel-2-l1c").json()
     bands = {b["name"]: b for b in product["bands"]}
     assert list(bands) == ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A",
                            "B09", "B10", "B11", "B12"]  # fmt: skip
@@ -211,49 +360,75 @@ def test_before_baseline_04_there_is_no_offset_and_older_naming_gives_one_image_
     assert by_tile["32TQS"]["properties"]["cc"] == 40.0
     for granule in written.granules:
         feature = by_tile[granule.spec.tile]
+        # every spectral band (offset 0) is read through a VRT of the server's
+        files = feature["properties"]["tileserver:files"]
+        assert len(files) == 13 and all(f.endswith(".vrt") for f in files)
         footprint = shape(feature["geometry"])
         ring = box(*shape({"type": "Polygon", "coordinates": [tile_ring(granule.spec)]}).bounds)
         assert footprint.is_valid and abs(footprint.area - ring.area) < 0.05 * ring.area
         tile = centre_tile(granule)
         (dn,), sure = expected_tile(granule, tile, [granule.finest("B8A")])
         valid = sure & (dn != 0)
-        got = tile_npy(importer, feature["properties"]["up42.data_path"], tile, bands="B8A",
-                       scaling="physical")  # fmt: skip
+        image = feature["properties"]["up42.data_path"]
+        got = tile_npy(importer, image, tile, bands="B8A", scaling="physical")
         numpy.testing.assert_allclose(got[0][valid], dn[valid] / 10000, atol=1e-9)
+        raw = tile_npy(importer, image, tile, bands="B8A", scaling="raw")
+        numpy.testing.assert_array_equal(raw[0][valid], dn[valid].astype(int) + 1000)
 
 
-def test_offsets_are_read_per_band(tmp_path, importer):
+def test_each_band_is_shifted_by_its_own_offset(tmp_path, importer):
     spec = SafeSpec(level="L1C", baseline="05.09", offsets={"B04": -1000, "B8A": -500})
-    write_safe(tmp_path / "imports" / "l1c", spec)
-    assert file_import(importer, tmp_path / "imports" / "l1c")["failed"] == []
+    written = write_safe(tmp_path / "imports" / "l1c", spec)
+    answer = file_import(importer, tmp_path / "imports" / "l1c")
+    assert answer["failed"] == []
     bands = {b["name"]: b for b in importer.get("/products/sentinel-2-l1c").json()["bands"]}
-    for name, offset in (("B04", -1000), ("B8A", -500), ("B02", 0)):  # B02 is listed as 0
+    for name in ("B04", "B8A", "B02"):  # one conversion for all: (DN - 1000) / 10000
         assert bands[name]["data_range"] == [0, 65535]
-        assert bands[name]["physical_range"] == pytest.approx(
-            [offset / 10000, (65535 + offset) / 10000]
+        assert bands[name]["physical_range"] == pytest.approx([-0.1, 6.4535])
+        step = bands[name]["processing_levels"]["toa_reflectance"][0]
+        assert step["function"] == "linear" and step["parameter"] == [1e-4, -0.1]
+    feature = answer["features"][0]
+    files = dict(zip(bands, feature["properties"]["tileserver:files"], strict=True))
+    assert files["B04"].endswith("_B04.jp2")  # offset -1000: opened directly
+    assert files["B8A"].endswith("_B8A.vrt") and files["B02"].endswith("_B02.vrt")
+    granule = written.granules[0]
+    tile = centre_tile(granule)
+    image = feature["properties"]["up42.data_path"]
+    for band, offset in (("B04", -1000), ("B8A", -500), ("B02", 0)):  # B02 is listed as 0
+        (dn,), sure = expected_tile(granule, tile, [granule.finest(band)])
+        valid = sure & (dn != 0)
+        got = tile_npy(importer, image, tile, bands=band, scaling="physical")
+        numpy.testing.assert_allclose(
+            got[0][valid], (dn[valid].astype(int) + offset) / 10000, atol=1e-9, err_msg=band
         )
-    step = bands["B8A"]["processing_levels"]["toa_reflectance"][0]
-    assert step["function"] == "linear" and step["parameter"] == [1e-4, -0.05]
 
 
-@pytest.mark.parametrize("suffix", [".SAFE.zip", ".zip"])
-def test_zipped_products_are_read_inside_the_archive(tmp_path, importer, suffix):
-    written = write_safe(tmp_path / "imports" / "zips", SafeSpec(level="L1C"), zipped=suffix)
+@pytest.mark.parametrize(("suffix", "baseline"), [(".SAFE.zip", "05.10"), (".zip", "03.01")])
+def test_zipped_products_are_read_inside_the_archive(tmp_path, importer, suffix, baseline):
+    spec = SafeSpec(level="L1C", baseline=baseline)
+    written = write_safe(tmp_path / "imports" / "zips", spec, zipped=suffix)
     answer = file_import(importer, tmp_path / "imports" / "zips")
     assert answer["failed"] == [] and len(answer["features"]) == 1
     feature = answer["features"][0]
     files = feature["properties"]["tileserver:files"]
-    # relative to the folder the caller named: the archive, then the member
-    assert files[0] == f"/vsizip/{{{written.path.name}}}/{written.spec.name}.SAFE/GRANULE/" + (
-        "L1C_T32TPS_A037712_20240601T103631/IMG_DATA/T32TPS_20240601T103629_B01.jp2"
-    )
+    member = f"{written.spec.name}.SAFE/GRANULE/L1C_T32TPS_A037712_20240601T103631/IMG_DATA/"
+    member += "T32TPS_20240601T103629_B01.jp2"
+    if baseline >= "04.00":
+        # relative to the folder the caller named: the archive, then the member
+        assert files[0] == f"/vsizip/{{{written.path.name}}}/{member}"
+    else:  # the server's VRT names the member in the archive where it is
+        assert files[0] == f"vrt/sentinel-2-l1c/{written.spec.name}_B01.vrt"  # the data dir's
+        image = importer.store.get_image(feature["properties"]["up42.data_path"])
+        text = Path(image.files[0].href).read_text()
+        assert f'<SourceFilename relativeToVRT="0">/vsizip/{{{written.path}}}/{member}<' in text
     granule = written.granules[0]
     tile = centre_tile(granule)
     (dn,), sure = expected_tile(granule, tile, [granule.finest("B03")])
     got = tile_npy(importer, feature["properties"]["up42.data_path"], tile, bands="B03",
                    scaling="raw")  # fmt: skip
     valid = sure & (dn != 0)
-    numpy.testing.assert_array_equal(got[0][valid], dn[valid])
+    shift = 0 if baseline >= "04.00" else 1000
+    numpy.testing.assert_array_equal(got[0][valid], dn[valid].astype(int) + shift)
 
 
 def test_the_command_line_ingests_a_safe_folder(tmp_path):
@@ -267,13 +442,33 @@ def test_the_command_line_ingests_a_safe_folder(tmp_path):
     assert json.loads(result.output) == {"registered": 1, "failed": []}
 
 
-def test_a_scene_converting_differently_is_refused_from_a_product(tmp_path, importer):
+def test_a_product_converting_otherwise_is_refused(tmp_path, importer):
+    """A product whose conversion is not the canonical one (made by other means, or by an
+    earlier version keeping offset 0) gets no SAFE scene, whatever its baseline."""
     write_safe(tmp_path / "imports" / "new", SafeSpec(level="L1C"))
-    assert file_import(importer, tmp_path / "imports" / "new")["failed"] == []
-    write_safe(tmp_path / "imports" / "old", SafeSpec(level="L1C", baseline="03.01"))
-    answer = file_import(importer, tmp_path / "imports" / "old", product="sentinel-2-l1c")
-    assert answer["features"] == []
-    assert "converts to reflectance differently" in answer["failed"][0]["reason"]
+    assert file_import(importer, tmp_path / "imports" / "new", product="mine")["failed"] == []
+    store = importer.store
+    product = store.get_product("mine")
+    unshifted = [
+        step.model_copy(update={"parameter": [1e-4, 0.0]})
+        for step in product.band("B04").processing_levels["toa_reflectance"]
+    ]
+    bands = [
+        b.model_copy(update={"processing_levels": {"toa_reflectance": unshifted}})
+        if b.name == "B04"
+        else b
+        for b in product.bands
+    ]
+    store.put_product(product.model_copy(update={"bands": bands}))
+    for baseline in ("05.10", "03.01"):
+        folder = tmp_path / "imports" / f"n{baseline}"
+        write_safe(folder, SafeSpec(level="L1C", baseline=baseline, platform="S2A"))
+        answer = file_import(importer, folder, product="mine")
+        assert answer["features"] == []
+        why = answer["failed"][0]["reason"]
+        assert "band 'B04' converts to reflectance differently from product 'mine'" in why
+        assert "(DN -1000) / 10000" in why
+    assert not list((tmp_path / "vrt" / "mine").glob("*.vrt"))  # nothing left behind
 
 
 @pytest.fixture()
@@ -302,8 +497,12 @@ def own_s3_bucket(monkeypatch):
 def test_products_from_s3(tmp_path, own_s3_bucket, patient_importer):
     importer, s3_bucket = patient_importer, own_s3_bucket
     local = tmp_path / "upload"
-    folder = write_safe(local, SafeSpec())
-    zipped = write_safe(local, SafeSpec(level="L1C", platform="S2A"), zipped=".SAFE.zip")
+    # both before baseline 04.00: spectral bands read through VRTs of /vsis3/ objects and of
+    # /vsizip/{/vsis3/...} members; SCL opened directly
+    folder = write_safe(local, SafeSpec(baseline="03.00"))
+    zipped = write_safe(
+        local, SafeSpec(level="L1C", platform="S2A", baseline="02.14"), zipped=".SAFE.zip"
+    )
     s3_bucket.upload(local, "s2/")
     body = {"cloud_provider": "aws", "bucket_name": s3_bucket.name, "prefix": "s2/"}
     response = importer.post("/imports", json=body)
@@ -312,16 +511,26 @@ def test_products_from_s3(tmp_path, own_s3_bucket, patient_importer):
     assert answer["failed"] == []
     by_id = {f["id"]: f for f in answer["features"]}
     assert set(by_id) == {folder.spec.name, zipped.spec.name}
-    zip_files = by_id[zipped.spec.name]["properties"]["tileserver:files"]
-    assert zip_files[0].startswith(f"/vsizip/{{/vsis3/{s3_bucket.name}/s2/{zipped.path.name}}}/")
-    for written, band in ((folder, "B8A"), (zipped, "B02")):
+    for written, band, shift, source in (
+        (folder, "B8A", 1000, f"/vsis3/{s3_bucket.name}/s2/{folder.path.name}/GRANULE/"),
+        (folder, "SCL", 0, f"/vsis3/{s3_bucket.name}/s2/{folder.path.name}/GRANULE/"),
+        (zipped, "B02", 1000, f"/vsizip/{{/vsis3/{s3_bucket.name}/s2/{zipped.path.name}}}/"),
+    ):
+        image = by_id[written.spec.name]["properties"]["up42.data_path"]
+        record = importer.store.get_image(image)
+        product = importer.store.get_product(record.product_id)
+        href = record.files[product.band(band).file_index].href
+        if shift:
+            assert href.endswith(f"_{band}.vrt")
+            assert f'<SourceFilename relativeToVRT="0">{source}' in Path(href).read_text()
+        else:
+            assert href.startswith(source) and href.endswith(".jp2")
         granule = written.granules[0]
         tile = centre_tile(granule)
         (dn,), sure = expected_tile(granule, tile, [granule.finest(band)])
-        image = by_id[written.spec.name]["properties"]["up42.data_path"]
         got = tile_npy(importer, image, tile, bands=band, scaling="raw")
         valid = sure & (dn != 0)
-        numpy.testing.assert_array_equal(got[0][valid], dn[valid])
+        numpy.testing.assert_array_equal(got[0][valid], dn[valid].astype(int) + shift)
 
 
 def test_the_footprint_is_the_tile_cut_to_the_product_footprint(tmp_path, importer):

@@ -11,18 +11,20 @@ Rules the import and users rely on:
 
 - Image name: the product name (`S2B_MSIL2A_20240601T103629_N0510_R008_T32TPS_...`) for a
   single-granule product, else the granule identifier (`S2A_OPER_MSI_L1C_TL_..._N02.01`).
-- Product: `sentinel-2-l1c` / `sentinel-2-l2a` from processing baseline 04.00 on (the pixels
-  carry the offset), `sentinel-2-l1c-pre0400` / `sentinel-2-l2a-pre0400` before: the two
-  convert to reflectance differently and a product's bands hold one conversion. A scene
-  whose offsets or quantification differ from an existing product's is refused.
-- Bands: L1C B01..B12 and B8A, each at its native resolution (10/20/60 m); L2A the bands of
-  R10m/R20m/R60m, each once at its finest resolution, plus `SCL` (a class band with the
-  ESA legend) and `AOT`, `WVP`. File order: B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 (B10)
-  B11 B12 (SCL AOT WVP).
-- Reflectance = (DN + offset) / quantification value, the offset per band from
-  RADIO_ADD_OFFSET (L1C) / BOA_ADD_OFFSET (L2A), 0 where the document has none (before
-  04.00): the processing level `toa_reflectance` (L1C) / `surface_reflectance` (L2A) and the
-  band's physical range, so `scaling=physical` gives reflectance too. Nodata 0.
+- Product: `sentinel-2-l1c` / `sentinel-2-l2a`, whatever the processing baseline
+  (harmonised, as the public "harmonized" Sentinel-2 collections): a product's bands hold
+  one conversion, reflectance = (DN + CANONICAL_OFFSET) / CANONICAL_QUANTIFICATION =
+  (DN - 1000) / 10000, the offsets baseline 04.00 introduced (RADIO_ADD_OFFSET for L1C,
+  BOA_ADD_OFFSET for L2A). The processing level `toa_reflectance` (L1C) /
+  `surface_reflectance` (L2A) and the band's physical range say so, so `scaling=physical`
+  gives reflectance too; `raw` gives the harmonised DN. Nodata 0.
+- A band whose own offset differs (0 before 04.00, where the document lists none) is read
+  through a VRT the server writes (DATA_DIR/vrt/<product>/<image>_<band>.vrt) that adds
+  the difference (+1000 before 04.00) to every valid DN: nodata 0 stays 0, sums above 65535
+  clamp to 65535. Other bands open their JPEG2000 directly. A scene with another
+  quantification value, or an offset below the canonical one (its DN would have to go
+  down), is refused; so is a scene for a product whose conversion is not the canonical one
+  (a product created otherwise).
 - Time: the granule's SENSING_TIME, else PRODUCT_START_TIME. Cloud cover: the granule's
   CLOUDY_PIXEL_PERCENTAGE, else the product's Cloud_Coverage_Assessment. Footprint: the
   granule's tile (Tile_Geocoding) in WGS84, cut to the product's Product_Footprint.
@@ -34,14 +36,15 @@ from __future__ import annotations
 
 import posixpath
 import re
-import xml.etree.ElementTree as ET
+import xml.etree.ElementTree as ET  # builds VRTs; documents are parsed by xmldoc
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import shapely
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError, RasterioIOError
 from rasterio.warp import transform_geom
@@ -60,8 +63,9 @@ from tileserver.catalog.models import (
     safe_name,
 )
 from tileserver.ingest import vsi, xmldoc
-from tileserver.ingest.dimap2 import check_layout
+from tileserver.ingest.dimap2 import check_layout, write_atomic
 from tileserver.ingest.raster import (
+    VRT_DATA_TYPES,
     IngestError,
     display_range,
     file_size,
@@ -89,7 +93,9 @@ NATIVE_RESOLUTION |= {"B10": 60, "B05": 20, "B06": 20, "B07": 20, "B8A": 20}
 NATIVE_RESOLUTION |= {"B11": 20, "B12": 20}
 EXTRA_BANDS = ("SCL", "AOT", "WVP")  # L2A only, after the spectral bands
 LEVELS = {"L1C": "toa_reflectance", "L2A": "surface_reflectance"}
-OFFSET_BASELINE = "04.00"
+# every image of a product converts as baseline 04.00 and later do (module docstring)
+CANONICAL_OFFSET = -1000.0
+CANONICAL_QUANTIFICATION = 10000.0
 
 # Scene classification (SEMANTICS.md section 3): value, label, colour
 SCL_CLASSES = [
@@ -424,10 +430,8 @@ class SafeScene:
 
     @property
     def product_id(self) -> str:
-        """sentinel-2-l1c / -l2a, `-pre0400` before processing baseline 04.00."""
-        base = f"sentinel-2-{self.product.level.lower()}"
-        baseline = self.product.baseline or "00.00"
-        return base if baseline >= OFFSET_BASELINE else f"{base}-pre0400"
+        """sentinel-2-l1c / sentinel-2-l2a, whatever the processing baseline."""
+        return f"sentinel-2-{self.product.level.lower()}"
 
     def properties(self) -> dict[str, Any]:
         """STAC properties (Sentinel-2 extension names where they exist)."""
@@ -537,13 +541,55 @@ class SafeScene:
             }
         return found
 
+    def shifts(self) -> dict[str, float]:
+        """What each spectral band's VRT adds to a valid DN so the band reads as the canonical
+        conversion (its own offset - CANONICAL_OFFSET); only bands that need one. IngestError
+        for a scene that cannot be read so (module docstring)."""
+        product = self.product
+        quantification = product.quantification()
+        if quantification != CANONICAL_QUANTIFICATION:
+            raise IngestError(
+                f"{product.href}: quantification value {quantification:g}; Sentinel-2 images "
+                f"are read as (DN {CANONICAL_OFFSET:+g}) / {CANONICAL_QUANTIFICATION:g}"
+            )
+        offsets = product.offsets()
+        shifts = {}
+        for name in self.band_order():
+            if name in EXTRA_BANDS:
+                continue
+            offset = offsets.get(name, 0.0)
+            shift = offset - CANONICAL_OFFSET
+            if shift < 0 or not shift.is_integer():
+                raise IngestError(
+                    f"{product.href}: band {name} has offset {offset:g}; Sentinel-2 images are "
+                    f"read as (DN {CANONICAL_OFFSET:+g}) / {CANONICAL_QUANTIFICATION:g}, which "
+                    "takes whole offsets from that value up"
+                )
+            if shift:
+                shifts[name] = shift
+        return shifts
+
     def bands(self, dtypes: dict[str, str]) -> list[Band]:
         """Band records in file order; `dtypes` the numpy type of each band's file."""
         product = self.product
-        quantification = product.quantification()
-        offsets = product.offsets()
         level = LEVELS[product.level]
         waves = self._wavelengths()
+        # the whole type's range: reflectances above 1 (clouds, snow) are not clipped, and
+        # `physical` scaling maps it linearly onto reflectance
+        data_range = (0, 65535)
+        physical = (
+            CANONICAL_OFFSET / CANONICAL_QUANTIFICATION,
+            (65535 + CANONICAL_OFFSET) / CANONICAL_QUANTIFICATION,
+        )
+        step = ProcessingStep(
+            function="linear",
+            parameter=[1 / CANONICAL_QUANTIFICATION, CANONICAL_OFFSET / CANONICAL_QUANTIFICATION],
+            data_type="Float32",
+            data_range=physical,
+            display_range=physical,
+            physical_range=physical,
+            physical_range_unit="reflectance",
+        )
         bands = []
         for index, name in enumerate(self.band_order()):
             dtype = dtypes[name]
@@ -586,29 +632,16 @@ class SafeScene:
                     )
                 )
                 continue
-            offset = offsets.get(name, 0.0)
-            # the whole type's range: reflectances above 1 (clouds, snow) are not clipped, and
-            # `physical` scaling maps it linearly onto reflectance
-            data_range = (0, 65535)
-            physical = (offset / quantification, (65535 + offset) / quantification)
-            step = ProcessingStep(
-                function="linear",
-                parameter=[1 / quantification, offset / quantification],
-                data_type="Float32",
-                data_range=physical,
-                display_range=physical,
-                physical_range=physical,
-                physical_range_unit="reflectance",
-            )
             bands.append(
                 Band(
                     **common,
-                    description=f"{level.replace('_', ' ')}: (DN {offset:+g}) / {quantification:g}",
+                    description=f"{level.replace('_', ' ')}: (DN {CANONICAL_OFFSET:+g}) / "
+                    f"{CANONICAL_QUANTIFICATION:g} (harmonised)",
                     type="spectral",
                     data_range=data_range,
                     physical_range=physical,
                     physical_range_unit="reflectance",
-                    processing_levels={level: [step]},
+                    processing_levels={level: [step.model_copy()]},
                     **waves.get(name, {}),
                 )
             )
@@ -617,37 +650,45 @@ class SafeScene:
     def build(
         self, meta: SceneMeta, product_id: str, product: Product | None, vrt_path: Path
     ) -> tuple[Image, list[Band]]:
-        """The image: one file per band, read in place; no VRT is written."""
-        del vrt_path  # the JP2s are opened as they are
+        """The image: one file per band, the JPEG2000 read in place, or a VRT of it
+        (`<vrt_path stem>_<band>.vrt`) for a band whose offset is not the canonical one."""
         if meta.acquired is None:
             raise IngestError(f"{self.href}: no acquisition time in its metadata; pass --datetime")
         order = self.band_order()
-        headers = {}
+        headers: dict[str, BandFile] = {}
         for name in order:
             href = self.granule.files[name][0]
             try:
                 with open_raster(href) as src:
-                    headers[name] = (src.dtypes[0], src.crs, src.transform, src.width, src.height)
+                    headers[name] = BandFile(
+                        href, src.dtypes[0], src.crs, src.transform, src.width, src.height,
+                        src.block_shapes[0],
+                    )  # fmt: skip
             except RasterioIOError as exc:
                 raise IngestError(f"band file {href} cannot be opened ({exc})") from exc
-        bands = self.bands({name: header[0] for name, header in headers.items()})
+        bands = self.bands({name: header.dtype for name, header in headers.items()})
+        shifts = self.shifts()
         if product is not None:
             check_layout(product, bands, self.href)
             check_conversion(product, bands, self.href)
         files, stats = [], {}
         for band in bands:
-            href = self.granule.files[band.name][0]
-            files.append(ImageFile(href=href, size=file_size(href)))
+            header = headers[band.name]
+            href = header.href
+            if band.name in shifts:
+                path = vrt_path.with_name(f"{vrt_path.stem}_{band.name}.vrt")
+                write_atomic(path, shift_vrt(header, shifts[band.name], band.name))
+                href = str(path)
+            files.append(ImageFile(href=href, size=file_size(header.href)))
             found: list[BandStatistics] | None = image_statistics(href, [1], 0)
             if found:
                 stats[band.name] = found[0]
                 if band.type == "spectral":
                     band.display_range = display_range(found[0], band.data_range)
-        finest = min(order, key=lambda n: headers[n][2].a)
-        _, crs, transform, width, height = headers[finest]
-        if crs is None:
-            raise IngestError(f"{self.granule.files[finest][0]} has no CRS")
-        epsg = crs.to_epsg()
+        finest = headers[min(order, key=lambda n: headers[n].transform.a)]
+        if finest.crs is None:
+            raise IngestError(f"{finest.href} has no CRS")
+        epsg = finest.crs.to_epsg()
         image = Image(
             name=safe_name(meta.id),
             product_id=product_id,
@@ -656,10 +697,10 @@ class SafeScene:
             cloud_cover=meta.cloud_cover,
             properties=dict(meta.properties),
             files=files,
-            crs=f"EPSG:{epsg}" if epsg else crs.to_wkt(),
-            geotrans=tuple(transform.to_gdal()),
-            width=width,
-            height=height,
+            crs=f"EPSG:{epsg}" if epsg else finest.crs.to_wkt(),
+            geotrans=tuple(finest.transform.to_gdal()),
+            width=finest.width,
+            height=finest.height,
             band_stats=stats,
         )
         if product is not None and product.bands:
@@ -667,8 +708,57 @@ class SafeScene:
         return image, bands
 
 
+class BandFile(NamedTuple):
+    """A band file's header, as its VRT needs it."""
+
+    href: str
+    dtype: str
+    crs: CRS | None
+    transform: Affine
+    width: int
+    height: int
+    block: tuple[int, int]  # rows, columns
+
+
+def shift_vrt(source: BandFile, shift: float, name: str) -> bytes:
+    """A one-band VRT of `source` adding `shift` to every valid DN: a ComplexSource whose
+    NODATA 0 is skipped (the band's nodata 0 stays where it was), output clamped to the
+    band's type (DN 65000 + 1000 reads 65535)."""
+    root = ET.Element("VRTDataset", rasterXSize=str(source.width), rasterYSize=str(source.height))
+    if source.crs is not None:
+        ET.SubElement(root, "SRS").text = source.crs.to_wkt()
+    ET.SubElement(root, "GeoTransform").text = ", ".join(
+        repr(float(v)) for v in source.transform.to_gdal()
+    )
+    data_type = VRT_DATA_TYPES[source.dtype]
+    band = ET.SubElement(root, "VRTRasterBand", dataType=data_type, band="1")
+    ET.SubElement(band, "Description").text = name
+    ET.SubElement(band, "NoDataValue").text = "0"
+    complex_source = ET.SubElement(band, "ComplexSource")
+    ET.SubElement(complex_source, "SourceFilename", relativeToVRT="0").text = source.href
+    ET.SubElement(complex_source, "SourceBand").text = "1"
+    ET.SubElement(
+        complex_source,
+        "SourceProperties",
+        RasterXSize=str(source.width),
+        RasterYSize=str(source.height),
+        DataType=data_type,
+        BlockXSize=str(source.block[1]),
+        BlockYSize=str(source.block[0]),
+    )
+    size = {"xSize": str(source.width), "ySize": str(source.height)}
+    ET.SubElement(complex_source, "SrcRect", xOff="0", yOff="0", **size)
+    ET.SubElement(complex_source, "DstRect", xOff="0", yOff="0", **size)
+    ET.SubElement(complex_source, "ScaleOffset").text = f"{shift:g}"
+    ET.SubElement(complex_source, "ScaleRatio").text = "1"
+    ET.SubElement(complex_source, "NODATA").text = "0"
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8")
+
+
 def check_conversion(product: Product, bands: list[Band], href: str) -> None:
-    """The scene's reflectance conversion must be the product's (one per band)."""
+    """The product's reflectance conversion must be the canonical one the scene is read as
+    (a product created otherwise, e.g. with another processing level, is not)."""
     for band in bands:
         expected = product.band(band.name)
         if expected is None or band.processing_levels is None:
@@ -676,5 +766,6 @@ def check_conversion(product: Product, bands: list[Band], href: str) -> None:
         if (expected.processing_levels or {}) != band.processing_levels:
             raise IngestError(
                 f"{href}: band '{band.name}' converts to reflectance differently from product "
-                f"'{product.id}' ({band.description}): import it into another product"
+                f"'{product.id}' (Sentinel-2 images read as {band.description}): import it "
+                "into another product"
             )
