@@ -271,3 +271,54 @@ def test_zip_members_open_with_imagery_drivers_only(rules, tmp_path):
     elsewhere = rules.for_product(Product(id="p", owners=["org:other"]))
     with pytest.raises(Refused):
         open_raster(f"/vsizip/{{{archive}}}/S2.SAFE/a.tif", elsewhere)
+
+
+def test_our_vrts_take_zip_members_exactly_as_direct_opens_do(rules, tmp_path):
+    """A zip member is accepted as a source of one of our VRTs (as the Sentinel-2 ingest
+    writes them) exactly when it opens directly, and reads the same pixels."""
+    import zipfile
+
+    acme, other = tmp_path / "roots" / "acme", tmp_path / "roots" / "other"
+    tif = write(tmp_path / "a.tif", numpy.arange(1, 17, dtype="uint16").reshape(1, 4, 4))
+    for root in (acme, other):
+        with zipfile.ZipFile(root / "s2.zip", "w") as out:
+            out.write(tif, "S2.SAFE/a.tif")
+            out.writestr("S2.SAFE/b.tif", tif.read_bytes()[:100])  # not a raster
+    os.symlink(other / "s2.zip", acme / "link.zip")
+    allowed = rules.for_product(Product(id="p", owners=["org:acme"]))
+    own = tmp_path / "data" / "vrt" / "p"
+    own.mkdir(parents=True)
+    hrefs = [
+        f"/vsizip/{{{acme}/s2.zip}}/S2.SAFE/a.tif",
+        f"/vsizip/{{{acme}/../acme/s2.zip}}/S2.SAFE/a.tif",
+        f"/vsizip/{{{acme}/s2.zip}}/S2.SAFE/b.tif",
+        f"/vsizip/{{{acme}/s2.zip}}/S2.SAFE/../S2.SAFE/a.tif",
+        f"/vsizip/{{{acme}/s2.zip}}/S2.SAFE/missing.tif",
+        f"/vsizip/{{{other}/s2.zip}}/S2.SAFE/a.tif",
+        f"/vsizip/{{{acme}/link.zip}}/S2.SAFE/a.tif",
+        f"/vsizip/{acme}/s2.zip/S2.SAFE/a.tif",
+        f"/vsizip/{{/vsizip/{{{acme}/s2.zip}}/x.zip}}/a.tif",
+    ]
+    outcomes = []
+    for i, href in enumerate(hrefs):
+        vrt = own / f"{i}.vrt"
+        vrt.write_text(
+            '<VRTDataset rasterXSize="4" rasterYSize="4"><VRTRasterBand dataType="UInt16" '
+            'band="1"><NoDataValue>0</NoDataValue><ComplexSource><SourceFilename '
+            f'relativeToVRT="0">{href}</SourceFilename><SourceBand>1</SourceBand>'
+            "<ScaleOffset>1000</ScaleOffset><ScaleRatio>1</ScaleRatio><NODATA>0</NODATA>"
+            "</ComplexSource></VRTRasterBand></VRTDataset>"
+        )
+        got = []
+        for target, shift in ((href, 0), (str(vrt), 1000)):
+            try:
+                with open_raster(target, allowed) as src:
+                    got.append(src.read(1).astype(int) - shift)
+            except (Refused, RasterioIOError):
+                got.append(None)
+        direct, through_vrt = got
+        assert (direct is None) == (through_vrt is None), href
+        if direct is not None:
+            numpy.testing.assert_array_equal(through_vrt, direct)
+        outcomes.append(direct is not None)
+    assert outcomes == [True, True] + [False] * 7

@@ -479,6 +479,7 @@ def patient_importer(tmp_path):
     store = SQLiteStore(tmp_path / "catalog.db")
     settings = make_settings(tmp_path, import_roots=[tmp_path / "imports"], request_timeout=180)
     with TestClient(create_app(settings, store=store)) as client:
+        client.store = store
         yield client
     store.close()
 
@@ -498,7 +499,7 @@ def test_products_from_s3(tmp_path, own_s3_bucket, patient_importer):
     importer, s3_bucket = patient_importer, own_s3_bucket
     local = tmp_path / "upload"
     # both before baseline 04.00: spectral bands read through VRTs of /vsis3/ objects and of
-    # /vsizip/{/vsis3/...} members; SCL opened directly
+    # /vsizip/{/vsis3/...} members; AOT opened directly
     folder = write_safe(local, SafeSpec(baseline="03.00"))
     zipped = write_safe(
         local, SafeSpec(level="L1C", platform="S2A", baseline="02.14"), zipped=".SAFE.zip"
@@ -513,7 +514,7 @@ def test_products_from_s3(tmp_path, own_s3_bucket, patient_importer):
     assert set(by_id) == {folder.spec.name, zipped.spec.name}
     for written, band, shift, source in (
         (folder, "B8A", 1000, f"/vsis3/{s3_bucket.name}/s2/{folder.path.name}/GRANULE/"),
-        (folder, "SCL", 0, f"/vsis3/{s3_bucket.name}/s2/{folder.path.name}/GRANULE/"),
+        (folder, "AOT", 0, f"/vsis3/{s3_bucket.name}/s2/{folder.path.name}/GRANULE/"),
         (zipped, "B02", 1000, f"/vsizip/{{/vsis3/{s3_bucket.name}/s2/{zipped.path.name}}}/"),
     ):
         image = by_id[written.spec.name]["properties"]["up42.data_path"]
