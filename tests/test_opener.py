@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy
 import pytest
 from pydantic import ValidationError
+from rasterio.errors import RasterioIOError
 
 from tests.synthetic import write
 from tileserver.catalog.models import Product
@@ -39,6 +40,8 @@ from tileserver.settings import Settings
             "/vsicurl/https://h.example:8443/x.tif?sig=1",
         ),
         ("/tmp/../etc/./hosts", "/etc/hosts"),
+        ("/vsizip/{s3://b/k/p.zip}/P.SAFE/a.jp2", "/vsizip/{/vsis3/b/k/p.zip}/P.SAFE/a.jp2"),
+        ("/vsizip/{/tmp/../etc/p.ZIP}/a/b.jp2", "/vsizip/{/etc/p.ZIP}/a/b.jp2"),
     ],
 )
 def test_locations_are_canonical(href, path):
@@ -70,6 +73,29 @@ def test_locations_are_canonical(href, path):
         "/data/a\n.tif",
         "/data/a\x00.tif",
         "/" + "a" * 5000,
+        # zip members: only /vsizip/{ARCHIVE.zip}/MEMBER, a plain archive, a plain member
+        "/vsizip//data/a.zip/a.jp2",
+        "/vsizip/data/a.zip/a.jp2",
+        "/vsizip/{/data/a.zip}",
+        "/vsizip/{/data/a.zip}/",
+        "/vsizip/{/data/a.zip}/dir/",
+        "/vsizip/{/data/a.zip}/../b.jp2",
+        "/vsizip/{/data/a.zip}/a/../../b.jp2",
+        "/vsizip/{/data/a.zip}/%2e%2e/b.jp2",
+        "/vsizip/{/data/a.zip}/./a.jp2",
+        "/vsizip/{/data/a.zip}//etc/passwd",
+        "/vsizip/{/data/a.zip}/a\\..\\b.jp2",
+        "/vsizip/{/data/a.zip}//vsis3/b/k.jp2",
+        "/vsizip/{/data/a.zip}/vsis3/b/k.jp2",
+        "/vsizip/{/data/a.zip}/inner.zip/a.jp2",
+        "/vsizip/{/data/a.zip}/a{b}.jp2",
+        "/vsizip/{/data/a.tar}/a.jp2",
+        "/vsizip/{data/a.zip}/a.jp2",
+        "/vsizip/{/vsimem/a.zip}/a.jp2",
+        "/vsizip/{/vsicurl/https://h.example/a.zip}/a.jp2",
+        "/vsizip/{https://h.example/a.zip}/a.jp2",
+        "/vsizip/{/vsis3/b/../a.zip}/a.jp2",
+        "/vsizip/{/vsizip/{/data/a.zip}/b.zip}/a.jp2",
     ],
 )
 def test_anything_but_plain_files_objects_and_urls_is_refused(href):
@@ -207,3 +233,92 @@ def test_nothing_opens_outside_a_confinement(tmp_path):
         _READING.reset(reading)
         _CONFINEMENT.reset(confinement)
     assert Path(tif).exists()
+
+
+def test_a_zip_member_is_allowed_where_its_archive_is(rules, tmp_path):
+    acme, other = tmp_path / "roots" / "acme", tmp_path / "roots" / "other"
+    alice = rules.for_product(Product(id="p", owners=["org:acme"]))
+    assert permits(alice, f"/vsizip/{{{acme}/s2.zip}}/S2.SAFE/B02.jp2")
+    assert permits(alice, "/vsizip/{s3://acme/scenes/s2.zip}/S2.SAFE/B02.jp2")
+    assert not permits(alice, f"/vsizip/{{{other}/s2.zip}}/S2.SAFE/B02.jp2")
+    assert not permits(alice, f"/vsizip/{{{acme}/../other/s2.zip}}/S2.SAFE/B02.jp2")
+    assert not permits(alice, "/vsizip/{s3://acme/other/s2.zip}/B02.jp2")
+    assert not permits(alice, f"/vsizip/{{{tmp_path}/data/vrt/q/s2.zip}}/B02.jp2")
+    link = acme / "link.zip"  # a link inside the root to an archive outside it
+    os.symlink(other / "s2.zip", link)
+    assert not permits(alice, f"/vsizip/{{{link}}}/S2.SAFE/B02.jp2")
+
+
+def test_zip_members_open_with_imagery_drivers_only(rules, tmp_path):
+    import zipfile
+
+    acme = tmp_path / "roots" / "acme"
+    tif = write(tmp_path / "a.tif", numpy.arange(64 * 64, dtype="uint16").reshape(1, 64, 64))
+    vrt = (
+        '<VRTDataset rasterXSize="1" rasterYSize="1"><VRTRasterBand band="1"><SimpleSource>'
+        f"<SourceFilename>{tif}</SourceFilename></SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    archive = acme / "s2.zip"
+    with zipfile.ZipFile(archive, "w") as out:
+        out.write(tif, "S2.SAFE/a.tif")
+        out.writestr("S2.SAFE/b.tif", vrt)  # a VRT named .tif, pointing out of the archive
+    allowed = rules.for_product(Product(id="p", owners=["org:acme"]))
+    with open_raster(f"/vsizip/{{{archive}}}/S2.SAFE/a.tif", allowed) as src:
+        assert src.driver == "GTiff" and int(src.read(1)[1, 2]) == 66
+    # never the VRT driver: GDAL says the member is no format it was allowed to use
+    with pytest.raises(RasterioIOError, match="not recognized"):
+        open_raster(f"/vsizip/{{{archive}}}/S2.SAFE/b.tif", allowed)
+    elsewhere = rules.for_product(Product(id="p", owners=["org:other"]))
+    with pytest.raises(Refused):
+        open_raster(f"/vsizip/{{{archive}}}/S2.SAFE/a.tif", elsewhere)
+
+
+def test_our_vrts_take_zip_members_exactly_as_direct_opens_do(rules, tmp_path):
+    """A zip member is accepted as a source of one of our VRTs (as the Sentinel-2 ingest
+    writes them) exactly when it opens directly, and reads the same pixels."""
+    import zipfile
+
+    acme, other = tmp_path / "roots" / "acme", tmp_path / "roots" / "other"
+    tif = write(tmp_path / "a.tif", numpy.arange(1, 17, dtype="uint16").reshape(1, 4, 4))
+    for root in (acme, other):
+        with zipfile.ZipFile(root / "s2.zip", "w") as out:
+            out.write(tif, "S2.SAFE/a.tif")
+            out.writestr("S2.SAFE/b.tif", tif.read_bytes()[:100])  # not a raster
+    os.symlink(other / "s2.zip", acme / "link.zip")
+    allowed = rules.for_product(Product(id="p", owners=["org:acme"]))
+    own = tmp_path / "data" / "vrt" / "p"
+    own.mkdir(parents=True)
+    hrefs = [
+        f"/vsizip/{{{acme}/s2.zip}}/S2.SAFE/a.tif",
+        f"/vsizip/{{{acme}/../acme/s2.zip}}/S2.SAFE/a.tif",
+        f"/vsizip/{{{acme}/s2.zip}}/S2.SAFE/b.tif",
+        f"/vsizip/{{{acme}/s2.zip}}/S2.SAFE/../S2.SAFE/a.tif",
+        f"/vsizip/{{{acme}/s2.zip}}/S2.SAFE/missing.tif",
+        f"/vsizip/{{{other}/s2.zip}}/S2.SAFE/a.tif",
+        f"/vsizip/{{{acme}/link.zip}}/S2.SAFE/a.tif",
+        f"/vsizip/{acme}/s2.zip/S2.SAFE/a.tif",
+        f"/vsizip/{{/vsizip/{{{acme}/s2.zip}}/x.zip}}/a.tif",
+    ]
+    outcomes = []
+    for i, href in enumerate(hrefs):
+        vrt = own / f"{i}.vrt"
+        vrt.write_text(
+            '<VRTDataset rasterXSize="4" rasterYSize="4"><VRTRasterBand dataType="UInt16" '
+            'band="1"><NoDataValue>0</NoDataValue><ComplexSource><SourceFilename '
+            f'relativeToVRT="0">{href}</SourceFilename><SourceBand>1</SourceBand>'
+            "<ScaleOffset>1000</ScaleOffset><ScaleRatio>1</ScaleRatio><NODATA>0</NODATA>"
+            "</ComplexSource></VRTRasterBand></VRTDataset>"
+        )
+        got = []
+        for target, shift in ((href, 0), (str(vrt), 1000)):
+            try:
+                with open_raster(target, allowed) as src:
+                    got.append(src.read(1).astype(int) - shift)
+            except (Refused, RasterioIOError):
+                got.append(None)
+        direct, through_vrt = got
+        assert (direct is None) == (through_vrt is None), href
+        if direct is not None:
+            numpy.testing.assert_array_equal(through_vrt, direct)
+        outcomes.append(direct is not None)
+    assert outcomes == [True, True] + [False] * 7

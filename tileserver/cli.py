@@ -143,7 +143,7 @@ def ingest(
     catalog: str | None,
     quiet: bool,
 ) -> None:
-    """Register every DIMAP, BEAM-DIMAP, STAC Item and GeoTIFF/COG under PATH."""
+    """Register every DIMAP, BEAM-DIMAP, Sentinel-2 SAFE, STAC Item and GeoTIFF/COG under PATH."""
     from tileserver.ingest.imports import ImportRequest
     from tileserver.ingest.overrides import load_band_overrides
     from tileserver.ingest.raster import IngestError

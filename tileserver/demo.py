@@ -19,6 +19,7 @@ from rasterio.shutil import copy as copy_dataset
 
 from tileserver.catalog.models import Band, Product, Resolution
 from tileserver.catalog.store import CatalogStore, NotFound
+from tileserver.ingest.safe import SCL_CLASSES, scl_legend
 
 PRODUCT_ID = "sentinel-2-l2a"
 VERSION = "1"  # bump when the generated data changes
@@ -63,20 +64,6 @@ SCL = {
     "cloud_medium": 8,
     "cloud_high": 9,
 }
-SCL_CLASSES = [
-    (0, "no_data", None),
-    (1, "saturated_or_defective", "ff0000"),
-    (2, "dark_area_pixels", "2f2f2f"),
-    (3, "cloud_shadows", "643200"),
-    (4, "vegetation", "00a000"),
-    (5, "not_vegetated", "ffe65a"),
-    (6, "water", "0000ff"),
-    (7, "unclassified", "808080"),
-    (8, "cloud_medium_probability", "c0c0c0"),
-    (9, "cloud_high_probability", "ffffff"),
-    (10, "thin_cirrus", "64c8ff"),
-    (11, "snow", "ff96ff"),
-]
 SPECTRAL = [  # name, center wavelength nm, resolution m
     ("B02", 492.4, 10),
     ("B03", 559.8, 10),
@@ -106,10 +93,7 @@ def demo_product() -> Product:
                 wavelength_nm_center=center,
             )
         )
-    colormap = [(0, 0, 0, 0)] * 12
-    for value, _, color in SCL_CLASSES:
-        if color:
-            colormap[value] = (*bytes.fromhex(color), 255)
+    colormap, labels = scl_legend()
     bands.append(
         Band(
             name="SCL",
@@ -121,7 +105,7 @@ def demo_product() -> Product:
             file_index=2,
             band_index=0,
             colormap=colormap,
-            class_labels=[label for _, label, _ in SCL_CLASSES],
+            class_labels=labels,
         )
     )
     return Product(

@@ -5,8 +5,10 @@ href, a STAC asset, a DIMAP data file path, a VRT source. Each passes through he
 byte of it is read:
 
 1. **Location.** The href becomes one canonical location (a local path with its links
-   resolved, `/vsis3/`, `/vsigs/` or `/vsicurl/https://`; anything else, such as other
-   `/vsi` handlers, relative paths, inline XML or driver connection strings, is refused) and
+   resolved, `/vsis3/`, `/vsigs/` or `/vsicurl/https://`, or a member of a zip archive
+   `/vsizip/{ARCHIVE.zip}/MEMBER` whose archive is a local file or a bucket object and whose
+   member path is plain; anything else, such as other `/vsi` handlers, relative paths,
+   inline XML or driver connection strings, is refused) and
    must lie inside what an `Allowed` grants: the folders and bucket / URL prefixes granted to
    the product's owners (TILESERVER_IMPORT_GRANTS), and the folders the server itself wrote
    for that product under the data dir (`vrt/<product>/`, `cogs/<product>/`). The catalog
@@ -67,11 +69,17 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class Location:
-    """A checked href: `path` is what GDAL opens (links resolved for local files)."""
+    """A checked href: `path` is what GDAL opens (links resolved for local files).
+
+    A zip member's `archive` is the archive's own location: what may be opened is decided
+    on it, and `path` names the archive in GDAL's braces so GDAL opens exactly that file.
+    """
 
     given: str
     path: str
     remote: bool
+    archive: Location | None = None
+    member: str | None = None
 
 
 def _refuse_text(text: str) -> None:
@@ -113,11 +121,43 @@ def _url_location(href: str, url: str) -> Location:
     return Location(href, f"/vsicurl/{parts.scheme}://{host}{parts.path or '/'}{query}", True)
 
 
+ZIP_PREFIX = "/vsizip/{"
+
+
+def _zip_location(href: str, text: str) -> Location:
+    """`/vsizip/{ARCHIVE}/MEMBER`: the archive a plain local file or bucket object ending in
+    .zip (never another /vsi handler, a URL or a nested archive), the member a relative path
+    without empty, `.` or `..` segments, backslashes or braces."""
+    archive_text, sep, member = text[len(ZIP_PREFIX) :].partition("}/")
+    if not sep or not archive_text.lower().endswith(".zip") or not member:
+        raise Refused(href)
+    if any(c in archive_text + member for c in "{}\\") or member.startswith("/"):
+        raise Refused(href)
+    if archive_text.startswith("/vsi") and not archive_text.startswith(("/vsis3/", "/vsigs/")):
+        raise Refused(href)
+    if member.lower().startswith("vsi") or ".zip/" in member.lower():
+        raise Refused(href)
+    _clean_segments(href, member)
+    if member.endswith("/"):
+        raise Refused(href)
+    try:
+        archive = locate(archive_text)
+    except Refused:
+        raise Refused(href) from None
+    if archive.path.startswith("/vsicurl/"):
+        raise Refused(href)
+    path = f"{ZIP_PREFIX}{archive.path}}}/{member}"
+    return Location(href, path, archive.remote, archive=archive, member=member)
+
+
 def locate(href: str) -> Location:
     """The canonical location of `href`, or Refused for anything that is not a plain file,
-    object or URL (other /vsi handlers, relative paths, inline XML, connection strings)."""
+    object, URL or zip member (other /vsi handlers, relative paths, inline XML, connection
+    strings)."""
     text = href.strip() if isinstance(href, str) else ""
     _refuse_text(text)
+    if text.startswith(ZIP_PREFIX):
+        return _zip_location(href, text)
     if text.startswith(("s3://", "gs://")):
         prefix = "/vsis3/" if text.startswith("s3") else "/vsigs/"
         return _bucket_location(href, prefix, text[5:])
@@ -175,7 +215,9 @@ class Allowed(_Checks):
     protected: tuple[str, ...] = ()  # the catalog and its journal files
 
     def permits(self, location: Location) -> bool:
-        """Whether the location lies inside what is allowed."""
+        """Whether the location lies inside what is allowed (a zip member: its archive)."""
+        if location.archive is not None:
+            return self.permits(location.archive)
         path = location.path
         if location.remote:
             if self.any_bucket and not path.startswith("/vsicurl/"):
@@ -192,7 +234,7 @@ class Allowed(_Checks):
     def is_own_vrt(self, location: Location) -> bool:
         """A VRT the server wrote for this product (the only VRTs the VRT driver opens, but
         for the operator's, who may open any local file anyway)."""
-        if location.remote or not location.path.lower().endswith(".vrt"):
+        if location.remote or location.archive or not location.path.lower().endswith(".vrt"):
             return False
         return self.any_local or any(_under(location.path, folder) for folder in self.own)
 
@@ -471,8 +513,9 @@ def storage_problem(path: str) -> str | None:
 
 
 def check_siblings(location: Location, allowed: Reach) -> None:
-    """Files GDAL would open beside a local raster must be allowed too (no link out)."""
-    if location.remote:
+    """Files GDAL would open beside a local raster must be allowed too (no link out); beside
+    a zip member they are in the same archive."""
+    if location.remote or location.archive is not None:
         return
     base, _ = os.path.splitext(location.path)
     for stem in (location.path, base):
@@ -532,7 +575,7 @@ def open_raster(href: str, allowed: Reach | None = None) -> DatasetReader:
         raise RasterioIOError(problem)  # asked first: GDAL remembers a failed look as absent
     driver = identify(location.path, drivers)
     if driver is None:  # not one of ours, or not there: GDAL says which, in its own words
-        if not location.remote and os.path.isfile(location.path):
+        if not location.remote and not location.archive and os.path.isfile(location.path):
             raise Refused(href, "not a raster format this server opens")
         dataset = rasterio.open(location.path, driver=drivers[0])
         dataset.close()

@@ -57,11 +57,9 @@ from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import defusedxml.ElementTree as SafeET
 import numpy
 import shapely
 from affine import Affine
-from defusedxml.common import DefusedXmlException
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
@@ -82,7 +80,7 @@ from tileserver.catalog.models import (
     Resolution,
     safe_name,
 )
-from tileserver.ingest import vsi
+from tileserver.ingest import vsi, xmldoc
 from tileserver.ingest.raster import (
     VRT_DATA_TYPES,
     IngestError,
@@ -152,14 +150,7 @@ def read_xml(href: str) -> ET.Element:
         data = vsi.read_bytes(href)
     except vsi.StorageError as exc:
         raise IngestError(f"cannot read DIMAP document {href}: {exc}") from exc
-    try:
-        root = SafeET.fromstring(data)
-    except (SafeET.ParseError, DefusedXmlException) as exc:
-        why = "XML entities are refused: " if isinstance(exc, DefusedXmlException) else ""
-        raise IngestError(f"{href}: not a readable DIMAP document ({why}{exc})") from exc
-    for node in root.iter():
-        if isinstance(node.tag, str) and "}" in node.tag:
-            node.tag = node.tag.split("}", 1)[1]
+    root = xmldoc.parse(data, href, "DIMAP document")
     if root.tag not in ROOTS:
         raise IngestError(f"{href}: not a DIMAP document (root element <{root.tag}>)")
     return root

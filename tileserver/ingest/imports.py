@@ -42,7 +42,7 @@ from tileserver.catalog.access import ScopedStore
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, ImageFile, Product, safe_name
 from tileserver.catalog.search import check_geometry, datetime_interval, parse_instant
 from tileserver.catalog.store import CatalogError, CatalogStore, NotFound
-from tileserver.ingest import beam_dimap, dimap2, vsi
+from tileserver.ingest import beam_dimap, dimap2, safe, vsi
 from tileserver.ingest.geotiff import GeoTiffScene
 from tileserver.ingest.overrides import apply_overrides
 from tileserver.ingest.raster import IngestError
@@ -178,7 +178,9 @@ def find_scenes(
 
     DIMAP volumes first (a VOL_*.XML claims its folder, so its components are not
     scenes again), then lone DIM_*.XML, BEAM-DIMAP .dim files (each claims its
-    .data folder), STAC Items (each claims its assets) and what GeoTIFFs are left.
+    .data folder), Sentinel-2 SAFE products (a document claims its .SAFE folder; a .zip is
+    one product; each granule is a scene), STAC Items (each claims its assets) and what
+    GeoTIFFs are left.
     """
     found: list[Found] = []
     problems: list[dict] = []
@@ -188,13 +190,15 @@ def find_scenes(
     def free(href: str) -> bool:
         return href not in owned and not any(href.startswith(p) for p in claimed)
 
-    by_kind: dict[str, list[str]] = {"vol": [], "dim": [], "beam": [], "json": [], "tif": []}
+    by_kind: dict[str, list[str]] = {k: [] for k in ("vol", "dim", "beam", "safe", "json", "tif")}
     for href in hrefs:
         name = posixpath.basename(href).lower()
         if dimap2.is_entry(href):
             by_kind["vol" if name.startswith("vol_") else "dim"].append(href)
         elif beam_dimap.is_entry(href):
             by_kind["beam"].append(href)
+        elif safe.is_entry(href) or safe.is_archive(href):
+            by_kind["safe"].append(href)
         elif name.endswith(".json"):
             by_kind["json"].append(href)
         elif name.endswith(GEOTIFF_SUFFIXES):
@@ -210,6 +214,17 @@ def find_scenes(
     for href in by_kind["beam"]:
         if free(href):
             found.append(Found(href, beam_dimap.BeamDimapScene(href)))
+            claimed.append(_claims(href))
+    for href in by_kind["safe"]:
+        if not free(href):
+            continue
+        try:
+            scenes = safe.product_scenes(href)
+        except (IngestError, vsi.StorageError, opener.Refused) as exc:
+            problems.append({"path": href, "reason": reason(exc)})
+            continue
+        found.extend(Found(scene.href, scene) for scene in scenes)
+        if safe.is_entry(href):
             claimed.append(_claims(href))
     for href in by_kind["json"]:
         if not free(href):
@@ -402,7 +417,10 @@ def run_import(
         result.features.append(feature(image, meta, scene.href))
     if not found and not problems:
         result.failed.append(
-            {"path": root, "reason": "no DIMAP, BEAM-DIMAP, STAC Item or GeoTIFF found"}
+            {
+                "path": root,
+                "reason": "no DIMAP, BEAM-DIMAP, Sentinel-2 SAFE, STAC Item or GeoTIFF found",
+            }
         )
     return result
 

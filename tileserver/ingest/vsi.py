@@ -15,11 +15,14 @@ variables GDAL reads, so one setting serves both:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import posixpath
 import re
+import zipfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import lru_cache
@@ -277,19 +280,40 @@ def _fail(what: str, href: str, exc: Exception) -> StorageError:
     return StorageError(redact(f"cannot {what} {href}: {reason}"))
 
 
-def read_bytes(href: str) -> bytes:
-    """The whole content of a (small) file: a metadata document, a tie-point grid; only
-    where the running import may read (opener.check), before anything is requested."""
+def _too_large(href: str, size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise StorageError(f"{href} is too large: {size} bytes, at most {limit} are read")
+
+
+def read_bytes(href: str, limit: int | None = None) -> bytes:
+    """The whole content of a (small) file: a metadata document, a tie-point grid, a member
+    of a zip archive; only where the running import may read (opener.check), before anything
+    is requested. A file larger than `limit` bytes is refused before it is read."""
     checked = opener.check(href)
+    if checked.archive is not None:
+        with open_zip(checked.archive.given) as archive:
+            info = _member(archive, checked.member or "", href)
+            _too_large(href, info.file_size, limit)
+            try:  # reads at most the size the archive declares (checked above)
+                return archive.read(info)
+            except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
+                raise StorageError(f"cannot read {href}: {exc}") from None
+            except Exception as exc:  # a bucket's own errors while reading the member
+                raise _fail("read", href, exc) from None
     where = locate(href)
     if where.provider == "file":
         try:
+            _too_large(href, Path(checked.path).stat().st_size, limit)
             return Path(checked.path).read_bytes()
         except OSError as exc:
             raise StorageError(f"cannot read {href}: {exc.strerror or exc}") from None
     try:
         store = _store(where.provider, where.bucket, _environment())
+        if limit is not None:
+            _too_large(href, int(obstore.head(store, where.key)["size"]), limit)
         return bytes(obstore.get(store, where.key).bytes())
+    except StorageError:
+        raise
     except Exception as exc:  # obstore raises its own error classes per cause
         raise _fail("read", href, exc) from None
 
@@ -297,7 +321,14 @@ def read_bytes(href: str) -> bytes:
 def exists(href: str) -> bool:
     """Whether a file is there (a HEAD request for buckets), asked only where the running
     import may read: elsewhere the answer is a refusal, whether the file is there or not."""
-    opener.check(href)
+    checked = opener.check(href)
+    if checked.archive is not None:
+        with open_zip(checked.archive.given) as archive:
+            try:
+                archive.getinfo(checked.member or "")
+            except KeyError:
+                return False
+        return True
     where = locate(href)
     if where.provider == "file":
         return Path(href).is_file()
@@ -310,6 +341,79 @@ def exists(href: str) -> bool:
             return False
         raise _fail("look up", href, exc) from None
     return True
+
+
+class _RangeFile(io.RawIOBase):
+    """A bucket object as a seekable file: each read is one range request (buffered above),
+    so a zip's directory is read from its end without fetching the archive."""
+
+    def __init__(self, store, key: str, size: int):
+        self.store, self.key, self.size, self.position = store, key, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        end = min(self.size, self.position + len(buffer))
+        if end <= self.position:
+            return 0
+        data = bytes(obstore.get_range(self.store, self.key, start=self.position, end=end))
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+
+ZIP_BUFFER = 256 * 1024  # bytes fetched per range request while reading a remote zip
+
+
+@contextmanager
+def open_zip(href: str) -> Iterator[zipfile.ZipFile]:
+    """A zip archive (a local file or a bucket object) for listing and reading its small
+    members; StorageError when it cannot be read or is no zip."""
+    checked = opener.check(href)
+    if checked.archive is not None:
+        raise StorageError(f"{href}: an archive inside an archive is not read")
+    where = locate(href)
+    try:
+        if where.provider == "file":
+            handle = open(checked.path, "rb")  # noqa: SIM115 - closed below
+        else:
+            store = _store(where.provider, where.bucket, _environment())
+            size = int(obstore.head(store, where.key)["size"])
+            handle = io.BufferedReader(_RangeFile(store, where.key, size), ZIP_BUFFER)
+    except OSError as exc:
+        raise StorageError(f"cannot read {href}: {exc.strerror or exc}") from None
+    except Exception as exc:
+        raise _fail("read", href, exc) from None
+    try:
+        try:
+            archive = zipfile.ZipFile(handle)
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise StorageError(f"{href} is not a readable zip archive ({exc})") from None
+        except Exception as exc:
+            raise _fail("read", href, exc) from None
+        with archive:
+            yield archive
+    finally:
+        handle.close()
+
+
+def _member(archive: zipfile.ZipFile, member: str, href: str) -> zipfile.ZipInfo:
+    try:
+        return archive.getinfo(member)
+    except KeyError:
+        raise StorageError(f"cannot read {href}: not found") from None
 
 
 def under(path: str | Path, roots: Sequence[Path]) -> bool:

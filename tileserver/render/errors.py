@@ -28,7 +28,8 @@ def without_paths(text: str, local_only: bool = False) -> str:
 
     def hide(match: re.Match) -> str:
         found = match.group(0).strip("'")
-        if local_only and (found.startswith("/vsi") or "://" in found):
+        local_zip = found.startswith("/vsizip/{/") and not found.startswith("/vsizip/{/vsi")
+        if local_only and (found.startswith("/vsi") or "://" in found) and not local_zip:
             return match.group(0)
         return "<file>"
 
