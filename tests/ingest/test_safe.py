@@ -21,12 +21,9 @@ import numpy
 import pytest
 import rasterio
 from click.testing import CliRunner
-from fastapi.testclient import TestClient
 from pyproj import Transformer
 from shapely.geometry import box, shape
 
-from tests.buckets import S3Bucket, moto_server, s3_environment
-from tests.conftest import make_settings
 from tests.ingest.safe_synthetic import (
     CRS,
     SIZE,
@@ -38,8 +35,6 @@ from tests.ingest.safe_synthetic import (
     write_jp2,
     write_safe,
 )
-from tileserver.app import create_app
-from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.cli import cli
 
 TMS = morecantile.tms.get("WebMercatorQuad")
@@ -470,32 +465,7 @@ def test_a_product_converting_otherwise_is_refused(tmp_path, importer):
         assert "(DN -1000) / 10000" in why
 
 
-@pytest.fixture()
-def patient_importer(tmp_path):
-    """An importer whose requests may take 3 minutes: an import reads every band file's
-    header and statistics from the bucket, slow on a loaded machine's moto server."""
-    (tmp_path / "imports").mkdir(exist_ok=True)
-    store = SQLiteStore(tmp_path / "catalog.db")
-    settings = make_settings(tmp_path, import_roots=[tmp_path / "imports"], request_timeout=180)
-    with TestClient(create_app(settings, store=store)) as client:
-        client.store = store
-        yield client
-    store.close()
-
-
-@pytest.fixture()
-def own_s3_bucket(monkeypatch):
-    """A bucket on a moto server of its own: many small range reads of JPEG2000s through
-    /vsizip/ and /vsis3/ should not wait behind what earlier tests left with the shared one."""
-    server = moto_server().start()
-    for name, value in s3_environment(server).items():
-        monkeypatch.setenv(name, value)
-    yield S3Bucket(server)
-    server.stop()
-
-
-def test_products_from_s3(tmp_path, own_s3_bucket, patient_importer):
-    importer, s3_bucket = patient_importer, own_s3_bucket
+def test_products_from_s3(tmp_path, s3_bucket, importer):
     local = tmp_path / "upload"
     # both before baseline 04.00: spectral bands read through VRTs of /vsis3/ objects and of
     # /vsizip/{/vsis3/...} members; AOT opened directly
