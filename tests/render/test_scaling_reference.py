@@ -33,7 +33,7 @@ from tileserver.render.scaling import (
 )
 
 DRIVER = Path(__file__).with_name("scaling_reference_driver.py")
-CASES = 4000
+CASES = 10000
 SEED = 18
 
 TYPES = ("Byte", "UInt16", "Int16", "UInt32", "Int32", "Float32", "Float64")
