@@ -3,7 +3,8 @@
 Thousands of seeded random band sets and requests go, as JSON in one subprocess call, to
 `scaling_reference_driver.py` run by a separate environment holding the client
 (`descarteslabs`, with `setuptools<81`); `.ci/run` builds it and names its python in
-TILESERVER_TEST_DL_PYTHON. Without that variable the test is skipped, saying so.
+TILESERVER_TEST_DL_PYTHON. Without that variable the test is skipped, saying so (in CI,
+where CI=true, it fails).
 
 Bands go to both sides as tileserver stores them (its Band model's defaults applied); the
 driver gives band ranges in the band's data units and builds steps with the client's own
@@ -272,6 +273,8 @@ def compare(python: str, cases: int = CASES, seed: int = SEED) -> dict:
 @pytest.fixture(scope="module")
 def reference_python() -> str:
     python = os.environ.get("TILESERVER_TEST_DL_PYTHON")
+    if not python and os.environ.get("CI") == "true":
+        pytest.fail("TILESERVER_TEST_DL_PYTHON is unset in CI: .ci/run should set it")
     if not python:
         pytest.skip(
             "TILESERVER_TEST_DL_PYTHON is unset: no python with the descarteslabs client "

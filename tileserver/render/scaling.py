@@ -1,7 +1,11 @@
 """Band scaling: the Descartes Labs Catalog `scaling` / `data_type` rules (SEMANTICS.md section 1).
 
 `scaling_parameters` turns a request's `scaling` and `data_type` into one GDAL-style scale per
-band plus the output data type; `scale_array` applies those scales to pixels. Both are pure.
+band plus the output data type; `multiproduct_scaling_parameters` does the same for one request
+over several products; `level_steps` resolves a band's processing level (aliases followed) for
+these ranges and for the pixel conversion alike; `scale_array` applies the scales to pixels.
+All are pure. They agree case for case with the Catalog's reference client (PyPI
+`descarteslabs`), except where that client slips (tests/render/test_scaling.py names each).
 """
 
 from __future__ import annotations
