@@ -25,7 +25,7 @@ from shapely.geometry import box, mapping
 
 from tests.conftest import DEMO_IMAGE, make_settings
 from tests.synthetic import TILE, WEB_MERCATOR, write, write_raster
-from tests.test_mosaic import images, paint_first, register_images, valid
+from tests.test_mosaic import images, paint_first, register_images, valid, variant
 from tileserver.app import create_app
 from tileserver.catalog.sqlite import SQLiteStore
 
@@ -747,3 +747,27 @@ def test_demo_downloads_never_500(client, params):
     if response.status_code == 200:
         _, profile, descriptions, *_ = tif(response)
         info_matches(info.json(), profile, descriptions)
+
+
+def test_mosaic_and_stack_across_products_hold_every_products_band(tmp_path):
+    # A in product mos (v1 UInt16), C in product `other` (v1 Int16): Int32 holds both
+    with make_client(tmp_path) as client:
+        register_images(client, tmp_path, ["A"])
+        register_images(
+            client, tmp_path, ["C"], product=variant("other", v1={"data_type": "Int16"})
+        )
+        search_id = client.post("/searches", json={"collections": ["mos", "other"]}).json()["id"]
+        mosaic = npy(client.get(f"/searches/{search_id}/mosaic.npy", params={"bands": "v1,v2"}))
+        v1, v2, done = paint_first(["C", "A"])
+        assert mosaic.dtype == "int32"
+        assert numpy.array_equal(mosaic[0], numpy.where(done, v1, 0))
+        assert numpy.array_equal(mosaic[1], numpy.where(done, v2, 0))
+        stack = npy(client.get(f"/searches/{search_id}/stack.npy", params={"bands": "v1,v2"}))
+        assert stack.dtype == "int32"
+        assert numpy.array_equal(stack, numpy.stack([masked(images()[n][1:]) for n in "CA"]))
+        # a band one product lacks is a clear 400
+        register_images(client, tmp_path, ["B"], product=variant("short", v2=None))
+        search_id = client.post("/searches", json={"collections": ["mos", "short"]}).json()["id"]
+        response = client.get(f"/searches/{search_id}/mosaic.tif", params={"bands": "v1,v2"})
+        assert response.status_code == 400
+        assert "'v2' is not available in product 'short'" in response.json()["detail"]

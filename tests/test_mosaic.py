@@ -357,3 +357,65 @@ def test_mosaic_errors_are_clear(mosaic):
         assert response.status_code == 404 and "no image" in response.json()["detail"]
     unknown = client.post("/searches", json={"filter": "foo = 1"})
     assert unknown.status_code == 400 and "foo" in unknown.json()["detail"]
+
+
+# --- several products in one mosaic (SEMANTICS.md section 1) --------------------------------
+
+
+def variant(product_id: str, **changes) -> dict:
+    """PRODUCT under another id, with some bands' fields changed (a band set to None is gone)."""
+    bands = []
+    for band in PRODUCT["bands"]:
+        change = changes.get(band["name"], {})
+        if change is not None:
+            bands.append({**band, **change})
+    return {"id": product_id, "bands": bands}
+
+
+@pytest.fixture()
+def two_products(store, tmp_path):
+    """A (product mos) and C (product `other`, v1 a signed Int16) under one search."""
+    with make_client(store, tmp_path, reader_threads=1) as client:
+
+        def search(other: dict) -> str:
+            register_images(client, tmp_path, ["A"])
+            register_images(client, tmp_path, ["C"], product=other)
+            response = client.post("/searches", json={"collections": ["mos", other["id"]]})
+            assert response.status_code == 200, response.text
+            return response.json()["id"]
+
+        yield client, search
+
+
+def test_output_type_holds_every_products_band(two_products):
+    client, search = two_products
+    search_id = search(variant("other", v1={"data_type": "Int16"}))
+    pixels = npy(mosaic_tile(client, search_id, bands="v1,v2"))
+    # v1 is UInt16 in one product and Int16 in the other: Int32 holds both
+    assert pixels.dtype == "int32"
+    v1, v2, done = paint_first(["C", "A"])
+    assert numpy.array_equal(pixels[0][done], v1[done])
+    assert numpy.array_equal(pixels[1][done], v2[done])
+
+
+def test_a_band_missing_from_one_product_is_a_clear_error(two_products):
+    client, search = two_products
+    search_id = search(variant("other", v2=None))
+    response = mosaic_tile(client, search_id, bands="v1,v2")
+    assert response.status_code == 400
+    assert "'v2' is not available in product 'other'" in response.json()["detail"]
+    assert mosaic_tile(client, search_id, bands="v1").status_code == 200
+
+
+def test_scales_that_differ_between_products_are_a_clear_error(two_products):
+    client, search = two_products
+    search_id = search(variant("other", v1={"data_range": [0, 500]}))
+    response = mosaic_tile(client, search_id, fmt="png", bands="v1", scaling="display")
+    assert response.status_code == 400
+    assert "incompatible scales for band 'v1'" in response.json()["detail"]
+    # an explicit range is the same in both: fine, and each image is stretched by it
+    pixels = npy(mosaic_tile(client, search_id, bands="v1", scaling="0,1000"))
+    v1, _, done = paint_first(["C", "A"])
+    expected = numpy.clip(numpy.floor(v1 / 1000 * 255 + 0.5), 0, 255)
+    assert pixels.dtype == "uint8"
+    assert numpy.array_equal(pixels[0][done], expected[done])

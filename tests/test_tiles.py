@@ -271,6 +271,63 @@ def test_requested_mask_band_is_the_alpha_channel(tmp_path, empty_client):
     assert pixels[0, 50, 50] == display(1000)
 
 
+def test_scaling_list_with_an_entry_for_the_alpha_band(synth):
+    # the Catalog client's list_alpha case: one entry per requested band, the alpha one too
+    client, data = synth
+    entries = ["0,4000", "0,4000", "0,4000", "raw"]
+    response = tile(client, bands="red,green,blue,alpha", scaling=entries)
+    assert response.status_code == 200, response.text
+    pixels = decode(response.content)
+    assert pixels.shape == (4, 256, 256) and pixels.dtype == "uint8"
+    valid = numpy.ones((256, 256), bool)
+    valid[:8, :] = False
+    valid[:, 248:] = False
+    for band in range(3):
+        assert numpy.array_equal(pixels[band][valid], display(data[band])[valid])
+    assert numpy.array_equal(pixels[3], numpy.where(valid, 255, 0))
+    # the product's alpha band masks a request that does not name it: its entry is allowed
+    same = tile(client, bands="red,green,blue", scaling=entries)
+    assert same.status_code == 200 and numpy.array_equal(decode(same.content), pixels)
+    # one entry more than that is still wrong
+    wrong = tile(client, bands="red,green,blue", scaling=[*entries, "raw"])
+    assert wrong.status_code == 400 and "5 entries" in wrong.json()["detail"]
+
+
+def test_default_processing_level_converts_pixels_as_it_sets_ranges(tmp_path, empty_client):
+    # DN 0, 2500, 5000, 10000 (columns of 64 pixels); `default` is an alias of a reflectance
+    # level DN * 0.0001 over 0..1: display gives 0, 63.75 -> 64, 127.5 -> 128, 255
+    dn = numpy.repeat(numpy.array([0, 2500, 5000, 10000], dtype="uint16"), 64)
+    path = write(tmp_path / "dn.tif", numpy.broadcast_to(dn, (1, 256, 256)).copy())
+    reflectance = [
+        {
+            "function": "linear",
+            "parameter": [0.0001, 0],
+            "data_type": "Float32",
+            "data_range": [0, 1],
+        }
+    ]
+    product = {
+        "id": "dn",
+        "bands": [
+            {
+                "name": "red",
+                "data_range": [0, 10000],
+                "processing_levels": {"default": "toa_reflectance", "toa_reflectance": reflectance},
+            }
+        ],
+    }
+    register(empty_client, product, path)
+    url = f"/images/dn:a/tiles/WebMercatorQuad/{Z}/{X}/{Y}"
+    pixels = decode(empty_client.get(f"{url}.png", params={"scaling": "display"}).content)
+    assert list(pixels[0, 10, ::64]) == [0, 64, 128, 255]
+    values = numpy.load(io.BytesIO(empty_client.get(f"{url}.npy").content))
+    assert values.dtype == "float32"
+    assert list(values[0, 10, ::64]) == pytest.approx([0, 0.25, 0.5, 1])
+    # a level named in the request that the band lacks leaves it as stored
+    raw = numpy.load(io.BytesIO(empty_client.get(f"{url}.npy?processing_level=DN").content))
+    assert raw.dtype == "uint16" and list(raw[0, 10, ::64]) == [0, 2500, 5000, 10000]
+
+
 def test_jpeg_webp_accept_bytes_refuse_uint16(synth):
     client, _ = synth
     assert tile(client, fmt="jpeg", scaling="display").headers["content-type"] == "image/jpeg"

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from tileserver.catalog.models import Band, ProcessingStep
-from tileserver.render.scaling import ScalingError, scale_array, scaling_parameters
+from tileserver.render.scaling import (
+    ScalingError,
+    multiproduct_scaling_parameters,
+    scale_array,
+    scaling_parameters,
+)
 
 
 def spectral(name, data_type="UInt16", **kw):
@@ -201,9 +206,11 @@ def test_dict_without_default_leaves_unnamed_bands_unscaled():
     assert scaling_parameters(RGBA, scaling) == ([D, D, None, None], "Byte")
 
 
-def test_dict_key_naming_no_requested_band_is_an_error():
-    with pytest.raises(ScalingError, match="nir"):
-        scaling_parameters(RGBA, {"red": "display", "nir": "display"})
+def test_dict_keys_naming_bands_not_requested_are_ignored():
+    # clients keep one mapping for all their band lists
+    scaling = {"red": "display", "nir": (0, 1, 2, 3), "default_": "auto"}
+    assert scaling_parameters(RGBA, scaling) == ([D, (), (), None], "Byte")
+    assert scaling_parameters(RGBA[:1], {"nir": "physical"}) == ([None], "UInt16")
 
 
 @pytest.mark.parametrize("entry", [(1,), (1, 2, 3), (1, 2, 3, 4, 5), [0]])
@@ -832,3 +839,112 @@ def test_scale_array_errors():
         scale_array(np.zeros((2, 2)), [None, None], "Byte")
     with pytest.raises(ScalingError):
         scale_array(one_band([1]), [(0, 1, 2)], "Byte")
+
+
+# --- rules set by the Catalog's reference client (issue 18) --------------------------------
+
+
+def test_percent_multiplies_before_it_divides():
+    # 29 / 100 * 100 is 28.999...; 29 * 100 / 100 is 29 (the Catalog's order)
+    band = spectral("b", data_range=[0, 10000], display_range=[0, 100])
+    assert scaling_parameters([band], [("29%", "100%")]) == ([(29, 100, 0, 255)], "Byte")
+    # a float output type means physical mode: input percents of the data range 0..10000
+    assert scaling_parameters([band], [("57%", "100%", 0, 1)], "Float32") == (
+        [(5700, 10000, 0, 1)],
+        "Float32",
+    )
+
+
+def test_step_ranges_are_floats_whatever_the_step_type():
+    # An integer band's own [0, 100] holds in a Byte; an integer step's [0, 100] is floats,
+    # so the same request wants a Float64 output.
+    band = spectral("b", data_range=[0, 100])
+    stepped = levels_band("b", toa=[{"data_type": "UInt16", "data_range": [0, 100]}])
+    assert scaling_parameters([band], [None]) == ([None], "Byte")
+    assert scaling_parameters([stepped], [None], None, "toa") == ([None], "Float64")
+
+
+def chain(hops):
+    """Levels l0 -> l1 -> ... -> l{hops} by alias, the last one real."""
+    levels = {f"l{i}": f"l{i + 1}" for i in range(hops)}
+    levels[f"l{hops}"] = [{"data_type": "Float32", "data_range": [0, 2]}]
+    return levels
+
+
+def test_nine_alias_hops_are_followed_and_the_tenth_is_a_loop():
+    assert scaling_parameters([levels_band(**chain(9))], None, None, "l0") == ([None], "Float32")
+    with pytest.raises(ScalingError, match="loop"):
+        scaling_parameters([levels_band(**chain(10))], None, None, "l0")
+    with pytest.raises(ScalingError, match="loop"):
+        scaling_parameters([levels_band(a="b", b="a")], None, None, "a")
+
+
+def test_alias_to_a_missing_level_is_an_error_only_when_followed():
+    band = levels_band(default=[], toa="gone")
+    with pytest.raises(ScalingError, match="dangling alias 'gone'"):
+        scaling_parameters([band], None, None, "toa")
+    assert scaling_parameters([band]) == ([None], "UInt16")
+
+
+def test_alias_levels_are_accepted_by_the_band_model():
+    band = Band(
+        name="red",
+        processing_levels={
+            "default": "toa_reflectance",
+            "toa_reflectance": [ProcessingStep(data_type="Float32", data_range=(0, 1))],
+        },
+    )
+    assert band.processing_levels["default"] == "toa_reflectance"
+    assert scaling_parameters([band], "display") == ([(0.0, 1.0, 0, 255)], "Byte")
+    with pytest.raises(ValueError):
+        Band(name="red", processing_levels={"default": ""})
+
+
+# The reference client's slips: tileserver does what it evidently intends.
+
+
+@pytest.mark.parametrize(
+    "types", [["UInt32", "Float32"], ["Float32", "UInt32"], ["Int16", "UInt32"]]
+)
+def test_reference_slip_upcast_table_uint32_and_float32_meet_in_float64(types):
+    # the client's table spells ("Float64") as a string for UInt32 and Float32: it finds 'F'
+    # by letters, or nothing, or crashes; both types upcast to Float64 alone
+    bands = [spectral(f"b{i}", t) for i, t in enumerate(types)]
+    assert scaling_parameters(bands) == ([None, None], "Float64")
+    assert scaling_parameters(bands, "raw") == ([None, None], "Float64")
+
+
+def test_reference_slip_physical_range_without_data_range():
+    # the client joins the default data_range (a list) to the physical_range (a tuple): a
+    # TypeError; the intent is the default data range mapped onto the physical range
+    band = {"name": "b", "physical_range": (0.0, 1.0)}
+    assert scaling_parameters([band], "physical") == ([(0, 10000, 0.0, 1.0)], "Float64")
+    step = levels_band("s", toa=[{"physical_range": [0.0, 100.0]}])
+    assert scaling_parameters([step], "physical", None, "toa") == (
+        [(0.0, 1.0, 0.0, 100.0)],
+        "Float64",
+    )
+
+
+@pytest.mark.parametrize(
+    "scaling, match",
+    [
+        ([], "0 entries for 4 bands"),  # the client: UnboundLocalError
+        ([7, None, None, None], "Invalid scaling 7"),  # the client: AttributeError
+    ],
+)
+def test_reference_slip_crashes_are_clear_errors(scaling, match):
+    with pytest.raises(ScalingError, match=match):
+        scaling_parameters(RGBA, scaling)
+
+
+def test_reference_slip_incompatible_products_beyond_the_band_count_are_clear_errors():
+    # the client names the band by the product's index: with more products than bands its
+    # message raises IndexError; the intent is the incompatibility error
+    products = {
+        "a": [rgb_band("red")],
+        "b": [rgb_band("red")],
+        "c": [spectral("red", data_range=[0, 10000], physical_range=[0, 2])],
+    }
+    with pytest.raises(ScalingError, match="incompatible scales for band 'red'.*'a'.*'c'"):
+        multiproduct_scaling_parameters(products, ["red"], "physical")

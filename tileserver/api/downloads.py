@@ -225,7 +225,8 @@ def search_job(
     else:
         labelled = group_layers(found, flatten.strip())
         groups, keys = [g for _, g in labelled], [k for k, _ in labelled]
-    plan = plan_download(product, params, mosaic.pixel_selection, len(found), keys)
+    products = list({p.id: p for _, p in found}.values())
+    plan = plan_download(product, params, mosaic.pixel_selection, len(found), keys, products)
     anchor = image_grid(found[0][0], layer_bands(found[0], plan))
     extents = [anchor] + [image_extent(i, layer_bands((i, p), plan)) for i, p in found[1:]]
     grid = output_grid(anchor, extents, area)

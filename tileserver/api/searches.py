@@ -203,6 +203,21 @@ def mosaic_product(
     return store.get_product(cached_first_image(store, layers, search_id, query).product_id)
 
 
+def search_products(
+    store: CatalogStore, query: SearchQuery, found: dict[str, Product]
+) -> list[Product]:
+    """The products a mosaic's scaling holds for: those the search names (so every tile of
+    the layer gets the same output type), else those of the images found."""
+    products = dict(found)
+    for product_id in query.collections or []:
+        if product_id not in products:
+            try:
+                products[product_id] = store.get_product(product_id)
+            except NotFound:
+                continue  # a search may name a product since deleted
+    return list(products.values())
+
+
 def mosaic_zooms(
     store: CatalogStore,
     layers: LayerCache,
@@ -301,6 +316,7 @@ async def search_tile(
             fmt,
             mosaic.pixel_selection,
             settings.reader_threads,
+            search_products(store, query, products),
         )
         headers = {IMAGES_HEADER: str(tile.read)}
         if reached:

@@ -10,7 +10,7 @@ import re
 import threading
 from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -83,6 +83,11 @@ class ProcessingStep(BaseModel):
     physical_range_unit: str | None = None
 
 
+# A processing level whose value names another level; followed when scaling and converting
+# pixels (tileserver.render.scaling.level_steps), where a loop or a dangling name is an error.
+LevelAlias = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class Band(BaseModel):
     """A band of a product: where its pixels are in an image's files and how to scale them."""
 
@@ -108,7 +113,11 @@ class Band(BaseModel):
     wavelength_nm_min: float | None = None
     wavelength_nm_max: float | None = None
     wavelength_nm_fwhm: float | None = None
-    processing_levels: dict[str, list[ProcessingStep]] | None = None
+    processing_levels: dict[str, list[ProcessingStep] | LevelAlias] | None = Field(
+        None,
+        description="level name -> its steps, or the name of another level (an alias, "
+        "e.g. {'default': 'toa', 'toa': [steps]}); `default` applies when a request names none",
+    )
     vendor_order: int | None = None
     tags: list[str] = []
 

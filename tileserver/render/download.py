@@ -51,11 +51,12 @@ from tileserver.render.mosaic import (
     composite,
     footprint_pixels,
     mosaic_bands,
+    product_bands,
     read_image,
     render_composite,
     selection_bands,
 )
-from tileserver.render.pipeline import EXPRESSION_BAND, RenderParams, expression_blocks
+from tileserver.render.pipeline import RenderParams, expression_blocks, output_scaling
 from tileserver.render.reader import (
     FileRead,
     check_nodata,
@@ -63,7 +64,7 @@ from tileserver.render.reader import (
     plan_reads,
     resolve_bands,
 )
-from tileserver.render.scaling import ScalingError, common_data_type, scaling_parameters
+from tileserver.render.scaling import level_steps
 
 WGS84 = CRS.from_epsg(4326)
 # fractions of a pixel that reprojection noise adds to whole-pixel edges
@@ -165,6 +166,8 @@ class Plan:
     nodata: float
     pixel_selection: str = "first"
     layer_keys: list[str] = field(default_factory=list)  # stack groups; empty: not a stack
+    products: dict[str, list[Band]] = field(default_factory=dict)  # each product's own bands
+    read_dtype: str = "float64"  # what the images are composited in (mosaic.product_bands)
 
     @property
     def descriptions(self) -> list[str]:
@@ -485,7 +488,7 @@ def output_nodata(
     """
     unscaled = (
         not params.expression
-        and not params.processing_level
+        and not any(level_steps(b.processing_levels, params.processing_level) for b in bands)
         and selection in VALUE_PRESERVING
         and all(s is None for s in scales)
     )
@@ -501,11 +504,14 @@ def plan_download(
     pixel_selection: str = "first",
     images: int = 1,
     layer_keys: Sequence[str] = (),
+    products: Sequence[Product] = (),
 ) -> Plan:
     """Bands read and written, output type and nodata; RenderError for a bad request.
 
     The output type is the one render_array gives these bands with these parameters
-    (SEMANTICS.md section 1: UInt16 bands without `scaling` stay raw UInt16).
+    (SEMANTICS.md section 1: UInt16 bands without `scaling` stay raw UInt16), over the
+    bands of that name in `product` and every one of `products` (a search's mosaic or
+    stack spanning products).
     """
     bands, alpha = mosaic_bands(product, params, pixel_selection)
     if params.expression and (pixel_selection == "count" or pixel_selection.startswith("last")):
@@ -514,28 +520,34 @@ def plan_download(
             "use it without expression, or another pixel_selection"
         )
     check_nodata(params.nodata, bands + ([alpha] if alpha is not None else []))
+    own = product_bands([product, *products], bands, params)
     scale_bands = selection_bands(bands, pixel_selection, images)
-    scaling = params.scaling
     if params.expression:
-        names = expression_blocks(params.expression)
-        descriptions = names
-        scale_bands = [dict(EXPRESSION_BAND, name=f"expression{i + 1}") for i in range(len(names))]
-        level = None
+        names = descriptions = expression_blocks(params.expression)
     else:
         names = descriptions = [b.name for b in scale_bands]
-        level = params.processing_level
-    if isinstance(scaling, tuple):
-        scaling = [scaling] * len(scale_bands)
-    try:
-        scales, data_type = scaling_parameters(scale_bands, scaling, params.data_type, level)
-    except ScalingError as exc:
-        raise RenderError(str(exc)) from exc
+    scales, data_type = output_scaling(
+        scale_bands,
+        params,
+        {pid: selection_bands(b, pixel_selection, images) for pid, b in own.bands.items()},
+        alpha,
+    )
     nodata = output_nodata(bands, scales, data_type, params, pixel_selection)
     outputs = [
         OutputBand(name, description, data_type)
         for name, description in zip(names, descriptions, strict=True)
     ]
-    return Plan(bands, alpha, outputs, data_type, nodata, pixel_selection, list(layer_keys))
+    return Plan(
+        bands,
+        alpha,
+        outputs,
+        data_type,
+        nodata,
+        pixel_selection,
+        list(layer_keys),
+        own.bands,
+        own.dtype,
+    )
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -565,12 +577,11 @@ def render_layers(
     Written into `out` when given (a stack's slot), so a stack is allocated once.
     """
     names = [b.name for b in plan.bands]
-    dtype = DATA_TYPE_TO_NUMPY[common_data_type([b.data_type for b in plan.bands])]
     alpha_name = plan.alpha.name if plan.alpha is not None else None
     read_file = grid_reader(grid, params.resampling)
 
     def read(layer: Layer) -> numpy.ma.MaskedArray | None:
-        return read_image(layer[0], layer[1], names, alpha_name, read_file, params, dtype)
+        return read_image(layer[0], layer[1], names, alpha_name, read_file, params, plan.read_dtype)
 
     def footprint(geom: dict) -> numpy.ndarray:
         return footprint_pixels(geom, grid.crs, grid.transform, grid.shape)
@@ -580,7 +591,9 @@ def render_layers(
     data = result.data if result.data is not None else _empty(plan, grid)
     if outside is not None:
         data = numpy.ma.MaskedArray(data.data, mask=numpy.ma.getmaskarray(data) | outside)
-    rendered = render_composite(data, plan.bands, params, plan.pixel_selection, result.used)
+    rendered = render_composite(
+        data, plan.bands, params, plan.pixel_selection, result.used, plan.products, plan.alpha
+    )
     expected = numpy.dtype(DATA_TYPE_TO_NUMPY[plan.data_type])
     if rendered.data.dtype != expected or rendered.data.shape[0] != len(plan.outputs):
         raise RuntimeError(  # a bug: plan_download and the pipeline disagree

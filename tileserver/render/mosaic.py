@@ -32,9 +32,14 @@ from tileserver import deadline
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, BandStatistics, Image, Product
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import RenderError
-from tileserver.render.pipeline import Rendered, RenderParams, render_array
+from tileserver.render.pipeline import (
+    Rendered,
+    RenderParams,
+    apply_processing_level,
+    render_array,
+)
 from tileserver.render.reader import FileRead, read_bands, resolve_bands, tile_reader
-from tileserver.render.scaling import common_data_type
+from tileserver.render.scaling import ScalingError, common_data_type, level_steps
 from tileserver.render.tile import request_bands
 from tileserver.threads import ContextPool
 
@@ -123,9 +128,10 @@ def read_image(
     if len(to_read) > len(bands):
         invalid |= array.data[-1] == 0
         array = array[:-1]
-    return numpy.ma.MaskedArray(
-        array.data.astype(dtype), mask=numpy.broadcast_to(invalid, array.shape).copy()
-    )
+    masked = numpy.ma.MaskedArray(array.data, mask=numpy.broadcast_to(invalid, array.shape).copy())
+    # each image at the processing level by its own product's steps, before compositing
+    converted = apply_processing_level(masked, bands, params.processing_level)
+    return numpy.ma.MaskedArray(converted.data.astype(dtype), mask=converted.mask)
 
 
 def mosaic_bands(
@@ -146,6 +152,41 @@ def mosaic_bands(
             "request at least two bands"
         )
     return bands, alpha_band
+
+
+@dataclass(frozen=True)
+class ProductBands:
+    """A mosaic's bands in each of its products, and the type pixels are composited in."""
+
+    bands: dict[str, list[Band]]  # product id -> its own bands of the mosaic's names
+    dtype: str  # numpy dtype: float64 where a product converts to a processing level
+
+
+def product_bands(
+    products: Sequence[Product], bands: Sequence[Band], params: RenderParams
+) -> ProductBands:
+    """Each product's own definition of the mosaic's bands (SEMANTICS.md section 1: the
+    output type holds all of them); a band one product lacks is a RenderError."""
+    names = [b.name for b in bands]
+    own: dict[str, list[Band]] = {}
+    for product in products:
+        missing = [n for n in names if product.band(n) is None]
+        if missing:
+            raise RenderError(
+                f"Invalid bands: band '{missing[0]}' is not available in product '{product.id}'"
+            )
+        own[product.id] = resolve_bands(product, names)
+    every = [b for group in own.values() for b in group] or list(bands)
+    try:
+        converts = any(level_steps(b.processing_levels, params.processing_level) for b in every)
+    except ScalingError as exc:
+        raise RenderError(str(exc)) from exc
+    dtype = (
+        "float64"
+        if converts
+        else DATA_TYPE_TO_NUMPY[common_data_type([b.data_type for b in every])]
+    )
+    return ProductBands(own, dtype)
 
 
 def merged_stats(images: Sequence[Image], names: Sequence[str]) -> dict[str, BandStatistics]:
@@ -253,14 +294,30 @@ def render_composite(
     params: RenderParams,
     pixel_selection: str,
     used: Sequence[Image],
+    products: dict[str, list[Band]] | None = None,
+    alpha_band: Band | None = None,
 ) -> Rendered:
-    """Scale composited pixels; value-preserving selections keep the images' statistics."""
+    """Scale composited pixels (each image already at the processing level, read_image);
+    value-preserving selections keep the images' statistics. `products` (product_bands)
+    scales across every product of the mosaic."""
     names = [b.name for b in bands]
     stats = merged_stats(used, names) if pixel_selection in VALUE_PRESERVING else None
     if pixel_selection == "count":
         data = data.reshape((1, *data.shape[-2:]))
     scale_bands = selection_bands(bands, pixel_selection, len(used))
-    return render_array(data, scale_bands, params, stats=stats)
+    if products is not None:
+        products = {
+            pid: selection_bands(own, pixel_selection, len(used)) for pid, own in products.items()
+        }
+    return render_array(
+        data,
+        scale_bands,
+        params,
+        stats=stats,
+        alpha_band=alpha_band,
+        products=products,
+        converted=True,
+    )
 
 
 def render_mosaic_tile(
@@ -271,26 +328,32 @@ def render_mosaic_tile(
     fmt: ImageFormat,
     pixel_selection: str = "first",
     threads: int = 4,
+    products: Sequence[Product] = (),
 ) -> MosaicTile:
     """Composite `layers` (image, its product) in paint order into one encoded tile.
 
     `product` defines the bands, their ranges and colormaps (the mosaic's product);
-    every image reads the bands of the same names from its own product.
+    every image reads the bands of the same names from its own product. The scaling and
+    output type hold for `products` (the mosaic's products; `product` and the layers'
+    products at least) together.
     """
     bands, alpha_band = mosaic_bands(product, params, pixel_selection)
     names = [b.name for b in bands]
-    dtype = DATA_TYPE_TO_NUMPY[common_data_type([b.data_type for b in bands])]
+    every = {p.id: p for p in (product, *products, *(p for _, p in layers))}
+    own = product_bands(list(every.values()), bands, params)
     alpha_name = alpha_band.name if alpha_band is not None else None
 
     def read(layer: Layer) -> numpy.ma.MaskedArray | None:
-        return read_image(layer[0], layer[1], names, alpha_name, grid, params, dtype)
+        return read_image(layer[0], layer[1], names, alpha_name, grid, params, own.dtype)
 
     result = composite(layers, read, pixel_selection, grid.footprint_pixels, threads)
     if result.data is None:
         raise EmptyTile(
             f"no image of this mosaic has valid pixels in tile {grid.z}/{grid.x}/{grid.y}"
         )
-    rendered = render_composite(result.data, bands, params, pixel_selection, result.used)
+    rendered = render_composite(
+        result.data, bands, params, pixel_selection, result.used, own.bands, alpha_band
+    )
     content = encode(
         rendered.data,
         rendered.mask,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,14 @@ from rio_tiler.expression import apply_expression, validate_expression
 from tileserver.catalog.cql2sql import parenthesis_depth
 from tileserver.catalog.models import Band, BandStatistics, Product
 from tileserver.render.errors import RenderError, UnknownBand
-from tileserver.render.scaling import ScalingError, scale_array, scaling_parameters
+from tileserver.render.scaling import (
+    Scale,
+    ScalingError,
+    level_steps,
+    multiproduct_scaling_parameters,
+    scale_array,
+    scaling_parameters,
+)
 
 # The band an expression produces: a float whose ranges suit normalized differences
 # such as NDVI; `scaling=lo,hi` adapts it to anything else.
@@ -130,18 +137,22 @@ def apply_processing_level(
 ) -> numpy.ma.MaskedArray:
     """Convert stored values to `level` with each band's steps, in order.
 
-    Steps: `linear` (parameter [gain, offset]: x * gain + offset) and `pow10` (10 ** x,
-    for values stored as logarithms, like SNAP's LOG10_SCALED bands); None or `identity`
-    leave values as they are.
+    With no `level` a band's `default` level applies, as it does to the ranges scaling uses
+    (tileserver.render.scaling.level_steps: aliases followed, a band without the level kept
+    as stored). Steps: `linear` (parameter [gain, offset]: x * gain + offset) and `pow10`
+    (10 ** x, for values stored as logarithms, like SNAP's LOG10_SCALED bands); None,
+    `identity` and `dlsr` leave values as they are.
     """
-    if not level:
+    try:
+        per_band = [level_steps(b.processing_levels, level) or [] for b in bands]
+    except ScalingError as exc:
+        raise RenderError(str(exc)) from exc
+    if not any(per_band):
         return data
-    if not any(level in (b.processing_levels or {}) for b in bands):
-        raise RenderError(f"no requested band has processing level '{level}'")
     out = data.astype("float64")
-    for i, band in enumerate(bands):
-        for step in (band.processing_levels or {}).get(level, []):
-            if step.function in (None, "identity"):
+    for i, (band, steps) in enumerate(zip(bands, per_band, strict=True)):
+        for step in steps:
+            if step.function in (None, "identity", "dlsr"):
                 continue
             if step.function == "pow10":
                 with numpy.errstate(over="ignore"):  # beyond float64: inf, as 10 ** x is
@@ -149,11 +160,58 @@ def apply_processing_level(
                 continue
             if step.function != "linear" or not isinstance(step.parameter, list | tuple):
                 raise RenderError(
-                    f"band '{band.name}' level '{level}': unsupported step '{step.function}'"
+                    f"band '{band.name}' level '{level or 'default'}': "
+                    f"unsupported step '{step.function}'"
                 )
             gain, offset = step.parameter
             out[i] = out[i] * gain + offset
     return out
+
+
+def output_scaling(
+    bands: Sequence[Band],
+    params: RenderParams,
+    products: Mapping[str, Sequence[Band]] | None = None,
+    alpha: Band | None = None,
+) -> tuple[list[Scale], str]:
+    """Scales and output type of a request over `bands` (or its expression's outputs).
+
+    `products` (product id -> its bands of the same names, `bands` among them) scales a
+    mosaic or stack across every product (scaling.multiproduct_scaling_parameters). A
+    per-band list may carry one more entry, for the `alpha` band that masks the output: it
+    takes part in choosing the mode and type (as the Catalog's client counts every requested
+    band) and its scale is dropped. RenderError for anything invalid.
+    """
+    scaling = params.scaling
+    level = params.processing_level
+    if params.expression:
+        count = len(expression_blocks(params.expression))
+        bands = [dict(EXPRESSION_BAND, name=f"expression{i + 1}") for i in range(count)]
+        products, alpha, level = None, None, None
+        if scaling is None and params.colormap is not None:
+            scaling = "display"
+    if isinstance(scaling, tuple):
+        scaling = [scaling] * len(bands)
+    with_alpha = alpha is not None and isinstance(scaling, list) and len(scaling) == len(bands) + 1
+    names = [_name(b) for b in bands] + ([alpha.name] if with_alpha else [])
+    try:
+        if products is not None and len(products) > 1:
+            groups = {
+                pid: list(own) + ([alpha] if with_alpha else []) for pid, own in products.items()
+            }
+            scales, data_type = multiproduct_scaling_parameters(
+                groups, names, scaling, params.data_type, level
+            )
+        else:
+            every = list(bands) + ([alpha] if with_alpha else [])
+            scales, data_type = scaling_parameters(every, scaling, params.data_type, level)
+    except ScalingError as exc:
+        raise RenderError(str(exc)) from exc
+    return scales[: len(bands)], data_type
+
+
+def _name(band: Band | dict) -> str:
+    return band["name"] if isinstance(band, dict) else band.name
 
 
 def render_array(
@@ -162,18 +220,29 @@ def render_array(
     params: RenderParams,
     stats: dict[str, BandStatistics] | None = None,
     alpha: numpy.ndarray | None = None,
+    alpha_band: Band | None = None,
+    products: Mapping[str, Sequence[Band]] | None = None,
+    converted: bool = False,
 ) -> Rendered:
     """Processing level, band math and scaling of read pixels.
 
     `stats` (the image's stored statistics) fix `auto` ranges so neighbouring tiles
-    match; without them `auto` stretches each band from the returned pixels.
-    `alpha` (0 = transparent) masks pixels in every band.
+    match; without them (or for bands converted to a processing level, whose stored
+    statistics are of other units) `auto` stretches each band from the returned pixels.
+    `alpha` (0 = transparent) masks pixels in every band; `alpha_band` is its band, for a
+    scaling list that has an entry for it. `products` scales across a mosaic's products
+    (output_scaling); `converted`: `data` is already at the processing level (a mosaic
+    converts each image with its own product's steps).
     """
     if alpha is not None:
         data = numpy.ma.MaskedArray(data.data, mask=numpy.ma.getmaskarray(data) | (alpha == 0))
-    data = apply_processing_level(data, bands, params.processing_level)
+    try:
+        steps = [level_steps(b.processing_levels, params.processing_level) for b in bands]
+    except ScalingError as exc:
+        raise RenderError(str(exc)) from exc
+    if not converted:
+        data = apply_processing_level(data, bands, params.processing_level)
     names = [b.name for b in bands]
-    scaling = params.scaling
     if params.expression:
         blocks = expression_blocks(params.expression)
         try:
@@ -185,26 +254,13 @@ def render_array(
             numpy.logical_or.reduce(numpy.ma.getmaskarray(data)), values.shape
         ).copy()
         data = values
-        scale_bands = [
-            dict(EXPRESSION_BAND, name=f"expression{i + 1}") for i in range(data.shape[0])
-        ]
-        if scaling is None and params.colormap is not None:
-            scaling = "display"
-        processing_level = None
-    else:
-        scale_bands = list(bands)
-        processing_level = params.processing_level
-    if isinstance(scaling, tuple):
-        scaling = [scaling] * len(scale_bands)
-    try:
-        scales, data_type = scaling_parameters(
-            scale_bands, scaling, params.data_type, processing_level
-        )
-    except ScalingError as exc:
-        raise RenderError(str(exc)) from exc
+    scales, data_type = output_scaling(bands, params, products, alpha_band)
     auto_ranges = None
     if stats and not params.expression:
-        auto_ranges = [(stats[n].min, stats[n].max) if n in stats else None for n in names]
+        auto_ranges = [
+            (stats[n].min, stats[n].max) if n in stats and not s else None
+            for n, s in zip(names, steps, strict=True)
+        ]
     with numpy.errstate(all="ignore"):  # overflowing band math saturates, as clipping says
         out = scale_array(data, scales, data_type, auto_ranges=auto_ranges)
     valid = numpy.logical_and.reduce(~numpy.ma.getmaskarray(data), axis=0)

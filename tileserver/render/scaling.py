@@ -1,7 +1,11 @@
 """Band scaling: the Descartes Labs Catalog `scaling` / `data_type` rules (SEMANTICS.md section 1).
 
 `scaling_parameters` turns a request's `scaling` and `data_type` into one GDAL-style scale per
-band plus the output data type; `scale_array` applies those scales to pixels. Both are pure.
+band plus the output data type; `multiproduct_scaling_parameters` does the same for one request
+over several products; `level_steps` resolves a band's processing level (aliases followed) for
+these ranges and for the pixel conversion alike; `scale_array` applies the scales to pixels.
+All are pure. They agree case for case with the Catalog's reference client (PyPI
+`descarteslabs`), except where that client slips (tests/render/test_scaling.py names each).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ NUMPY_DTYPES = {
 MODES = ("raw", "auto", "display", "physical")
 UNSCALED_BAND_TYPES = ("mask", "class")
 DEFAULT_KEY = "default_"
+MAX_ALIAS_HOPS = 10  # the 10th hop through processing-level aliases is a loop
 # Levels a band without processing levels may be asked for (they mean "as stored").
 LEGACY_LEVELS = ("default", "toa", "surface")
 # GDAL's upper display output: float outputs then truncate to 255 at most.
@@ -131,18 +136,31 @@ def _range(value: Any, data_type: str | None, label: str, what: str) -> tuple | 
     return tuple(int(v) if float(v).is_integer() else v for v in pair)
 
 
-def _level_steps(levels: Mapping, level: str) -> list | None:
-    """Steps of `level`, following aliases (a level whose value is another level's name)."""
-    seen = set()
-    value = levels.get(level)
+def level_steps(levels: Mapping | None, level: str | None) -> Sequence | None:
+    """The steps of `level` (the `default` level when None), following aliases.
+
+    A level's value may be another level's name; the 10th hop is a loop and an alias naming
+    no level is dangling, both ScalingErrors (the band's definition is broken). A level the
+    band does not have is None: the band stays as stored.
+    """
+    name = level or "default"
+    value = (levels or {}).get(name)
+    hops = 0
     while isinstance(value, str):
-        if value in seen or len(seen) >= 10:
-            raise ScalingError(f"Processing levels contain an alias loop at '{value}'")
-        seen.add(value)
-        if value not in levels:
-            raise ScalingError(f"Processing levels contain a dangling alias '{value}'")
-        value = levels[value]
+        hops += 1
+        if hops >= MAX_ALIAS_HOPS:
+            raise ScalingError(f"Processing levels contain an alias loop at '{name}'")
+        name = value
+        value = levels.get(name)
+        if value is None:
+            raise ScalingError(f"Processing levels contain a dangling alias '{name}'")
     return value
+
+
+def _floats(value: Any, label: str, what: str) -> tuple | None:
+    """A processing step's range: floats whatever the step's data type (as the Catalog)."""
+    pair = _range(value, None, label, what)
+    return None if pair is None else tuple(float(v) for v in pair)
 
 
 def _band_properties(band: Any, index: int, processing_level: str | None) -> _Band:
@@ -166,7 +184,7 @@ def _band_properties(band: Any, index: int, processing_level: str | None) -> _Ba
         ):
             raise ScalingError(f"Unknown processing_level '{processing_level}' for band '{label}'")
     else:
-        steps = _level_steps(levels, processing_level or "default")
+        steps = level_steps(levels, processing_level)
         if steps:
             # The last step gives the band's final form; "dlsr" keeps the stored definitions.
             step = steps[-1]
@@ -177,15 +195,11 @@ def _band_properties(band: Any, index: int, processing_level: str | None) -> _Ba
                     if step_type is None
                     else _canonical_type(step_type, f"band '{label}' type")
                 )
-                data_range = _range(
-                    _field(step, "data_range"), data_type, label, "data_range"
-                ) or _range(TYPE_RANGES[data_type], data_type, label, "data_range")
-                display_range = _range(
-                    _field(step, "display_range"), data_type, label, "display_range"
+                data_range = _floats(_field(step, "data_range"), label, "data_range") or _range(
+                    TYPE_RANGES[data_type], data_type, label, "data_range"
                 )
-                physical_range = _range(
-                    _field(step, "physical_range"), None, label, "physical_range"
-                )
+                display_range = _floats(_field(step, "display_range"), label, "display_range")
+                physical_range = _floats(_field(step, "physical_range"), label, "physical_range")
     return _Band(
         label=label,
         name=name,
@@ -274,12 +288,7 @@ def _entries(props: list[_Band], scaling: Any) -> list[Any]:
     if isinstance(scaling, str):
         return [scaling] * len(props)
     if isinstance(scaling, Mapping):
-        names = {p.name for p in props}
-        unknown = [k for k in scaling if k != DEFAULT_KEY and k not in names]
-        if unknown:
-            raise ScalingError(
-                f"Invalid scaling: {', '.join(repr(k) for k in unknown)} names no requested band"
-            )
+        # keys naming bands not requested are ignored: clients keep one mapping for many lists
         entries = []
         for p in props:
             if p.name in scaling:
@@ -360,8 +369,8 @@ def common_data_type(data_types: Sequence[str]) -> str:
 
 def _pct(value: float, is_pct: bool, bounds: tuple, is_float: bool) -> int | float:
     """Resolve a percent item against `bounds`; an integer side truncates (as the Catalog)."""
-    if is_pct:
-        value = value / 100.0 * (bounds[1] - bounds[0]) + bounds[0]
+    if is_pct:  # multiply first: 29% of 0..100 is 29, where 29 / 100 * 100 is 28.999...
+        value = value * (bounds[1] - bounds[0]) / 100.0 + bounds[0]
     return value if is_float else int(value)
 
 
@@ -419,20 +428,64 @@ def scaling_parameters(
     """
     if not bands:
         raise ScalingError("No bands to scale")
-    props = [_band_properties(b, i, processing_level) for i, b in enumerate(bands)]
+    return _scaling([("", list(bands))], scaling, data_type, processing_level)
+
+
+def multiproduct_scaling_parameters(
+    products: Mapping[str, Sequence[Any]],
+    names: Sequence[str],
+    scaling: Any = None,
+    data_type: str | None = None,
+    processing_level: str | None = None,
+) -> tuple[list[Scale], str]:
+    """`scaling_parameters` for one request over several products (a mosaic, a stack).
+
+    `products` maps a product id to its bands; each of `names` is looked up in every product.
+    The output type holds every product's band of that name (Int16 and UInt16 give Int32);
+    a name missing from a product, or scales that differ between products, are ScalingErrors.
+    """
+    if not names:
+        raise ScalingError("No bands to scale")
+    groups = []
+    for product_id, bands in products.items():
+        by_name = {_field(b, "name"): b for b in bands}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ScalingError(
+                f"Invalid bands: band '{missing[0]}' is not available in product '{product_id}'"
+            )
+        groups.append((product_id, [by_name[n] for n in names]))
+    if not groups:
+        raise ScalingError("No products to scale")
+    return _scaling(groups, scaling, data_type, processing_level)
+
+
+def _scaling(
+    groups: list[tuple[str, list[Any]]],
+    scaling: Any,
+    data_type: str | None,
+    processing_level: str | None,
+) -> tuple[list[Scale], str]:
+    """The rules over (product id, bands) groups of the same band names: one answer for all."""
+    props = [[_band_properties(b, i, processing_level) for i, b in enumerate(g)] for _, g in groups]
+    every = [p for group in props for p in group]
     if data_type is not None:
         data_type = _canonical_type(data_type, "data_type")
 
     if scaling is None:
-        return [None] * len(props), data_type or common_data_type([p.data_type for p in props])
+        return [None] * len(props[0]), data_type or common_data_type([p.data_type for p in every])
 
-    specs = [_parse_entry(p, e) for p, e in zip(props, _entries(props, scaling), strict=True)]
+    specs = [
+        [_parse_entry(p, e) for p, e in zip(group, _entries(group, scaling), strict=True)]
+        for group in props
+    ]
+    all_specs = [spec for group in specs for spec in group]
 
-    mode = _combined_mode(specs, implied=False)
+    mode = _combined_mode(all_specs, implied=False)
     if mode is None and data_type is None:
-        mode = _combined_mode(specs, implied=True)
+        mode = _combined_mode(all_specs, implied=True)
         if mode is None:
-            data_type = _implied_data_type(specs)
+            data_type = _implied_data_type(all_specs)
             if data_type is None:
                 raise ScalingError(
                     "Invalid scaling: cannot determine the output data type or mode; "
@@ -448,13 +501,21 @@ def scaling_parameters(
             mode = "raw"
     elif data_type is None:
         if mode == "raw":
-            data_type = common_data_type([p.data_type for p in props])
+            data_type = common_data_type([p.data_type for p in every])
         elif mode == "physical":
             data_type = "Float64"
         else:
             data_type = "Byte"
 
-    return [_resolve(s, mode, data_type) for s in specs], data_type
+    scales = [[_resolve(s, mode, data_type) for s in group] for group in specs]
+    for (product_id, _), other in zip(groups[1:], scales[1:], strict=True):
+        for spec, first, scale in zip(specs[0], scales[0], other, strict=True):
+            if scale != first:
+                raise ScalingError(
+                    f"Invalid scaling: incompatible scales for band '{spec.band.label}' in "
+                    f"products '{groups[0][0]}' ({first}) and '{product_id}' ({scale})"
+                )
+    return scales[0], data_type
 
 
 def _stretch(values: np.ndarray, scale: Sequence[float]) -> np.ndarray:

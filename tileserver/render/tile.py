@@ -52,7 +52,9 @@ def render_tile(
     data, alpha = img.array, None
     if alpha_band is not None:
         alpha, data = data[-1].filled(0), data[:-1]
-    rendered = render_array(data, bands, params, stats=image.band_stats, alpha=alpha)
+    rendered = render_array(
+        data, bands, params, stats=image.band_stats, alpha=alpha, alpha_band=alpha_band
+    )
     return encode(
         rendered.data,
         rendered.mask,
