@@ -169,7 +169,8 @@ $$;
 CREATE OR REPLACE FUNCTION tileserver.cql2_array(op text, a jsonb, b jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT CASE
-    WHEN jsonb_typeof(a) <> 'array' OR jsonb_typeof(b) <> 'array' THEN NULL
+    WHEN jsonb_typeof(a) IS DISTINCT FROM 'array' OR jsonb_typeof(b) IS DISTINCT FROM 'array'
+        THEN NULL
     WHEN op = 'a_contains' THEN a @> b
     WHEN op = 'a_containedby' THEN a <@ b
     WHEN op = 'a_equals' THEN a @> b AND a <@ b
