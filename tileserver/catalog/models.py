@@ -256,19 +256,28 @@ class Image(BaseModel):
         self.id = expected
         if self.storage_state == "available" and not self.files:
             raise ValueError("an available image needs files; use storage_state 'remote'")
-        if self.bbox is None:
-            from shapely.geometry import shape
+        ends = [self.properties.get(k) is not None for k in ("start_datetime", "end_datetime")]
+        if ends[0] != ends[1]:
+            given, missing = ("start", "end") if ends[0] else ("end", "start")
+            raise ValueError(
+                f"properties has {given}_datetime without {missing}_datetime:"
+                " an interval needs both ends (STAC)"
+            )
+        # The bbox is always the footprint's: a client's bbox that does not enclose it
+        # would hide the image from index lookups, and one crossing the antimeridian
+        # (west > east) is no box an R*Tree or PostGIS envelope holds.
+        from shapely.geometry import shape
 
-            from tileserver.catalog.geojson import check_geometry_size
+        from tileserver.catalog.geojson import check_geometry_size
 
-            check_geometry_size(self.geometry, "geometry")  # shape() recurses per level
-            try:  # shapely raises whatever a malformed mapping trips on
-                footprint = shape(self.geometry)
-            except Exception as exc:
-                raise ValueError(f"geometry is not a GeoJSON geometry: {exc!r}") from None
-            if footprint.is_empty:
-                raise ValueError("geometry is empty: an image needs a footprint")
-            self.bbox = tuple(footprint.bounds)
+        check_geometry_size(self.geometry, "geometry")  # shape() recurses per level
+        try:  # shapely raises whatever a malformed mapping trips on
+            footprint = shape(self.geometry)
+        except Exception as exc:
+            raise ValueError(f"geometry is not a GeoJSON geometry: {exc!r}") from None
+        if footprint.is_empty:
+            raise ValueError("geometry is empty: an image needs a footprint")
+        self.bbox = tuple(footprint.bounds)
         return self
 
 

@@ -469,9 +469,8 @@ class BeamDimapScene:
         """Id, times and footprint from the `.dim` (and the lat/lon tie-point grids)."""
         header = self.header
         properties: dict = {"beam:product_type": header.product_type}
-        if header.start:
+        if header.start and header.stop:  # STAC: an interval has both ends or none
             properties["start_datetime"] = header.start.isoformat()
-        if header.stop:
             properties["end_datetime"] = header.stop.isoformat()
         if header.mission:
             properties["platform"] = header.mission.lower()
