@@ -98,8 +98,8 @@ def parse_filter(value: str | bool | Mapping[str, Any], lang: str | None = None)
             expr = cql2.parse_json(json.dumps(value))  # a bare true/false is a filter too
         tree = expr.to_json()
         _check_tree(tree)
-        if lang == "cql2-json":
-            tree = _exact_numbers(tree, value)
+        sent = _text_numbers(value) if lang == "cql2-text" else _numbers(value)
+        tree = _exact_numbers(tree, sent)
         problem = _validation_problem(json.dumps(tree, sort_keys=True))
     except FilterError:
         raise
@@ -135,25 +135,56 @@ def _args_as_lists(tree: Any) -> Any:
     return tree
 
 
-def _exact_numbers(parsed: Any, original: Any) -> Any:
+def _numbers(tree: Any) -> list[float]:
+    """The numbers of a JSON tree in document order (booleans are not numbers)."""
+    found: list[float] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Mapping):
+            pending.extend(reversed(list(node.values())))
+        elif isinstance(node, list | tuple):
+            pending.extend(reversed(node))
+        elif isinstance(node, int | float) and not isinstance(node, bool):
+            found.append(float(node))
+    return found
+
+
+_TEXT_NUMBER = re.compile(r"(?<![\w.])(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.])")
+
+
+def _text_numbers(text: str) -> list[float]:
+    """The unsigned numbers of a cql2-text filter in order (quoted text left out)."""
+    return [float(n) for n in _TEXT_NUMBER.findall(_QUOTED.sub("''", text))]
+
+
+def _exact_numbers(parsed: Any, numbers: list[float]) -> Any:
     """cql2's tree with the numbers of the filter as sent.
 
-    cql2 reads JSON numbers through serde_json, which can land on a neighbouring double
-    for 17 significant digits (7.3999999999999995 became 7.4); Python reads them exactly.
+    cql2 reads JSON numbers through serde_json and WKT coordinates with its own parser,
+    which can land on a neighbouring double for 17 significant digits (7.3999999999999995
+    became 7.4); Python reads them exactly. cql2 keeps the operands' order (it may regroup
+    and/or), so numbers pair up in order; a sign may be an operator in text.
     """
-    if isinstance(parsed, dict) and isinstance(original, Mapping):
-        return {k: _exact_numbers(v, original.get(k)) for k, v in parsed.items()}
-    if isinstance(parsed, list) and isinstance(original, list) and len(parsed) == len(original):
-        return [_exact_numbers(p, o) for p, o in zip(parsed, original, strict=True)]
-    if (
-        isinstance(parsed, float)
-        and isinstance(original, int | float)
-        and not isinstance(original, bool)
-        and math.isfinite(original)
-        and abs(parsed - original) <= abs(original) * 1e-15
-    ):
-        return float(original)
-    return parsed
+    sent = iter(numbers)
+    pending_number = next(sent, None)
+
+    def fix(node: Any) -> Any:
+        nonlocal pending_number
+        if isinstance(node, dict):
+            return {k: fix(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fix(v) for v in node]
+        if isinstance(node, bool) or not isinstance(node, int | float) or pending_number is None:
+            return node
+        size = abs(pending_number)
+        if abs(abs(node) - size) <= size * 1e-15:
+            if isinstance(node, float) and math.isfinite(size):
+                node = math.copysign(size, node)
+            pending_number = next(sent, None)
+        return node
+
+    return fix(parsed)
 
 
 _QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")  # literals, quoted names
