@@ -48,6 +48,7 @@ from tileserver.catalog.models import (
     sortable_time,
     stamped,
     utcnow,
+    with_footprint_bbox,
 )
 from tileserver.catalog.queryables import CORE_QUERYABLES, image_properties, queryable_set
 from tileserver.catalog.search import (
@@ -675,7 +676,9 @@ class PgstacStore:
                 ):
                     if first:
                         created[f"{product_id}:{name}"] = datetime.fromisoformat(first)
-            written = [stamped(i, created.get(i.id), keep_times) for i in images]
+            written = [
+                with_footprint_bbox(stamped(i, created.get(i.id), keep_times)) for i in images
+            ]
             conn.execute("SELECT upsert_items(%s)", (Jsonb([item(i) for i in written]),))
             self._record_properties(conn, written)
             self._bump(conn, by_product)
