@@ -87,6 +87,9 @@ CREATE TABLE IF NOT EXISTS tileserver.api_keys (
     created timestamptz NOT NULL,
     doc jsonb NOT NULL
 );
+CREATE INDEX IF NOT EXISTS items_tileserver_acquired ON pgstac.items
+    (((content->'tileserver:times'->>'acquired')) COLLATE "C" DESC, id COLLATE "C" DESC,
+     collection COLLATE "C" DESC);
 CREATE INDEX IF NOT EXISTS searches_tileserver_id ON pgstac.searches
     ((metadata->>'tileserver:id'));
 CREATE INDEX IF NOT EXISTS searches_tileserver_lastused ON pgstac.searches (lastused)
