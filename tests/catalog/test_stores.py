@@ -713,3 +713,32 @@ def test_an_image_bbox_is_its_footprint(p_store):
 def test_an_interval_needs_both_ends():
     with pytest.raises(ValueError, match="start_datetime without end_datetime"):
         image("half", box(0, 0, 1, 1), properties={"start_datetime": "2022-06-01T00:00:00Z"})
+
+
+def test_pgstac_items_written_before_times_are_backfilled(pgstac_url):
+    from tileserver.catalog.pgstac import migrate
+
+    store = PgstacStore(pgstac_url)
+    store.put_product(Product(id="p", bands=BANDS))
+    store.put_images([image("old", box(0, 0, 1, 1), "2022-06-27T12:00:00Z", properties={"n": 1})])
+    with store._conn() as conn:  # as the previous version wrote it
+        conn.execute("UPDATE items SET content = content - 'tileserver:times' - 'tileserver:doc'")
+    assert found(store, filter="datetime > TIMESTAMP('2022-01-01T00:00:00Z')") == []
+    migrate(pgstac_url)
+    assert found(store, filter="datetime > TIMESTAMP('2022-01-01T00:00:00Z')") == ["old"]
+    assert store.get_image("p:old").properties == {"n": 1}
+    store.close()
+
+
+def test_pgstac_registers_searches_its_compiler_cannot_run(pgstac_url):
+    store = PgstacStore(pgstac_url)
+    store.put_product(Product(id="p", bands=BANDS))
+    store.put_images([image("a", box(0, 0, 1, 1))])
+    query = SearchQuery(
+        filter="S_INTERSECTS(geometry, GEOMETRYCOLLECTION(POINT(0.5 0.5), POINT(9 9)))"
+    )
+    registered = store.register_search(query)
+    assert store.get_search(registered.id).search == query
+    lookup = TileLookup()
+    assert [i.name for i in store.tile_images(query, (0, 0, 1, 1), lookup)] == ["a"]
+    store.close()
