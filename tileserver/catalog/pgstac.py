@@ -349,11 +349,9 @@ def predicate(expr):
     return expr
 
 
-def pgstac_search(query: SearchQuery, extra: dict | None = None) -> dict:
-    """The pgSTAC search body of a query: one filter and a total order."""
+def pgstac_search(query: SearchQuery) -> dict:
+    """The pgSTAC search body of a query (for other pgSTAC clients of its registry)."""
     expr = query.cql2()
-    if extra is not None:
-        expr = extra if expr is None else {"op": "and", "args": [expr, extra]}
     body: dict = {
         "sortby": [k.model_dump() for k in query.sort_keys()]
         + [{"field": "collection", "direction": "desc"}],
