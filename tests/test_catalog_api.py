@@ -216,3 +216,30 @@ def test_demo_data_is_deterministic(tmp_path):
     generate(tmp_path / "a")
     generate(tmp_path / "b")
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+
+def test_image_bbox_is_the_footprints_and_intervals_need_both_ends(catalog_client):
+    catalog_client.post("/products", json={"id": "p", "bands": [{"name": "b"}]})
+    wraps = {
+        **remote_image("wraps", "2024-01-01T00:00:00Z"),
+        "geometry": {
+            "type": "MultiPolygon",
+            "coordinates": [
+                [[[170, -5], [180, -5], [180, 5], [170, 5], [170, -5]]],
+                [[[-180, -5], [-170, -5], [-170, 5], [-180, 5], [-180, -5]]],
+            ],
+        },
+        "bbox": [170, -5, -170, 5],  # STAC's antimeridian form
+    }
+    response = catalog_client.put("/images/p:wraps", json=wraps)
+    assert response.status_code == 200, response.text
+    assert response.json()["bbox"] == [-180, -5, 180, 5]
+    elsewhere = {**remote_image("elsewhere", "2024-01-01T00:00:00Z"), "bbox": [50, 50, 51, 51]}
+    assert catalog_client.put("/images/p:elsewhere", json=elsewhere).json()["bbox"] == [0, 0, 1, 1]
+    half = {
+        **remote_image("half", "2024-01-01T00:00:00Z"),
+        "properties": {"start_datetime": "2023-12-01T00:00:00Z"},
+    }
+    response = catalog_client.put("/images/p:half", json=half)
+    assert response.status_code in (400, 422)
+    assert "start_datetime without end_datetime" in response.text

@@ -6,6 +6,8 @@ plain product listing, not the search code), with shapely and datetime.
 
 from __future__ import annotations
 
+import http.client
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -258,3 +260,54 @@ def test_a_bare_boolean_filter_is_a_filter(any_client):
         assert again.status_code == 200, again.text
         found = any_client.post("/stac/search", json={"filter": text, "limit": 1})
         assert found.status_code == 200 and found.json()["numberMatched"] == matched, text
+
+
+@pytest.mark.parametrize(
+    "when", ["2024-05-03T10:20:27.87+0100", "2024-05-03T10:20:31", "2024-05-03T10:20:31.Z"]
+)
+def test_malformed_datetimes_are_refused(any_client, when):
+    response = any_client.get("/stac/search", params={"datetime": when})
+    assert response.status_code == 400, response.text
+    assert "RFC 3339" in response.json()["detail"]
+
+
+def test_collection_item_pages_link_their_collection(any_client):
+    page = any_client.get(f"/stac/collections/{PRODUCT}/items", params={"limit": 1}).json()
+    links = {link["rel"]: link["href"] for link in page["links"]}
+    assert links["collection"].endswith(f"/stac/collections/{PRODUCT}")
+
+
+def test_openapi_document_has_the_openapi_media_type(any_client):
+    response = any_client.get("/openapi.json")
+    assert response.headers["content-type"] == "application/vnd.oai.openapi+json;version=3.0"
+    assert response.json()["openapi"].startswith("3.")
+
+
+def test_many_searches_keep_one_keep_alive_connection(any_live_server):
+    """uvicorn closes a connection after a 500 (the exception reaches it after Starlette
+    sent the response): the dropped keep-alive connections were the type-error 500s."""
+    bodies = [
+        {"collections": [PRODUCT], "filter": {"op": "=", "args": [
+            {"op": "-", "args": [{"property": "eo:cloud_cover"}, 2]}, 8.0]}},
+        {"filter": "NOT (eo:cloud_cover * 2 BETWEEN 40 AND 66)", "filter-lang": "cql2-text"},
+        {"filter": "eo:cloud_cover IS NULL AND eo:cloud_cover * 0.5 <> 15",
+         "filter-lang": "cql2-text"},
+        {"filter": "S_WITHIN(BBOX(-180, -90, 180, 90), geometry)", "filter-lang": "cql2-text"},
+        {"filter": "eo:cloud_cover / 0 IS NULL", "filter-lang": "cql2-text"},
+        {"filter": "eo:cloud_cover ^ 1000 > 1", "filter-lang": "cql2-text"},
+        {"filter": {"op": "isNull", "args": {"property": "eo:cloud_cover"}}},
+        {"filter": "unknown_property = 1", "filter-lang": "cql2-text"},  # a 400
+    ]  # fmt: skip
+    connection = http.client.HTTPConnection("127.0.0.1", any_live_server.port, timeout=30)
+    connection.connect()
+    first = connection.sock
+    statuses = []
+    for n in range(240):
+        body = json.dumps(bodies[n % len(bodies)])
+        connection.request("POST", "/stac/search", body, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        response.read()
+        statuses.append(response.status)
+        assert connection.sock is first, f"connection dropped after request {n}"
+    connection.close()
+    assert set(statuses) == {200, 400}

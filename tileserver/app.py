@@ -154,6 +154,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
     )
+    _serve_openapi_as_openapi(app)
     app.state.settings = settings
     app.state.store = store
     app.state.cache = cache
@@ -204,3 +205,22 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     return app
+
+
+OPENAPI_MEDIA_TYPE = "application/vnd.oai.openapi+json;version=3.0"
+
+
+def _serve_openapi_as_openapi(app: FastAPI) -> None:
+    """`/openapi.json` with the media type the STAC API landing page names for it."""
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    url = app.openapi_url
+    app.router.routes = [
+        r for r in app.router.routes if not (isinstance(r, Route) and r.path == url)
+    ]
+
+    async def openapi(request) -> JSONResponse:
+        return JSONResponse(app.openapi(), media_type=OPENAPI_MEDIA_TYPE)
+
+    app.add_route(url, openapi, include_in_schema=False)

@@ -126,7 +126,10 @@ def put_image(image_id: str, image: Image, request: Request, store: StoreDep) ->
     if not isinstance(store, ScopedStore):
         confinement = request.app.state.confinement
         check_files(image, confinement.for_product(store.get_product(image.product_id)))
-    return store.put_images([image])[0]
+    try:
+        return store.put_images([image])[0]
+    except ValueError as exc:  # a footprint shapely cannot read: no bbox to write
+        raise HTTPException(400, str(exc)) from None
 
 
 @router.delete("/images/{image_id}", status_code=204)

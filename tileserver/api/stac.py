@@ -134,8 +134,12 @@ def item_collection(
     page: SearchPage,
     query: SearchQuery,
     post: bool = False,
+    collection_id: str | None = None,
 ) -> JSONResponse:
-    """A page of items as a GeoJSON FeatureCollection with next/prev links."""
+    """A page of items as a GeoJSON FeatureCollection with next/prev links.
+
+    A page of one collection's items (OGC API Features) links to its collection too.
+    """
     root = base_url(request)
     products: dict[str, Product] = {}
     hidden: dict[str, bool] = {}
@@ -150,6 +154,9 @@ def item_collection(
         {"rel": "root", "type": "application/json", "href": f"{root}/stac"},
         {"rel": "self", "type": GEOJSON, "href": str(request.url)},
     ]
+    if collection_id is not None:
+        href = f"{root}/stac/collections/{collection_id}"
+        links.append({"rel": "collection", "type": "application/json", "href": href})
     for rel, token in (("next", page.next_token), ("prev", page.prev_token)):
         if token is None:
             continue
@@ -271,7 +278,8 @@ def collection_items(
         limit=limit,
         token=token,
     )
-    return item_collection(request, store, store.search(query), query)
+    page = store.search(query)
+    return item_collection(request, store, page, query, collection_id=collection_id)
 
 
 @router.get("/collections/{collection_id}/items/{item_id}", response_class=GeoJSONResponse)

@@ -1,8 +1,11 @@
-"""CQL2 filters (text or JSON) compiled to SQLite SQL over the `images` table.
+"""CQL2 filters (text or JSON) compiled to SQL: SQLite's (`images`) or PostgreSQL's (pgSTAC).
 
 Parsing is the `cql2` package's; this module only turns its CQL2-JSON tree into a SQL
-boolean with parameters. Spatial operators get an R*Tree bbox prefilter and an exact
-shapely check (a SQL function), so answers are exact and still use the index.
+boolean with parameters, in one of two dialects that differ only in spelling: both read
+the same values (queryables.py) and give the same answers. In SQLite, spatial operators
+get an R*Tree bbox prefilter and an exact shapely check (a SQL function), so answers are
+exact and still use the index; PostgreSQL's store decides them with the same shapely
+predicates (pgstac.py).
 
 Semantics follow `cql2`'s own evaluator (`Expr.matches`) where it has an answer: NULL (a
 missing or null value) makes a predicate unknown, as in SQL. Times compare as fixed-width
@@ -85,17 +88,18 @@ def parse_filter(value: str | bool | Mapping[str, Any], lang: str | None = None)
                 raise FilterError("a cql2-text filter must be a string")
             _check_text(value)
             expr = cql2.parse_text(value)
-        elif isinstance(value, str):
-            expr = cql2.parse_json(value)  # serde_json refuses nesting beyond 128
-        elif isinstance(value, Mapping):
-            _check_tree(value)
-            expr = cql2.parse_json(json.dumps(value))
-        elif isinstance(value, bool):  # a bare true/false is a CQL2 boolean expression
-            expr = cql2.parse_json(json.dumps(value))
         else:
-            raise FilterError("a cql2-json filter must be a JSON object or its text")
+            if isinstance(value, str):
+                value = _json_filter(value)
+            if not isinstance(value, Mapping | bool):
+                raise FilterError("a cql2-json filter must be a JSON object or its text")
+            _check_tree(value)
+            value = _args_as_lists(value)
+            expr = cql2.parse_json(json.dumps(value))  # a bare true/false is a filter too
         tree = expr.to_json()
         _check_tree(tree)
+        sent = _text_numbers(value) if lang == "cql2-text" else _numbers(value)
+        tree = _exact_numbers(tree, sent)
         problem = _validation_problem(json.dumps(tree, sort_keys=True))
     except FilterError:
         raise
@@ -104,6 +108,83 @@ def parse_filter(value: str | bool | Mapping[str, Any], lang: str | None = None)
     if problem is not None:
         raise FilterError(f"invalid {lang} filter: {problem}")
     return tree
+
+
+def _json_filter(text: str) -> Any:
+    """cql2-json text read by Python (exact numbers); nesting is checked after."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise FilterError(f"filter nests deeper than {MAX_FILTER_DEPTH} levels") from None
+    except ValueError as exc:
+        raise FilterError(f"invalid cql2-json filter: {exc}") from None
+
+
+def _args_as_lists(tree: Any) -> Any:
+    """A tree whose operations' `args` are lists: a single operand object becomes [operand].
+
+    UP42's storage API documents `{"op": "isNull", "args": {"property": "tags"}}`.
+    """
+    if isinstance(tree, Mapping):
+        fixed = {k: _args_as_lists(v) for k, v in tree.items()}
+        if "op" in fixed and isinstance(fixed.get("args"), Mapping):
+            fixed["args"] = [fixed["args"]]
+        return fixed
+    if isinstance(tree, list):
+        return [_args_as_lists(v) for v in tree]
+    return tree
+
+
+def _numbers(tree: Any) -> list[float]:
+    """The numbers of a JSON tree in document order (booleans are not numbers)."""
+    found: list[float] = []
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, Mapping):
+            pending.extend(reversed(list(node.values())))
+        elif isinstance(node, list | tuple):
+            pending.extend(reversed(node))
+        elif isinstance(node, int | float) and not isinstance(node, bool):
+            found.append(float(node))
+    return found
+
+
+_TEXT_NUMBER = re.compile(r"(?<![\w.])(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.])")
+
+
+def _text_numbers(text: str) -> list[float]:
+    """The unsigned numbers of a cql2-text filter in order (quoted text left out)."""
+    return [float(n) for n in _TEXT_NUMBER.findall(_QUOTED.sub("''", text))]
+
+
+def _exact_numbers(parsed: Any, numbers: list[float]) -> Any:
+    """cql2's tree with the numbers of the filter as sent.
+
+    cql2 reads JSON numbers through serde_json and WKT coordinates with its own parser,
+    which can land on a neighbouring double for 17 significant digits (7.3999999999999995
+    became 7.4); Python reads them exactly. cql2 keeps the operands' order (it may regroup
+    and/or), so numbers pair up in order; a sign may be an operator in text.
+    """
+    sent = iter(numbers)
+    pending_number = next(sent, None)
+
+    def fix(node: Any) -> Any:
+        nonlocal pending_number
+        if isinstance(node, dict):
+            return {k: fix(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [fix(v) for v in node]
+        if isinstance(node, bool) or not isinstance(node, int | float) or pending_number is None:
+            return node
+        size = abs(pending_number)
+        if abs(abs(node) - size) <= size * 1e-15:
+            if isinstance(node, float) and math.isfinite(size):
+                node = math.copysign(size, node)
+            pending_number = next(sent, None)
+        return node
+
+    return fix(parsed)
 
 
 _QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")  # literals, quoted names
@@ -202,8 +283,8 @@ def _render(template: str, **parts: _Sql) -> _Sql:
 
 
 def _param(value: Any) -> _Sql:
-    """A bound value (booleans as 1/0, as SQLite and JSON1 store them)."""
-    return _Sql("?", (int(value) if isinstance(value, bool) else value,))
+    """A bound value (compile_filter spells booleans as the dialect stores them)."""
+    return _Sql("?", (value,))
 
 
 def _join(separator: str, parts: list[_Sql]) -> _Sql:
@@ -212,10 +293,28 @@ def _join(separator: str, parts: list[_Sql]) -> _Sql:
 
 
 @dataclass(frozen=True)
+class Dialect:
+    """How one database spells what the compiler emits (templates fill `{a}`, `{b}`...).
+
+    `spatial`, when set, builds the SQL of `predicate(row geometry, literal)` for a
+    geometry queryable (SQLite's R*Tree and shapely function are the default).
+    """
+
+    name: str
+    arithmetic: Mapping[str, str]
+    text_functions: Mapping[str, str]
+    like: str
+    array: str
+    array_literal: str
+    spatial: Callable[[str, Queryable, shapely.Geometry], _Sql] | None = None
+
+
+@dataclass(frozen=True)
 class _Context:
-    """What compiling needs besides the node: the queryables, and whether under a NOT."""
+    """What compiling needs besides the node: the queryables, the dialect, under a NOT."""
 
     queryables: Mapping[str, Queryable]
+    dialect: Dialect
     negated: bool = False
 
 
@@ -268,6 +367,33 @@ ARITHMETIC = {
     "^": "cql2_pow({a}, {b})",
 }
 TEXT_FUNCTIONS = {"casei": "cql2_casei({a})", "accenti": "cql2_accenti({a})"}
+SQLITE = Dialect(
+    name="sqlite",
+    arithmetic=ARITHMETIC,
+    text_functions=TEXT_FUNCTIONS,
+    like="cql2_like({a}, {b})",
+    array="cql2_array({op}, {a}, {b})",
+    array_literal="?",
+)
+# PostgreSQL: numbers are float8 (as SQLite's REAL), functions live in the tileserver
+# schema (pgstac.FUNCTIONS) and behave as the Python ones registered in SQLite below
+POSTGRES = Dialect(
+    name="postgres",
+    arithmetic={
+        **{op: ARITHMETIC[op] for op in "+-*"},
+        "/": "tileserver.cql2_divide({a}, {b})",
+        "%": "tileserver.cql2_mod({a}, {b})",
+        "div": "tileserver.cql2_intdiv({a}, {b})",
+        "^": "tileserver.cql2_pow({a}, {b})",
+    },
+    text_functions={
+        "casei": "tileserver.cql2_casei({a})",
+        "accenti": "tileserver.cql2_accenti({a})",
+    },
+    like="tileserver.cql2_like({a}, {b})",
+    array="tileserver.cql2_array({op}, {a}, {b})",
+    array_literal="?::jsonb",
+)
 COMPARISONS = {"=": "=", "<>": "<>", "!=": "<>", "<": "<", ">": ">", "<=": "<=", ">=": ">="}
 
 
@@ -366,7 +492,7 @@ def _value(node: Any, ctx: _Context, as_time: bool = False) -> _Sql:
     if op in TEXT_FUNCTIONS:
         _arity(op, _args(node), 1)
         _need(op, _args(node)[0], ctx, {"string", "text"}, "a string")
-        return _render(TEXT_FUNCTIONS[op], a=_value(_args(node)[0], ctx))
+        return _render(ctx.dialect.text_functions[op], a=_value(_args(node)[0], ctx))
     return _boolean(node, ctx)
 
 
@@ -378,7 +504,7 @@ def _arithmetic(op: str, args: list, ctx: _Context) -> _Sql:
         _need(op, arg, ctx, {"number"}, "numbers")
     result = _value(args[0], ctx)
     for arg in args[1:]:
-        result = _render(ARITHMETIC[op], a=result, b=_value(arg, ctx))
+        result = _render(ctx.dialect.arithmetic[op], a=result, b=_value(arg, ctx))
     return result
 
 
@@ -403,7 +529,7 @@ def _boolean(node: Any, ctx: _Context) -> _Sql:
         return _render("({x})", x=_join(f" {op.upper()} ", [_boolean(a, ctx) for a in args]))
     if op == "not":
         _arity(op, args, 1)
-        inner = _Context(ctx.queryables, not ctx.negated)
+        inner = _Context(ctx.queryables, ctx.dialect, not ctx.negated)
         return _render("(NOT {x})", x=_boolean(args[0], inner))
     if op == "isnull":
         _arity(op, args, 1)
@@ -485,7 +611,7 @@ def _like(op: str, args: list, ctx: _Context) -> _Sql:
     _need(op, args[0], ctx, {"string", "text"}, "a string")
     _need(op, args[1], ctx, {"string", "text"}, "a string pattern")
     a, b = (_value(arg, ctx) for arg in args)
-    return _render("cql2_like({a}, {b})", a=a, b=b)
+    return _render(ctx.dialect.like, a=a, b=b)
 
 
 def _between(op: str, args: list, ctx: _Context) -> _Sql:
@@ -509,7 +635,7 @@ def _in(op: str, args: list, ctx: _Context) -> _Sql:
     if not isinstance(values, list | tuple):
         raise FilterError(f"'in' needs a list of values, not {_describe(values, ctx)}")
     if not values:
-        return _Sql("0")
+        return _param(False)
     timed = any([_comparable(op, [x, v], ctx) for v in values])
     if timed and any(_kind(v, ctx) == "date" for v in values):
         return _render("({x})", x=_join(" OR ", [_comparison("=", [x, v], ctx) for v in values]))
@@ -531,10 +657,11 @@ def _array(op: str, args: list, ctx: _Context) -> _Sql:
         if isinstance(arg, list | tuple):
             if any(isinstance(v, Mapping | list | tuple) for v in arg):
                 raise FilterError(f"'{op}' takes a list of plain values, not {json.dumps(arg)}")
-            parts.append(_param(json.dumps(list(arg))))
+            literal = _param(json.dumps(list(arg)))
+            parts.append(_Sql(ctx.dialect.array_literal, literal.params))
         else:
             parts.append(_value(arg, ctx))
-    return _render("cql2_array({op}, {a}, {b})", op=_param(op), a=parts[0], b=parts[1])
+    return _render(ctx.dialect.array, op=_param(op), a=parts[0], b=parts[1])
 
 
 def _element_key(value: Any) -> tuple:
@@ -620,6 +747,8 @@ def _spatial(op: str, args: list, ctx: _Context) -> _Sql:
         predicate = CONVERSE.get(predicate, predicate)
     queryable = _queryable(prop, ctx)
     geometry = _literal_geometry(op, literal)
+    if ctx.dialect.spatial is not None:
+        return ctx.dialect.spatial(predicate, queryable, geometry)
     exact = _render(
         "cql2_spatial({op}, {row}, {literal})",
         op=_param(predicate),
@@ -725,13 +854,22 @@ _PREDICATES: dict[str, Callable[[str, list, _Context], _Sql]] = {
 
 
 def compile_filter(
-    expr: Mapping[str, Any], queryables: Mapping[str, Queryable]
+    expr: Mapping[str, Any] | bool,
+    queryables: Mapping[str, Queryable],
+    dialect: Dialect = SQLITE,
 ) -> tuple[str, list]:
-    """A SQL boolean expression and its parameters for a CQL2-JSON filter."""
+    """A SQL boolean expression and its parameters for a CQL2-JSON filter.
+
+    SQLite's placeholders are `?` and its booleans 1/0; PostgreSQL's (psycopg) are `%s`
+    and its numbers float8, as its queryables' numbers are.
+    """
     if isinstance(expr, Mapping) and "op" not in expr and "property" not in expr:
         raise FilterError(f"a filter is a predicate, not {json.dumps(expr)}")
-    compiled = _boolean(expr, _Context(queryables))
-    return compiled.sql, list(compiled.params)
+    compiled = _boolean(expr, _Context(queryables, dialect))
+    if dialect.name == "sqlite":
+        return compiled.sql, [int(p) if isinstance(p, bool) else p for p in compiled.params]
+    params = [float(p) if type(p) is int else p for p in compiled.params]
+    return compiled.sql.replace("%", "%%").replace("?", "%s"), params
 
 
 # --------------------------------------------------------------------------- functions

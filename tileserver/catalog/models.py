@@ -265,20 +265,43 @@ class Image(BaseModel):
         self.id = expected
         if self.storage_state == "available" and not self.files:
             raise ValueError("an available image needs files; use storage_state 'remote'")
+        ends = [self.properties.get(k) is not None for k in ("start_datetime", "end_datetime")]
+        if ends[0] != ends[1]:
+            given, missing = ("start", "end") if ends[0] else ("end", "start")
+            raise ValueError(
+                f"properties has {given}_datetime without {missing}_datetime:"
+                " an interval needs both ends (STAC)"
+            )
         if self.bbox is None:
-            from shapely.geometry import shape
-
-            from tileserver.catalog.geojson import check_geometry_size
-
-            check_geometry_size(self.geometry, "geometry")  # shape() recurses per level
-            try:  # shapely raises whatever a malformed mapping trips on
-                footprint = shape(self.geometry)
-            except Exception as exc:
-                raise ValueError(f"geometry is not a GeoJSON geometry: {exc!r}") from None
-            if footprint.is_empty:
-                raise ValueError("geometry is empty: an image needs a footprint")
-            self.bbox = tuple(footprint.bounds)
+            self.bbox = footprint_bounds(self.geometry)
         return self
+
+
+def footprint_bounds(geometry: dict) -> tuple[float, float, float, float]:
+    """The bounds of a GeoJSON footprint; ValueError if it is none."""
+    from shapely.geometry import shape
+
+    from tileserver.catalog.geojson import check_geometry_size
+
+    check_geometry_size(geometry, "geometry")  # shape() recurses per level
+    try:  # shapely raises whatever a malformed mapping trips on
+        footprint = shape(geometry)
+    except Exception as exc:
+        raise ValueError(f"geometry is not a GeoJSON geometry: {exc!r}") from None
+    if footprint.is_empty:
+        raise ValueError("geometry is empty: an image needs a footprint")
+    return tuple(footprint.bounds)
+
+
+def with_footprint_bbox(image: Image) -> Image:
+    """The image as stores write it: its bbox the footprint's bounds, whatever was sent.
+
+    A client's bbox that does not enclose the footprint would hide the image from index
+    lookups, and one crossing the antimeridian (west > east) is no box an R*Tree or a
+    PostGIS envelope holds.
+    """
+    bounds = footprint_bounds(image.geometry)
+    return image if image.bbox == bounds else image.model_copy(update={"bbox": bounds})
 
 
 def stamped(record, created: datetime | None, keep_times: bool = False):

@@ -5,31 +5,51 @@ Products are pgSTAC collections and images are pgSTAC items, so any pgSTAC clien
 tileserver document beside the STAC fields (`tileserver:product` in a collection,
 `tileserver:image` in an item) so it reads back exactly as written.
 
-Searches are pgSTAC's: a SearchQuery becomes one CQL2-JSON filter and a sortby, and
-pgSTAC's `search`, `stac_search_to_where` and `geometrysearch` run them. Registered
-searches live in pgSTAC's search registry. Only what pgSTAC has no notion of lives in the
-`tileserver` schema: the properties each product's images carry (its queryables) and each
-product's write generation, which mosaic cache keys include. A registered search's last use
-is pgSTAC's own `lastused` column of its registry row.
+Searches are tileserver's own SQL over pgSTAC's items table: the CQL2 compiler of the
+SQLite store, in PostgreSQL's spelling (cql2sql.POSTGRES), reading the same values
+(`tileserver:image` and its times normalised at write, `tileserver:times`), sorted and
+paged the same way, so both stores give the same answers. pgSTAC's own compiler reads
+items differently (an interval item's `datetime` is its start, integers round, casei
+folds both sides...). Registered searches live in pgSTAC's search registry. Only what
+pgSTAC has no notion of lives in the `tileserver` schema: the properties each product's
+images carry (its queryables) and each product's write generation, which mosaic cache keys
+include. A registered search's last use is pgSTAC's own `lastused` column of its registry
+row.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import threading
+import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import psycopg
-from cachetools import LRUCache
+import shapely
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from tileserver.catalog.cql2sql import FilterError, Queryable, compile_filter
+from tileserver.catalog.cql2sql import (
+    POSTGRES,
+    FilterError,
+    Queryable,
+    _Sql,
+    _sql_ts_norm,
+    compile_filter,
+)
 from tileserver.catalog.keys import ApiKey
-from tileserver.catalog.models import Image, ParsedDocs, Product, stamped, utcnow
+from tileserver.catalog.models import (
+    Image,
+    ParsedDocs,
+    Product,
+    sortable_time,
+    stamped,
+    utcnow,
+    with_footprint_bbox,
+)
 from tileserver.catalog.queryables import CORE_QUERYABLES, image_properties, queryable_set
 from tileserver.catalog.search import (
     COUNT_LIMIT,
@@ -41,6 +61,10 @@ from tileserver.catalog.search import (
     Summary,
     SummaryBucket,
     TileLookup,
+    bbox_filter,
+    decode_offset,
+    encode_offset,
+    select_for_tile,
 )
 from tileserver.catalog.store import Conflict, ImagePage, NotFound
 
@@ -63,11 +87,112 @@ CREATE TABLE IF NOT EXISTS tileserver.api_keys (
     created timestamptz NOT NULL,
     doc jsonb NOT NULL
 );
+CREATE INDEX IF NOT EXISTS items_tileserver_acquired ON pgstac.items
+    (((content->'tileserver:times'->>'acquired')) COLLATE "C" DESC, id COLLATE "C" DESC,
+     collection COLLATE "C" DESC);
 CREATE INDEX IF NOT EXISTS searches_tileserver_id ON pgstac.searches
     ((metadata->>'tileserver:id'));
 CREATE INDEX IF NOT EXISTS searches_tileserver_lastused ON pgstac.searches (lastused)
     WHERE metadata ? 'tileserver:id';
 """
+
+
+def _combining_class() -> str:
+    """A regex bracket expression of the characters Python's accenti strips (combining)."""
+    ranges: list[list[int]] = []
+    for code in range(0x110000):
+        if unicodedata.combining(chr(code)):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1][1] = code
+            else:
+                ranges.append([code, code])
+    return "[" + "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in ranges) + "]"
+
+
+# The SQL functions compiled filters call: what cql2sql registers in SQLite, the same way
+# (NULL where SQLite's yield NULL: a division by zero, a power without a real value).
+FUNCTIONS = r"""
+CREATE OR REPLACE FUNCTION tileserver.num(j jsonb) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT CASE WHEN jsonb_typeof(j) = 'number' THEN j::float8 END $$;
+CREATE OR REPLACE FUNCTION tileserver.bool(j jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT CASE WHEN jsonb_typeof(j) = 'boolean' THEN j::boolean END $$;
+CREATE OR REPLACE FUNCTION tileserver.cql2_divide(a float8, b float8) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT CASE WHEN b <> 0 THEN a / b END $$;
+CREATE OR REPLACE FUNCTION tileserver.cql2_intdiv(a float8, b float8) RETURNS float8
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS
+$$ SELECT CASE WHEN b <> 0 THEN trunc(a / b) END $$;
+CREATE OR REPLACE FUNCTION tileserver.cql2_pow(a float8, b float8) RETURNS float8
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN power(a, b);
+EXCEPTION WHEN others THEN
+    RETURN NULL;
+END $$;
+-- C's fmod, exactly: binary long division, each step exact (Sterbenz)
+CREATE OR REPLACE FUNCTION tileserver.cql2_mod(a float8, b float8) RETURNS float8
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    r float8 := abs(a);
+    m float8 := abs(b);
+    y float8;
+BEGIN
+    IF a IS NULL OR b IS NULL OR b = 0 OR a = 'NaN' OR b = 'NaN'
+        OR r = 'Infinity' THEN
+        RETURN NULL;
+    END IF;
+    IF m = 'Infinity' OR r < m THEN
+        RETURN a;
+    END IF;
+    y := m;
+    WHILE y < 8.98846567431158e307 AND y * 2 <= r LOOP
+        y := y * 2;
+    END LOOP;
+    LOOP
+        IF r >= y THEN
+            r := r - y;
+        END IF;
+        EXIT WHEN y = m;
+        y := y / 2;
+    END LOOP;
+    RETURN CASE WHEN a < 0 THEN -r ELSE r END;
+END $$;
+CREATE OR REPLACE FUNCTION tileserver.cql2_like(v text, p text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT v COLLATE "C" LIKE CASE WHEN length(substring(p FROM '\*$')) % 2 = 1
+    THEN p || '' ELSE p END
+$$;
+CREATE OR REPLACE FUNCTION tileserver.cql2_casei(t text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT lower(t COLLATE {lower}) $$;
+CREATE OR REPLACE FUNCTION tileserver.cql2_accenti(t text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT normalize(regexp_replace(normalize(t, NFD), '{combining}', '', 'g'), NFC)
+$$;
+CREATE OR REPLACE FUNCTION tileserver.cql2_array(op text, a jsonb, b jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+SELECT CASE
+    WHEN jsonb_typeof(a) IS DISTINCT FROM 'array' OR jsonb_typeof(b) IS DISTINCT FROM 'array'
+        THEN NULL
+    WHEN op = 'a_contains' THEN a @> b
+    WHEN op = 'a_containedby' THEN a <@ b
+    WHEN op = 'a_equals' THEN a @> b AND a <@ b
+    WHEN op = 'a_overlaps' THEN
+        EXISTS (SELECT 1 FROM jsonb_array_elements(b) AS e WHERE a @> jsonb_build_array(e))
+END
+$$;
+"""
+
+
+def _functions(conn) -> str:
+    """FUNCTIONS for this server: casei lower-cases as Python does (ICU's full mapping)."""
+    icu = conn.execute("SELECT 1 FROM pg_collation WHERE collname = 'und-x-icu'").fetchone()
+    return FUNCTIONS.replace("{lower}", '"und-x-icu"' if icu else '"default"').replace(
+        "{combining}", _combining_class()
+    )
+
+
 # once per catalog: searches registered before last use counted are used as of the upgrade
 # (pgSTAC's lastused held their registration time), so none expires at the upgrade
 LAST_USED_SINCE = """
@@ -111,13 +236,32 @@ def migrate(dsn: str) -> str:
             with PgstacDB(dsn=dsn) as db:
                 version = Migrate(db).run_migration()
             conn.execute(SCHEMA)
+            conn.execute(_functions(conn))
             conn.execute(LAST_USED_SINCE)
+            _backfill(conn)
             for name, queryable in CORE_QUERYABLES.items():
                 if name not in NATIVE:
                     _register_queryable(conn, name, queryable.type, queryable.description)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
     return version
+
+
+def _backfill(conn) -> None:
+    """Items written before `tileserver:times` get it (and their exact document)."""
+    while True:
+        rows = conn.execute(
+            "SELECT collection, id, (content->'tileserver:image')::text FROM items"
+            " WHERE content ? 'tileserver:image' AND NOT content ? 'tileserver:times' LIMIT 500"
+        ).fetchall()
+        if not rows:
+            return
+        for collection_id, item_id, doc in rows:
+            image = Image.model_validate_json(doc)
+            conn.execute(
+                "UPDATE items SET content = content || %s WHERE collection = %s AND id = %s",
+                (Jsonb(_derived(image)), collection_id, item_id),
+            )
 
 
 def _register_queryable(conn, name: str, kind: str, description: str = "") -> None:
@@ -205,11 +349,9 @@ def predicate(expr):
     return expr
 
 
-def pgstac_search(query: SearchQuery, extra: dict | None = None) -> dict:
-    """The pgSTAC search body of a query: one filter and a total order."""
+def pgstac_search(query: SearchQuery) -> dict:
+    """The pgSTAC search body of a query (for other pgSTAC clients of its registry)."""
     expr = query.cql2()
-    if extra is not None:
-        expr = extra if expr is None else {"op": "and", "args": [expr, extra]}
     body: dict = {
         "sortby": [k.model_dump() for k in query.sort_keys()]
         + [{"field": "collection", "direction": "desc"}],
@@ -244,7 +386,103 @@ def item(image: Image) -> dict:
         "assets": {},
         "tileserver:bytes": sum(f.size or 0 for f in image.files),
         "tileserver:image": image.model_dump(mode="json"),
+        **_derived(image),
     }
+
+
+def _derived(image: Image) -> dict:
+    """What tileserver's SQL reads beside the image document.
+
+    `tileserver:times`: the times filters compare, as the same fixed-width UTC text the
+    SQLite store compares (its `acquired` column, `ts_norm` of created/modified and of each
+    time-like property). `tileserver:doc`: the document as text, because pgSTAC strips
+    null values from its jsonb and an image reads back with its null properties.
+    """
+    doc = image.model_dump(mode="json")
+    properties = {}
+    for name, value in image.properties.items():
+        normalised = _sql_ts_norm(value)
+        if normalised is not None:
+            properties[name] = normalised
+    times = {
+        "acquired": sortable_time(image.acquired),
+        "created": _sql_ts_norm(doc["created"]),
+        "modified": _sql_ts_norm(doc["modified"]),
+        "properties": properties,
+    }
+    return {"tileserver:times": times, "tileserver:doc": image.model_dump_json()}
+
+
+# the image of an items row `i`, as JSON text
+DOC = "coalesce(i.content->>'tileserver:doc', (i.content->'tileserver:image')::text)"
+ACQUIRED = "(i.content->'tileserver:times'->>'acquired') COLLATE \"C\""
+BYTES = "i.content->>'tileserver:bytes'"
+
+
+def _name(name: str) -> str:
+    """A JSON key as SQL text holding no quote, `?` or `%` (names are the catalog's)."""
+    return f"convert_from('\\x{name.encode().hex()}'::bytea, 'UTF8')"
+
+
+def _property_sql(name: str, kind: str) -> str:
+    """PostgreSQL SQL reading a property as queryables.property_sql does in SQLite."""
+    value = f"i.content->'tileserver:image'->'properties'->{_name(name)}"
+    if kind == "datetime":
+        return f"(i.content->'tileserver:times'->'properties'->>{_name(name)}) COLLATE \"C\""
+    if kind in ("number", "integer"):
+        return f"tileserver.num({value})"
+    if kind == "boolean":
+        return f"tileserver.bool({value})"
+    if kind == "string":
+        return f"(i.content->'tileserver:image'->'properties'->>{_name(name)}) COLLATE \"C\""
+    return f"nullif({value}, 'null'::jsonb)"
+
+
+CORE_SQL = {
+    "id": 'i.id COLLATE "C"',
+    "collection": 'i.collection COLLATE "C"',
+    "datetime": ACQUIRED,
+    "geometry": "i.geometry",
+    "eo:cloud_cover": "tileserver.num(i.content->'tileserver:image'->'cloud_cover')",
+    "created": "(i.content->'tileserver:times'->>'created') COLLATE \"C\"",
+    "updated": "(i.content->'tileserver:times'->>'modified') COLLATE \"C\"",
+}
+
+
+def postgres_queryables(found: dict[str, Queryable]) -> dict[str, Queryable]:
+    """The queryables with PostgreSQL SQL reading the same values as their SQLite SQL."""
+
+    def sql(name: str, kind: str) -> str:
+        core = CORE_QUERYABLES.get(name)
+        if name in CORE_SQL and core is not None and core.type == kind:
+            return CORE_SQL[name]
+        return _property_sql(name, kind)
+
+    return {name: replace(q, sql=sql(name, q.type)) for name, q in found.items()}
+
+
+def _spatial_sql(conn, predicate: str, queryable: Queryable, geometry) -> _Sql:
+    """`predicate(footprint, literal)` decided by shapely, as SQLite's store decides it.
+
+    PostGIS's GEOS may be older than shapely's (GeometryCollections, boundary cases): the
+    index finds the footprints meeting the literal's box, shapely decides each, and the
+    filter holds the keys found. s_disjoint is not s_intersects.
+    """
+    test = shapely.intersects if predicate == "disjoint" else getattr(shapely, predicate)
+    keys: list[str] = []
+    if not geometry.is_empty:
+        shapely.prepare(geometry)
+        minx, miny, maxx, maxy = geometry.bounds
+        for key, wkb in conn.execute(
+            f"SELECT i.collection || ':' || i.id, ST_AsBinary({queryable.sql}) FROM items i"
+            f" WHERE {queryable.sql} && ST_MakeEnvelope(%s, %s, %s, %s, 4326)",
+            (minx, miny, maxx, maxy),
+        ):
+            if test(shapely.from_wkb(bytes(wkb)), geometry):
+                keys.append(key)
+    # A contains/within/equals B with an empty side is false; disjoint: not intersecting
+    found = _Sql("((i.collection || ':' || i.id) = ANY(?::text[]))", (keys,))
+    return _Sql(f"(NOT {found.sql})", found.params) if predicate == "disjoint" else found
 
 
 def collection(product: Product) -> dict:
@@ -271,10 +509,6 @@ def _time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def _image(item_json: dict) -> Image:
-    return Image.model_validate(item_json["tileserver:image"])
-
-
 def _encode_token(acquired: datetime, name: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([acquired.isoformat(), name]).encode()).decode()
 
@@ -287,14 +521,10 @@ def _decode_token(token: str) -> tuple[datetime, str]:
         raise ValueError(f"invalid page token '{token}'") from exc
 
 
-# SQL giving the start of an acquisition's interval
+# SQL giving the start of an acquisition's interval (UTC; the acquired time, as SQLite's)
 BUCKETS: dict[str, str] = {
-    "year": "date_trunc('year', datetime AT TIME ZONE 'UTC')",
-    "quarter": "date_trunc('quarter', datetime AT TIME ZONE 'UTC')",
-    "month": "date_trunc('month', datetime AT TIME ZONE 'UTC')",
-    "week": "date_trunc('week', datetime AT TIME ZONE 'UTC')",
-    "day": "date_trunc('day', datetime AT TIME ZONE 'UTC')",
-    "hour": "date_trunc('hour', datetime AT TIME ZONE 'UTC')",
+    unit: f"date_trunc('{unit}', ({ACQUIRED})::timestamptz AT TIME ZONE 'UTC')"
+    for unit in ("year", "quarter", "month", "week", "day", "hour")
 }
 
 
@@ -319,9 +549,7 @@ class PgstacStore:
             kwargs={"autocommit": True, "options": SEARCH_PATH},
             open=True,
         )
-        self._hashes: LRUCache = LRUCache(maxsize=1024)  # pgSTAC's hash per query
         self._parsed = ParsedDocs()  # as text (jsonb prints one way), parsed once
-        self._lock = threading.Lock()
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
@@ -422,8 +650,7 @@ class PgstacStore:
         product_id, _, name = image_id.partition(":")
         with self._conn() as conn:
             row = conn.execute(
-                "SELECT (content->'tileserver:image')::text FROM items"
-                " WHERE collection = %s AND id = %s",
+                f"SELECT {DOC} FROM items i WHERE collection = %s AND id = %s",
                 (product_id, name),
             ).fetchone()
         if row is None or row[0] is None:
@@ -450,7 +677,9 @@ class PgstacStore:
                 ):
                     if first:
                         created[f"{product_id}:{name}"] = datetime.fromisoformat(first)
-            written = [stamped(i, created.get(i.id), keep_times) for i in images]
+            written = [
+                with_footprint_bbox(stamped(i, created.get(i.id), keep_times)) for i in images
+            ]
             conn.execute("SELECT upsert_items(%s)", (Jsonb([item(i) for i in written]),))
             self._record_properties(conn, written)
             self._bump(conn, by_product)
@@ -491,7 +720,7 @@ class PgstacStore:
     def list_images(self, product_id: str, limit: int = 100, token: str | None = None) -> ImagePage:
         """A page of a product's images, newest first (keyset paging on datetime, id)."""
         self.get_product(product_id)
-        sql = "SELECT datetime, id, content->'tileserver:image' FROM items WHERE collection = %s"
+        sql = f"SELECT datetime, id, {DOC} FROM items i WHERE collection = %s"
         args: list = [product_id]
         if token:
             acquired, name = _decode_token(token)
@@ -503,7 +732,7 @@ class PgstacStore:
             rows = conn.execute(sql, args).fetchall()
         more = len(rows) > limit
         rows = rows[:limit]
-        images = [Image.model_validate(doc) for _, _, doc in rows]
+        images = [Image.model_validate_json(doc) for _, _, doc in rows]
         next_token = _encode_token(rows[-1][0], rows[-1][1]) if more else None
         return ImagePage(images=images, next_token=next_token)
 
@@ -582,128 +811,133 @@ class PgstacStore:
         with self._conn() as conn:
             return conn.execute("SELECT 1 FROM tileserver.api_keys LIMIT 1").fetchone() is not None
 
-    def _checked(self, query: SearchQuery, extra: dict | None = None) -> dict:
-        """The pgSTAC body of a query, after the checks the SQLite store makes.
+    def _checked(self, query: SearchQuery) -> dict:
+        """The pgSTAC body of a query for its search registry, after the store's own checks."""
+        with self._conn() as conn:
+            self._compiled(conn, query)
+        return pgstac_search(query)
 
-        The filter is compiled (and thrown away) against the same queryables so unknown
-        properties, wrong operand kinds and bad sort keys get the same 400 either way.
+    def _compiled(
+        self, conn, query: SearchQuery, extra: dict | None = None
+    ) -> tuple[dict[str, Queryable], str, list]:
+        """The queryables, and the WHERE clause and parameters of a search (and `extra`).
+
+        The same compiler as SQLite's, in PostgreSQL's spelling, over the same values
+        (queryables.py): the same filter selects the same images. Sort keys are checked.
         """
-        queryables = self.queryables()
-        expr = query.cql2()
-        if expr is not None:
-            compile_filter(expr, queryables)
+        queryables = postgres_queryables(self.queryables())
         for key in query.sort_keys():
             found = queryables.get(key.field)
             if found is None or found.type == "geometry":
                 sortable = sorted(n for n, q in queryables.items() if q.type != "geometry")
                 raise FilterError(f"cannot sort by '{key.field}'; sortable: {', '.join(sortable)}")
-        return pgstac_search(query, extra)
+        expr = query.cql2()
+        if extra is not None:
+            expr = extra if expr is None else {"op": "and", "args": [expr, extra]}
+        if expr is None:
+            return queryables, "true", []
+        dialect = replace(POSTGRES, spatial=lambda p, q, g: _spatial_sql(conn, p, q, g))
+        where, args = compile_filter(expr, queryables, dialect)
+        return queryables, where, args
 
-    def _where(self, conn, body: dict) -> str:
-        """pgSTAC's own SQL for a search body."""
+    @staticmethod
+    def _order(query: SearchQuery, queryables: dict[str, Queryable]) -> str:
+        """ORDER BY terms: the sort keys, then the collection (as SQLite's store orders)."""
+        terms = []
+        for key in query.sort_keys():
+            nulls = "NULLS LAST" if key.direction == "asc" else "NULLS FIRST"
+            terms.append(f"{queryables[key.field].sql} {key.direction.upper()} {nulls}")
+        return ", ".join([*terms, 'i.collection COLLATE "C" DESC'])
+
+    @staticmethod
+    def _run(conn, sql: str, args: Sequence) -> list[tuple]:
+        """A search query's rows; arithmetic PostgreSQL cannot finish (overflow) is a 400."""
         try:
-            return conn.execute("SELECT stac_search_to_where(%s)", (Jsonb(body),)).fetchone()[0]
-        except PGSTAC_REFUSALS as exc:
-            raise _refused(exc) from None
+            return conn.execute(sql, args).fetchall()
+        except (psycopg.errors.DataError, psycopg.errors.InternalError_) as exc:
+            raise FilterError(f"cannot evaluate this filter: {exc.diag.message_primary}") from None
 
     def search(self, query: SearchQuery, count: bool = True) -> SearchPage:
-        """A page of the images a STAC search matches, by pgSTAC's search function.
+        """A page of the images a STAC search matches, in its sort order (offset paging).
 
         `matched` is exact up to COUNT_LIMIT and None beyond it (or when `count` is off).
         """
-        body = self._checked(query)
-        matched = None
+        try:
+            offset = decode_offset(query.token)
+        except ValueError as exc:
+            raise FilterError(str(exc)) from None
         with self._conn() as conn:
+            queryables, where, args = self._compiled(conn, query)
+            matched = None
             if count:
-                where = self._where(conn, body)
-                (matched,) = conn.execute(  # no parameters: pgSTAC's SQL holds its own '%'
-                    f"SELECT count(*) FROM (SELECT 1 FROM items WHERE {where}"
-                    f" LIMIT {int(COUNT_LIMIT) + 1}) AS m"
-                ).fetchone()
+                ((matched,),) = self._run(
+                    conn,
+                    f"SELECT count(*) FROM (SELECT 1 FROM items i WHERE {where} LIMIT %s) AS m",
+                    [*args, COUNT_LIMIT + 1],
+                )
                 if matched > COUNT_LIMIT:
                     matched = None
-            request = {
-                **body,
-                "limit": query.limit,
-                "conf": {"context": "off"},
-                "fields": {"include": ["tileserver:image"]},
-            }
-            if query.token:
-                request["token"] = _pgstac_token(query.token)
-            try:
-                result = conn.execute("SELECT search(%s)", (Jsonb(request),)).fetchone()[0]
-            except PGSTAC_REFUSALS as exc:
-                raise _refused(exc) from None
-        links = {link["rel"]: link["href"] for link in result.get("links", [])}
+            rows = self._run(
+                conn,
+                f"SELECT {DOC} FROM items i WHERE {where}"
+                f" ORDER BY {self._order(query, queryables)} LIMIT %s OFFSET %s",
+                [*args, query.limit + 1, offset],
+            )
+        more = len(rows) > query.limit
         return SearchPage(
-            images=[_image(f) for f in result.get("features") or []],
+            images=[Image.model_validate_json(doc) for (doc,) in rows[: query.limit]],
             matched=matched,
-            next_token=_our_token(links.get("next")),
-            prev_token=_our_token(links.get("prev")),
+            next_token=encode_offset(offset + query.limit) if more else None,
+            prev_token=encode_offset(max(offset - query.limit, 0)) if offset > 0 else None,
         )
 
     def tile_images(self, query: SearchQuery, bbox: tuple, lookup: TileLookup) -> list[Image]:
-        """The search's images meeting a WGS84 box in paint order: pgSTAC's geometrysearch."""
-        west, south, east, north = bbox
-        with self._conn() as conn:
-            queryhash = self._hash(conn, query)
-            result = conn.execute(
-                "SELECT geometrysearch(ST_MakeEnvelope(%s, %s, %s, %s, 4326), %s, %s,"
-                " %s, %s, make_interval(secs => %s), %s, %s)",
-                (
-                    west,
-                    south,
-                    east,
-                    north,
-                    queryhash,
-                    Jsonb({"include": ["tileserver:image"]}),
-                    lookup.scan_limit,
-                    lookup.limit,
-                    lookup.time_limit,
-                    lookup.exit_when_full,
-                    lookup.skip_covered,
-                ),
-            ).fetchone()[0]
-        return [_image(f) for f in result.get("features") or []]
+        """The search's images whose footprint meets a WGS84 box, in paint order.
 
-    def _hash(self, conn, query: SearchQuery) -> str:
-        """pgSTAC's registry hash of a query (registered on first use, then remembered)."""
-        key = json.dumps(query.identity(), sort_keys=True)
-        with self._lock:
-            known = self._hashes.get(key)
-        if known is None:
-            body = self._checked(query)
-            known = conn.execute("SELECT hash FROM search_query(%s)", (Jsonb(body),)).fetchone()[0]
-            with self._lock:
-                self._hashes[key] = known
-        return known
+        The same candidates in the same order as SQLite's store, chosen by the same loop.
+        """
+        with self._conn() as conn:
+            queryables, where, args = self._compiled(conn, query, bbox_filter(list(bbox)))
+            rows = self._run(
+                conn,
+                f"SELECT {DOC} FROM items i WHERE {where}"
+                f" ORDER BY {self._order(query, queryables)} LIMIT %s",
+                [*args, lookup.scan_limit],
+            )
+        return select_for_tile((Image.model_validate_json(doc) for (doc,) in rows), bbox, lookup)
 
     def summary(self, query: SearchQuery, interval: Interval | None = None) -> Summary:
         """Count, bytes, products and extent of a search; bucketed by `interval` if given."""
-        body = self._checked(query)
         with self._conn() as conn:
-            where = self._where(conn, body)
-            doc = "content->'tileserver:image'->'bbox'"
-            count, size, minx, miny, maxx, maxy, start, end = conn.execute(
-                "SELECT count(*), coalesce(sum((content->>'tileserver:bytes')::bigint), 0),"
+            _, where, args = self._compiled(conn, query)
+            doc = "i.content->'tileserver:image'->'bbox'"
+            ((count, size, minx, miny, maxx, maxy, start, end),) = self._run(
+                conn,
+                f"SELECT count(*), coalesce(sum(({BYTES})::bigint), 0),"
                 f" min(({doc}->>0)::float8), min(({doc}->>1)::float8),"
                 f" max(({doc}->>2)::float8), max(({doc}->>3)::float8),"
-                f" min(datetime), max(datetime) FROM items WHERE {where}"
-            ).fetchone()
+                f" min({ACQUIRED}), max({ACQUIRED}) FROM items i WHERE {where}",
+                args,
+            )
             products = [
                 p
-                for (p,) in conn.execute(
-                    f'SELECT DISTINCT collection COLLATE "C" FROM items WHERE {where} ORDER BY 1'
+                for (p,) in self._run(
+                    conn,
+                    f'SELECT DISTINCT i.collection COLLATE "C" FROM items i WHERE {where}'
+                    " ORDER BY 1",
+                    args,
                 )
             ]
             buckets = None
             if interval is not None:
                 buckets = [
                     SummaryBucket(interval_start=first.replace(tzinfo=UTC), count=n, bytes=b)
-                    for first, n, b in conn.execute(
+                    for first, n, b in self._run(
+                        conn,
                         f"SELECT {BUCKETS[interval]} AS b, count(*),"
-                        " coalesce(sum((content->>'tileserver:bytes')::bigint), 0)"
-                        f" FROM items WHERE {where} GROUP BY b ORDER BY b"
+                        f" coalesce(sum(({BYTES})::bigint), 0)"
+                        f" FROM items i WHERE {where} GROUP BY b ORDER BY b",
+                        args,
                     )
                 ]
         summary = Summary(
@@ -740,7 +974,19 @@ class PgstacStore:
                     "tileserver:search": query.identity(),
                     "tileserver:created": _time(utcnow()),
                 }
-                conn.execute("SELECT search_query(%s, false, %s)", (Jsonb(body), Jsonb(metadata)))
+                try:
+                    with conn.transaction():
+                        conn.execute(
+                            "SELECT search_query(%s, false, %s)", (Jsonb(body), Jsonb(metadata))
+                        )
+                except PGSTAC_REFUSALS:
+                    # a filter pgSTAC's compiler cannot run: other pgSTAC clients get none
+                    # of its images rather than wrong ones; tileserver reads its metadata
+                    metadata["tileserver:pgstac"] = False
+                    body = {"filter": NEVER, "filter-lang": "cql2-json"}
+                    conn.execute(
+                        "SELECT search_query(%s, false, %s)", (Jsonb(body), Jsonb(metadata))
+                    )
         return self.get_search(search_id)
 
     def _make_room(self, conn) -> None:
@@ -811,21 +1057,3 @@ def _registered(metadata: dict, last_used: datetime | None) -> RegisteredSearch:
 def _refused(exc: psycopg.Error) -> FilterError:
     """A search pgSTAC could not run, as the 400 the caller gets."""
     return FilterError(f"pgSTAC cannot run this search: {exc.diag.message_primary}")
-
-
-def _our_token(href: str | None) -> str | None:
-    """The paging token of one of pgSTAC's links (pgSTAC's own token, made URL-safe)."""
-    if not href or "token=" not in href:
-        return None
-    token = href.split("token=", 1)[1].split("&", 1)[0]
-    return base64.urlsafe_b64encode(token.encode()).decode()
-
-
-def _pgstac_token(token: str) -> str:
-    try:
-        value = base64.urlsafe_b64decode(token.encode()).decode()
-    except Exception:
-        raise FilterError(f"invalid page token '{token}'") from None
-    if not value.startswith(("next:", "prev:")):
-        raise FilterError(f"invalid page token '{token}'")
-    return value

@@ -2,7 +2,8 @@
 
 Both stores name the same queryables with the same types, so a filter is refused (or
 accepted) alike whichever store runs it. `Queryable.sql` is the SQLite store's SQL; the
-pgSTAC store registers the same names and types in pgSTAC's own queryables table.
+pgSTAC store reads the same values with its own SQL (pgstac.postgres_queryables) and also
+registers the names and types in pgSTAC's queryables table, for other pgSTAC clients.
 """
 
 from __future__ import annotations

@@ -66,8 +66,13 @@ class SearchQuery(BaseModel):
     filter: dict[str, Any] | bool | str | None = None  # cql2-json may be a bare true/false
     filter_lang: Literal["cql2-json", "cql2-text"] | None = Field(None, alias="filter-lang")
     sortby: list[SortBy] | None = None
-    limit: int = Field(10, ge=1, le=MAX_LIMIT)
+    limit: int = Field(10, ge=1, description=f"at most {MAX_LIMIT}; more is read as {MAX_LIMIT}")
     token: str | None = None
+
+    @field_validator("limit")
+    @classmethod
+    def _limit(cls, value: int) -> int:
+        return min(value, MAX_LIMIT)  # OGC API Features: a larger limit is clamped, not refused
 
     @field_validator("bbox")
     @classmethod
@@ -188,6 +193,10 @@ def bbox_filter(bbox: list[float]) -> dict:
 
 
 DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# RFC 3339 date-time: seconds, optional fraction with digits, and a zone (Z or +hh:mm)
+RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$", re.ASCII
+)
 
 
 def parse_instant(text: str, end: bool = False) -> datetime:
@@ -198,6 +207,8 @@ def parse_instant(text: str, end: bool = False) -> datetime:
             day = datetime.fromisoformat(text).date()
             when = datetime.combine(day, time.max if end else time.min)
         else:
+            if not RFC3339.match(text):
+                raise ValueError(text)
             when = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"'{text}' is not an RFC 3339 time such as 2024-05-03T10:20:31Z") from None

@@ -28,6 +28,7 @@ from tileserver.catalog.models import (
     sortable_time,
     stamped,
     utcnow,
+    with_footprint_bbox,
 )
 from tileserver.catalog.queryables import image_properties, queryable_set
 from tileserver.catalog.search import (
@@ -352,6 +353,7 @@ class SQLiteStore:
                     row = db.execute("SELECT doc FROM images WHERE id = ?", (image.id,)).fetchone()
                     created = Image.model_validate_json(row[0]).created if row else None
                     image = stamped(image, created)
+                image = with_footprint_bbox(image)
                 minx, miny, maxx, maxy = image.bbox
                 db.execute(
                     "INSERT INTO images (id, product_id, name, acquired, cloud_cover,"

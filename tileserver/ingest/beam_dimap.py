@@ -531,7 +531,7 @@ class BeamDimapScene:
         """Id, times and footprint from the `.dim` (and the lat/lon tie-point grids)."""
         header = self.header
         properties: dict = {"beam:product_type": header.product_type}
-        if header.start and header.stop:
+        if header.start and header.stop:  # STAC: an interval has both ends or none
             properties["start_datetime"] = header.start.isoformat()
             properties["end_datetime"] = header.stop.isoformat()
         provenance = {"geometry": "geotransform" if header.is_map else "tie_point_grids"}
