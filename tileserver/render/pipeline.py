@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy
+from rasterio.crs import CRS
 from rio_tiler.errors import InvalidExpression
 from rio_tiler.expression import apply_expression, validate_expression
+from rio_tiler.models import ImageData
 
 from tileserver.catalog.cql2sql import parenthesis_depth
 from tileserver.catalog.models import Band, BandStatistics, Product
@@ -92,6 +94,23 @@ class Rendered:
     data: numpy.ndarray
     mask: numpy.ndarray
     colormap: dict | None
+
+    def image(self, crs: CRS, bounds, assets: list[str] | None = None, **extra: Any) -> ImageData:
+        """The rendered pixels as rio-tiler's ImageData, ready for render.encode.encode_image.
+
+        The 0/255 validity travels as `alpha_mask` (the encoders' alpha band, 0/255 in the
+        output type) and as the array's mask; the colormap in `metadata["colormap"]`;
+        `assets` and `extra` (added to the metadata) say what a mosaic read.
+        """
+        invalid = numpy.broadcast_to(self.mask == 0, self.data.shape)
+        return ImageData(
+            numpy.ma.MaskedArray(self.data, mask=invalid),
+            crs=crs,
+            bounds=tuple(bounds),
+            alpha_mask=self.mask.astype(self.data.dtype),  # rio-tiler's rule: the data's type
+            assets=assets,
+            metadata={"colormap": self.colormap, **extra},
+        )
 
 
 def expression_blocks(expression: str) -> list[str]:
