@@ -23,9 +23,9 @@ from tileserver.layers import MosaicParams
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
 from tileserver.render.pipeline import RenderParams, check_expression
+from tileserver.render.scaling import MODES
 from tileserver.settings import Settings
 
-MODES = ("raw", "auto", "display", "physical")
 # Request size limits: a product has a few dozen bands at most, and each band named is one
 # more read (3,000 names took 20 s); `scaling` is one entry per band.
 MAX_BANDS = 64  # names in `bands` (repeats count), entries in `scaling`

@@ -37,7 +37,7 @@ from tileserver.api.tiles import (
     tilejson,
     wmts_capabilities,
 )
-from tileserver.layers import ImageLayer, SearchLayer
+from tileserver.layers import ImageLayer, SearchLayer, Zooms
 from tileserver.render.encode import ImageFormat, encode_image
 
 IMAGES_HEADER = "X-Mosaic-Images"
@@ -158,29 +158,34 @@ class LayerEndpoints:
         layer_dep, tile_route = self.layer_dep, f"{self.kind}_tile"
         url_params = self.url_params
 
-        def layer_tilejson(
-            request: Request,
+        def described(
             layer: layer_dep,
             params: RenderParamsDep,
             tms: Annotated[TileMatrixSet, Depends(tms_query)],
+        ) -> tuple[Layer, TileMatrixSet, Zooms]:
+            """The layer a document describes, in a TMS; bad bands are one 400, here."""
+            layer.check(params)
+            return layer, tms, layer.zooms(tms)
+
+        Described = Annotated[tuple[Layer, TileMatrixSet, Zooms], Depends(described)]
+
+        def layer_tilejson(
+            request: Request,
+            doc: Described,
             tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
         ) -> dict:
             """TileJSON 3.0 of the layer with the request's rendering parameters."""
-            layer.check(params)
-            zooms = layer.zooms(tms)
+            layer, tms, zooms = doc
             url = tile_url_template(request, tile_route, url_params(layer), tms, tile_format.value)
             return tilejson(layer.id, url, layer.bounds, zooms.minzoom, zooms.maxzoom)
 
         def layer_wmts(
             request: Request,
-            layer: layer_dep,
-            params: RenderParamsDep,
-            tms: Annotated[TileMatrixSet, Depends(tms_query)],
+            doc: Described,
             tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
         ) -> Response:
             """OGC WMTS 1.0 capabilities (RESTful) for QGIS, GDAL and OpenLayers."""
-            layer.check(params)
-            zooms = layer.zooms(tms)
+            layer, tms, zooms = doc
             url = tile_url_template(
                 request, tile_route, url_params(layer), tms, tile_format.value, WMTS_XYZ
             )
