@@ -23,7 +23,7 @@ from tileserver.layers import MosaicParams
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
 from tileserver.render.pipeline import RenderParams, check_expression
-from tileserver.render.scaling import MODES
+from tileserver.render.scaling import MODES, Scaling, ScalingEntry
 from tileserver.settings import Settings
 
 # Request size limits: a product has a few dozen bands at most, and each band named is one
@@ -129,7 +129,7 @@ def _number(text: str) -> float | int:
     return int(value) if value.is_integer() and "." not in text else value
 
 
-def parse_scaling_entry(text: str) -> Any:
+def parse_scaling_entry(text: str) -> ScalingEntry:
     """One scaling entry: a mode, `none`, or comma-separated numbers / percents."""
     text = text.strip()
     if text.lower() in ("", "none", "null"):
@@ -155,7 +155,7 @@ def parse_scaling_entry(text: str) -> Any:
     return tuple(items)
 
 
-def parse_scaling(values: list[str] | None) -> Any:
+def parse_scaling(values: list[str] | None) -> Scaling:
     """The `scaling` parameter: once for all bands, once per band, or a JSON object.
 
     One mode applies to every band; one tuple is repeated for every band; several

@@ -22,6 +22,7 @@ from tileserver.catalog.models import Band, BandStatistics, Product
 from tileserver.render.errors import RenderError, UnknownBand
 from tileserver.render.scaling import (
     Scale,
+    Scaling,
     ScalingError,
     level_steps,
     multiproduct_scaling_parameters,
@@ -78,7 +79,7 @@ class RenderParams:
     """Every parameter that changes pixels, parsed and validated once."""
 
     bands: tuple[str, ...] | None = None
-    scaling: Any = None  # as scaling_parameters takes it; a bare tuple applies to every band
+    scaling: Scaling = None  # render.scaling.Scaling; a bare tuple applies to every band
     data_type: str | None = None
     processing_level: str | None = None
     expression: str | None = None
