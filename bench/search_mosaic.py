@@ -636,11 +636,11 @@ def time_mosaic_tiles(url: str, search_id: str, tiles: list, pixel_selection: st
 
 
 def count_reads(catalog: Path, search_id: str, tiles: list, threads: int) -> dict:
-    """In-process: images render_mosaic_tile (first) reads (counted at read_image), against
+    """In-process: images mosaic_tile (first) reads (counted at read_image), against
     what it reports as read (X-Mosaic-Images) and the images that gave pixels."""
     from tileserver.api.deps import render_params
     from tileserver.render import mosaic
-    from tileserver.render.encode import ImageFormat
+    from tileserver.render.encode import ImageFormat, encode_image
 
     store = SQLiteStore(catalog)
     query = store.get_search(search_id).search
@@ -661,18 +661,18 @@ def count_reads(catalog: Path, search_id: str, tiles: list, threads: int) -> dic
         for tile in tiles:
             images = store.tile_images(query, tuple(WEB_MERCATOR.bounds(tile)), LOOKUP)
             calls.clear()
-            result = mosaic.render_mosaic_tile(
+            result = mosaic.mosaic_tile(
                 [(image, product) for image in images],
                 product,
                 mosaic.TileGrid(WEB_MERCATOR, tile.x, tile.y, tile.z, 256),
                 params,
-                ImageFormat.png,
                 "first",
                 threads,
             )
+            encode_image(result, ImageFormat.png)
             reads.append(len(calls))
-            reported.append(result.read)
-            gave.append(len(result.used))
+            reported.append(result.metadata["read"])
+            gave.append(len(result.assets))
     finally:
         mosaic.read_image = original
         store.close()
@@ -813,7 +813,8 @@ def time_calls(function: Callable[[], object], runs: int) -> dict:
 def diagnose(path: Path, bodies_a: list, tiles: list, runs: int) -> dict:
     """The searches that were slow before the store kept statistics, put the spatial check
     last and bounded its COUNT, and the product lookup of a mosaic without collections."""
-    from tileserver.api.searches import LayerCache, mosaic_product
+    from tileserver.layers import LayerCache, MosaicParams, SearchLayer
+    from tileserver.settings import Settings
 
     result: dict = {}
     store = SQLiteStore(path)
@@ -847,14 +848,17 @@ def diagnose(path: Path, bodies_a: list, tiles: list, runs: int) -> dict:
         }
         europe = SearchQuery.model_validate({"bbox": [-10, 35, 30, 60]})
         layers = LayerCache()
+        search_id = store.register_search(europe).id
+
+        def mosaic_product(cache: LayerCache):
+            return SearchLayer(store, cache, search_id, MosaicParams(), Settings()).product
+
         result["mosaic_product_without_collections"] = {
             "search": europe.identity(),
-            "what": "tileserver.api.searches.mosaic_product, called for every rendered tile",
+            "what": "tileserver.layers.SearchLayer.product, called for every rendered tile",
             # a new cache each call: what the first tile of a search (per generation) pays
-            "first_call": time_calls(
-                lambda: mosaic_product(store, LayerCache(), "bench", europe), few
-            ),
-            "cached": time_calls(lambda: mosaic_product(store, layers, "bench", europe), runs),
+            "first_call": time_calls(lambda: mosaic_product(LayerCache()), few),
+            "cached": time_calls(lambda: mosaic_product(layers), runs),
         }
     finally:
         store.close()

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from tests.catalog.test_stores import backdate
 from tests.conftest import make_settings
 from tests.synthetic import TILE, WEB_MERCATOR, write
-from tileserver.api import searches
+from tileserver import layers
 from tileserver.app import create_app
 from tileserver.catalog.keys import new_key
 
@@ -75,13 +75,13 @@ class Tenants:
         )
         self.app = create_app(settings, store=store)
         self.renders: list[str] = []
-        render = searches.render_mosaic_tile
+        render = layers.mosaic_tile
 
         def counted(*args, **kwargs):
             self.renders.append(args[1].id)  # the mosaic's product
             return render(*args, **kwargs)
 
-        monkeypatch.setattr(searches, "render_mosaic_tile", counted)
+        monkeypatch.setattr(layers, "mosaic_tile", counted)
 
     def client(self, user: str) -> TestClient:
         return TestClient(self.app, headers={"Authorization": f"Bearer {self.tokens[user]}"})

@@ -20,16 +20,15 @@ from tileserver import __version__
 from tileserver.api import (
     catalog,
     chips,
-    downloads,
+    images,
     imports,
     parcels,
     searches,
     stac,
-    tiles,
 )
 from tileserver.api.auth import KeyAuth
 from tileserver.api.confine import Confine
-from tileserver.api.searches import MOSAIC_HEADERS
+from tileserver.api.factory import MOSAIC_HEADERS
 from tileserver.api.templates import render_template, root_path
 from tileserver.cache import open_cache
 from tileserver.catalog.cql2sql import FilterError
@@ -38,6 +37,7 @@ from tileserver.catalog.store import CatalogStore, Conflict, Forbidden, NotFound
 from tileserver.chipcache import ChipCacheUnavailable, open_chip_store
 from tileserver.deadline import REMOTE_READS, DeadlineExceeded, DeadlineMiddleware, RemoteBusy
 from tileserver.ingest.vsi import configure_gdal
+from tileserver.layers import LayerCache
 from tileserver.limits import BodyLimit
 from tileserver.memory import limit_arenas, trim_every
 from tileserver.opener import Refused, confinement_of
@@ -159,7 +159,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.store = store
     app.state.cache = cache
     app.state.chips = chip_store
-    app.state.layers = searches.LayerCache()
+    app.state.layers = LayerCache()
     app.state.confinement = confinement_of(settings, store)
     app.add_middleware(Confine, confinement=app.state.confinement)
     searches.limit_searches(store, settings)  # TTL and cap of registered searches
@@ -195,12 +195,11 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         return HTMLResponse(render_template("viewer.html", image_id="", root=root_path(request)))
 
     app.include_router(catalog.router)
-    app.include_router(tiles.router)
+    app.include_router(images.router)
     app.include_router(searches.router)
     app.include_router(stac.router, prefix="/stac")
     app.include_router(chips.router)
     app.include_router(parcels.router)
-    app.include_router(downloads.router)
     app.include_router(imports.router)
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 from shapely.geometry import shape
 
 from tileserver.api.auth import key_query
-from tileserver.api.deps import SettingsDep, StoreDep, bad_request
+from tileserver.api.deps import KnownQuery, SettingsDep, StoreDep, bad_request
 from tileserver.api.parcels import ParcelsDep
 from tileserver.api.templates import render_template, root_path
 from tileserver.cache import make_etag
@@ -60,7 +60,7 @@ from tileserver.render.reader import resolve_bands
 from tileserver.settings import Settings
 from tileserver.threads import ContextPool
 
-router = APIRouter(tags=["chips"])
+router = APIRouter(tags=["chips"], dependencies=[KnownQuery])
 
 RENDERED_HEADER = "X-Chips-Rendered"
 CACHED_HEADER = "X-Chips-Cached"

@@ -7,7 +7,6 @@ its thread pool, and two thread hand-offs per dependency cost more than a cached
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import morecantile
@@ -15,16 +14,18 @@ from fastapi import Depends, HTTPException, Query, Request
 from morecantile import TileMatrixSet
 from rio_tiler.colormap import InvalidColorMapName, cmap
 
+from tileserver.api.auth import QUERY_KEY
 from tileserver.catalog.access import OPEN, Principal, ScopedStore
 from tileserver.catalog.geojson import loads_bounded
-from tileserver.catalog.search import SortBy, TileLookup, parse_sortby
+from tileserver.catalog.search import parse_sortby
 from tileserver.catalog.store import CatalogStore
+from tileserver.layers import MosaicParams
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
 from tileserver.render.pipeline import RenderParams, check_expression
+from tileserver.render.scaling import MODES, Scaling, ScalingEntry
 from tileserver.settings import Settings
 
-MODES = ("raw", "auto", "display", "physical")
 # Request size limits: a product has a few dozen bands at most, and each band named is one
 # more read (3,000 names took 20 s); `scaling` is one entry per band.
 MAX_BANDS = 64  # names in `bands` (repeats count), entries in `scaling`
@@ -34,6 +35,70 @@ PixelSelection = Literal[PIXEL_SELECTIONS]  # rio-tiler's methods, as an enum in
 Resampling = Literal[
     "nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "rms"
 ]
+
+
+# Query parameters every route takes besides its own: the API key, and `_`, a cache buster a
+# client may add to force a fresh answer from caches between it and the server.
+CACHE_BUSTER = "_"
+ALWAYS_ALLOWED = frozenset({QUERY_KEY, CACHE_BUSTER})
+# titiler's (and rio-tiler's) names a copied URL may carry, and what tileserver takes instead
+TITILER_NAMES = {
+    "rescale": "scaling (lo,hi once or per band, e.g. scaling=0,3000)",
+    "colormap": "colormap_name (a rio-tiler colormap name, e.g. viridis)",
+    "color_formula": "scaling and data_type (there are no color formulas)",
+    "algorithm": "expression (band math over band names)",
+    "algorithm_params": "expression (band math over band names)",
+    "expression": "expression, on the image and search tile, download and map routes",
+    "assets": "bands (band names of the product, e.g. bands=B04,B03,B02)",
+    "asset_bidx": "bands (band names of the product)",
+    "asset_as_band": "bands (band names of the product)",
+    "bidx": "bands (band names, not indexes, e.g. bands=B04,B03,B02)",
+    "url": "an image id or a registered search in the path (/images/{image_id}/...)",
+    "unscale": "scaling=physical",
+    "return_mask": "the format (png, webp, tif and npy carry the mask; jpeg does not)",
+    "tilesize": "an @2x tile path ({y}@2x.png)",
+    "minzoom": "nothing: a layer's zooms come from its images (see its TileJSON)",
+    "maxzoom": "nothing: a layer's zooms come from its images (see its TileJSON)",
+    "reproject": "resampling",
+}
+
+
+_ROUTE_QUERIES: dict[int, tuple[Any, frozenset[str]]] = {}  # id -> (route kept alive, names)
+
+
+def route_query_names(route: Any) -> frozenset[str]:
+    """The query parameters a route (an APIRoute) declares, its dependencies' included."""
+    known = _ROUTE_QUERIES.get(id(route))
+    if known is not None and known[0] is route:
+        return known[1]
+    names: set[str] = set()
+    pending = [route.dependant]
+    while pending:
+        dependant = pending.pop()
+        names.update(p.alias for p in dependant.query_params)
+        pending.extend(dependant.dependencies)
+    _ROUTE_QUERIES[id(route)] = (route, frozenset(names))
+    return frozenset(names)
+
+
+async def refuse_unknown_query(request: Request) -> None:
+    """400 naming the query parameters the route does not know (a titiler name says what
+    to use instead): an unknown parameter would otherwise be ignored and a copied URL
+    render something else without a word."""
+    route = request.scope.get("route")
+    if route is None or not hasattr(route, "dependant"):
+        return
+    known = route_query_names(route) | ALWAYS_ALLOWED
+    unknown = sorted({k for k in request.query_params if k not in known})
+    if not unknown:
+        return
+    hints = [f"for '{n}' use {TITILER_NAMES[n]}" for n in unknown if n in TITILER_NAMES]
+    listed = ", ".join(f"'{n}'" for n in unknown)
+    message = f"unknown query parameter(s) {listed} (known here: {', '.join(sorted(known))})"
+    raise bad_request(f"{message}; {'; '.join(hints)}" if hints else message)
+
+
+KnownQuery = Depends(refuse_unknown_query)
 
 
 async def get_principal(request: Request) -> Principal:
@@ -64,7 +129,7 @@ def _number(text: str) -> float | int:
     return int(value) if value.is_integer() and "." not in text else value
 
 
-def parse_scaling_entry(text: str) -> Any:
+def parse_scaling_entry(text: str) -> ScalingEntry:
     """One scaling entry: a mode, `none`, or comma-separated numbers / percents."""
     text = text.strip()
     if text.lower() in ("", "none", "null"):
@@ -90,7 +155,7 @@ def parse_scaling_entry(text: str) -> Any:
     return tuple(items)
 
 
-def parse_scaling(values: list[str] | None) -> Any:
+def parse_scaling(values: list[str] | None) -> Scaling:
     """The `scaling` parameter: once for all bands, once per band, or a JSON object.
 
     One mode applies to every band; one tuple is repeated for every band; several
@@ -177,26 +242,6 @@ async def render_params(
         nodata=nodata,
         resampling=resampling,
     )
-
-
-@dataclass(frozen=True)
-class MosaicParams:
-    """How a mosaic composites its images."""
-
-    pixel_selection: str = "first"
-    sortby: list[SortBy] | None = None
-    exit_when_full: bool = False
-    skip_covered: bool = False
-
-    def lookup(self, settings: Settings, limit: int) -> TileLookup:
-        """How the store finds a tile's images, at most `limit` of them."""
-        return TileLookup(
-            limit=limit,
-            scan_limit=settings.mosaic_scan_limit,
-            time_limit=settings.mosaic_time_limit,
-            exit_when_full=self.exit_when_full,
-            skip_covered=self.skip_covered,
-        )
 
 
 async def mosaic_params(

@@ -1,4 +1,5 @@
 """Downloads: an image, a search mosaic or a search stack as a GeoTIFF (COG) or .npy file.
+The endpoints are api/factory.py's; this module parses their area and writes their file.
 
 - `GET|POST /images/{image_id}/download.{tif|npy}`: one image, axes (band, y, x).
 - `GET|POST /searches/{search_id}/mosaic.{tif|npy}`: the search's mosaic (the rules of
@@ -24,56 +25,27 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from fastapi import Body, Depends, Query
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.background import BackgroundTask
 
-from tileserver.api.deps import (
-    MosaicParams,
-    MosaicParamsDep,
-    RenderParamsDep,
-    SettingsDep,
-    StoreDep,
-)
-from tileserver.api.searches import LayerCache, LayersDep, mosaic_product, mosaic_query
-from tileserver.api.tiles import load
-from tileserver.catalog.models import Product, safe_name
-from tileserver.catalog.search import TileLookup
-from tileserver.catalog.store import CatalogStore
+from tileserver.layers import Download
 from tileserver.render.download import (
-    Grid,
     GridRequest,
-    Plan,
-    area_wgs84,
     check_budget,
     check_geometry,
-    group_layers,
-    image_extent,
-    image_grid,
-    layer_bands,
-    output_grid,
     parse_bbox,
     parse_crs,
-    plan_download,
     raster_info,
-    render_layers,
-    render_stack,
     write_geotiff,
     write_npy,
 )
-from tileserver.render.mosaic import Layer
 from tileserver.render.pipeline import RenderParams
 from tileserver.settings import Settings
-
-router = APIRouter(tags=["downloads"])
-
-# most images one mosaic or stack download composites (a 413 above: narrow the area)
-MAX_IMAGES = 1000
 
 
 class DownloadFormat(StrEnum):
@@ -148,102 +120,12 @@ def with_body(area: GridRequest, body: AreaBody) -> GridRequest:
     return dataclasses.replace(area, geometry=body.geometry)
 
 
-@dataclass
-class Job:
-    """A download resolved: its sources (one group, or one per stack image), plan and grid."""
-
-    groups: list[list[Layer]]
-    plan: Plan
-    grid: Grid
-    geometry: dict | None
-    name: str
-    stack: bool = False
-
-
-def image_job(store: CatalogStore, image_id: str, params: RenderParams, area: GridRequest) -> Job:
-    """One image on the requested grid."""
-    image, product = load(store, image_id)
-    plan = plan_download(product, params)
-    anchor = image_grid(image, plan.bands)
-    grid = output_grid(anchor, [anchor], area)
-    return Job([[(image, product)]], plan, grid, area.geometry, safe_name(image.id))
-
-
-def search_layers(
-    store: CatalogStore,
-    layers: LayerCache,
-    search_id: str,
-    mosaic: MosaicParams,
-    area: GridRequest,
-) -> tuple[Product, list[Layer]]:
-    """The mosaic's product and the search's images in paint order (those meeting the area)."""
-    query = mosaic_query(store, search_id, mosaic)
-    product = mosaic_product(store, layers, search_id, query)
-    box = area_wgs84(area)
-    if box is not None:
-        images = store.tile_images(query, box, TileLookup(limit=MAX_IMAGES + 1))
-        more = len(images) > MAX_IMAGES
-    else:
-        page = store.search(
-            query.model_copy(update={"limit": MAX_IMAGES, "token": None}), count=False
-        )
-        images, more = page.images, page.next_token is not None
-    if not images:
-        where = " in the requested area" if box is not None else ""
-        raise HTTPException(404, f"search '{search_id}' matches no image{where}")
-    if more:
-        raise HTTPException(
-            413,
-            f"search '{search_id}' has more than {MAX_IMAGES} images to download here: "
-            "narrow the area (bbox, geometry) or the search",
-        )
-    products = {product.id: product}
-    result = []
-    for image in images:
-        if image.product_id not in products:
-            products[image.product_id] = store.get_product(image.product_id)
-        result.append((image, products[image.product_id]))
-    return product, result
-
-
-def search_job(
-    store: CatalogStore,
-    layers: LayerCache,
-    search_id: str,
-    params: RenderParams,
-    mosaic: MosaicParams,
-    area: GridRequest,
-    flatten: str | None = None,
-) -> Job:
-    """A search's mosaic (`flatten` None) or stack on the requested grid.
-
-    The default grid is the first image's (finest requested band), widened to every image.
-    """
-    product, found = search_layers(store, layers, search_id, mosaic, area)
-    if flatten is None:
-        groups, keys = [found], []
-    else:
-        labelled = group_layers(found, flatten.strip())
-        groups, keys = [g for _, g in labelled], [k for k, _ in labelled]
-    products = list({p.id: p for _, p in found}.values())
-    plan = plan_download(product, params, mosaic.pixel_selection, len(found), keys, products)
-    anchor = image_grid(found[0][0], layer_bands(found[0], plan))
-    extents = [anchor] + [image_extent(i, layer_bands((i, p), plan)) for i, p in found[1:]]
-    grid = output_grid(anchor, extents, area)
-    kind = "mosaic" if flatten is None else "stack"
-    return Job(groups, plan, grid, area.geometry, f"{kind}_{search_id}", flatten is not None)
-
-
 def file_response(
-    job: Job, fmt: DownloadFormat, params: RenderParams, settings: Settings
+    job: Download, fmt: DownloadFormat, params: RenderParams, settings: Settings
 ) -> FileResponse:
-    """Render the job into a temporary file, streamed and deleted once sent."""
+    """Render the download into a temporary file, streamed and deleted once sent."""
     check_budget(job.grid, job.plan, settings.download_max_pixels)
-    threads = settings.reader_threads
-    if job.stack:
-        data = render_stack(job.groups, job.plan, job.grid, params, job.geometry, threads)
-    else:
-        data = render_layers(job.groups[0], job.plan, job.grid, params, job.geometry, threads)
+    data = job.render(params, settings.reader_threads)
     fd, path = tempfile.mkstemp(prefix="tileserver-download-", suffix=f".{fmt.value}")
     os.close(fd)
     try:
@@ -263,7 +145,7 @@ def file_response(
     )
 
 
-def info_response(job: Job, settings: Settings) -> dict:
+def info_response(job: Download, settings: Settings) -> dict:
     """raster_info of the job, with its pixel count and the budget."""
     info = raster_info(job.grid, job.plan)
     info["pixels"] = job.grid.width * job.grid.height * len(job.plan.outputs) * job.plan.layers
@@ -278,9 +160,6 @@ FILE_RESPONSES: dict = {
 }
 
 
-# ----------------------------------------------------------------------------- images
-
-
 def download_area(area: GridDep, body: Annotated[AreaBody | None, Body()] = None) -> GridRequest:
     """The output grid, with the geometry a POST body gives (GET has none)."""
     return with_body(area, body) if body is not None else area
@@ -289,103 +168,4 @@ def download_area(area: GridDep, body: Annotated[AreaBody | None, Body()] = None
 AreaDep = Annotated[GridRequest, Depends(download_area)]
 
 
-def get_and_post(path: str, **options):
-    """GET, and POST with a GeoJSON geometry in its body: two operations, two operation ids."""
-
-    def register(endpoint):
-        router.get(path, **options)(endpoint)
-        return router.post(path, **options)(endpoint)
-
-    return register
-
-
-@get_and_post(
-    "/images/{image_id}/download.{fmt}",
-    response_class=FileResponse,
-    responses=FILE_RESPONSES,
-)
-def image_download(
-    image_id: str,
-    fmt: DownloadFormat,
-    params: RenderParamsDep,
-    area: AreaDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> FileResponse:
-    """The image as a COG or .npy (band, y, x); by default its own grid, pixels unchanged.
-
-    POST a `{"geometry": ...}` body to download within it (pixels outside are nodata).
-    """
-    return file_response(image_job(store, image_id, params, area), fmt, params, settings)
-
-
-@get_and_post("/images/{image_id}/raster_info")
-def image_raster_info(
-    image_id: str, params: RenderParamsDep, area: AreaDep, store: StoreDep, settings: SettingsDep
-) -> dict:
-    """The file the same query downloads: geoTransform, CRS, size, WGS84 extent, bands."""
-    return info_response(image_job(store, image_id, params, area), settings)
-
-
-# ----------------------------------------------------------------------------- searches
-
-
-@get_and_post(
-    "/searches/{search_id}/mosaic.{fmt}",
-    response_class=FileResponse,
-    responses=FILE_RESPONSES,
-)
-def mosaic_download(
-    search_id: str,
-    fmt: DownloadFormat,
-    params: RenderParamsDep,
-    mosaic: MosaicParamsDep,
-    area: AreaDep,
-    store: StoreDep,
-    layers: LayersDep,
-    settings: SettingsDep,
-) -> FileResponse:
-    """The search's mosaic as a COG or .npy (band, y, x), newest on top by default."""
-    job = search_job(store, layers, search_id, params, mosaic, area)
-    return file_response(job, fmt, params, settings)
-
-
-@get_and_post(
-    "/searches/{search_id}/stack.{fmt}",
-    response_class=FileResponse,
-    responses=FILE_RESPONSES,
-)
-def stack_download(
-    search_id: str,
-    fmt: DownloadFormat,
-    params: RenderParamsDep,
-    mosaic: MosaicParamsDep,
-    area: AreaDep,
-    store: StoreDep,
-    layers: LayersDep,
-    settings: SettingsDep,
-    flatten: FlattenQuery = "none",
-) -> FileResponse:
-    """The search's images as a stack: .npy (image, band, y, x); GeoTIFF bands image-major."""
-    job = search_job(store, layers, search_id, params, mosaic, area, flatten)
-    return file_response(job, fmt, params, settings)
-
-
 StackQuery = Annotated[bool, Query(description="describe the stack instead of the mosaic")]
-
-
-@get_and_post("/searches/{search_id}/raster_info")
-def search_raster_info(
-    search_id: str,
-    params: RenderParamsDep,
-    mosaic: MosaicParamsDep,
-    area: AreaDep,
-    store: StoreDep,
-    layers: LayersDep,
-    settings: SettingsDep,
-    stack: StackQuery = False,
-    flatten: FlattenQuery = "none",
-) -> dict:
-    """The file mosaic.tif (or stack.tif with `stack=true`) downloads with the same query."""
-    job = search_job(store, layers, search_id, params, mosaic, area, flatten if stack else None)
-    return info_response(job, settings)

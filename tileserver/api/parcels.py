@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from tileserver.api.deps import SettingsDep, StoreDep, bad_request
+from tileserver.api.deps import KnownQuery, SettingsDep, StoreDep, bad_request
 from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.geojson import check_geometry_size
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, safe_name
@@ -42,7 +42,7 @@ from tileserver.render.zonal import (
 from tileserver.settings import Settings
 from tileserver.threads import ContextPool
 
-router = APIRouter(tags=["parcels"])
+router = APIRouter(tags=["parcels"], dependencies=[KnownQuery])
 
 Format = Literal["json", "csv"]
 VALUE_COLUMNS = ["mean", "std", "min", "max", *(f"p{p}" for p in PERCENTILES)]

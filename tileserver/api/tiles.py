@@ -1,13 +1,12 @@
-"""Tiles of one image: XYZ/TMS tiles, TileJSON, WMTS capabilities and a map page."""
+"""What tile endpoints share (api/factory.py): tile checks, the tile cache, URL templates,
+TileJSON and WMTS documents."""
 
 from __future__ import annotations
 
 import math
-from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi import HTTPException, Request, Response
 from morecantile import TileMatrixSet
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
@@ -15,40 +14,15 @@ from starlette.concurrency import run_in_threadpool
 from titiler.core.utils import tms_limits, tms_limits_to_xml, tms_to_xml
 
 from tileserver.api.auth import key_query
-from tileserver.api.deps import RenderParamsDep, SettingsDep, StoreDep, get_tms, tms_query
-from tileserver.api.templates import render_template, root_path
+from tileserver.api.deps import ALWAYS_ALLOWED
+from tileserver.api.templates import render_template
 from tileserver.cache import Cache, CachedTile, make_etag
-from tileserver.catalog.models import Image, Product
 from tileserver.render.encode import ImageFormat
-from tileserver.render.pipeline import RenderParams
-from tileserver.render.tile import render_tile, request_bands, zoom_range
 
-router = APIRouter(tags=["tiles"])
 WGS84 = CRS.from_epsg(4326)
 
 # query parameters that do not change a tile's bytes, and so stay out of its cache key
-NON_RENDER_PARAMS = {"tms", "tile_format", "api_key"}
-
-
-def load(store, image_id: str) -> tuple[Image, Product]:
-    """The image and its product."""
-    image = store.get_image(image_id)
-    return image, store.get_product(image.product_id)
-
-
-def layer(
-    store, image_id: str, params: RenderParams, tms: TileMatrixSet
-) -> tuple[Image, int, int, int]:
-    """The image a TileJSON/WMTS describes, its zooms, and the image's own first zoom (the
-    WMTS extent snaps to its pixels); bad bands are one 400, here.
-
-    The minzoom is the TMS's own (0): a tile far below the image's resolution reads only
-    the few pixels the image covers in it (render/reader.py read_tile), so it is cheap.
-    """
-    image, product = load(store, image_id)
-    request_bands(product, params)
-    native, maxzoom = zoom_range(image, tms) if image.files else (tms.minzoom, tms.maxzoom)
-    return image, tms.minzoom, max(tms.minzoom, maxzoom), max(tms.minzoom, native)
+NON_RENDER_PARAMS = {"tms", "tile_format", *ALWAYS_ALLOWED}
 
 
 def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
@@ -115,86 +89,17 @@ async def tile_response(
     return Response(entry.content, media_type=entry.media_type, headers=headers)
 
 
-async def tile_scale(request: Request) -> int:
-    """The @Nx multiplier of a tile path (1 without it)."""
-    raw = request.path_params.get("scale", "1")
-    if not raw.isdigit() or not 1 <= int(raw) <= 4:
-        raise HTTPException(400, f"tile scale @{raw}x must be @1x..@4x")
-    return int(raw)
-
-
-def tile_route(router: APIRouter, paths: list[str]):
-    """Register a tile endpoint on several paths (the @Nx one hidden from the schema)."""
-
-    def decorator(func):
-        for path in paths:
-            router.add_api_route(
-                path,
-                func,
-                methods=["GET"],
-                response_class=Response,
-                responses={
-                    200: {
-                        "content": {
-                            "image/png": {},
-                            "image/jpeg": {},
-                            "image/webp": {},
-                            "image/tiff": {},
-                            "application/x-binary": {},
-                        }
-                    }
-                },
-                include_in_schema="@" not in path,
-            )
-        return func
-
-    return decorator
-
-
-@tile_route(
-    router,
-    [  # the @Nx form first: the plain one would take "12@2x" as y
-        "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}@{scale}x.{fmt}",
-        "/images/{image_id}/tiles/{tms_id}/{z}/{x}/{y}.{fmt}",
-    ],
-)
-async def image_tile(
-    request: Request,
-    image_id: str,
-    tms_id: str,
-    z: int,
-    x: int,
-    y: int,
-    fmt: ImageFormat,
-    params: RenderParamsDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    scale: Annotated[int, Depends(tile_scale)],
-) -> Response:
-    """One tile of one image, in png, jpeg, webp, tif or npy."""
-    tms = get_tms(tms_id)
-    check_tile(tms, z, x, y)
-    image, product = load(store, image_id)
-    tilesize = tile_size(tms, z, scale, settings.max_tile_size)
-    key = "|".join(
-        [
-            "image",
-            image.id,
-            str(image.modified),
-            str(product.modified),
-            tms.id,
-            f"{z}/{x}/{y}@{scale}.{fmt.value}",
-            render_query(request),
-        ]
-    )
-
-    def render() -> tuple[bytes, dict]:
-        content = render_tile(
-            image, product, tms, x, y, z, tilesize, params, fmt, settings.reader_threads
-        )
-        return content, {}
-
-    return await tile_response(request, key, render, fmt, settings.cache_control)
+TILE_RESPONSES: dict = {
+    200: {
+        "content": {
+            "image/png": {},
+            "image/jpeg": {},
+            "image/webp": {},
+            "image/tiff": {},
+            "application/x-binary": {},
+        }
+    }
+}
 
 
 def tile_url_template(
@@ -268,21 +173,6 @@ def wmts_capabilities(
 WMTS_XYZ = ("{TileMatrix}", "{TileCol}", "{TileRow}")
 
 
-@router.get("/images/{image_id}/tilejson.json")
-def image_tilejson(
-    request: Request,
-    image_id: str,
-    store: StoreDep,
-    params: RenderParamsDep,
-    tms: Annotated[TileMatrixSet, Depends(tms_query)],
-    tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
-) -> dict:
-    """TileJSON 3.0 for the image with the request's rendering parameters."""
-    image, minzoom, maxzoom, _ = layer(store, image_id, params, tms)
-    url = tile_url_template(request, "image_tile", {"image_id": image.id}, tms, tile_format.value)
-    return tilejson(image.id, url, image.bbox, minzoom, maxzoom)
-
-
 def snapped_bounds(
     tms: TileMatrixSet, bbox: tuple[float, float, float, float], zoom: int
 ) -> tuple[float, float, float, float]:
@@ -300,29 +190,3 @@ def snapped_bounds(
         x0 + math.ceil((maxx - x0) / size) * size,
         y0 - math.floor((y0 - maxy) / size) * size,
     )
-
-
-@router.get("/images/{image_id}/WMTSCapabilities.xml", response_class=Response)
-def image_wmts(
-    request: Request,
-    image_id: str,
-    store: StoreDep,
-    params: RenderParamsDep,
-    tms: Annotated[TileMatrixSet, Depends(tms_query)],
-    tile_format: Annotated[ImageFormat, Query()] = ImageFormat.png,
-) -> Response:
-    """OGC WMTS 1.0 capabilities (RESTful) for QGIS, GDAL and OpenLayers."""
-    image, minzoom, maxzoom, native = layer(store, image_id, params, tms)
-    url = tile_url_template(
-        request, "image_tile", {"image_id": image.id}, tms, tile_format.value, WMTS_XYZ
-    )
-    return wmts_capabilities(
-        request, image.id, image.bbox, minzoom, maxzoom, tms, tile_format, url, native
-    )
-
-
-@router.get("/images/{image_id}/map", response_class=HTMLResponse)
-def image_map(request: Request, image_id: str, store: StoreDep) -> HTMLResponse:
-    """The web viewer opened on one image."""
-    image, _ = load(store, image_id)
-    return HTMLResponse(render_template("viewer.html", image_id=image.id, root=root_path(request)))

@@ -10,6 +10,7 @@ from affine import Affine
 from PIL import Image as PILImage
 from rasterio.crs import CRS
 from rio_tiler.colormap import apply_cmap
+from rio_tiler.models import ImageData
 from rio_tiler.utils import render
 
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY
@@ -122,6 +123,20 @@ def encode(
     if mask is not None:
         mask = mask.astype(data.dtype)
     return render(data, mask, img_format=DRIVERS[fmt], colormap=colormap, **options)
+
+
+def encode_image(image: ImageData, fmt: ImageFormat) -> bytes:
+    """Encode rendered ImageData (render.pipeline.Rendered.image): its pixels, its 0/255
+    alpha mask, its colormap, and for GeoTIFF its CRS and transform."""
+    mask = image.alpha_mask
+    return encode(
+        image.array.data,
+        mask.astype("uint8") if mask is not None else None,
+        fmt,
+        image.metadata.get("colormap"),
+        crs=image.crs,
+        transform=image.transform,
+    )
 
 
 def encode_picture(

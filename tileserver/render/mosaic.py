@@ -30,7 +30,6 @@ from rio_tiler.mosaic.methods import PixelSelectionMethod
 
 from tileserver import deadline
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, BandStatistics, Image, Product
-from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import RenderError
 from tileserver.render.pipeline import (
     Rendered,
@@ -50,15 +49,6 @@ VALUE_PRESERVING = {"first", "highest", "lowest", "mean", "median", "lastbandhig
 
 class EmptyTile(Exception):
     """No image of the mosaic has a valid pixel in this tile."""
-
-
-@dataclass
-class MosaicTile:
-    """Encoded bytes, how many images were read, and those that gave pixels (paint order)."""
-
-    content: bytes
-    read: int
-    used: list[str]
 
 
 @dataclass(frozen=True)
@@ -320,17 +310,16 @@ def render_composite(
     )
 
 
-def render_mosaic_tile(
+def mosaic_tile(
     layers: Sequence[Layer],
     product: Product,
     grid: TileGrid,
     params: RenderParams,
-    fmt: ImageFormat,
     pixel_selection: str = "first",
     threads: int = 4,
     products: Sequence[Product] = (),
-) -> MosaicTile:
-    """Composite `layers` (image, its product) in paint order into one encoded tile.
+) -> ImageData:
+    """Composite `layers` (image, its product) in paint order into one rendered tile.
 
     `product` defines the bands, their ranges and colormaps (the mosaic's product);
     every image reads the bands of the same names from its own product. The scaling and
@@ -354,12 +343,6 @@ def render_mosaic_tile(
     rendered = render_composite(
         result.data, bands, params, pixel_selection, result.used, own.bands, alpha_band
     )
-    content = encode(
-        rendered.data,
-        rendered.mask,
-        fmt,
-        rendered.colormap,
-        crs=grid.tms.rasterio_crs,
-        transform=grid.transform,
-    )
-    return MosaicTile(content, result.read, [i.id for i in result.used])
+    bounds = grid.tms.xy_bounds(grid.x, grid.y, grid.z)
+    used = [i.id for i in result.used]
+    return rendered.image(grid.tms.rasterio_crs, bounds, assets=used, read=result.read)

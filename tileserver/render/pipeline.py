@@ -12,14 +12,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy
+from rasterio.crs import CRS
 from rio_tiler.errors import InvalidExpression
 from rio_tiler.expression import apply_expression, validate_expression
+from rio_tiler.models import ImageData
 
 from tileserver.catalog.cql2sql import parenthesis_depth
 from tileserver.catalog.models import Band, BandStatistics, Product
 from tileserver.render.errors import RenderError, UnknownBand
 from tileserver.render.scaling import (
     Scale,
+    Scaling,
     ScalingError,
     level_steps,
     multiproduct_scaling_parameters,
@@ -76,7 +79,7 @@ class RenderParams:
     """Every parameter that changes pixels, parsed and validated once."""
 
     bands: tuple[str, ...] | None = None
-    scaling: Any = None  # as scaling_parameters takes it; a bare tuple applies to every band
+    scaling: Scaling = None  # render.scaling.Scaling; a bare tuple applies to every band
     data_type: str | None = None
     processing_level: str | None = None
     expression: str | None = None
@@ -92,6 +95,23 @@ class Rendered:
     data: numpy.ndarray
     mask: numpy.ndarray
     colormap: dict | None
+
+    def image(self, crs: CRS, bounds, assets: list[str] | None = None, **extra: Any) -> ImageData:
+        """The rendered pixels as rio-tiler's ImageData, ready for render.encode.encode_image.
+
+        The 0/255 validity travels as `alpha_mask` (the encoders' alpha band, 0/255 in the
+        output type) and as the array's mask; the colormap in `metadata["colormap"]`;
+        `assets` and `extra` (added to the metadata) say what a mosaic read.
+        """
+        invalid = numpy.broadcast_to(self.mask == 0, self.data.shape)
+        return ImageData(
+            numpy.ma.MaskedArray(self.data, mask=invalid),
+            crs=crs,
+            bounds=tuple(bounds),
+            alpha_mask=self.mask.astype(self.data.dtype),  # rio-tiler's rule: the data's type
+            assets=assets,
+            metadata={"colormap": self.colormap, **extra},
+        )
 
 
 def expression_blocks(expression: str) -> list[str]:

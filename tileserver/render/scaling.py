@@ -65,6 +65,12 @@ DISPLAY_OUTPUT = (0.0, 255.99)
 AUTO_OUTPUT = (0, 255)
 
 Scale = tuple[()] | tuple[float, float, float, float] | None
+# A request's `scaling`, as api/deps.py parses it once (and the Catalog's client takes it):
+# an entry is a mode, None, or a tuple of 0, 2 or 4 numbers or percents ("2%"); the whole is
+# one entry for every band, a list of one entry per band, or a mapping of band name (or
+# `default_`) to entry. Its validation against the bands is scaling_parameters'.
+ScalingEntry = str | tuple[float | str, ...] | None
+Scaling = ScalingEntry | list[ScalingEntry] | Mapping[str, ScalingEntry]
 
 
 class ScalingError(ValueError):
@@ -283,7 +289,7 @@ def _parse_entry(band: _Band, entry: Any) -> _Spec:
     )
 
 
-def _entries(props: list[_Band], scaling: Any) -> list[Any]:
+def _entries(props: list[_Band], scaling: Scaling) -> list[Any]:
     """One raw scaling entry per band, from a mode string, a sequence or a mapping."""
     if isinstance(scaling, str):
         return [scaling] * len(props)
@@ -416,7 +422,7 @@ def _resolve(spec: _Spec, mode: str, data_type: str) -> Scale:
 
 def scaling_parameters(
     bands: Sequence[Any],
-    scaling: Any = None,
+    scaling: Scaling = None,
     data_type: str | None = None,
     processing_level: str | None = None,
 ) -> tuple[list[Scale], str]:
@@ -434,7 +440,7 @@ def scaling_parameters(
 def multiproduct_scaling_parameters(
     products: Mapping[str, Sequence[Any]],
     names: Sequence[str],
-    scaling: Any = None,
+    scaling: Scaling = None,
     data_type: str | None = None,
     processing_level: str | None = None,
 ) -> tuple[list[Scale], str]:

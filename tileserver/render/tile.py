@@ -1,11 +1,11 @@
-"""One map tile of one image: read the bands it needs, render, encode."""
+"""One map tile of one image: read the bands it needs and render them."""
 
 from __future__ import annotations
 
 from morecantile import TileMatrixSet
+from rio_tiler.models import ImageData
 
 from tileserver.catalog.models import Band, Image, Product
-from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.pipeline import RenderParams, render_array, requested_bands
 from tileserver.render.reader import image_reader, read_bands, resolve_bands, tile_reader
 
@@ -26,7 +26,7 @@ def request_bands(product: Product, params: RenderParams) -> tuple[list[Band], B
     return bands, alpha
 
 
-def render_tile(
+def tile_image(
     image: Image,
     product: Product,
     tms: TileMatrixSet,
@@ -35,10 +35,10 @@ def render_tile(
     z: int,
     tilesize: int,
     params: RenderParams,
-    fmt: ImageFormat,
     threads: int = 4,
-) -> bytes:
-    """Encoded tile bytes; `auto` scaling uses the image's stored statistics."""
+) -> ImageData:
+    """The rendered tile (render.encode.encode_image encodes it); `auto` scaling uses the
+    image's stored statistics."""
     bands, alpha_band = request_bands(product, params)
     to_read = bands + ([alpha_band] if alpha_band else [])
     img = read_bands(
@@ -55,14 +55,7 @@ def render_tile(
     rendered = render_array(
         data, bands, params, stats=image.band_stats, alpha=alpha, alpha_band=alpha_band
     )
-    return encode(
-        rendered.data,
-        rendered.mask,
-        fmt,
-        rendered.colormap,
-        crs=img.crs,
-        transform=img.transform,
-    )
+    return rendered.image(img.crs, img.bounds)
 
 
 def zoom_range(image: Image, tms: TileMatrixSet) -> tuple[int, int]:
