@@ -458,13 +458,11 @@ def test_a_failed_batch_writes_nothing(p_store):
 
 
 def test_counts_stop_at_the_limit_and_paging_still_works(p_store, monkeypatch):
-    import tileserver.catalog.pgstac as pgstac_store
-    import tileserver.catalog.sqlite as sqlite_store
+    import tileserver.catalog.sqlstore as sqlstore
 
     p_store.put_images([image(f"i{n}", box(n, 0, n + 1, 1)) for n in range(5)])
     assert p_store.search(SearchQuery(limit=2)).matched == 5
-    monkeypatch.setattr(sqlite_store, "COUNT_LIMIT", 3)
-    monkeypatch.setattr(pgstac_store, "COUNT_LIMIT", 3)
+    monkeypatch.setattr(sqlstore, "COUNT_LIMIT", 3)  # both stores count there
     page = p_store.search(SearchQuery(limit=2))
     assert page.matched is None and page.next_token
     seen = [i.name for i in page.images]
