@@ -30,6 +30,7 @@ import shapely
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from tileserver.catalog import stac
 from tileserver.catalog.cql2sql import (
     POSTGRES,
     Dialect,
@@ -53,6 +54,7 @@ from tileserver.catalog.search import (
 )
 from tileserver.catalog.sqlstore import SQLStore
 from tileserver.catalog.store import NotFound
+from tileserver.opener import Refused, locate
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS tileserver;
@@ -225,6 +227,7 @@ def migrate(dsn: str) -> str:
             conn.execute(_functions(conn))
             conn.execute(LAST_USED_SINCE)
             _backfill(conn)
+            _backfill_assets(conn)
             for name, queryable in CORE_QUERYABLES.items():
                 if name not in NATIVE:
                     _register_queryable(conn, name, queryable.type, queryable.description)
@@ -247,6 +250,44 @@ def _backfill(conn) -> None:
             conn.execute(
                 "UPDATE items SET content = content || %s WHERE collection = %s AND id = %s",
                 (Jsonb(_derived(image)), collection_id, item_id),
+            )
+
+
+def _backfill_assets(conn) -> None:
+    """Items written before they had assets get them (pgSTAC tilers read the files).
+
+    Once per catalog, in one transaction: a scan of every item is not for each start.
+    """
+    with conn.transaction():
+        if not conn.execute(
+            "INSERT INTO tileserver.meta VALUES ('item_assets', 1) ON CONFLICT DO NOTHING"
+        ).rowcount:
+            return
+        _add_assets(conn)
+
+
+def _add_assets(conn) -> None:
+    products: dict[str, Product] = {}
+    while True:
+        rows = conn.execute(
+            f"SELECT collection, id, {DOC} FROM items i WHERE content ? 'tileserver:image'"
+            " AND coalesce(content->'assets', '{}'::jsonb) = '{}'::jsonb"
+            " AND jsonb_array_length(content->'tileserver:image'->'files') > 0 LIMIT 500"
+        ).fetchall()
+        if not rows:
+            return
+        for collection_id, item_id, doc in rows:
+            if collection_id not in products:
+                (found,) = conn.execute(
+                    "SELECT content->'tileserver:product' FROM collections WHERE id = %s",
+                    (collection_id,),
+                ).fetchone()
+                products[collection_id] = Product.model_validate(found)
+            image = Image.model_validate_json(doc)
+            assets = item(image, products[collection_id])["assets"]
+            conn.execute(
+                "UPDATE items SET content = content || %s WHERE collection = %s AND id = %s",
+                (Jsonb({"assets": assets}), collection_id, item_id),
             )
 
 
@@ -349,8 +390,13 @@ def pgstac_search(query: SearchQuery) -> dict:
     return body
 
 
-def item(image: Image) -> dict:
-    """The pgSTAC item of an image (the whole image document rides along)."""
+def item(image: Image, product: Product) -> dict:
+    """The pgSTAC item of an image (the whole image document rides along).
+
+    Its assets are the API's (catalog.stac) with the files' hrefs as GDAL opens them, so
+    pgSTAC tilers (titiler-pgstac) read the pixels: the database is the operator's, and
+    the API, which may hide hrefs from readers, answers from the document, not from these.
+    """
     properties = {
         **image.properties,
         "datetime": image.acquired.isoformat().replace("+00:00", "Z"),
@@ -369,11 +415,19 @@ def item(image: Image) -> dict:
         "bbox": list(image.bbox),
         "properties": properties,
         "links": [],
-        "assets": {},
+        "assets": stac.assets(image, product, [gdal_path(f.href) for f in image.files]),
         "tileserver:bytes": sum(f.size or 0 for f in image.files),
         "tileserver:image": image.model_dump(mode="json"),
         **_derived(image),
     }
+
+
+def gdal_path(href: str) -> str:
+    """The path GDAL opens for a file's href (s3:// as /vsis3/, file:// as a path...)."""
+    try:
+        return locate(href).path
+    except Refused:  # stored before today's rules: as written
+        return href
 
 
 def _derived(image: Image) -> dict:
@@ -618,8 +672,9 @@ class PgstacStore(SQLStore):
                 created[f"{product_id}:{name}"] = datetime.fromisoformat(first)
         return created
 
-    def _write_images(self, conn, images: list[Image]) -> None:
-        conn.execute("SELECT upsert_items(%s)", (Jsonb([item(i) for i in images]),))
+    def _write_images(self, conn, images: list[Image], products: dict[str, Product]) -> None:
+        items = [item(i, products[i.product_id]) for i in images]
+        conn.execute("SELECT upsert_items(%s)", (Jsonb(items),))
 
     def _record_properties(self, conn, images: list[Image]) -> None:
         seen = {(i.product_id, name, kind) for i in images for name, kind in image_properties(i)}

@@ -321,7 +321,9 @@ class SQLiteStore(SQLStore):
                     created[key] = datetime.fromisoformat(first)
         return created
 
-    def _write_images(self, db: sqlite3.Connection, images: list[Image]) -> None:
+    def _write_images(
+        self, db: sqlite3.Connection, images: list[Image], products: dict[str, Product]
+    ) -> None:
         db.executemany(
             "INSERT INTO images (id, product_id, name, acquired, cloud_cover,"
             " minx, miny, maxx, maxy, geom, bytes, doc)"

@@ -107,7 +107,8 @@ class SQLStore:
         """When the product's images of these names were first written, by global id."""
         raise NotImplementedError
 
-    def _write_images(self, db, images: list[Image]) -> None:
+    def _write_images(self, db, images: list[Image], products: dict[str, Product]) -> None:
+        """Insert or replace image rows (`products`: theirs, by id)."""
         raise NotImplementedError
 
     def _record_properties(self, db, images: list[Image]) -> None:
@@ -216,16 +217,18 @@ class SQLStore:
                 if not keep_times or image.modified is None:
                     names.append(image.name)
             created: dict[str, datetime] = {}
+            products: dict[str, Product] = {}
             for product_id, names in stamp.items():
                 row = self._product_row(db, product_id)
                 if row is None or row[0] is None:
                     raise NotFound(f"product '{product_id}' not found")
+                products[product_id] = self._parsed.get(Product, product_id, row[0])
                 if names:
                     created.update(self._created(db, product_id, names))
             written = [
                 with_footprint_bbox(stamped(i, created.get(i.id), keep_times)) for i in images
             ]
-            self._write_images(db, written)
+            self._write_images(db, written, products)
             self._record_properties(db, written)
             self._bump(db, stamp)
         self._after_write()
