@@ -30,13 +30,19 @@ PYTHON = os.environ.get("TILESERVER_TEST_TITILER_PGSTAC_PYTHON")
 
 
 @pytest.fixture()
-def titiler(pgstac_url) -> Iterator[str]:
-    """titiler-pgstac serving the test's database; its base URL."""
+def titiler_python() -> str:
+    """The python of titiler-pgstac's environment (asked before a database is made)."""
     if not PYTHON:
         reason = "TILESERVER_TEST_TITILER_PGSTAC_PYTHON is unset (.ci/run builds that environment)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
+    return PYTHON
+
+
+@pytest.fixture()
+def titiler(titiler_python, pgstac_url) -> Iterator[str]:
+    """titiler-pgstac serving the test's database; its base URL."""
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", ""),
@@ -44,7 +50,7 @@ def titiler(pgstac_url) -> Iterator[str]:
         "TITILER_PGSTAC_CACHE_DISABLE": "TRUE",  # each answer read from the database now
     }
     process = subprocess.Popen(
-        [PYTHON, "-m", "uvicorn", "titiler.pgstac.main:app", "--host", "127.0.0.1"]
+        [titiler_python, "-m", "uvicorn", "titiler.pgstac.main:app", "--host", "127.0.0.1"]
         + ["--port", str(port), "--log-level", "warning"],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -79,12 +85,21 @@ def expected(band: int) -> numpy.ndarray:
     return (rows * 7 + cols * 3 + 1 + band * 2000).astype("uint16")
 
 
-def tiff_bands(content: bytes) -> numpy.ndarray:
-    with MemoryFile(content) as memory, memory.open() as dataset:
-        return dataset.read()
+def assert_tile(layer: str) -> None:
+    """The layer's tile over the scene (the file's own grid) holds every pixel as written."""
+    answer = httpx.get(
+        f"{layer}/tiles/WebMercatorQuad/{TILE.z}/{TILE.x}/{TILE.y}.tif",
+        params={"assets": "scene_20240501"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    with MemoryFile(answer.content) as memory, memory.open() as dataset:
+        pixels = dataset.read()
+    for band in range(3):
+        assert numpy.array_equal(pixels[band], expected(band)), band
 
 
-def test_titiler_pgstac_tiles_an_image_tileserver_ingested(tmp_path: Path, pgstac_url, titiler):
+def test_titiler_pgstac_tiles_an_image_tileserver_ingested(tmp_path: Path, titiler, pgstac_url):
     source = numpy.stack([expected(b) for b in range(3)])
     write(tmp_path / "in" / "scene_20240501.tif", source, descriptions=["red", "green", "blue"])
     result = CliRunner().invoke(
@@ -94,16 +109,7 @@ def test_titiler_pgstac_tiles_an_image_tileserver_ingested(tmp_path: Path, pgsta
     )
     assert result.exit_code == 0, result.output
 
-    tile = f"tiles/WebMercatorQuad/{TILE.z}/{TILE.x}/{TILE.y}.tif"
-    answer = httpx.get(
-        f"{titiler}/collections/field/items/scene_20240501/{tile}",
-        params={"assets": "scene_20240501"},
-        timeout=60,
-    )
-    assert answer.status_code == 200, answer.text
-    pixels = tiff_bands(answer.content)
-    for band in range(3):  # the tile is the file's own grid: every pixel as written
-        assert numpy.array_equal(pixels[band], expected(band)), band
+    assert_tile(f"{titiler}/collections/field/items/scene_20240501")
 
     # a search tileserver registered, served from pgSTAC's registry by its hash
     store = open_store(pgstac_url)
@@ -115,12 +121,4 @@ def test_titiler_pgstac_tiles_an_image_tileserver_ingested(tmp_path: Path, pgsta
             ).fetchall()
     finally:
         store.close()
-    answer = httpx.get(
-        f"{titiler}/searches/{search_hash}/{tile}",
-        params={"assets": "scene_20240501"},
-        timeout=60,
-    )
-    assert answer.status_code == 200, answer.text
-    pixels = tiff_bands(answer.content)
-    for band in range(3):
-        assert numpy.array_equal(pixels[band], expected(band)), band
+    assert_tile(f"{titiler}/searches/{search_hash}")

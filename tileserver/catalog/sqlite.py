@@ -258,7 +258,7 @@ class SQLiteStore(SQLStore):
 
     def parcels(self) -> SQLiteParcelStore:
         """The parcel layers kept in this catalog's file."""
-        return SQLiteParcelStore(self._connection)
+        return SQLiteParcelStore(self._connection, self._transaction)
 
     def _bump(self, db: sqlite3.Connection, product_ids: Iterable[str]) -> None:
         db.executemany(

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import shapely
 from shapely.geometry import mapping
@@ -75,24 +75,17 @@ END""",
 class SQLiteParcelStore(ParcelStore):
     """Parcel layers in the tables of a SQLite catalog file, through its store's connections."""
 
-    def __init__(self, connection: Callable[[], sqlite3.Connection]):
-        self._db = connection  # this thread's connection to the catalog file
+    def __init__(
+        self,
+        connection: Callable[[], sqlite3.Connection],
+        transaction: Callable[[], AbstractContextManager[sqlite3.Connection]],
+    ):
+        # the store's: this thread's connection to the catalog file, and a write transaction
+        # (which moves no image generation, so parcel loads leave cached mosaics valid)
+        self._db, self._transaction = connection, transaction
         with self._transaction() as db:
             for statement in SCHEMA:
                 db.execute(statement)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; unlike the store's it leaves the image generation alone, so
-        parcel loads do not invalidate cached mosaics."""
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def put_layer(self, name: str, source: ParcelSource, progress: bool = False) -> LoadReport:
         """Store parcels as layer `name` in one transaction; an existing layer is replaced."""
