@@ -70,6 +70,9 @@ def parse_token(token: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+UNKNOWN = object()  # a token KeyRing has not looked up lately
+
+
 class KeyRing:
     """Checks tokens against the store's keys, remembering answers for `ttl` seconds.
 
@@ -95,8 +98,9 @@ class KeyRing:
         """Who the token stands for; None when it is malformed, unknown or revoked."""
         memo = digest(token)  # tokens are not kept in clear, not even in memory
         with self._lock:
-            if memo in self._known:
-                return self._known[memo]
+            cached = self._known.get(memo, UNKNOWN)
+        if cached is not UNKNOWN:
+            return cached
         found = None
         parsed = parse_token(token)
         if parsed is not None:

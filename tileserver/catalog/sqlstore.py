@@ -94,6 +94,7 @@ class SQLStore:
         raise NotImplementedError
 
     def _write_product(self, db, product: Product) -> None:
+        """Insert or replace a product row."""
         raise NotImplementedError
 
     def _delete_product(self, db, product_id: str) -> None:
@@ -101,6 +102,7 @@ class SQLStore:
         raise NotImplementedError
 
     def _image_text(self, db, image_id: str) -> str | None:
+        """An image's document as text; None if there is none."""
         raise NotImplementedError
 
     def _created(self, db, product_id: str, names: list[str]) -> dict[str, datetime]:
@@ -131,6 +133,7 @@ class SQLStore:
         return value
 
     def _count(self, db, product_id: str) -> int:
+        """How many images the product has."""
         raise NotImplementedError
 
     def _queryables_sql(
@@ -147,7 +150,8 @@ class SQLStore:
         """A search query's rows."""
         return db.execute(sql, args).fetchall()
 
-    def _bucket_start(self, value):
+    def _bucket_start(self, value: Any) -> Any:
+        """The start of a summary interval as the database gives it, as Summary takes it."""
         return value
 
     # products
