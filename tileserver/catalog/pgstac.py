@@ -5,6 +5,10 @@ Products are pgSTAC collections and images are pgSTAC items, so any pgSTAC clien
 tileserver document beside the STAC fields (`tileserver:product` in a collection,
 `tileserver:image` in an item) so it reads back exactly as written.
 
+The store's logic is catalog.sqlstore's, shared with SQLite; this module holds pgSTAC's
+schema, connections and SQL. Each item's files are its STAC assets, at the paths GDAL
+opens, so pgSTAC tilers read the pixels.
+
 Searches are tileserver's own SQL over pgSTAC's items table: the CQL2 compiler of the
 SQLite store, in PostgreSQL's spelling (cql2sql.POSTGRES), reading the same values
 (`tileserver:image` and its times normalised at write, `tileserver:times`), sorted and

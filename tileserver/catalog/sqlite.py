@@ -1,6 +1,7 @@
 """The embedded catalog: one SQLite file (WAL), records kept as JSON documents.
 
-Columns exist only for what queries filter or sort on; the document is the record.
+Columns exist only for what queries filter or sort on; the document is the record. The
+store's logic is catalog.sqlstore's; this module holds SQLite's schema, connections and SQL.
 """
 
 from __future__ import annotations
