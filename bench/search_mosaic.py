@@ -56,8 +56,8 @@ from rasterio.warp import transform_geom  # noqa: E402
 
 from tileserver.catalog import cql2sql  # noqa: E402
 from tileserver.catalog.models import Image, ImageFile, Product  # noqa: E402
-from tileserver.catalog.search import SearchQuery, TileLookup  # noqa: E402
-from tileserver.catalog.sqlite import COUNT_LIMIT, SQLiteStore  # noqa: E402
+from tileserver.catalog.search import COUNT_LIMIT, SearchQuery, TileLookup  # noqa: E402
+from tileserver.catalog.sqlite import SQLiteStore  # noqa: E402
 
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 SEED = 20240611
@@ -690,11 +690,10 @@ def count_reads(catalog: Path, search_id: str, tiles: list, threads: int) -> dic
 
 def search_sql(store: SQLiteStore, query: SearchQuery) -> tuple:
     """The page and COUNT statements store.search runs for `query`, and their parameters."""
-    where, args = store._where(query)
-    page = (
-        f"SELECT i.doc FROM images i WHERE {where} ORDER BY {store._order(query)} LIMIT ? OFFSET ?"
-    )
-    count = f"SELECT count(*) FROM (SELECT 1 FROM images i WHERE {where} LIMIT ?)"
+    queryables, where, args = store._compiled(store._connection(), query)
+    order = store._order(query, queryables)
+    page = f"SELECT i.doc FROM images i WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?"
+    count = f"SELECT count(*) FROM (SELECT 1 FROM images i WHERE {where} LIMIT ?) AS m"
     return page, [*args, query.limit + 1, 0], count, [*args, COUNT_LIMIT + 1]
 
 
@@ -781,7 +780,8 @@ def time_tile_lookups_for(store: SQLiteStore, body: dict, tiles: list) -> dict:
     """store.tile_images for another registered-search body, with its plan."""
     query = SearchQuery.model_validate(body)
     db = store._connection()
-    where, args = store._where(
+    queryables, where, args = store._compiled(
+        db,
         query,
         {
             "op": "s_intersects",
@@ -790,7 +790,8 @@ def time_tile_lookups_for(store: SQLiteStore, body: dict, tiles: list) -> dict:
     )
     plan = query_plan(
         db,
-        f"SELECT i.doc FROM images i WHERE {where} ORDER BY {store._order(query)} LIMIT ?",
+        f"SELECT i.doc FROM images i WHERE {where} ORDER BY {store._order(query, queryables)}"
+        " LIMIT ?",
         [*args, 31],
     )
     store.tile_images(query, tuple(WEB_MERCATOR.bounds(tiles[0])), LOOKUP)  # warm-up

@@ -622,12 +622,10 @@ def test_demo_gallery_end_to_end(client, demo_store):
     assert profile["crs"] == CRS.from_epsg(32633)
 
 
-def test_chips_by_parcel_centre_on_the_centroid_and_draw_the_outline(client, demo_store, tmp_path):
+def test_chips_by_parcel_centre_on_the_centroid_and_draw_the_outline(client, tmp_path):
     """rawChipByParcelID / gallery by parcel: the chips of the centroid's location, and the
     gallery's chips differ from the plain ones exactly where the outline is drawn."""
     import json
-
-    from tileserver.catalog.parcels import ParcelStore
 
     to_wgs84 = Transformer.from_crs(32633, 4326, always_xy=True)
     ring = [(502000, 5797000), (504000, 5797000), (504000, 5795400), (502000, 5795400)]
@@ -635,7 +633,7 @@ def test_chips_by_parcel_centre_on_the_centroid_and_draw_the_outline(client, dem
     path = tmp_path / "plots.geojson"
     feature = {"type": "Feature", "properties": {"id": "P1"}, "geometry": mapping(polygon)}
     path.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
-    parcels = ParcelStore(demo_store)
+    parcels = client.app.state.parcels
     parcels.load("chip-plots", path)
     try:
         parcel = client.get("/parcels/chip-plots/P1").json()

@@ -25,7 +25,7 @@ from tests.conftest import make_settings
 from tests.synthetic import write_raster
 from tileserver.app import create_app
 from tileserver.catalog.acquisitions import acquisitions
-from tileserver.catalog.parcels import LoadError, ParcelStore, read_parcels
+from tileserver.catalog.parcels import NO_PARCELS, LoadError, read_parcels
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.cli import cli
 from tileserver.demo import PRODUCT_ID, SCL_CLASSES
@@ -168,7 +168,7 @@ def test_cli_loads_geojson_skipping_bad_features(tmp_path):
     assert listed[0]["bbox"] == pytest.approx([15.0, 52.3, 15.015, 52.304])
 
     store = SQLiteStore(tmp_path / "catalog.db")
-    parcels = ParcelStore(store)
+    parcels = store.parcels()
     b = parcels.get("fields", "B", geometry=True)
     assert (b.crop_type, b.year, b.properties) == ("maize", 2024, {"farm": "south"})
     assert shapely.geometry.shape(b.geometry).equals(FIELD_B)
@@ -214,7 +214,7 @@ def test_utm_files_load_in_wgs84_and_reload_replaces(tmp_path, driver, suffix):
         driver,
     )
     store = SQLiteStore(tmp_path / "catalog.db")
-    parcels = ParcelStore(store)
+    parcels = store.parcels()
     report = parcels.load("utm", path)
     assert (report.layer.count, report.layer.id_field, report.layer.crop_field) == (
         3,
@@ -282,13 +282,13 @@ def test_bad_parcel_files_give_clear_errors(tmp_path):
 
     store = SQLiteStore(tmp_path / "catalog.db")
     with pytest.raises(LoadError, match="layer name 'bad name'"):
-        ParcelStore(store).load("bad name", no_id, id_field="name")
+        store.parcels().load("bad name", no_id, id_field="name")
     store.close()
 
 
 def test_parcel_by_location_and_id(empty_client, tmp_path):
     path = write_geojson(tmp_path / "fields.geojson", good_features())
-    ParcelStore(empty_client.app.state.store).load("fields", path)
+    empty_client.app.state.parcels.load("fields", path)
 
     layers = empty_client.get("/parcels").json()["layers"]
     assert [(la["name"], la["count"]) for la in layers] == [("fields", 3)]
@@ -411,7 +411,7 @@ def load_polygon_layer(client: TestClient, tmp_path: Path) -> None:
         tmp_path / "p.geojson",
         [feature({"id": "P1", "crop": "wheat", "year": 2024}, to_wgs84(POLYGON_UTM, 32633))],
     )
-    ParcelStore(client.app.state.store).load("plots", path)
+    client.app.state.parcels.load("plots", path)
 
 
 def test_value_band_statistics_per_date(empty_client, synthetic, tmp_path):
@@ -620,7 +620,7 @@ def test_demo_scl_time_series_matches_acquisitions(client, demo_store):
     images = acquisitions(demo_store, PRODUCT_ID, polygon, start, end)
     assert len(images) >= 6
 
-    parcels = ParcelStore(demo_store)
+    parcels = demo_store.parcels()
     path = Path(demo_store.path).parent / "demo_parcels.geojson"
     write_geojson(path, [feature({"pid": "demo-1", "crop": "wheat"}, polygon)])
     parcels.load("demo-parcels", path)
@@ -662,7 +662,7 @@ def test_demo_scl_time_series_matches_acquisitions(client, demo_store):
 
 def test_odd_parcel_requests_never_500(client, demo_store, tmp_path):
     path = write_geojson(tmp_path / "fields.geojson", good_features())
-    parcels = ParcelStore(demo_store)
+    parcels = demo_store.parcels()
     parcels.load("odd-fields", path)
     base = {"product": PRODUCT_ID, "band": "SCL", "start_date": "2024-05-01"}
     try:
@@ -696,3 +696,13 @@ def test_odd_parcel_requests_never_500(client, demo_store, tmp_path):
             assert response.status_code == 200 or response.json()["detail"]
     finally:
         parcels.delete("odd-fields")
+
+
+def test_only_the_sqlite_catalog_keeps_parcels(catalog_client, catalog_url):
+    """The parcel store is made with the app; pgSTAC has none yet and says so with a 501."""
+    answer = catalog_client.get("/parcels")
+    if catalog_url.startswith("sqlite"):
+        assert answer.status_code == 200 and answer.json() == {"layers": []}
+    else:
+        assert answer.status_code == 501 and answer.json()["detail"] == NO_PARCELS
+        assert catalog_client.get("/parcels/fields/at?lon=1&lat=2").status_code == 501

@@ -157,6 +157,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     _serve_openapi_as_openapi(app)
     app.state.settings = settings
     app.state.store = store
+    app.state.parcels = store.parcels()  # None: this catalog keeps no parcel layers
     app.state.cache = cache
     app.state.chips = chip_store
     app.state.layers = LayerCache()

@@ -396,16 +396,16 @@ def migrate_catalog(source: str, destination: str, batch: int, quiet: bool) -> N
 
 
 def _parcel_store(catalog: str | None):
-    """The catalog store and its parcel tables; a clear error for non-SQLite catalogs."""
-    from tileserver.catalog.parcels import ParcelStore
+    """The catalog store and its parcel store; a clear error for catalogs without one."""
+    from tileserver.catalog.parcels import NO_PARCELS
     from tileserver.catalog.store import open_store
 
     store = open_store(_settings(catalog).catalog_url)
-    try:
-        return store, ParcelStore(store)
-    except TypeError as exc:
+    parcels = store.parcels()
+    if parcels is None:
         store.close()
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(NO_PARCELS)
+    return store, parcels
 
 
 @cli.group()

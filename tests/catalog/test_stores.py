@@ -458,13 +458,11 @@ def test_a_failed_batch_writes_nothing(p_store):
 
 
 def test_counts_stop_at_the_limit_and_paging_still_works(p_store, monkeypatch):
-    import tileserver.catalog.pgstac as pgstac_store
-    import tileserver.catalog.sqlite as sqlite_store
+    import tileserver.catalog.sqlstore as sqlstore
 
     p_store.put_images([image(f"i{n}", box(n, 0, n + 1, 1)) for n in range(5)])
     assert p_store.search(SearchQuery(limit=2)).matched == 5
-    monkeypatch.setattr(sqlite_store, "COUNT_LIMIT", 3)
-    monkeypatch.setattr(pgstac_store, "COUNT_LIMIT", 3)
+    monkeypatch.setattr(sqlstore, "COUNT_LIMIT", 3)  # both stores count there
     page = p_store.search(SearchQuery(limit=2))
     assert page.matched is None and page.next_token
     seen = [i.name for i in page.images]
@@ -741,4 +739,52 @@ def test_pgstac_registers_searches_its_compiler_cannot_run(pgstac_url):
     assert store.get_search(registered.id).search == query
     lookup = TileLookup()
     assert [i.name for i in store.tile_images(query, (0, 0, 1, 1), lookup)] == ["a"]
+    store.close()
+
+
+def test_pgstac_items_carry_their_files_as_assets(pgstac_url):
+    """Each file is an asset at the path GDAL opens, with its bands; old items get them."""
+    from tileserver.catalog.pgstac import migrate
+
+    store = PgstacStore(pgstac_url)
+    bands = [
+        {"name": "red", "data_type": "UInt16", "nodata": 0, "file_index": 0},
+        {"name": "nir", "data_type": "UInt16", "file_index": 1, "band_index": 0},
+    ]
+    store.put_product(Product(id="p", bands=bands))
+    files = [
+        {"href": "s3://bucket/scenes/two_red.tif", "size": 7},
+        {"href": "file:///d/two_nir.tif"},
+    ]
+    store.put_images([Image(name="two", product_id="p", acquired="2024-05-01T10:00:00Z",
+                            geometry=mapping(box(0, 0, 1, 1)), files=files)])  # fmt: skip
+    red = {"name": "red", "data_type": "uint16", "nodata": 0}
+    wanted = {
+        "two_red": {
+            "href": "/vsis3/bucket/scenes/two_red.tif",
+            "type": "image/tiff; application=geotiff",
+            "roles": ["data"],
+            "bands": [red],
+            "file:size": 7,
+        },
+        "two_nir": {
+            "href": "/d/two_nir.tif",
+            "type": "image/tiff; application=geotiff",
+            "roles": ["data"],
+            "bands": [{"name": "nir", "data_type": "uint16"}],
+        },
+    }
+
+    def assets() -> dict:
+        with store._conn() as conn:
+            return conn.execute("SELECT content->'assets' FROM items").fetchone()[0]
+
+    assert assets() == wanted
+    assert [f.href for f in store.get_image("p:two").files] == [f["href"] for f in files]
+    with store._conn() as conn:  # as the previous version wrote it
+        conn.execute("UPDATE items SET content = content || '{\"assets\": {}}'::jsonb")
+        conn.execute("DELETE FROM tileserver.meta WHERE key = 'item_assets'")
+    assert assets() == {}
+    migrate(pgstac_url)
+    assert assets() == wanted
     store.close()

@@ -7,12 +7,13 @@ its thread pool, and two thread hand-offs per dependency cost more than a cached
 from __future__ import annotations
 
 import functools
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import morecantile
 from fastapi import Depends, HTTPException, Query, Request
 from morecantile import TileMatrixSet
 from rio_tiler.colormap import InvalidColorMapName, cmap
+from rio_tiler.types import RIOResampling, WarpResampling
 
 from tileserver.api.auth import QUERY_KEY
 from tileserver.catalog.access import OPEN, Principal, ScopedStore
@@ -32,9 +33,8 @@ MAX_BANDS = 64  # names in `bands` (repeats count), entries in `scaling`
 MAX_SCALING_VALUES = 4  # lo,hi or lo,hi,outlo,outhi
 MAX_SCALING_DEPTH = 2  # a JSON scaling is an object of band name -> list of numbers
 PixelSelection = Literal[PIXEL_SELECTIONS]  # rio-tiler's methods, as an enum in the API docs
-Resampling = Literal[
-    "nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode", "rms"
-]
+# one name serves reads and reprojection: rio-tiler's names valid for both (no gauss warp)
+Resampling = Literal[tuple(n for n in get_args(RIOResampling) if n in get_args(WarpResampling))]
 
 
 # Query parameters every route takes besides its own: the API key, and `_`, a cache buster a

@@ -25,7 +25,7 @@ from tileserver.api.deps import KnownQuery, SettingsDep, StoreDep, bad_request
 from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.geojson import check_geometry_size
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, safe_name
-from tileserver.catalog.parcels import Parcel, ParcelLayer, ParcelStore
+from tileserver.catalog.parcels import NO_PARCELS, Parcel, ParcelLayer, ParcelStore
 from tileserver.catalog.store import CatalogStore
 from tileserver.deadline import check
 from tileserver.render.reader import resolve_bands
@@ -49,15 +49,10 @@ VALUE_COLUMNS = ["mean", "std", "min", "max", *(f"p{p}" for p in PERCENTILES)]
 
 
 def get_parcels(request: Request) -> ParcelStore:
-    """The parcel tables of the app's catalog (created on first use)."""
-    store = request.app.state.store
-    parcels = getattr(request.app.state, "parcel_store", None)
-    if parcels is None or parcels.store is not store:
-        try:
-            parcels = ParcelStore(store)
-        except TypeError as exc:
-            raise HTTPException(501, str(exc)) from None
-        request.app.state.parcel_store = parcels
+    """The parcel store of the app's catalog (made at startup); 501 where it has none."""
+    parcels = request.app.state.parcels
+    if parcels is None:
+        raise HTTPException(501, NO_PARCELS)
     return parcels
 
 

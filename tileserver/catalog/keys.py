@@ -12,10 +12,10 @@ import hmac
 import re
 import secrets
 import threading
-import time
 from datetime import datetime
 
 import cachetools.func
+from cachetools import TTLCache
 from pydantic import BaseModel, Field
 
 from tileserver.catalog.access import Principal
@@ -70,6 +70,9 @@ def parse_token(token: str) -> tuple[str, str] | None:
     return (match.group(1), match.group(2)) if match else None
 
 
+UNKNOWN = object()  # a token KeyRing has not looked up lately
+
+
 class KeyRing:
     """Checks tokens against the store's keys, remembering answers for `ttl` seconds.
 
@@ -79,8 +82,9 @@ class KeyRing:
 
     def __init__(self, store, ttl: float = 5.0):
         self.store, self.ttl = store, ttl
-        self._enabled: tuple[float, bool] | None = None
-        self._known: dict[str, tuple[float, Principal | None]] = {}
+        self._enabled = cachetools.func.ttl_cache(maxsize=1, ttl=ttl)(store.has_keys)
+        # a flood of made-up tokens evicts the oldest answers instead of growing memory
+        self._known: TTLCache[str, Principal | None] = TTLCache(maxsize=10_000, ttl=ttl)
         self._lock = threading.Lock()
 
     def enabled(self) -> bool:
@@ -88,21 +92,15 @@ class KeyRing:
 
         Revoked keys count, so revoking the last key does not open the server.
         """
-        now = time.monotonic()
-        cached = self._enabled
-        if cached is None or now - cached[0] >= self.ttl:
-            cached = (now, self.store.has_keys())
-            self._enabled = cached
-        return cached[1]
+        return self._enabled()
 
     def principal(self, token: str) -> Principal | None:
         """Who the token stands for; None when it is malformed, unknown or revoked."""
-        now = time.monotonic()
         memo = digest(token)  # tokens are not kept in clear, not even in memory
         with self._lock:
-            cached = self._known.get(memo)
-        if cached is not None and now - cached[0] < self.ttl:
-            return cached[1]
+            cached = self._known.get(memo, UNKNOWN)
+        if cached is not UNKNOWN:
+            return cached
         found = None
         parsed = parse_token(token)
         if parsed is not None:
@@ -110,9 +108,7 @@ class KeyRing:
             if key is not None and key.revoked is None and key.matches(parsed[1]):
                 found = key.principal
         with self._lock:
-            if len(self._known) > 10_000:  # a flood of made-up tokens must not grow memory
-                self._known.clear()
-            self._known[memo] = (now, found)
+            self._known[memo] = found
         return found
 
 

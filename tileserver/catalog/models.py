@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
+from cachetools import LRUCache
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -345,21 +345,16 @@ class ParsedDocs:
     """
 
     def __init__(self, size: int = 4096):
-        self._models: OrderedDict[tuple[type, str], tuple[str, BaseModel]] = OrderedDict()
-        self._size = size
+        self._models: LRUCache[tuple[type, str], tuple[str, BaseModel]] = LRUCache(size)
         self._lock = threading.Lock()
 
     def get(self, model: type[M], key: str, doc: str) -> M:
         """`model` parsed from `doc`, the stored document of `key`."""
         with self._lock:
             known = self._models.get((model, key))
-            if known is not None and known[0] == doc:
-                self._models.move_to_end((model, key))
-                return known[1]  # type: ignore[return-value]
+        if known is not None and known[0] == doc:
+            return known[1]  # type: ignore[return-value]
         parsed = model.model_validate_json(doc)
         with self._lock:
             self._models[(model, key)] = (doc, parsed)
-            self._models.move_to_end((model, key))
-            while len(self._models) > self._size:
-                self._models.popitem(last=False)
         return parsed

@@ -1,16 +1,9 @@
-"""Parcel layers (agricultural fields) kept in the catalog's own SQLite file.
+"""Parcel layers (agricultural fields): read from files, kept by the catalog's parcel store.
 
 A layer is read from a vector file with pyogrio (GeoJSON, GeoPackage, FlatGeobuf, any CRS),
-reprojected to WGS84 and stored beside the images, so one catalog file holds everything.
-
-Tables (created on first use, in the catalog file):
-
-- `parcel_layers`: one row per layer: name, source file and layer, source CRS, the
-  attribute fields used, parcel count, bbox, what was skipped and why (JSON), load time.
-- `parcels`: one row per parcel: layer, id (text), crop type (text), year (integer),
-  area in m2 (on the WGS84 ellipsoid), centroid lon/lat, bbox, geometry (WKB, WGS84) and
-  the file's other attributes (JSON); (layer, pid) is unique.
-- `parcels_rtree`: an R*Tree over the parcels' bboxes, kept by triggers.
+reprojected to WGS84 and stored beside the images: `ParcelStore` is the interface, the
+SQLite catalog keeps layers in its own file (catalog.sqlite_parcels); the pgSTAC catalog
+has no parcel store yet.
 
 Load rules: one transaction per load, so reloading a layer replaces it atomically (readers
 see the old layer until the commit). Features without a geometry, with an empty or a
@@ -21,13 +14,10 @@ the load, since which one is meant cannot be known.
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import sqlite3
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -41,12 +31,9 @@ import shapely
 from pydantic import BaseModel, Field
 from pyproj import CRS, Geod, Transformer
 from pyproj.exceptions import CRSError
-from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
-from tqdm import tqdm
 
-from tileserver.catalog.models import NAME_PATTERN, sortable_time, utcnow
-from tileserver.catalog.store import NotFound
+from tileserver.catalog.models import NAME_PATTERN
 
 # attribute names tried, case-insensitively and in this order, when no field is named
 ID_FIELDS = ("id", "pid", "parcel_id", "parcelid", "parcel", "field_id")
@@ -54,43 +41,6 @@ CROP_FIELDS = ("crop", "crop_type", "croptype", "cropname", "crop_name", "cropco
 YEAR_FIELDS = ("year", "crop_year", "cropyear", "yr")
 FID = "fid"  # --id-field naming the file's feature ids (GeoJSON "id", GeoPackage fid column)
 EXAMPLES = 5  # ids named per skip reason and per duplicate report
-
-SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS parcel_layers (
-    name TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    source_layer TEXT,
-    source_crs TEXT,
-    id_field TEXT NOT NULL,
-    crop_field TEXT,
-    year_field TEXT,
-    count INTEGER NOT NULL,
-    minx REAL, miny REAL, maxx REAL, maxy REAL,
-    skipped TEXT NOT NULL,
-    loaded TEXT NOT NULL
-)""",
-    """CREATE TABLE IF NOT EXISTS parcels (
-    fid INTEGER PRIMARY KEY,
-    layer TEXT NOT NULL REFERENCES parcel_layers(name),
-    pid TEXT NOT NULL,
-    crop TEXT,
-    year INTEGER,
-    area REAL NOT NULL,
-    clon REAL NOT NULL,
-    clat REAL NOT NULL,
-    minx REAL NOT NULL, miny REAL NOT NULL, maxx REAL NOT NULL, maxy REAL NOT NULL,
-    geom BLOB NOT NULL,
-    properties TEXT NOT NULL,
-    UNIQUE (layer, pid)
-)""",
-    "CREATE VIRTUAL TABLE IF NOT EXISTS parcels_rtree USING rtree(id, minx, maxx, miny, maxy)",
-    """CREATE TRIGGER IF NOT EXISTS parcels_rtree_insert AFTER INSERT ON parcels BEGIN
-    INSERT INTO parcels_rtree VALUES (new.fid, new.minx, new.maxx, new.miny, new.maxy);
-END""",
-    """CREATE TRIGGER IF NOT EXISTS parcels_rtree_delete AFTER DELETE ON parcels BEGIN
-    DELETE FROM parcels_rtree WHERE id = old.fid;
-END""",
-]
 
 GEOD = Geod(ellps="WGS84")
 WGS84 = CRS.from_epsg(4326)
@@ -454,33 +404,18 @@ def centroids(geometries: numpy.ndarray) -> numpy.ndarray:
 
 # storage
 
+NO_PARCELS = (
+    "parcel layers need the embedded SQLite catalog (sqlite:///PATH); "
+    "the PostgreSQL catalog keeps none yet"
+)
+
 
 class ParcelStore:
-    """Parcel layers in the tables of a SQLiteStore's file, through its connections."""
+    """Where parcel layers are kept: the interface every catalog backend implements.
 
-    def __init__(self, store):
-        if not hasattr(store, "_connection"):
-            raise TypeError("parcel layers need the embedded SQLite catalog (sqlite:///PATH)")
-        self.store = store
-        with self._transaction() as db:
-            for statement in SCHEMA:
-                db.execute(statement)
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; unlike the store's it leaves the image generation alone, so
-        parcel loads do not invalidate cached mosaics."""
-        db = self.store._connection()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    def _db(self) -> sqlite3.Connection:
-        return self.store._connection()
+    Loads replace a layer atomically (readers see the old one until the commit) and move no
+    image generation, so cached mosaics stay valid.
+    """
 
     def load(self, name: str, path: str | Path, progress: bool = False, **options) -> LoadReport:
         """Read a file (read_parcels options) and store it as layer `name`, replacing it."""
@@ -488,165 +423,31 @@ class ParcelStore:
 
     def put_layer(self, name: str, source: ParcelSource, progress: bool = False) -> LoadReport:
         """Store parcels as layer `name` in one transaction; an existing layer is replaced."""
-        if not re.match(NAME_PATTERN, name) or len(name) > 200:
-            raise LoadError(f"layer name '{name}' must be letters, digits, '.', '_' or '-'")
-        geometries = source.geometries
-        bounds = shapely.bounds(geometries)
-        middle = centroids(geometries)
-        count = len(source.ids)
-        with self._transaction() as db:
-            replaced = (
-                db.execute("SELECT 1 FROM parcel_layers WHERE name = ?", (name,)).fetchone()
-                is not None
-            )
-            db.execute("DELETE FROM parcels WHERE layer = ?", (name,))
-            db.execute("DELETE FROM parcel_layers WHERE name = ?", (name,))
-            db.execute(
-                "INSERT INTO parcel_layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    name,
-                    source.path,
-                    source.source_layer,
-                    source.source_crs,
-                    source.id_field,
-                    source.crop_field,
-                    source.year_field,
-                    count,
-                    float(bounds[:, 0].min()),
-                    float(bounds[:, 1].min()),
-                    float(bounds[:, 2].max()),
-                    float(bounds[:, 3].max()),
-                    json.dumps(source.skipped),
-                    sortable_time(utcnow()),
-                ),
-            )
-            rows = (
-                (
-                    name,
-                    source.ids[i],
-                    source.crops[i],
-                    source.years[i],
-                    ellipsoid_area(geometries[i]),
-                    float(middle[i, 0]),
-                    float(middle[i, 1]),
-                    *(float(v) for v in bounds[i]),
-                    shapely.to_wkb(geometries[i]),
-                    json.dumps(source.properties[i]),
-                )
-                for i in tqdm(
-                    range(count), desc=f"parcels {name}", unit="parcel", disable=not progress
-                )
-            )
-            db.executemany(
-                "INSERT INTO parcels (layer, pid, crop, year, area, clon, clat,"
-                " minx, miny, maxx, maxy, geom, properties)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-        return LoadReport(self.get_layer(name), replaced, source.skipped_examples)
+        raise NotImplementedError
 
     def layers(self) -> list[ParcelLayer]:
         """Every layer, by name."""
-        rows = self._db().execute("SELECT * FROM parcel_layers ORDER BY name").fetchall()
-        return [self._layer(row) for row in rows]
+        raise NotImplementedError
 
     def get_layer(self, name: str) -> ParcelLayer:
         """One layer; NotFound names the known ones."""
-        row = self._db().execute("SELECT * FROM parcel_layers WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            known = ", ".join(layer.name for layer in self.layers()) or "none loaded"
-            raise NotFound(f"parcel layer '{name}' not found (layers: {known})")
-        return self._layer(row)
+        raise NotImplementedError
 
     def delete(self, name: str) -> int:
         """Delete a layer and its parcels; returns how many parcels went."""
-        with self._transaction() as db:
-            if not db.execute("SELECT 1 FROM parcel_layers WHERE name = ?", (name,)).fetchone():
-                raise NotFound(f"parcel layer '{name}' not found")
-            gone = db.execute("DELETE FROM parcels WHERE layer = ?", (name,)).rowcount
-            db.execute("DELETE FROM parcel_layers WHERE name = ?", (name,))
-        return gone
+        raise NotImplementedError
 
     def get(self, layer: str, pid: str, geometry: bool = False) -> Parcel:
         """A parcel by id; NotFound when the layer or the id is unknown."""
-        self.get_layer(layer)
-        row = (
-            self._db()
-            .execute(
-                f"SELECT {PARCEL_COLUMNS} FROM parcels p WHERE p.layer = ? AND p.pid = ?",
-                (layer, pid),
-            )
-            .fetchone()
-        )
-        if row is None:
-            raise NotFound(f"parcel '{pid}' not found in layer '{layer}'")
-        return self._parcel(row, geometry)
+        raise NotImplementedError
 
     def at(self, layer: str, lon: float, lat: float, geometry: bool = False) -> Parcel:
         """The parcel covering lon/lat (a point in a hole is outside); the first loaded wins
         where parcels overlap. NotFound when none does."""
-        self.get_layer(layer)
-        rows = self._db().execute(
-            f"SELECT {PARCEL_COLUMNS} FROM parcels_rtree r JOIN parcels p ON p.fid = r.id"
-            " WHERE r.minx <= ? AND r.maxx >= ? AND r.miny <= ? AND r.maxy >= ?"
-            " AND p.layer = ? ORDER BY p.fid",
-            (lon, lon, lat, lat, layer),
-        )
-        for row in rows:
-            if shapely.intersects_xy(shapely.from_wkb(row[-2]), lon, lat):
-                return self._parcel(row, geometry)
-        raise NotFound(f"no parcel of layer '{layer}' at lon {lon}, lat {lat}")
-
-    @staticmethod
-    def _layer(row: sqlite3.Row | tuple) -> ParcelLayer:
-        (
-            name,
-            source,
-            source_layer,
-            source_crs,
-            id_field,
-            crop_field,
-            year_field,
-            count,
-            minx,
-            miny,
-            maxx,
-            maxy,
-            skipped,
-            loaded,
-        ) = row
-        return ParcelLayer(
-            name=name,
-            count=count,
-            source=source,
-            source_layer=source_layer,
-            source_crs=source_crs,
-            id_field=id_field,
-            crop_field=crop_field,
-            year_field=year_field,
-            bbox=(minx, miny, maxx, maxy) if minx is not None else None,
-            skipped=json.loads(skipped),
-            loaded=loaded,
-        )
-
-    @staticmethod
-    def _parcel(row: tuple, geometry: bool) -> Parcel:
-        layer, pid, crop, year, area, clon, clat, minx, miny, maxx, maxy, wkb, props = row
-        return Parcel(
-            layer=layer,
-            id=pid,
-            crop_type=crop,
-            year=year,
-            area_m2=area,
-            centroid_lon=clon,
-            centroid_lat=clat,
-            bbox=(minx, miny, maxx, maxy),
-            properties=json.loads(props),
-            geometry=mapping(shapely.from_wkb(wkb)) if geometry else None,
-        )
+        raise NotImplementedError
 
 
-PARCEL_COLUMNS = (
-    "p.layer, p.pid, p.crop, p.year, p.area, p.clon, p.clat,"
-    " p.minx, p.miny, p.maxx, p.maxy, p.geom, p.properties"
-)
+def check_layer_name(name: str) -> None:
+    """A layer name is a path segment of the API: letters, digits, '.', '_' or '-'."""
+    if not re.match(NAME_PATTERN, name) or len(name) > 200:
+        raise LoadError(f"layer name '{name}' must be letters, digits, '.', '_' or '-'")

@@ -5,6 +5,10 @@ Products are pgSTAC collections and images are pgSTAC items, so any pgSTAC clien
 tileserver document beside the STAC fields (`tileserver:product` in a collection,
 `tileserver:image` in an item) so it reads back exactly as written.
 
+The store's logic is catalog.sqlstore's, shared with SQLite; this module holds pgSTAC's
+schema, connections and SQL. Each item's files are its STAC assets, at the paths GDAL
+opens, so pgSTAC tilers read the pixels.
+
 Searches are tileserver's own SQL over pgSTAC's items table: the CQL2 compiler of the
 SQLite store, in PostgreSQL's spelling (cql2sql.POSTGRES), reading the same values
 (`tileserver:image` and its times normalised at write, `tileserver:times`), sorted and
@@ -19,8 +23,6 @@ row.
 
 from __future__ import annotations
 
-import base64
-import json
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,41 +34,31 @@ import shapely
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
+from tileserver.catalog import stac
 from tileserver.catalog.cql2sql import (
     POSTGRES,
+    Dialect,
     FilterError,
     Queryable,
     _Sql,
     _sql_ts_norm,
-    compile_filter,
 )
-from tileserver.catalog.keys import ApiKey
 from tileserver.catalog.models import (
     Image,
     ParsedDocs,
     Product,
     sortable_time,
-    stamped,
     utcnow,
-    with_footprint_bbox,
 )
-from tileserver.catalog.queryables import CORE_QUERYABLES, image_properties, queryable_set
+from tileserver.catalog.queryables import CORE_QUERYABLES, image_properties
 from tileserver.catalog.search import (
-    COUNT_LIMIT,
-    Interval,
     RegisteredSearch,
     SearchLimits,
-    SearchPage,
     SearchQuery,
-    Summary,
-    SummaryBucket,
-    TileLookup,
-    bbox_filter,
-    decode_offset,
-    encode_offset,
-    select_for_tile,
 )
-from tileserver.catalog.store import Conflict, ImagePage, NotFound
+from tileserver.catalog.sqlstore import SQLStore
+from tileserver.catalog.store import NotFound
+from tileserver.opener import Refused, locate
 
 SCHEMA = """
 CREATE SCHEMA IF NOT EXISTS tileserver;
@@ -239,6 +231,7 @@ def migrate(dsn: str) -> str:
             conn.execute(_functions(conn))
             conn.execute(LAST_USED_SINCE)
             _backfill(conn)
+            _backfill_assets(conn)
             for name, queryable in CORE_QUERYABLES.items():
                 if name not in NATIVE:
                     _register_queryable(conn, name, queryable.type, queryable.description)
@@ -261,6 +254,44 @@ def _backfill(conn) -> None:
             conn.execute(
                 "UPDATE items SET content = content || %s WHERE collection = %s AND id = %s",
                 (Jsonb(_derived(image)), collection_id, item_id),
+            )
+
+
+def _backfill_assets(conn) -> None:
+    """Items written before they had assets get them (pgSTAC tilers read the files).
+
+    Once per catalog, in one transaction: a scan of every item is not for each start.
+    """
+    with conn.transaction():
+        if not conn.execute(
+            "INSERT INTO tileserver.meta VALUES ('item_assets', 1) ON CONFLICT DO NOTHING"
+        ).rowcount:
+            return
+        _add_assets(conn)
+
+
+def _add_assets(conn) -> None:
+    products: dict[str, Product] = {}
+    while True:
+        rows = conn.execute(
+            f"SELECT collection, id, {DOC} FROM items i WHERE content ? 'tileserver:image'"
+            " AND coalesce(content->'assets', '{}'::jsonb) = '{}'::jsonb"
+            " AND jsonb_array_length(content->'tileserver:image'->'files') > 0 LIMIT 500"
+        ).fetchall()
+        if not rows:
+            return
+        for collection_id, item_id, doc in rows:
+            if collection_id not in products:
+                (found,) = conn.execute(
+                    "SELECT content->'tileserver:product' FROM collections WHERE id = %s",
+                    (collection_id,),
+                ).fetchone()
+                products[collection_id] = Product.model_validate(found)
+            image = Image.model_validate_json(doc)
+            assets = item(image, products[collection_id])["assets"]
+            conn.execute(
+                "UPDATE items SET content = content || %s WHERE collection = %s AND id = %s",
+                (Jsonb({"assets": assets}), collection_id, item_id),
             )
 
 
@@ -363,8 +394,13 @@ def pgstac_search(query: SearchQuery) -> dict:
     return body
 
 
-def item(image: Image) -> dict:
-    """The pgSTAC item of an image (the whole image document rides along)."""
+def item(image: Image, product: Product) -> dict:
+    """The pgSTAC item of an image (the whole image document rides along).
+
+    Its assets are the API's (catalog.stac) with the files' hrefs as GDAL opens them, so
+    pgSTAC tilers (titiler-pgstac) read the pixels: the database is the operator's, and
+    the API, which may hide hrefs from readers, answers from the document, not from these.
+    """
     properties = {
         **image.properties,
         "datetime": image.acquired.isoformat().replace("+00:00", "Z"),
@@ -383,11 +419,19 @@ def item(image: Image) -> dict:
         "bbox": list(image.bbox),
         "properties": properties,
         "links": [],
-        "assets": {},
+        "assets": stac.assets(image, product, [gdal_path(f.href) for f in image.files]),
         "tileserver:bytes": sum(f.size or 0 for f in image.files),
         "tileserver:image": image.model_dump(mode="json"),
         **_derived(image),
     }
+
+
+def gdal_path(href: str) -> str:
+    """The path GDAL opens for a file's href (s3:// as /vsis3/, file:// as a path...)."""
+    try:
+        return locate(href).path
+    except Refused:  # stored before today's rules: as written
+        return href
 
 
 def _derived(image: Image) -> dict:
@@ -417,6 +461,7 @@ def _derived(image: Image) -> dict:
 DOC = "coalesce(i.content->>'tileserver:doc', (i.content->'tileserver:image')::text)"
 ACQUIRED = "(i.content->'tileserver:times'->>'acquired') COLLATE \"C\""
 BYTES = "i.content->>'tileserver:bytes'"
+BBOX = "i.content->'tileserver:image'->'bbox'"
 
 
 def _name(name: str) -> str:
@@ -509,18 +554,6 @@ def _time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
-def _encode_token(acquired: datetime, name: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([acquired.isoformat(), name]).encode()).decode()
-
-
-def _decode_token(token: str) -> tuple[datetime, str]:
-    try:
-        acquired, name = json.loads(base64.urlsafe_b64decode(token.encode()))
-        return datetime.fromisoformat(acquired), str(name)
-    except Exception as exc:  # any garbage is the caller's mistake
-        raise ValueError(f"invalid page token '{token}'") from exc
-
-
 # SQL giving the start of an acquisition's interval (UTC; the acquired time, as SQLite's)
 BUCKETS: dict[str, str] = {
     unit: f"date_trunc('{unit}', ({ACQUIRED})::timestamptz AT TIME ZONE 'UTC')"
@@ -528,8 +561,25 @@ BUCKETS: dict[str, str] = {
 }
 
 
-class PgstacStore:
+class PgstacStore(SQLStore):
     """Catalog store on PostgreSQL with pgSTAC; a pool of connections shared by threads."""
+
+    P = "%s"
+    IMAGES = "items"
+    PROPERTIES = "tileserver.properties"
+    GENERATIONS = "tileserver.generations"
+    API_KEYS = "tileserver.api_keys"
+    DOC = DOC
+    PRODUCT = 'i.collection COLLATE "C"'
+    TRUE = "true"
+    SUMMARY = (
+        f"count(*), coalesce(sum(({BYTES})::bigint), 0),"
+        f" min(({BBOX}->>0)::float8), min(({BBOX}->>1)::float8),"
+        f" max(({BBOX}->>2)::float8), max(({BBOX}->>3)::float8),"
+        f" min({ACQUIRED}), max({ACQUIRED})"
+    )
+    BYTES = f"({BYTES})::bigint"
+    BUCKETS = BUCKETS
 
     def __init__(
         self,
@@ -562,17 +612,19 @@ class PgstacStore:
         with self._pool.connection() as conn, conn.transaction():
             yield conn
 
-    @staticmethod
-    def _bump(conn, product_ids: Iterable[str]) -> None:
-        """Move the generation of products whose images or bands this transaction changes.
-
-        In id order, so two transactions bumping the same products cannot deadlock.
-        """
+    def _bump(self, conn, product_ids: Iterable[str]) -> None:
+        """In id order, so two transactions bumping the same products cannot deadlock."""
         conn.execute(
             "INSERT INTO tileserver.generations AS g SELECT p, 1 FROM unnest(%s::text[]) AS p"
             " ORDER BY p ON CONFLICT (product_id) DO UPDATE SET value = g.value + 1",
             (sorted(set(product_ids)),),
         )
+
+    def _in(self, column: str, values: Sequence[str]) -> tuple[str, list]:
+        return f"{column} = ANY(%s)", [list(values)]
+
+    def _text(self, column: str) -> str:
+        return f"{column}::text"
 
     def close(self) -> None:
         """Close the pool."""
@@ -589,105 +641,46 @@ class PgstacStore:
             ).fetchall()
         return [Product.model_validate(doc) for (doc,) in rows]
 
-    def get_product(self, product_id: str) -> Product:
-        """The product with its bands."""
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT (content->'tileserver:product')::text FROM collections WHERE id = %s",
-                (product_id,),
-            ).fetchone()
-        if row is None or row[0] is None:
-            raise NotFound(f"product '{product_id}' not found")
-        return self._parsed.get(Product, product_id, row[0])
-
-    @staticmethod
-    def _product_doc(conn, product_id: str) -> dict | None:
-        row = conn.execute(
-            "SELECT content->'tileserver:product' FROM collections WHERE id = %s", (product_id,)
+    def _product_row(self, conn, product_id: str) -> tuple | None:
+        """Collections of other pgSTAC clients have rows but no tileserver document."""
+        return conn.execute(
+            "SELECT (content->'tileserver:product')::text FROM collections WHERE id = %s",
+            (product_id,),
         ).fetchone()
-        return None if row is None else row[0]
 
-    def create_product(self, product: Product) -> Product:
-        """Insert a new product; Conflict if the id is taken."""
-        with self._transaction() as conn:
-            if conn.execute("SELECT 1 FROM collections WHERE id = %s", (product.id,)).fetchone():
-                raise Conflict(f"product '{product.id}' already exists")
-            return self._write_product(conn, product, created=None)
-
-    def put_product(self, product: Product, keep_times: bool = False) -> Product:
-        """Create or replace a product (bands included)."""
-        with self._transaction() as conn:
-            doc = self._product_doc(conn, product.id)
-            created = Product.model_validate(doc).created if doc else None
-            return self._write_product(conn, product, created, keep_times)
-
-    def _write_product(self, conn, product: Product, created, keep_times: bool = False) -> Product:
-        product = stamped(product, created, keep_times)
+    def _write_product(self, conn, product: Product) -> None:
         conn.execute("SELECT upsert_collection(%s)", (Jsonb(collection(product)),))
-        self._bump(conn, [product.id])
-        return product
 
-    def delete_product(self, product_id: str, cascade: bool = False) -> None:
-        """Delete a product, and its images when cascade is set."""
-        with self._transaction() as conn:
-            if self._product_doc(conn, product_id) is None:
-                raise NotFound(f"product '{product_id}' not found")
-            count = self._count(conn, product_id)
-            if count and not cascade:
-                raise Conflict(
-                    f"product '{product_id}' still has {count} images; "
-                    "delete them first or pass cascade=true"
-                )
-            conn.execute("DELETE FROM items WHERE collection = %s", (product_id,))
-            conn.execute("SELECT delete_collection(%s)", (product_id,))
-            conn.execute("DELETE FROM tileserver.properties WHERE product_id = %s", (product_id,))
-            self._bump(conn, [product_id])
+    def _delete_product(self, conn, product_id: str) -> None:
+        conn.execute("DELETE FROM items WHERE collection = %s", (product_id,))
+        conn.execute("SELECT delete_collection(%s)", (product_id,))
+        conn.execute("DELETE FROM tileserver.properties WHERE product_id = %s", (product_id,))
 
     # images
 
-    def get_image(self, image_id: str) -> Image:
-        """One image by its global id."""
+    def _image_text(self, conn, image_id: str) -> str | None:
         product_id, _, name = image_id.partition(":")
-        with self._conn() as conn:
-            row = conn.execute(
-                f"SELECT {DOC} FROM items i WHERE collection = %s AND id = %s",
-                (product_id, name),
-            ).fetchone()
-        if row is None or row[0] is None:
-            raise NotFound(f"image '{image_id}' not found")
-        return self._parsed.get(Image, image_id, row[0])
+        row = conn.execute(
+            f"SELECT {DOC} FROM items i WHERE collection = %s AND id = %s", (product_id, name)
+        ).fetchone()
+        return None if row is None else row[0]
 
-    def put_images(self, images: Iterable[Image], keep_times: bool = False) -> list[Image]:
-        """Create or replace images atomically: all are written or none."""
-        images = list(images)
-        if not images:
-            return []
-        with self._transaction() as conn:
-            created: dict[str, datetime] = {}
-            by_product: dict[str, list[str]] = {}
-            for image in images:
-                by_product.setdefault(image.product_id, []).append(image.name)
-            for product_id, names in by_product.items():
-                if self._product_doc(conn, product_id) is None:
-                    raise NotFound(f"product '{product_id}' not found")
-                for name, first in conn.execute(
-                    "SELECT id, content->'tileserver:image'->>'created' FROM items"
-                    " WHERE collection = %s AND id = ANY(%s)",
-                    (product_id, names),
-                ):
-                    if first:
-                        created[f"{product_id}:{name}"] = datetime.fromisoformat(first)
-            written = [
-                with_footprint_bbox(stamped(i, created.get(i.id), keep_times)) for i in images
-            ]
-            conn.execute("SELECT upsert_items(%s)", (Jsonb([item(i) for i in written]),))
-            self._record_properties(conn, written)
-            self._bump(conn, by_product)
-        return written
+    def _created(self, conn, product_id: str, names: list[str]) -> dict[str, datetime]:
+        created = {}
+        for name, first in conn.execute(
+            "SELECT id, content->'tileserver:image'->>'created' FROM items"
+            " WHERE collection = %s AND id = ANY(%s)",
+            (product_id, names),
+        ):
+            if first:
+                created[f"{product_id}:{name}"] = datetime.fromisoformat(first)
+        return created
 
-    @staticmethod
-    def _record_properties(conn, images: list[Image]) -> None:
-        """Remember the product's property names and types: they become queryables."""
+    def _write_images(self, conn, images: list[Image], products: dict[str, Product]) -> None:
+        items = [item(i, products[i.product_id]) for i in images]
+        conn.execute("SELECT upsert_items(%s)", (Jsonb(items),))
+
+    def _record_properties(self, conn, images: list[Image]) -> None:
         seen = {(i.product_id, name, kind) for i in images for name, kind in image_properties(i)}
         if not seen:
             return
@@ -706,252 +699,48 @@ class PgstacStore:
         for _, name, kind in new:
             _register_queryable(conn, name, kind)
 
-    def delete_image(self, image_id: str) -> None:
-        """Delete one image."""
+    def _delete_image(self, conn, image_id: str) -> str | None:
         product_id, _, name = image_id.partition(":")
-        with self._transaction() as conn:
-            deleted = conn.execute(
-                "DELETE FROM items WHERE collection = %s AND id = %s", (product_id, name)
-            ).rowcount
-            if not deleted:
-                raise NotFound(f"image '{image_id}' not found")
-            self._bump(conn, [product_id])
+        deleted = conn.execute(
+            "DELETE FROM items WHERE collection = %s AND id = %s", (product_id, name)
+        ).rowcount
+        return product_id if deleted else None
 
-    def list_images(self, product_id: str, limit: int = 100, token: str | None = None) -> ImagePage:
-        """A page of a product's images, newest first (keyset paging on datetime, id)."""
-        self.get_product(product_id)
+    def _image_page(self, conn, product_id: str, after: tuple | None, limit: int) -> list[tuple]:
         sql = f"SELECT datetime, id, {DOC} FROM items i WHERE collection = %s"
         args: list = [product_id]
-        if token:
-            acquired, name = _decode_token(token)
+        if after:
             sql += ' AND (datetime, id COLLATE "C") < (%s, %s)'
-            args += [acquired, name]
+            args += list(after)
         sql += ' ORDER BY datetime DESC, id COLLATE "C" DESC LIMIT %s'
-        args.append(limit + 1)
-        with self._conn() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        images = [Image.model_validate_json(doc) for _, _, doc in rows]
-        next_token = _encode_token(rows[-1][0], rows[-1][1]) if more else None
-        return ImagePage(images=images, next_token=next_token)
+        return conn.execute(sql, [*args, limit]).fetchall()
 
-    def count_images(self, product_id: str) -> int:
-        """How many images the product has."""
-        with self._conn() as conn:
-            return self._count(conn, product_id)
+    def _token_time(self, value: str) -> datetime:
+        return datetime.fromisoformat(value)
 
-    @staticmethod
-    def _count(conn, product_id: str) -> int:
+    def _count(self, conn, product_id: str) -> int:
         return conn.execute(
             "SELECT count(*) FROM items WHERE collection = %s", (product_id,)
         ).fetchone()[0]
 
     # search
 
-    def generations(self, product_ids: Sequence[str] | None = None) -> dict[str, int]:
-        """Each product's generation (None: all; never written: absent, i.e. 0)."""
-        sql, args = "SELECT product_id, value FROM tileserver.generations", []
-        if product_ids is not None:
-            sql, args = sql + " WHERE product_id = ANY(%s)", [list(product_ids)]
-        with self._conn() as conn:
-            return dict(conn.execute(sql, args).fetchall())
-
-    def generation(self, product_ids: Sequence[str] | None = None) -> int:
-        """The sum of the products' generations (None: all): part of mosaic cache keys."""
-        if product_ids is not None and not product_ids:
-            return 0
-        sql, args = "SELECT coalesce(sum(value), 0)::bigint FROM tileserver.generations", []
-        if product_ids is not None:
-            sql, args = sql + " WHERE product_id = ANY(%s)", [list(product_ids)]
-        with self._conn() as conn:
-            return conn.execute(sql, args).fetchone()[0]
-
-    def queryables(self, product_id: str | Sequence[str] | None = None) -> dict[str, Queryable]:
-        """What filters may name: the core properties and those the images carry."""
-        sql, args = "SELECT name, type FROM tileserver.properties", []
-        if isinstance(product_id, str):
-            self.get_product(product_id)
-            sql, args = sql + " WHERE product_id = %s", [product_id]
-        elif product_id is not None:
-            sql, args = sql + " WHERE product_id = ANY(%s)", [list(product_id)]
-        with self._conn() as conn:
-            return queryable_set(conn.execute(sql, args).fetchall())
-
-    # API keys
-
-    def put_key(self, key: ApiKey) -> ApiKey:
-        """Create or replace a key record."""
-        with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO tileserver.api_keys VALUES (%s, %s, %s)"
-                " ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
-                (key.id, key.created, key.model_dump_json()),
-            )
-        return key
-
-    def find_key(self, key_id: str) -> ApiKey | None:
-        """The key with this id, or None."""
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT doc::text FROM tileserver.api_keys WHERE id = %s", (key_id,)
-            ).fetchone()
-        return None if row is None else ApiKey.model_validate_json(row[0])
-
-    def list_keys(self) -> list[ApiKey]:
-        """Every key, oldest first."""
-        with self._conn() as conn:
-            rows = conn.execute(
-                "SELECT doc::text FROM tileserver.api_keys ORDER BY created, id"
-            ).fetchall()
-        return [ApiKey.model_validate_json(doc) for (doc,) in rows]
-
-    def has_keys(self) -> bool:
-        """Whether any key was ever created."""
-        with self._conn() as conn:
-            return conn.execute("SELECT 1 FROM tileserver.api_keys LIMIT 1").fetchone() is not None
-
-    def _checked(self, query: SearchQuery) -> dict:
-        """The pgSTAC body of a query for its search registry, after the store's own checks."""
-        with self._conn() as conn:
-            self._compiled(conn, query)
-        return pgstac_search(query)
-
-    def _compiled(
-        self, conn, query: SearchQuery, extra: dict | None = None
-    ) -> tuple[dict[str, Queryable], str, list]:
-        """The queryables, and the WHERE clause and parameters of a search (and `extra`).
-
-        The same compiler as SQLite's, in PostgreSQL's spelling, over the same values
-        (queryables.py): the same filter selects the same images. Sort keys are checked.
-        """
-        queryables = postgres_queryables(self.queryables())
-        for key in query.sort_keys():
-            found = queryables.get(key.field)
-            if found is None or found.type == "geometry":
-                sortable = sorted(n for n, q in queryables.items() if q.type != "geometry")
-                raise FilterError(f"cannot sort by '{key.field}'; sortable: {', '.join(sortable)}")
-        expr = query.cql2()
-        if extra is not None:
-            expr = extra if expr is None else {"op": "and", "args": [expr, extra]}
-        if expr is None:
-            return queryables, "true", []
+    def _queryables_sql(
+        self, found: dict[str, Queryable], conn
+    ) -> tuple[dict[str, Queryable], Dialect]:
+        """PostgreSQL SQL reading the values SQLite's reads; footprints tested by shapely."""
         dialect = replace(POSTGRES, spatial=lambda p, q, g: _spatial_sql(conn, p, q, g))
-        where, args = compile_filter(expr, queryables, dialect)
-        return queryables, where, args
+        return postgres_queryables(found), dialect
 
-    @staticmethod
-    def _order(query: SearchQuery, queryables: dict[str, Queryable]) -> str:
-        """ORDER BY terms: the sort keys, then the collection (as SQLite's store orders)."""
-        terms = []
-        for key in query.sort_keys():
-            nulls = "NULLS LAST" if key.direction == "asc" else "NULLS FIRST"
-            terms.append(f"{queryables[key.field].sql} {key.direction.upper()} {nulls}")
-        return ", ".join([*terms, 'i.collection COLLATE "C" DESC'])
-
-    @staticmethod
-    def _run(conn, sql: str, args: Sequence) -> list[tuple]:
+    def _run(self, conn, sql: str, args: Sequence) -> list[tuple]:
         """A search query's rows; arithmetic PostgreSQL cannot finish (overflow) is a 400."""
         try:
             return conn.execute(sql, args).fetchall()
         except (psycopg.errors.DataError, psycopg.errors.InternalError_) as exc:
             raise FilterError(f"cannot evaluate this filter: {exc.diag.message_primary}") from None
 
-    def search(self, query: SearchQuery, count: bool = True) -> SearchPage:
-        """A page of the images a STAC search matches, in its sort order (offset paging).
-
-        `matched` is exact up to COUNT_LIMIT and None beyond it (or when `count` is off).
-        """
-        try:
-            offset = decode_offset(query.token)
-        except ValueError as exc:
-            raise FilterError(str(exc)) from None
-        with self._conn() as conn:
-            queryables, where, args = self._compiled(conn, query)
-            matched = None
-            if count:
-                ((matched,),) = self._run(
-                    conn,
-                    f"SELECT count(*) FROM (SELECT 1 FROM items i WHERE {where} LIMIT %s) AS m",
-                    [*args, COUNT_LIMIT + 1],
-                )
-                if matched > COUNT_LIMIT:
-                    matched = None
-            rows = self._run(
-                conn,
-                f"SELECT {DOC} FROM items i WHERE {where}"
-                f" ORDER BY {self._order(query, queryables)} LIMIT %s OFFSET %s",
-                [*args, query.limit + 1, offset],
-            )
-        more = len(rows) > query.limit
-        return SearchPage(
-            images=[Image.model_validate_json(doc) for (doc,) in rows[: query.limit]],
-            matched=matched,
-            next_token=encode_offset(offset + query.limit) if more else None,
-            prev_token=encode_offset(max(offset - query.limit, 0)) if offset > 0 else None,
-        )
-
-    def tile_images(self, query: SearchQuery, bbox: tuple, lookup: TileLookup) -> list[Image]:
-        """The search's images whose footprint meets a WGS84 box, in paint order.
-
-        The same candidates in the same order as SQLite's store, chosen by the same loop.
-        """
-        with self._conn() as conn:
-            queryables, where, args = self._compiled(conn, query, bbox_filter(list(bbox)))
-            rows = self._run(
-                conn,
-                f"SELECT {DOC} FROM items i WHERE {where}"
-                f" ORDER BY {self._order(query, queryables)} LIMIT %s",
-                [*args, lookup.scan_limit],
-            )
-        return select_for_tile((Image.model_validate_json(doc) for (doc,) in rows), bbox, lookup)
-
-    def summary(self, query: SearchQuery, interval: Interval | None = None) -> Summary:
-        """Count, bytes, products and extent of a search; bucketed by `interval` if given."""
-        with self._conn() as conn:
-            _, where, args = self._compiled(conn, query)
-            doc = "i.content->'tileserver:image'->'bbox'"
-            ((count, size, minx, miny, maxx, maxy, start, end),) = self._run(
-                conn,
-                f"SELECT count(*), coalesce(sum(({BYTES})::bigint), 0),"
-                f" min(({doc}->>0)::float8), min(({doc}->>1)::float8),"
-                f" max(({doc}->>2)::float8), max(({doc}->>3)::float8),"
-                f" min({ACQUIRED}), max({ACQUIRED}) FROM items i WHERE {where}",
-                args,
-            )
-            products = [
-                p
-                for (p,) in self._run(
-                    conn,
-                    f'SELECT DISTINCT i.collection COLLATE "C" FROM items i WHERE {where}'
-                    " ORDER BY 1",
-                    args,
-                )
-            ]
-            buckets = None
-            if interval is not None:
-                buckets = [
-                    SummaryBucket(interval_start=first.replace(tzinfo=UTC), count=n, bytes=b)
-                    for first, n, b in self._run(
-                        conn,
-                        f"SELECT {BUCKETS[interval]} AS b, count(*),"
-                        f" coalesce(sum(({BYTES})::bigint), 0)"
-                        f" FROM items i WHERE {where} GROUP BY b ORDER BY b",
-                        args,
-                    )
-                ]
-        summary = Summary(
-            count=count,
-            bytes=size,
-            products=products,
-            bbox=(minx, miny, maxx, maxy) if count else None,
-            start=start,
-            end=end,
-        )
-        if interval is not None:
-            summary.interval = interval
-            summary.summaries = buckets
-        return summary
+    def _bucket_start(self, value: datetime) -> datetime:
+        return value.replace(tzinfo=UTC)
 
     def register_search(self, query: SearchQuery) -> RegisteredSearch:
         """Put a search in pgSTAC's registry under its stable id; again: refresh its last use.
@@ -959,7 +748,8 @@ class PgstacStore:
         No generation moves. Past the cap, expired searches are deleted first, then the
         least recently used; one worker at a time adds, so workers together keep the cap.
         """
-        body = self._checked(query)
+        self._check(query)
+        body = pgstac_search(query)
         search_id = query.search_id()
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SEARCHES_LOCK,))

@@ -73,6 +73,22 @@ def shown_files(image: Image, product: Product, root: str) -> Image:
     return image.model_copy(update={"files": files})
 
 
+def assets(image: Image, product: Product, hrefs: list[str]) -> dict[str, dict]:
+    """The STAC assets of an image: one per file (at `hrefs`), with the bands it holds."""
+    found = {}
+    for index, (key, file) in enumerate(zip(asset_keys(image), image.files, strict=True)):
+        in_file = sorted(
+            (b for b in product.bands if b.file_index == index), key=lambda b: b.band_index
+        )
+        asset = {"href": hrefs[index], "type": GEOTIFF, "roles": ["data"]}
+        if in_file:
+            asset["bands"] = [stac_band(b) for b in in_file]
+        if file.size:
+            asset["file:size"] = file.size
+        found[key] = asset
+    return found
+
+
 def item(image: Image, product: Product, root: str, links_only: bool = False) -> dict:
     """The STAC item of an image, with links to its tiles; `links_only`: asset hrefs are
     the server's download links, not the files' locations."""
@@ -94,18 +110,10 @@ def item(image: Image, product: Product, root: str, links_only: bool = False) ->
     if image.geotrans:
         x0, a, b, y0, d, e = image.geotrans
         properties["proj:transform"] = [a, b, x0, d, e, y0]
-    assets = {}
-    for index, (key, file) in enumerate(zip(asset_keys(image), image.files, strict=True)):
-        in_file = sorted(
-            (b for b in product.bands if b.file_index == index), key=lambda b: b.band_index
-        )
-        href = file_link(image, product, index, root) if links_only else file.href
-        asset = {"href": href, "type": GEOTIFF, "roles": ["data"]}
-        if in_file:
-            asset["bands"] = [stac_band(b) for b in in_file]
-        if file.size:
-            asset["file:size"] = file.size
-        assets[key] = asset
+    if links_only:
+        hrefs = [file_link(image, product, i, root) for i in range(len(image.files))]
+    else:
+        hrefs = [file.href for file in image.files]
     image_url = f"{root}/images/{image.id}"
     return {
         "type": "Feature",
@@ -116,7 +124,7 @@ def item(image: Image, product: Product, root: str, links_only: bool = False) ->
         "geometry": image.geometry,
         "bbox": list(image.bbox),
         "properties": properties,
-        "assets": assets,
+        "assets": assets(image, product, hrefs),
         "links": [
             {
                 "rel": "self",

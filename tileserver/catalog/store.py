@@ -20,6 +20,7 @@ from tileserver.catalog.search import (
 
 if TYPE_CHECKING:
     from tileserver.catalog.keys import ApiKey
+    from tileserver.catalog.parcels import ParcelStore
 
 
 class CatalogError(Exception):
@@ -133,6 +134,9 @@ class CatalogStore(Protocol):
 
         Generations only grow, so the sum over a set moves with any write to one of them.
         """
+
+    def parcels(self) -> ParcelStore | None:
+        """The parcel layers kept with this catalog; None where the backend keeps none."""
 
     def close(self) -> None:
         """Release connections."""
