@@ -24,6 +24,7 @@ import pytest
 import shapely
 from shapely.geometry import GeometryCollection, MultiPolygon, Point, box, mapping, shape
 
+from tests.catalog.test_cql2sql import ALLEN  # Allen's relations, as CQL2 defines them
 from tests.postgres import drop_database, new_database
 from tileserver.catalog.cql2sql import parse_filter
 from tileserver.catalog.models import Image, Product
@@ -216,24 +217,6 @@ COMPARE = {
     "<=": lambda a, b: a <= b,
     ">": lambda a, b: a > b,
     ">=": lambda a, b: a >= b,
-}
-# Allen's relations as OGC CQL2 defines them, on (start, end) of each operand
-ALLEN = {
-    "t_before": lambda sa, ea, sb, eb: ea < sb,
-    "t_after": lambda sa, ea, sb, eb: sa > eb,
-    "t_meets": lambda sa, ea, sb, eb: ea == sb,
-    "t_metby": lambda sa, ea, sb, eb: sa == eb,
-    "t_overlaps": lambda sa, ea, sb, eb: sa < sb < ea < eb,
-    "t_overlappedby": lambda sa, ea, sb, eb: sb < sa < eb < ea,
-    "t_starts": lambda sa, ea, sb, eb: sa == sb and ea < eb,
-    "t_startedby": lambda sa, ea, sb, eb: sa == sb and ea > eb,
-    "t_during": lambda sa, ea, sb, eb: sa > sb and ea < eb,
-    "t_contains": lambda sa, ea, sb, eb: sa < sb and ea > eb,
-    "t_finishes": lambda sa, ea, sb, eb: sa > sb and ea == eb,
-    "t_finishedby": lambda sa, ea, sb, eb: sa < sb and ea == eb,
-    "t_equals": lambda sa, ea, sb, eb: sa == sb and ea == eb,
-    "t_intersects": lambda sa, ea, sb, eb: sa <= eb and ea >= sb,
-    "t_disjoint": lambda sa, ea, sb, eb: not (sa <= eb and ea >= sb),
 }
 LOW, HIGH = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
 
