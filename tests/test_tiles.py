@@ -97,12 +97,9 @@ def tile(client, fmt="png", **params):
     return response
 
 
-def test_display_rgb_png_bytes(synth):
-    client, data = synth
-    response = tile(client, scaling="display")
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"] == "image/png"
-    pixels = decode(response.content)
+def assert_display_rgba(pixels, data) -> None:
+    """An RGBA tile of the synth image with display scaling: the image's 8-pixel nodata
+    strips (top rows, right columns) transparent, every other pixel displayed and opaque."""
     assert pixels.shape == (4, 256, 256) and pixels.dtype == "uint8"
     valid = numpy.ones((256, 256), bool)
     valid[:8, :] = False
@@ -110,6 +107,15 @@ def test_display_rgb_png_bytes(synth):
     for band in range(3):
         assert numpy.array_equal(pixels[band][valid], display(data[band])[valid])
     assert numpy.array_equal(pixels[3], numpy.where(valid, 255, 0))
+
+
+def test_display_rgb_png_bytes(synth):
+    client, data = synth
+    response = tile(client, scaling="display")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    pixels = decode(response.content)
+    assert_display_rgba(pixels, data)
     # spot checks worked out by hand: red at (100, 100) is 2000 -> 127.5 -> 128
     assert pixels[0, 100, 100] == 128
     assert pixels[2, 100, 100] == 255  # blue 4000 -> 255
@@ -278,13 +284,7 @@ def test_scaling_list_with_an_entry_for_the_alpha_band(synth):
     response = tile(client, bands="red,green,blue,alpha", scaling=entries)
     assert response.status_code == 200, response.text
     pixels = decode(response.content)
-    assert pixels.shape == (4, 256, 256) and pixels.dtype == "uint8"
-    valid = numpy.ones((256, 256), bool)
-    valid[:8, :] = False
-    valid[:, 248:] = False
-    for band in range(3):
-        assert numpy.array_equal(pixels[band][valid], display(data[band])[valid])
-    assert numpy.array_equal(pixels[3], numpy.where(valid, 255, 0))
+    assert_display_rgba(pixels, data)
     # the product's alpha band masks a request that does not name it: its entry is allowed
     same = tile(client, bands="red,green,blue", scaling=entries)
     assert same.status_code == 200 and numpy.array_equal(decode(same.content), pixels)
