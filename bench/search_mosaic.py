@@ -641,6 +641,7 @@ def count_reads(catalog: Path, search_id: str, tiles: list, threads: int) -> dic
     from tileserver.api.deps import render_params
     from tileserver.render import mosaic
     from tileserver.render.encode import ImageFormat, encode_image
+    from tileserver.render.grid import Grid
 
     store = SQLiteStore(catalog)
     query = store.get_search(search_id).search
@@ -664,7 +665,7 @@ def count_reads(catalog: Path, search_id: str, tiles: list, threads: int) -> dic
             result = mosaic.mosaic_tile(
                 [(image, product) for image in images],
                 product,
-                mosaic.TileGrid(WEB_MERCATOR, tile.x, tile.y, tile.z, 256),
+                Grid.of_tile(WEB_MERCATOR, tile.x, tile.y, tile.z, 256),
                 params,
                 "first",
                 threads,

@@ -20,7 +20,6 @@ from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.io import MemoryFile
 from rasterio.warp import transform_geom
-from rasterio.windows import Window
 from shapely.geometry import box, mapping
 
 from tests.conftest import make_settings
@@ -29,8 +28,9 @@ from tileserver.api.chips import GalleryParams, chip_images, gallery_chips
 from tileserver.app import create_app
 from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.sqlite import SQLiteStore
-from tileserver.render.chips import ChipGrid, Lut, gallery_chip, outline_pixels, parse_lut
+from tileserver.render.chips import Lut, gallery_chip, outline_pixels, parse_lut
 from tileserver.render.errors import RenderError
+from tileserver.render.grid import Grid
 
 LON, LAT = 15.1, 52.3
 UTM = "EPSG:32633"
@@ -539,7 +539,7 @@ def test_degenerate_range_uses_the_flat_formula():
 def test_outline_is_drawn_on_its_pixels():
     """A square whose edges run through pixel centres marks exactly those pixels."""
     x0, y0 = 500000.0, 5800000.0
-    grid = ChipGrid(CRS.from_string(UTM), Window(0, 0, 20, 20), Affine(10, 0, x0, 0, -10, y0))
+    grid = Grid(CRS.from_string(UTM), Affine(10, 0, x0, 0, -10, y0), 20, 20)
     square = box(x0 + 45, y0 - 155, x0 + 155, y0 - 45)  # pixel centres of cols/rows 4..15
     outline = transform_geom(UTM, "EPSG:4326", mapping(square))
     drawn = outline_pixels(outline, grid)

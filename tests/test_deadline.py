@@ -41,10 +41,10 @@ from tileserver.app import create_app
 from tileserver.catalog.models import ImageFile
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.ingest import vsi
+from tileserver.layers import ImageLayer
 from tileserver.render.encode import ImageFormat, encode_image
 from tileserver.render.pipeline import RenderParams
 from tileserver.render.reader import image_reader, read_tile
-from tileserver.render.tile import tile_image
 from tileserver.threads import ContextPool
 
 WEB = tms_registry.get("WebMercatorQuad")
@@ -456,7 +456,7 @@ def test_low_zoom_png_tiles_render_fast(demo_store):
     for z in range(0, 7):
         tile = WEB.tile((west + east) / 2, (south + north) / 2, z)
         started = time.monotonic()
-        rendered = tile_image(image, product, WEB, tile.x, tile.y, z, 256, RenderParams())
+        rendered = ImageLayer(image, product).tile(WEB, tile.x, tile.y, z, 256, RenderParams())
         content = encode_image(rendered, ImageFormat.png)
         assert content.startswith(b"\x89PNG")
         assert time.monotonic() - started < 5

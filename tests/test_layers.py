@@ -1,5 +1,6 @@
-"""render.tile, render.mosaic, render.download, the layers and the parameter types, driven
-directly: no HTTP client (and for render/, no catalog), as rio-tiler tests its readers.
+"""An image layer's tile, render.mosaic, render.download, the layers and the parameter
+types, driven directly: no HTTP client (and for render/ and image layers, no catalog), as
+rio-tiler tests its readers.
 
 The rasters are tests/test_mosaic.py's three images, which cover the synthetic tile exactly
 at 256 x 256 pixels in WebMercator; every expected value is worked out here with numpy
@@ -38,9 +39,9 @@ from tileserver.render.download import (
 )
 from tileserver.render.encode import ImageFormat, encode_image
 from tileserver.render.errors import RenderError
-from tileserver.render.mosaic import TileGrid, mosaic_tile
+from tileserver.render.grid import Grid
+from tileserver.render.mosaic import mosaic_tile
 from tileserver.render.pipeline import RenderParams
-from tileserver.render.tile import tile_image
 from tileserver.settings import Settings
 
 Z, X, Y = TILE.z, TILE.x, TILE.y
@@ -65,12 +66,12 @@ def sources(tmp_path) -> tuple[Product, dict[str, Image]]:
     return product, made
 
 
-# ------------------------------------------------------------------------- render.tile
+# ------------------------------------------------------------------------- an image's tile
 
 
 def test_tile_image_is_the_raw_pixels_masked_by_nodata_and_alpha(sources):
     product, made = sources
-    tile = tile_image(made["B"], product, WEB_MERCATOR, X, Y, Z, 256, RAW)
+    tile = ImageLayer(made["B"], product).tile(WEB_MERCATOR, X, Y, Z, 256, RAW)
     _, v1, v2, alpha = images()["B"]
     assert tile.crs == WEB_MERCATOR.rasterio_crs
     assert tile.bounds == pytest.approx(tuple(WEB_MERCATOR.xy_bounds(X, Y, Z)))
@@ -83,7 +84,7 @@ def test_tile_image_is_the_raw_pixels_masked_by_nodata_and_alpha(sources):
 
 def test_encode_image_carries_the_mask_as_the_last_band(sources):
     product, made = sources
-    tile = tile_image(made["A"], product, WEB_MERCATOR, X, Y, Z, 256, RAW)
+    tile = ImageLayer(made["A"], product).tile(WEB_MERCATOR, X, Y, Z, 256, RAW)
     decoded = numpy.load(io.BytesIO(encode_image(tile, ImageFormat.npy)))
     _, v1, v2, alpha = images()["A"]
     numpy.testing.assert_array_equal(decoded[-1], numpy.where(valid(v1, v2, alpha), 255, 0))
@@ -97,7 +98,7 @@ def test_mosaic_tile_paints_the_first_valid_pixel_in_order(sources):
     product, made = sources
     order = ["C", "B", "A"]
     layers = [(made[n], product) for n in order]
-    grid = TileGrid(WEB_MERCATOR, X, Y, Z, 256)
+    grid = Grid.of_tile(WEB_MERCATOR, X, Y, Z, 256)
     tile = mosaic_tile(layers, product, grid, RAW, "first", threads=1)
     v1, v2, done = paint_first(order)
     numpy.testing.assert_array_equal(tile.array.data[0][done], v1[done])
@@ -109,7 +110,7 @@ def test_mosaic_tile_paints_the_first_valid_pixel_in_order(sources):
 def test_mosaic_tile_highest_takes_the_per_pixel_maximum(sources):
     product, made = sources
     layers = [(made[n], product) for n in "ABC"]
-    grid = TileGrid(WEB_MERCATOR, X, Y, Z, 256)
+    grid = Grid.of_tile(WEB_MERCATOR, X, Y, Z, 256)
     tile = mosaic_tile(layers, product, grid, RAW, "highest", threads=1)
     stack = []
     for name in "ABC":
@@ -156,7 +157,7 @@ def settings(tmp_path, **extra) -> Settings:
 
 def test_image_layer_knows_its_bounds_zooms_and_bands(catalog, tmp_path):
     store, _ = catalog
-    layer = ImageLayer(store, "mos:A", threads=1)
+    layer = ImageLayer.from_store(store, "mos:A", threads=1)
     assert layer.bounds == pytest.approx(tuple(WEB_MERCATOR.bounds(TILE)))
     assert layer.zooms(WEB_MERCATOR).maxzoom == Z  # 256 pixels over one tile of zoom Z
     assert layer.info()["bands"] == ["v1", "v2", "alpha"]
@@ -200,13 +201,13 @@ def test_point_is_the_source_pixel_under_it(catalog, tmp_path):
     layer = SearchLayer(store, LayerCache(), search_id, MosaicParams(), settings(tmp_path))
     assert layer.point(lon, lat, RAW) == {"v1": c1[row, col], "v2": c2[row, col]}
     _, a1, a2, _ = images()["A"]
-    image = ImageLayer(store, "mos:A", threads=1)
+    image = ImageLayer.from_store(store, "mos:A", threads=1)
     assert image.point(lon, lat, RAW) == {"v1": a1[row, col], "v2": a2[row, col]}
 
 
 def test_statistics_are_those_of_the_valid_pixels(catalog, tmp_path):
     store, _ = catalog
-    layer = ImageLayer(store, "mos:B", threads=1)
+    layer = ImageLayer.from_store(store, "mos:B", threads=1)
     stats = layer.statistics(RAW, GridRequest())
     _, v1, v2, alpha = images()["B"]
     ok = valid(v1, v2, alpha)

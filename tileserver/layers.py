@@ -24,7 +24,6 @@ from tileserver.catalog.models import Image, Product, safe_name
 from tileserver.catalog.search import SearchQuery, SortBy, TileLookup
 from tileserver.catalog.store import CatalogStore, NotFound
 from tileserver.render.download import (
-    Grid,
     GridRequest,
     Plan,
     TooLarge,
@@ -39,9 +38,10 @@ from tileserver.render.download import (
     render_stack,
 )
 from tileserver.render.errors import RenderError
-from tileserver.render.mosaic import Layer, TileGrid, mosaic_bands, mosaic_tile
-from tileserver.render.pipeline import RenderParams
-from tileserver.render.tile import request_bands, tile_image, zoom_range
+from tileserver.render.grid import Grid
+from tileserver.render.mosaic import Layer, mosaic_bands, mosaic_tile
+from tileserver.render.pipeline import RenderParams, render_array, request_bands
+from tileserver.render.reader import read_bands, tile_reader, zoom_range
 from tileserver.settings import Settings
 
 # most images one mosaic or stack download composites (a 413 above: narrow the area)
@@ -174,12 +174,16 @@ class ImageLayer(BaseLayer):
 
     kind = "image"
 
-    def __init__(self, store: CatalogStore, image_id: str, threads: int = 4):
-        self.store = store
-        self.image: Image = store.get_image(image_id)
-        self.product: Product = store.get_product(self.image.product_id)
-        self.id = self.name = self.image.id
+    def __init__(self, image: Image, product: Product, threads: int = 4):
+        self.image, self.product = image, product
+        self.id = self.name = image.id
         self.threads = threads
+
+    @classmethod
+    def from_store(cls, store: CatalogStore, image_id: str, threads: int = 4) -> ImageLayer:
+        """The image and its product as `store` (a caller's ScopedStore) shows them."""
+        image = store.get_image(image_id)
+        return cls(image, store.get_product(image.product_id), threads)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -206,8 +210,14 @@ class ImageLayer(BaseLayer):
     def tile(
         self, tms: TileMatrixSet, x: int, y: int, z: int, size: int, params: RenderParams
     ) -> ImageData:
-        """One rendered tile."""
-        return tile_image(self.image, self.product, tms, x, y, z, size, params, self.threads)
+        """One rendered tile; `auto` scaling uses the image's stored statistics."""
+        bands, alpha = request_bands(self.product, params)
+        read = tile_reader(x, y, z, size, params.resampling)
+        img = read_bands(self.image, bands, read, tms, params.nodata, self.threads, alpha)
+        rendered = render_array(
+            img.array, bands, params, stats=self.image.band_stats, alpha_band=alpha
+        )
+        return rendered.image(img.crs, img.bounds)
 
     def download(
         self, params: RenderParams, area: GridRequest, flatten: str | None = None
@@ -385,7 +395,7 @@ class SearchLayer(BaseLayer):
         rendered = mosaic_tile(
             sources,
             product,
-            TileGrid(tms, x, y, z, size),
+            Grid.of_tile(tms, x, y, z, size),
             params,
             self.mosaic.pixel_selection,
             self.threads,

@@ -1,4 +1,5 @@
-"""Request body size limit: a pure ASGI middleware, so no body is ever buffered to be measured.
+"""Request limits: the body size (a pure ASGI middleware, so no body is ever buffered to be
+measured), and the nesting depth of parsed text (filters and band math).
 
 A declared `Content-Length` above the limit is refused before the app runs. A body without
 one (chunked) is counted as the app reads it; the read that crosses the limit raises a 413
@@ -68,3 +69,15 @@ class BodyLimit:
                 raise
             response = JSONResponse({"detail": exc.detail}, status_code=413)
             await response(scope, receive, send)
+
+
+def parenthesis_depth(text: str) -> int:
+    """How deep parentheses nest in `text` (filters and expressions are bounded by it)."""
+    depth = deepest = 0
+    for char in text:
+        if char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth -= 1
+    return deepest

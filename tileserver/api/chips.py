@@ -43,7 +43,6 @@ from tileserver.catalog.store import CatalogStore, NotFound
 from tileserver.chipcache import ChipStore, FolderChips, chip_dir
 from tileserver.deadline import check
 from tileserver.render.chips import (
-    ChipGrid,
     Lut,
     band_grid,
     chip_area,
@@ -56,6 +55,7 @@ from tileserver.render.chips import (
     read_chip,
 )
 from tileserver.render.errors import RenderError
+from tileserver.render.grid import Grid
 from tileserver.render.reader import resolve_bands
 from tileserver.settings import Settings
 from tileserver.threads import ContextPool
@@ -66,7 +66,7 @@ RENDERED_HEADER = "X-Chips-Rendered"
 CACHED_HEADER = "X-Chips-Cached"
 COLUMNS = 8  # gallery chips per table row, as the JRC gallery
 MAX_RAW_CHIPSIZE = 5120  # metres; raw chips must be smaller
-CHIP_FORMAT_VERSION = 1  # bump when rendering changes, so cached chips are not reused
+CHIP_FORMAT_VERSION = 2  # bump when rendering changes, so cached chips are not reused
 LEVEL_PRODUCTS = {"LEVEL2A": "sentinel-2-l2a", "LEVEL1C": "sentinel-2-l1c"}
 # <product>.<acquired>_<digest>.<ext>: the product lets /chips/files check who may read it
 FILE_NAME = re.compile(r"^([A-Za-z0-9._-]+)\.\d{8}T\d{6}_[0-9a-f]{32}\.(png|tif)$")
@@ -286,14 +286,13 @@ async def get_chip_store(request: Request) -> ChipStore:
 ChipStoreDep = Annotated[ChipStore, Depends(get_chip_store)]
 
 
-def chip_file_name(image: Image, product: Product, kind: str, grid: ChipGrid, **extra) -> str:
+def chip_file_name(image: Image, product: Product, kind: str, grid: Grid, **extra) -> str:
     """`<product>.<acquired>_<digest>.<ext>`: the digest covers all that decides the pixels.
 
     That is the image (id and modified time), the product's modified time (band
-    definitions), the kind, the chip's window in its file's grid (centre pixel and size)
-    and `extra` (bands, lut, outline).
+    definitions), the kind, the chip's grid (its CRS, origin and size: a window of its
+    file's grid) and `extra` (bands, lut, outline).
     """
-    window = grid.window
     key = {
         "version": CHIP_FORMAT_VERSION,
         "kind": kind,
@@ -301,7 +300,8 @@ def chip_file_name(image: Image, product: Product, kind: str, grid: ChipGrid, **
         "image_modified": str(image.modified),
         "product_modified": str(product.modified),
         "crs": grid.crs.to_string(),
-        "window": [int(window.col_off), int(window.row_off), grid.width, grid.height],
+        "origin": [grid.transform.c, grid.transform.f],
+        "size": [grid.width, grid.height],
         **extra,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
@@ -332,17 +332,10 @@ def run_chips(images: Sequence[Image], make: Callable[[Image], Chip], threads: i
 
 
 def read_masked(
-    image: Image, product: Product, bands: Sequence[Band], grid: ChipGrid
+    image: Image, product: Product, bands: Sequence[Band], grid: Grid
 ) -> numpy.ma.MaskedArray:
     """The bands on the grid; the product's alpha band (if any) masks them too."""
-    alpha = product.alpha_band()
-    with_alpha = alpha is not None and alpha not in bands
-    data = read_chip(image, [*bands, alpha] if with_alpha else bands, grid, threads=1)
-    if with_alpha:
-        clear = data[-1].filled(0) != 0
-        data = data[:-1]
-        data[:, ~clear] = numpy.ma.masked
-    return data
+    return read_chip(image, bands, grid, threads=1, alpha=product.alpha_band())
 
 
 def gallery_chips(

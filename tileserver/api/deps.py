@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlencode
 
 import morecantile
 from fastapi import Depends, HTTPException, Query, Request
@@ -20,7 +21,7 @@ from tileserver.catalog.access import OPEN, Principal, ScopedStore
 from tileserver.catalog.geojson import loads_bounded
 from tileserver.catalog.search import parse_sortby
 from tileserver.catalog.store import CatalogStore
-from tileserver.layers import MosaicParams
+from tileserver.layers import ImageLayer, MosaicParams, SearchLayer
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
 from tileserver.render.pipeline import RenderParams, check_expression
@@ -304,3 +305,39 @@ RenderParamsDep = Annotated[RenderParams, Depends(render_params)]
 StoreDep = Annotated[CatalogStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MosaicParamsDep = Annotated[MosaicParams, Depends(mosaic_params)]
+
+
+# query parameters that do not change a tile's bytes, and so stay out of its cache key
+NON_RENDER_PARAMS = {"tms", "tile_format", *ALWAYS_ALLOWED}
+
+
+def render_query(request: Request) -> str:
+    """The request's rendering query string for cache keys and templated URLs.
+
+    Sorted by name only: repeated parameters (one `scaling` per band) keep their order.
+    """
+    items = sorted(
+        ((k, v) for k, v in request.query_params.multi_items() if k not in NON_RENDER_PARAMS),
+        key=lambda item: item[0],
+    )
+    return urlencode(items)
+
+
+async def image_layer(image_id: str, store: StoreDep, settings: SettingsDep) -> ImageLayer:
+    """The image as the caller sees it (the layer of `/images/{image_id}`)."""
+    return ImageLayer.from_store(store, image_id, settings.reader_threads)
+
+
+async def search_layer(
+    request: Request,
+    search_id: str,
+    mosaic: MosaicParamsDep,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> SearchLayer:
+    """The registered search as the caller sees it, in the request's order (the layer of
+    `/searches/{search_id}`)."""
+    return SearchLayer(store, request.app.state.layers, search_id, mosaic, settings)
+
+
+SearchLayerDep = Annotated[SearchLayer, Depends(search_layer)]

@@ -14,8 +14,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
 from morecantile import TileMatrixSet
+from starlette.concurrency import run_in_threadpool
 
-from tileserver.api.deps import RenderParamsDep, SettingsDep, get_tms, tms_query
+from tileserver.api.deps import RenderParamsDep, SettingsDep, get_tms, render_query, tms_query
+from tileserver.api.documents import (
+    WMTS_XYZ,
+    tile_url_template,
+    tilejson,
+    wmts_capabilities,
+)
 from tileserver.api.downloads import (
     FILE_RESPONSES,
     AreaDep,
@@ -26,17 +33,7 @@ from tileserver.api.downloads import (
     info_response,
 )
 from tileserver.api.templates import render_template, root_path
-from tileserver.api.tiles import (
-    TILE_RESPONSES,
-    WMTS_XYZ,
-    check_tile,
-    render_query,
-    tile_response,
-    tile_size,
-    tile_url_template,
-    tilejson,
-    wmts_capabilities,
-)
+from tileserver.cache import Cache, CachedTile, make_etag
 from tileserver.layers import ImageLayer, SearchLayer, Zooms
 from tileserver.render.encode import ImageFormat, encode_image
 
@@ -45,6 +42,71 @@ CAP_HEADER = "X-Mosaic-Cap-Reached"
 MOSAIC_HEADERS = (IMAGES_HEADER, CAP_HEADER)
 
 Layer = ImageLayer | SearchLayer
+
+
+TILE_RESPONSES: dict = {
+    200: {
+        "content": {
+            "image/png": {},
+            "image/jpeg": {},
+            "image/webp": {},
+            "image/tiff": {},
+            "application/x-binary": {},
+        }
+    }
+}
+
+
+def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
+    """Reject zooms and indices outside the tile matrix set with a 400/404 that says why."""
+    if not tms.minzoom <= z <= tms.maxzoom:
+        raise HTTPException(
+            400, f"zoom {z} out of range for {tms.id}: {tms.minzoom}..{tms.maxzoom}"
+        )
+    matrix = tms.matrix(z)
+    if not (0 <= x < matrix.matrixWidth and 0 <= y < matrix.matrixHeight):
+        raise HTTPException(
+            404,
+            f"tile {z}/{x}/{y} is outside {tms.id}: at zoom {z} x is 0..{matrix.matrixWidth - 1}"
+            f" and y is 0..{matrix.matrixHeight - 1}",
+        )
+
+
+def tile_size(tms: TileMatrixSet, z: int, scale: int, limit: int) -> int:
+    """Pixels per tile edge with @Nx; 400 above the configured limit."""
+    size = scale * tms.matrix(z).tileWidth
+    if size > limit:
+        raise HTTPException(400, f"tile size {size} exceeds {limit}")
+    return size
+
+
+async def tile_response(
+    request: Request,
+    key: str,
+    render,
+    fmt: ImageFormat,
+    cache_control: str,
+) -> Response:
+    """Serve from the cache or render; answer 304 when the client's ETag matches.
+
+    `render()` returns the bytes and headers that describe them (kept with the cache entry).
+    A remote cache (Redis) is read off the event loop; the in-process one is not worth a thread.
+    """
+    cache: Cache = request.app.state.cache
+    entry = await run_in_threadpool(cache.get, key) if cache.remote else cache.get(key)
+    if entry is None:
+
+        def render_and_keep() -> CachedTile:
+            content, extra = render()
+            made = CachedTile(content, fmt.media_type, make_etag(content), extra)
+            cache.put(key, made)
+            return made
+
+        entry = await run_in_threadpool(render_and_keep)
+    headers = {**entry.headers, "ETag": entry.etag, "Cache-Control": cache_control}
+    if entry.etag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(entry.content, media_type=entry.media_type, headers=headers)
 
 
 @dataclass(frozen=True)

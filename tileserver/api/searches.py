@@ -7,12 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from tileserver.api.deps import KnownQuery, MosaicParamsDep, SettingsDep, StoreDep, get_tms
+from tileserver.api.deps import (
+    KnownQuery,
+    SearchLayerDep,
+    SettingsDep,
+    StoreDep,
+    get_tms,
+    search_layer,
+)
+from tileserver.api.documents import tile_url_template
 from tileserver.api.factory import LayerEndpoints, TileAt, tile_at
-from tileserver.api.tiles import tile_url_template
 from tileserver.catalog.search import Interval, SearchLimits, SearchQuery, Summary
 from tileserver.catalog.store import CatalogStore
-from tileserver.layers import SearchLayer
 from tileserver.settings import Settings
 
 router = APIRouter(tags=["searches"], dependencies=[KnownQuery])
@@ -92,20 +98,6 @@ def search_summary(
 ) -> Summary:
     """The summary of a registered search."""
     return store.summary(store.get_search(search_id).search, interval)
-
-
-async def search_layer(
-    request: Request,
-    search_id: str,
-    mosaic: MosaicParamsDep,
-    store: StoreDep,
-    settings: SettingsDep,
-) -> SearchLayer:
-    """The registered search as the caller sees it, in the request's order."""
-    return SearchLayer(store, request.app.state.layers, search_id, mosaic, settings)
-
-
-SearchLayerDep = Annotated[SearchLayer, Depends(search_layer)]
 
 
 @router.get("/searches/{search_id}/tiles/{tms_id}/{z}/{x}/{y}/assets")

@@ -34,6 +34,7 @@ from shapely.geometry import shape
 
 from tileserver.catalog.geojson import geometry_problem
 from tileserver.catalog.models import sortable_time
+from tileserver.limits import parenthesis_depth
 
 QueryableType = Literal[
     "string", "number", "integer", "boolean", "datetime", "array", "geometry", "object"
@@ -189,18 +190,6 @@ def _exact_numbers(parsed: Any, numbers: list[float]) -> Any:
 
 _QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")  # literals, quoted names
 _NESTING_OPERATORS = re.compile(r"[-+*/%^]|\b(?:NOT|DIV)\b", re.IGNORECASE)
-
-
-def parenthesis_depth(text: str) -> int:
-    """How deep parentheses nest in `text` (filters and expressions are bounded by it)."""
-    depth = deepest = 0
-    for char in text:
-        if char == "(":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char == ")":
-            depth -= 1
-    return deepest
 
 
 def _check_text(text: str) -> None:

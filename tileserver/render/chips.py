@@ -23,7 +23,6 @@ from rasterio.io import MemoryFile
 from rasterio.warp import transform as transform_points
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
-from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
@@ -34,6 +33,7 @@ from tileserver.catalog.models import Band, Image
 from tileserver.deadline import check
 from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import ImageNotReadable, RenderError
+from tileserver.render.grid import Grid
 from tileserver.render.reader import FileRead, file_header, file_number, read_bands
 
 WGS84 = CRS.from_epsg(4326)
@@ -90,35 +90,6 @@ def parse_lut(text: str, bands: int = 3) -> Lut:
     )
 
 
-@dataclass(frozen=True)
-class ChipGrid:
-    """The pixels of one chip: a window of a file's grid, in that file's CRS."""
-
-    crs: CRS
-    window: Window  # in the grid of the file it was snapped to
-    transform: Affine  # of the chip itself
-
-    @property
-    def width(self) -> int:
-        """Columns of the chip."""
-        return int(self.window.width)
-
-    @property
-    def height(self) -> int:
-        """Rows of the chip."""
-        return int(self.window.height)
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """(left, bottom, right, top) in the chip's CRS."""
-        return array_bounds(self.transform, self.width, self.height)
-
-
-def array_bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
-    """Bounds of a north-up grid (rasterio's windows.bounds of the whole chip)."""
-    return window_bounds(Window(0, 0, width, height), transform)
-
-
 def file_grid(image: Image, href: str) -> tuple[CRS, Affine]:
     """The CRS and geotransform of one file: the grid chips of its bands snap to."""
     crs, transform, _, _ = file_header(image, href)
@@ -137,9 +108,7 @@ def band_grid(image: Image, band: Band) -> tuple[CRS, Affine]:
     return file_grid(image, image.files[band.file_index].href)
 
 
-def chip_grid(
-    crs: CRS, transform: Affine, lon: float, lat: float, width: int, height: int
-) -> ChipGrid:
+def chip_grid(crs: CRS, transform: Affine, lon: float, lat: float, width: int, height: int) -> Grid:
     """The width x height window of the grid (crs, transform) centred on lon/lat (WGS84).
 
     The window is snapped to whole pixels: its centre is the grid line (even sizes) or
@@ -150,7 +119,7 @@ def chip_grid(
     window = Window(
         math.floor(col - width / 2 + 0.5), math.floor(row - height / 2 + 0.5), width, height
     )
-    return ChipGrid(crs, window, window_transform(window, transform))
+    return Grid(crs, window_transform(window, transform), width, height)
 
 
 def chip_pixels(size_m: float, transform: Affine) -> tuple[int, int]:
@@ -174,7 +143,7 @@ def chip_area(lon: float, lat: float, half_m: float) -> BaseGeometry:
     return shapely.transform(square, lambda xy: numpy.column_stack(to_wgs84.transform(*xy.T)))
 
 
-def part_reader(grid: ChipGrid):
+def part_reader(grid: Grid):
     """A `read` for read_bands: the grid's bounds, on the grid, nearest neighbour."""
 
     def read(reader: Reader, file_read: FileRead) -> ImageData:
@@ -193,11 +162,16 @@ def part_reader(grid: ChipGrid):
 
 
 def read_chip(
-    image: Image, bands: Sequence[Band], grid: ChipGrid, threads: int = 4
+    image: Image,
+    bands: Sequence[Band],
+    grid: Grid,
+    threads: int = 4,
+    alpha: Band | None = None,
 ) -> numpy.ma.MaskedArray:
-    """(bands, rows, cols) pixels of `image` on `grid`, masked where each band is nodata."""
+    """(bands, rows, cols) pixels of `image` on `grid`, masked where each band is nodata
+    (and where the `alpha` band, if given, is 0)."""
     check()  # per chip
-    return read_bands(image, bands, part_reader(grid), threads=threads).array
+    return read_bands(image, bands, part_reader(grid), threads=threads, alpha=alpha).array
 
 
 def lut_ranges(data: numpy.ma.MaskedArray, lut: Lut) -> list[tuple[float, float]]:
@@ -237,7 +211,7 @@ def stretch(values: numpy.ndarray, low: float, high: float) -> numpy.ndarray:
     return numpy.clip(scaled, 0, 255).astype(numpy.uint8)
 
 
-def outline_pixels(outline: dict, grid: ChipGrid) -> numpy.ndarray:
+def outline_pixels(outline: dict, grid: Grid) -> numpy.ndarray:
     """True on the pixels the outline's boundary (WGS84 GeoJSON) crosses on the chip."""
     geometry = shape(transform_geom(WGS84, grid.crs, outline))
     boundary = geometry.boundary if geometry.geom_type.endswith("Polygon") else geometry
@@ -292,7 +266,7 @@ def fits(value: float, dtype: numpy.dtype) -> bool:
 
 def raw_geotiff(
     data: numpy.ma.MaskedArray,
-    grid: ChipGrid,
+    grid: Grid,
     description: str,
     nodata: float | None,
     tags: dict | None = None,

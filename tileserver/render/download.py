@@ -33,9 +33,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.features import geometry_mask
-from rasterio.transform import array_bounds
 from rasterio.warp import calculate_default_transform, transform_bounds, transform_geom
-from rasterio.warp import transform as transform_points
 from rasterio.windows import Window
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
@@ -45,11 +43,11 @@ from tileserver.catalog.geojson import check_geometry_size
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.deadline import check
 from tileserver.render.errors import RenderError
+from tileserver.render.grid import WGS84, Grid
 from tileserver.render.mosaic import (
     VALUE_PRESERVING,
     Layer,
     composite,
-    footprint_pixels,
     mosaic_bands,
     product_bands,
     read_image,
@@ -66,7 +64,6 @@ from tileserver.render.reader import (
 )
 from tileserver.render.scaling import level_steps
 
-WGS84 = CRS.from_epsg(4326)
 # fractions of a pixel that reprojection noise adds to whole-pixel edges
 PIXEL_TOLERANCE = 1e-6
 FLATTEN_KEYS = ("none", "day", "month", "year")
@@ -90,36 +87,6 @@ class OutsideError(DownloadError):
 
 class TooLarge(DownloadError):
     """A download above the pixel budget (a 413); the message says the size and the limit."""
-
-
-@dataclass(frozen=True)
-class Grid:
-    """An output raster grid: CRS, affine transform and size."""
-
-    crs: CRS
-    transform: Affine
-    width: int
-    height: int
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        """(west, south, east, north) in the grid's CRS."""
-        return tuple(array_bounds(self.height, self.width, self.transform))
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """(rows, cols)."""
-        return self.height, self.width
-
-    def wgs84_extent(self) -> dict:
-        """The grid's corners in WGS84 as a GeoJSON polygon (as gdalinfo's wgs84Extent)."""
-        corners = [(0, 0), (0, self.height), (self.width, self.height), (self.width, 0), (0, 0)]
-        xs, ys = zip(*(self.transform * c for c in corners), strict=True)
-        lons, lats = transform_points(self.crs, WGS84, xs, ys)
-        return {
-            "type": "Polygon",
-            "coordinates": [[[x, y] for x, y in zip(lons, lats, strict=True)]],
-        }
 
 
 @dataclass(frozen=True)
@@ -583,11 +550,8 @@ def render_layers(
     def read(layer: Layer) -> numpy.ma.MaskedArray | None:
         return read_image(layer[0], layer[1], names, alpha_name, read_file, params, plan.read_dtype)
 
-    def footprint(geom: dict) -> numpy.ndarray:
-        return footprint_pixels(geom, grid.crs, grid.transform, grid.shape)
-
     outside = ~inside_pixels(grid, geometry) if geometry is not None else None
-    result = composite(layers, read, plan.pixel_selection, footprint, threads, outside)
+    result = composite(layers, read, plan.pixel_selection, grid.footprint_pixels, threads, outside)
     data = result.data if result.data is not None else _empty(plan, grid)
     if outside is not None:
         data = numpy.ma.MaskedArray(data.data, mask=numpy.ma.getmaskarray(data) | outside)

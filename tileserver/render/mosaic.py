@@ -17,12 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy
-from affine import Affine
-from morecantile import TileMatrixSet
-from rasterio.crs import CRS
-from rasterio.features import rasterize
-from rasterio.transform import from_bounds
-from rasterio.warp import transform_geom
 from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
@@ -31,15 +25,16 @@ from rio_tiler.mosaic.methods import PixelSelectionMethod
 from tileserver import deadline
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, BandStatistics, Image, Product
 from tileserver.render.errors import RenderError
+from tileserver.render.grid import Grid
 from tileserver.render.pipeline import (
     Rendered,
     RenderParams,
     apply_processing_level,
     render_array,
+    request_bands,
 )
 from tileserver.render.reader import FileRead, read_bands, resolve_bands, tile_reader
 from tileserver.render.scaling import ScalingError, common_data_type, level_steps
-from tileserver.render.tile import request_bands
 from tileserver.threads import ContextPool
 
 PIXEL_SELECTIONS = tuple(m.name for m in PixelSelectionMethod)
@@ -51,39 +46,6 @@ class EmptyTile(Exception):
     """No image of the mosaic has a valid pixel in this tile."""
 
 
-@dataclass(frozen=True)
-class TileGrid:
-    """Where a tile lies: its TMS, index and pixel size."""
-
-    tms: TileMatrixSet
-    x: int
-    y: int
-    z: int
-    size: int
-
-    @property
-    def transform(self) -> Affine:
-        """The tile's affine transform in its TMS's CRS."""
-        bounds = self.tms.xy_bounds(self.x, self.y, self.z)
-        return from_bounds(*bounds, self.size, self.size)
-
-    def footprint_pixels(self, geometry: dict) -> numpy.ndarray:
-        """True on the tile pixels an image footprint (WGS84 GeoJSON) touches."""
-        return footprint_pixels(
-            geometry, self.tms.rasterio_crs, self.transform, (self.size, self.size)
-        )
-
-
-def footprint_pixels(
-    geometry: dict, crs: CRS, transform: Affine, shape: tuple[int, int]
-) -> numpy.ndarray:
-    """True on the grid pixels a footprint (WGS84 GeoJSON) touches: `first` skips the rest."""
-    projected = transform_geom("EPSG:4326", crs, geometry)
-    return rasterize(
-        [(projected, 1)], out_shape=shape, transform=transform, all_touched=True, dtype="uint8"
-    ).astype(bool)
-
-
 ReadFile = Callable[[Reader, FileRead], ImageData]
 
 
@@ -92,32 +54,29 @@ def read_image(
     product: Product,
     names: Sequence[str],
     alpha_name: str | None,
-    grid: TileGrid | ReadFile,
+    grid: Grid | ReadFile,
     params: RenderParams,
     dtype: str,
 ) -> numpy.ma.MaskedArray | None:
     """The image's pixels for `names` with one mask for all bands; None if outside it.
 
-    `grid` is a map tile, or any `read` callback of read_bands (a download grid).
+    `grid` is a map tile's grid, or any `read` callback of read_bands (a download grid).
     A pixel is invalid where any band is masked or the alpha band (`alpha_name`, else
     the product's own alpha band) is 0.
     """
     bands = resolve_bands(product, names)
     alpha = resolve_bands(product, [alpha_name])[0] if alpha_name else product.alpha_band()
-    to_read = bands + ([alpha] if alpha is not None and alpha not in bands else [])
-    if isinstance(grid, TileGrid):
-        read, tms = tile_reader(grid.x, grid.y, grid.z, grid.size, params.resampling), grid.tms
+    if isinstance(grid, Grid):
+        tile = grid.tile
+        read, tms = tile_reader(tile.x, tile.y, tile.z, grid.width, params.resampling), tile.tms
     else:
         read, tms = grid, None
     try:
-        img: ImageData = read_bands(image, to_read, read, tms, params.nodata, threads=1)
+        img = read_bands(image, bands, read, tms, params.nodata, threads=1, alpha=alpha)
     except TileOutsideBounds:
         return None
     array = img.array
     invalid = numpy.logical_or.reduce(numpy.ma.getmaskarray(array), axis=0)
-    if len(to_read) > len(bands):
-        invalid |= array.data[-1] == 0
-        array = array[:-1]
     masked = numpy.ma.MaskedArray(array.data, mask=numpy.broadcast_to(invalid, array.shape).copy())
     # each image at the processing level by its own product's steps, before compositing
     converted = apply_processing_level(masked, bands, params.processing_level)
@@ -313,13 +272,14 @@ def render_composite(
 def mosaic_tile(
     layers: Sequence[Layer],
     product: Product,
-    grid: TileGrid,
+    grid: Grid,
     params: RenderParams,
     pixel_selection: str = "first",
     threads: int = 4,
     products: Sequence[Product] = (),
 ) -> ImageData:
-    """Composite `layers` (image, its product) in paint order into one rendered tile.
+    """Composite `layers` (image, its product) in paint order into one rendered tile
+    (`grid` is a tile's: Grid.of_tile).
 
     `product` defines the bands, their ranges and colormaps (the mosaic's product);
     every image reads the bands of the same names from its own product. The scaling and
@@ -337,12 +297,9 @@ def mosaic_tile(
 
     result = composite(layers, read, pixel_selection, grid.footprint_pixels, threads)
     if result.data is None:
-        raise EmptyTile(
-            f"no image of this mosaic has valid pixels in tile {grid.z}/{grid.x}/{grid.y}"
-        )
+        raise EmptyTile(f"no image of this mosaic has valid pixels in tile {grid.tile}")
     rendered = render_composite(
         result.data, bands, params, pixel_selection, result.used, own.bands, alpha_band
     )
-    bounds = grid.tms.xy_bounds(grid.x, grid.y, grid.z)
     used = [i.id for i in result.used]
-    return rendered.image(grid.tms.rasterio_crs, bounds, assets=used, read=result.read)
+    return rendered.image(grid.crs, grid.bounds, assets=used, read=result.read)

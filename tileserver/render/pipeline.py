@@ -17,9 +17,10 @@ from rio_tiler.errors import InvalidExpression
 from rio_tiler.expression import apply_expression, validate_expression
 from rio_tiler.models import ImageData
 
-from tileserver.catalog.cql2sql import parenthesis_depth
 from tileserver.catalog.models import Band, BandStatistics, Product
+from tileserver.limits import parenthesis_depth
 from tileserver.render.errors import RenderError, UnknownBand
+from tileserver.render.reader import resolve_bands
 from tileserver.render.scaling import (
     Scale,
     Scaling,
@@ -152,6 +153,22 @@ def requested_bands(product: Product, params: RenderParams) -> list[str]:
     return names
 
 
+def request_bands(product: Product, params: RenderParams) -> tuple[list[Band], Band | None]:
+    """The bands a request renders and the mask band that makes their pixels transparent.
+
+    Unknown bands raise here, so endpoints that only describe a layer can check them.
+    A requested band list ending in a mask band uses it as the alpha channel (0 is
+    transparent); otherwise the product's alpha band, if any, masks every request.
+    """
+    bands = resolve_bands(product, requested_bands(product, params))
+    if len(bands) > 1 and bands[-1].type == "mask":
+        return bands[:-1], bands[-1]
+    alpha = product.alpha_band()
+    if alpha is not None and alpha in bands:
+        alpha = None
+    return bands, alpha
+
+
 def apply_processing_level(
     data: numpy.ma.MaskedArray, bands: Sequence[Band], level: str | None
 ) -> numpy.ma.MaskedArray:
@@ -239,7 +256,6 @@ def render_array(
     bands: Sequence[Band],
     params: RenderParams,
     stats: dict[str, BandStatistics] | None = None,
-    alpha: numpy.ndarray | None = None,
     alpha_band: Band | None = None,
     products: Mapping[str, Sequence[Band]] | None = None,
     converted: bool = False,
@@ -249,13 +265,12 @@ def render_array(
     `stats` (the image's stored statistics) fix `auto` ranges so neighbouring tiles
     match; without them (or for bands converted to a processing level, whose stored
     statistics are of other units) `auto` stretches each band from the returned pixels.
-    `alpha` (0 = transparent) masks pixels in every band; `alpha_band` is its band, for a
-    scaling list that has an entry for it. `products` scales across a mosaic's products
-    (output_scaling); `converted`: `data` is already at the processing level (a mosaic
-    converts each image with its own product's steps).
+    `alpha_band` is the band whose 0 made pixels transparent (folded into the mask when
+    read, render/reader.py read_bands), for a scaling list that has an entry for it.
+    `products` scales across a mosaic's products (output_scaling); `converted`: `data` is
+    already at the processing level (a mosaic converts each image with its own product's
+    steps).
     """
-    if alpha is not None:
-        data = numpy.ma.MaskedArray(data.data, mask=numpy.ma.getmaskarray(data) | (alpha == 0))
     try:
         steps = [level_steps(b.processing_levels, params.processing_level) for b in bands]
     except ScalingError as exc:

@@ -200,13 +200,17 @@ def read_bands(
     tms: TileMatrixSet | None = None,
     nodata: float | None = None,
     threads: int = 4,
+    alpha: Band | None = None,
 ) -> ImageData:
     """Read `bands` of `image` with `read(reader, file_read)` per file; one masked stack.
 
     Each band's `nodata` (or the request's `nodata`) masks its pixels; the file's own
-    mask (internal nodata, alpha, mask band) applies too.
+    mask (internal nodata, alpha, mask band) applies too. `alpha`, a mask band of the
+    product (0 is transparent), is read with them and folded into every band's mask: the
+    one place a product's alpha band applies. A requested band is never also the alpha.
     """
-    reads = plan_reads(image, bands, nodata)
+    to_read = [*bands, alpha] if alpha is not None and alpha not in bands else list(bands)
+    reads = plan_reads(image, to_read, nodata)
 
     def one(file_read: FileRead) -> ImageData:
         options = {"nodata": file_read.nodata} if file_read.nodata is not None else {}
@@ -228,7 +232,18 @@ def read_bands(
     else:
         with ContextPool(max_workers=min(threads, len(reads))) as pool:
             results = list(pool.map(one, reads))
-    return _stack(reads, results, len(bands))
+    stacked = _stack(reads, results, len(to_read))
+    return fold_alpha(stacked) if len(to_read) > len(bands) else stacked
+
+
+def fold_alpha(img: ImageData) -> ImageData:
+    """The stack without its last band (an alpha band), masked where the alpha is 0 or has no
+    value. The bands keep the stack's data type."""
+    array = img.array
+    opaque = ~numpy.ma.getmaskarray(array[-1]) & (array.data[-1] != 0)
+    bands = array[:-1]
+    mask = numpy.ma.getmaskarray(bands) | ~opaque
+    return ImageData(numpy.ma.MaskedArray(bands.data, mask=mask), bounds=img.bounds, crs=img.crs)
 
 
 def tile_reader(
@@ -342,3 +357,9 @@ def read_tile(
         band_descriptions=part.band_descriptions,
         dataset_statistics=part.dataset_statistics,
     )
+
+
+def zoom_range(image: Image, tms: TileMatrixSet) -> tuple[int, int]:
+    """The zooms a client should ask for, from the image's first file (rio-tiler's rule)."""
+    with image_reader(image, image.files[0].href, tms=tms) as reader:
+        return reader.minzoom, reader.maxzoom

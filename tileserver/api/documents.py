@@ -1,105 +1,22 @@
-"""What tile endpoints share (api/factory.py): tile checks, the tile cache, URL templates,
-TileJSON and WMTS documents."""
+"""The documents that describe a layer (api/factory.py): URL templates, TileJSON and WMTS
+capabilities."""
 
 from __future__ import annotations
 
 import math
-from urllib.parse import urlencode
 
-from fastapi import HTTPException, Request, Response
+from fastapi import Request, Response
 from morecantile import TileMatrixSet
 from rasterio.crs import CRS
 from rasterio.warp import transform_bounds
-from starlette.concurrency import run_in_threadpool
 from titiler.core.utils import tms_limits, tms_limits_to_xml, tms_to_xml
 
 from tileserver.api.auth import key_query
-from tileserver.api.deps import ALWAYS_ALLOWED
+from tileserver.api.deps import render_query
 from tileserver.api.templates import render_template
-from tileserver.cache import Cache, CachedTile, make_etag
 from tileserver.render.encode import ImageFormat
 
 WGS84 = CRS.from_epsg(4326)
-
-# query parameters that do not change a tile's bytes, and so stay out of its cache key
-NON_RENDER_PARAMS = {"tms", "tile_format", *ALWAYS_ALLOWED}
-
-
-def check_tile(tms: TileMatrixSet, z: int, x: int, y: int) -> None:
-    """Reject zooms and indices outside the tile matrix set with a 400/404 that says why."""
-    if not tms.minzoom <= z <= tms.maxzoom:
-        raise HTTPException(
-            400, f"zoom {z} out of range for {tms.id}: {tms.minzoom}..{tms.maxzoom}"
-        )
-    matrix = tms.matrix(z)
-    if not (0 <= x < matrix.matrixWidth and 0 <= y < matrix.matrixHeight):
-        raise HTTPException(
-            404,
-            f"tile {z}/{x}/{y} is outside {tms.id}: at zoom {z} x is 0..{matrix.matrixWidth - 1}"
-            f" and y is 0..{matrix.matrixHeight - 1}",
-        )
-
-
-def tile_size(tms: TileMatrixSet, z: int, scale: int, limit: int) -> int:
-    """Pixels per tile edge with @Nx; 400 above the configured limit."""
-    size = scale * tms.matrix(z).tileWidth
-    if size > limit:
-        raise HTTPException(400, f"tile size {size} exceeds {limit}")
-    return size
-
-
-def render_query(request: Request) -> str:
-    """The request's rendering query string for cache keys and templated URLs.
-
-    Sorted by name only: repeated parameters (one `scaling` per band) keep their order.
-    """
-    items = sorted(
-        ((k, v) for k, v in request.query_params.multi_items() if k not in NON_RENDER_PARAMS),
-        key=lambda item: item[0],
-    )
-    return urlencode(items)
-
-
-async def tile_response(
-    request: Request,
-    key: str,
-    render,
-    fmt: ImageFormat,
-    cache_control: str,
-) -> Response:
-    """Serve from the cache or render; answer 304 when the client's ETag matches.
-
-    `render()` returns the bytes and headers that describe them (kept with the cache entry).
-    A remote cache (Redis) is read off the event loop; the in-process one is not worth a thread.
-    """
-    cache: Cache = request.app.state.cache
-    entry = await run_in_threadpool(cache.get, key) if cache.remote else cache.get(key)
-    if entry is None:
-
-        def render_and_keep() -> CachedTile:
-            content, extra = render()
-            made = CachedTile(content, fmt.media_type, make_etag(content), extra)
-            cache.put(key, made)
-            return made
-
-        entry = await run_in_threadpool(render_and_keep)
-    headers = {**entry.headers, "ETag": entry.etag, "Cache-Control": cache_control}
-    if entry.etag in request.headers.get("if-none-match", ""):
-        return Response(status_code=304, headers=headers)
-    return Response(entry.content, media_type=entry.media_type, headers=headers)
-
-
-TILE_RESPONSES: dict = {
-    200: {
-        "content": {
-            "image/png": {},
-            "image/jpeg": {},
-            "image/webp": {},
-            "image/tiff": {},
-            "application/x-binary": {},
-        }
-    }
-}
 
 
 def tile_url_template(
