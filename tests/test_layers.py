@@ -13,12 +13,10 @@ import io
 
 import numpy
 import pytest
-from fastapi import HTTPException
 from rio_tiler.models import ImageData
 
 from tests.synthetic import TILE, WEB_MERCATOR, write
 from tests.test_mosaic import PRODUCT, box, images, paint_first, valid
-from tileserver.api.deps import parse_scaling
 from tileserver.catalog.models import Image, Product
 from tileserver.catalog.search import SearchQuery
 from tileserver.catalog.sqlite import SQLiteStore
@@ -42,10 +40,11 @@ from tileserver.render.errors import RenderError
 from tileserver.render.grid import Grid
 from tileserver.render.mosaic import mosaic_tile
 from tileserver.render.pipeline import RenderParams
+from tileserver.render.scaling import Scaling, ScalingError
 from tileserver.settings import Settings
 
 Z, X, Y = TILE.z, TILE.x, TILE.y
-RAW = RenderParams(bands=("v1", "v2"), scaling="raw")
+RAW = RenderParams(bands=("v1", "v2"), scaling=Scaling("raw"))
 
 
 @pytest.fixture()
@@ -243,13 +242,13 @@ def test_point_area_is_a_tiny_box_around_the_point():
     ],
 )
 def test_scaling_is_parsed_into_modes_tuples_or_a_mapping(values, parsed):
-    assert parse_scaling(values) == parsed
+    assert Scaling.parse(values) == Scaling(parsed)
+    assert Scaling.parse(values).form == parsed
 
 
 @pytest.mark.parametrize(
     "values", [["1,2,3,4,5"], ["0,abc"], ['{"B04": [[[1]]]}'], ['["display"]'], ["0,1"] * 65]
 )
-def test_bad_scaling_is_a_400_naming_the_problem(values):
-    with pytest.raises(HTTPException) as caught:
-        parse_scaling(values)
-    assert caught.value.status_code == 400 and "scaling" in caught.value.detail
+def test_bad_scaling_is_an_error_naming_the_problem(values):
+    with pytest.raises(ScalingError, match="scaling"):
+        Scaling.parse(values)

@@ -36,6 +36,7 @@ from tileserver.ingest.raster import IngestError
 from tileserver.render.errors import RenderError
 from tileserver.render.pipeline import RenderParams, apply_processing_level, render_array
 from tileserver.render.reader import read_bands
+from tileserver.render.scaling import Scaling
 
 
 def build(dim: Path, tmp_path: Path, product: Product | None = None, name: str = "scene.vrt"):
@@ -271,10 +272,12 @@ def test_an_int8_band_renders_with_its_negative_values(tmp_path):
         )
 
     data = read_bands(image, signed, read)
-    out = render_array(data.array, signed, RenderParams(bands=("signed_i8",), scaling="raw"))
+    out = render_array(
+        data.array, signed, RenderParams(bands=("signed_i8",), scaling=Scaling("raw"))
+    )
     assert out.data.dtype == numpy.int16  # the catalog type of int8
     numpy.testing.assert_array_equal(out.data[0], written(product, "signed_i8"))
-    display = render_array(data.array, signed, RenderParams(scaling="display"))
+    display = render_array(data.array, signed, RenderParams(scaling=Scaling("display")))
     assert display.data.dtype == numpy.uint8
 
 

@@ -18,21 +18,18 @@ from rio_tiler.types import RIOResampling, WarpResampling
 
 from tileserver.api.auth import QUERY_KEY
 from tileserver.catalog.access import OPEN, Principal, ScopedStore
-from tileserver.catalog.geojson import loads_bounded
 from tileserver.catalog.search import parse_sortby
 from tileserver.catalog.store import CatalogStore
 from tileserver.layers import ImageLayer, MosaicParams, SearchLayer
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
 from tileserver.render.pipeline import RenderParams, check_expression
-from tileserver.render.scaling import MODES, Scaling, ScalingEntry
+from tileserver.render.scaling import MAX_SCALING_ENTRIES, Scaling, ScalingError
 from tileserver.settings import Settings
 
 # Request size limits: a product has a few dozen bands at most, and each band named is one
-# more read (3,000 names took 20 s); `scaling` is one entry per band.
-MAX_BANDS = 64  # names in `bands` (repeats count), entries in `scaling`
-MAX_SCALING_VALUES = 4  # lo,hi or lo,hi,outlo,outhi
-MAX_SCALING_DEPTH = 2  # a JSON scaling is an object of band name -> list of numbers
+# more read (3,000 names took 20 s); `scaling` (render/scaling.py) is one entry per band.
+MAX_BANDS = MAX_SCALING_ENTRIES  # names in `bands` (repeats count)
 PixelSelection = Literal[PIXEL_SELECTIONS]  # rio-tiler's methods, as an enum in the API docs
 # one name serves reads and reprojection: rio-tiler's names valid for both (no gauss warp)
 Resampling = Literal[tuple(n for n in get_args(RIOResampling) if n in get_args(WarpResampling))]
@@ -125,69 +122,6 @@ def bad_request(message: str) -> HTTPException:
     return HTTPException(status_code=400, detail=message)
 
 
-def _number(text: str) -> float | int:
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text else value
-
-
-def parse_scaling_entry(text: str) -> ScalingEntry:
-    """One scaling entry: a mode, `none`, or comma-separated numbers / percents."""
-    text = text.strip()
-    if text.lower() in ("", "none", "null"):
-        return None
-    if text.lower() in MODES:
-        return text.lower()
-    parts = text.strip("()[]").split(",")
-    if len(parts) > MAX_SCALING_VALUES:
-        raise bad_request(
-            f"scaling entry has {len(parts)} values, more than {MAX_SCALING_VALUES}: "
-            "an entry is lo,hi or lo,hi,outlo,outhi"
-        )
-    items = []
-    for item in parts:
-        item = item.strip()
-        try:
-            items.append(f"{_number(item[:-1])}%" if item.endswith("%") else _number(item))
-        except ValueError:
-            raise bad_request(
-                f"scaling entry '{text}': '{item}' is neither a number nor a percent like 2%; "
-                f"an entry is one of {', '.join(MODES)} or lo,hi or lo,hi,outlo,outhi"
-            ) from None
-    return tuple(items)
-
-
-def parse_scaling(values: list[str] | None) -> Scaling:
-    """The `scaling` parameter: once for all bands, once per band, or a JSON object.
-
-    One mode applies to every band; one tuple is repeated for every band; several
-    values give one entry per band; `{"B04": [0, 3000], "default_": "display"}`
-    maps band names to entries.
-    """
-    if not values:
-        return None
-    if len(values) > MAX_BANDS:
-        raise bad_request(
-            f"scaling has {len(values)} entries, more than {MAX_BANDS} (one per band)"
-        )
-    if len(values) == 1 and values[0].lstrip().startswith("{"):
-        try:
-            mapping = loads_bounded(values[0], "scaling JSON", MAX_SCALING_DEPTH)
-        except ValueError as exc:
-            raise bad_request(
-                f"{exc}: it is an object of band name -> entry, e.g. "
-                '{"B04": [0, 3000], "default_": "display"}'
-            ) from None
-        if not isinstance(mapping, dict):
-            raise bad_request("scaling JSON must be an object of band name -> entry")
-        if len(mapping) > MAX_BANDS + 1:
-            raise bad_request(
-                f"scaling JSON has {len(mapping)} entries, more than {MAX_BANDS} bands and default_"
-            )
-        return {key: tuple(v) if isinstance(v, list) else v for key, v in mapping.items()}
-    entries = [parse_scaling_entry(v) for v in values]
-    return entries[0] if len(entries) == 1 else entries
-
-
 async def render_params(
     bands: Annotated[
         str | None,
@@ -232,7 +166,10 @@ async def render_params(
             raise bad_request(
                 f"unknown colormap_name '{colormap_name}' (e.g. viridis, rdylgn, greys)"
             ) from None
-    parsed = parse_scaling(scaling)
+    try:
+        parsed = Scaling.parse(scaling)
+    except ScalingError as exc:
+        raise bad_request(str(exc)) from None
     return RenderParams(
         bands=names,
         scaling=parsed,

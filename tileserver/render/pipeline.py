@@ -80,7 +80,7 @@ class RenderParams:
     """Every parameter that changes pixels, parsed and validated once."""
 
     bands: tuple[str, ...] | None = None
-    scaling: Scaling = None  # render.scaling.Scaling; a bare tuple applies to every band
+    scaling: Scaling = Scaling()  # a bare tuple applies to every band
     data_type: str | None = None
     processing_level: str | None = None
     expression: str | None = None
@@ -219,7 +219,7 @@ def output_scaling(
     takes part in choosing the mode and type (as the Catalog's client counts every requested
     band) and its scale is dropped. RenderError for anything invalid.
     """
-    scaling = params.scaling
+    scaling = params.scaling.form
     level = params.processing_level
     if params.expression:
         count = len(expression_blocks(params.expression))

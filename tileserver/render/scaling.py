@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from tileserver.catalog.geojson import loads_bounded
+
 # Ordered smallest first (unsigned before signed, integer before float): the first type that
 # fits wins wherever a "smallest type" is chosen.
 DATA_TYPES = ("Byte", "UInt16", "Int16", "UInt32", "Int32", "Float32", "Float64")
@@ -65,16 +67,102 @@ DISPLAY_OUTPUT = (0.0, 255.99)
 AUTO_OUTPUT = (0, 255)
 
 Scale = tuple[()] | tuple[float, float, float, float] | None
-# A request's `scaling`, as api/deps.py parses it once (and the Catalog's client takes it):
-# an entry is a mode, None, or a tuple of 0, 2 or 4 numbers or percents ("2%"); the whole is
-# one entry for every band, a list of one entry per band, or a mapping of band name (or
-# `default_`) to entry. Its validation against the bands is scaling_parameters'.
+# A `scaling` as the Catalog's client takes it: an entry is a mode, None, or a tuple of 0, 2
+# or 4 numbers or percents ("2%"); the whole is one entry for every band, a list of one entry
+# per band, or a mapping of band name (or `default_`) to entry. Its validation against the
+# bands is scaling_parameters'.
 ScalingEntry = str | tuple[float | str, ...] | None
-Scaling = ScalingEntry | list[ScalingEntry] | Mapping[str, ScalingEntry]
+ScalingForm = ScalingEntry | list[ScalingEntry] | Mapping[str, ScalingEntry]
+
+# What one request may say: a product has a few dozen bands at most, each band named is one
+# more read, and `scaling` is one entry per band.
+MAX_SCALING_ENTRIES = 64
+MAX_SCALING_VALUES = 4  # lo,hi or lo,hi,outlo,outhi
+MAX_SCALING_DEPTH = 2  # a JSON scaling is an object of band name -> list of numbers
 
 
 class ScalingError(ValueError):
     """An invalid `scaling`, `data_type` or mix of modes; the message names the band."""
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A request's `scaling`, parsed and checked once (`parse`); `form` is what
+    scaling_parameters takes, whose rules then hold it against the bands.
+
+    Equal scalings compare equal, so they serve as (part of) cache keys.
+    """
+
+    form: ScalingForm = None
+
+    @classmethod
+    def parse(cls, values: Sequence[str] | None) -> Scaling:
+        """The `scaling` query parameter: once for all bands, once per band, or a JSON object.
+
+        One mode applies to every band; one tuple is repeated for every band; several values
+        give one entry per band; `{"B04": [0, 3000], "default_": "display"}` maps band names
+        to entries. ScalingError names what is wrong.
+        """
+        if not values:
+            return cls()
+        if len(values) > MAX_SCALING_ENTRIES:
+            raise ScalingError(
+                f"scaling has {len(values)} entries, more than {MAX_SCALING_ENTRIES} (one per band)"
+            )
+        if len(values) == 1 and values[0].lstrip().startswith("{"):
+            return cls(_parse_mapping(values[0]))
+        entries = [parse_scaling_entry(v) for v in values]
+        return cls(entries[0] if len(entries) == 1 else entries)
+
+
+def _parse_mapping(text: str) -> dict[str, ScalingEntry]:
+    """A JSON scaling: an object of band name (or `default_`) -> entry."""
+    try:
+        mapping = loads_bounded(text, "scaling JSON", MAX_SCALING_DEPTH)
+    except ValueError as exc:
+        raise ScalingError(
+            f"{exc}: it is an object of band name -> entry, e.g. "
+            '{"B04": [0, 3000], "default_": "display"}'
+        ) from None
+    if not isinstance(mapping, dict):
+        raise ScalingError("scaling JSON must be an object of band name -> entry")
+    if len(mapping) > MAX_SCALING_ENTRIES + 1:
+        raise ScalingError(
+            f"scaling JSON has {len(mapping)} entries, more than {MAX_SCALING_ENTRIES} bands "
+            "and default_"
+        )
+    return {key: tuple(v) if isinstance(v, list) else v for key, v in mapping.items()}
+
+
+def parse_scaling_entry(text: str) -> ScalingEntry:
+    """One scaling entry: a mode, `none`, or comma-separated numbers / percents."""
+    text = text.strip()
+    if text.lower() in ("", "none", "null"):
+        return None
+    if text.lower() in MODES:
+        return text.lower()
+    parts = text.strip("()[]").split(",")
+    if len(parts) > MAX_SCALING_VALUES:
+        raise ScalingError(
+            f"scaling entry has {len(parts)} values, more than {MAX_SCALING_VALUES}: "
+            "an entry is lo,hi or lo,hi,outlo,outhi"
+        )
+    items = []
+    for item in parts:
+        item = item.strip()
+        try:
+            items.append(f"{_number(item[:-1])}%" if item.endswith("%") else _number(item))
+        except ValueError:
+            raise ScalingError(
+                f"scaling entry '{text}': '{item}' is neither a number nor a percent like 2%; "
+                f"an entry is one of {', '.join(MODES)} or lo,hi or lo,hi,outlo,outhi"
+            ) from None
+    return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -289,7 +377,7 @@ def _parse_entry(band: _Band, entry: Any) -> _Spec:
     )
 
 
-def _entries(props: list[_Band], scaling: Scaling) -> list[Any]:
+def _entries(props: list[_Band], scaling: ScalingForm) -> list[Any]:
     """One raw scaling entry per band, from a mode string, a sequence or a mapping."""
     if isinstance(scaling, str):
         return [scaling] * len(props)
@@ -422,7 +510,7 @@ def _resolve(spec: _Spec, mode: str, data_type: str) -> Scale:
 
 def scaling_parameters(
     bands: Sequence[Any],
-    scaling: Scaling = None,
+    scaling: ScalingForm = None,
     data_type: str | None = None,
     processing_level: str | None = None,
 ) -> tuple[list[Scale], str]:
@@ -440,7 +528,7 @@ def scaling_parameters(
 def multiproduct_scaling_parameters(
     products: Mapping[str, Sequence[Any]],
     names: Sequence[str],
-    scaling: Scaling = None,
+    scaling: ScalingForm = None,
     data_type: str | None = None,
     processing_level: str | None = None,
 ) -> tuple[list[Scale], str]:
