@@ -33,11 +33,11 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.background import BackgroundTask
 
+from tileserver.catalog.geojson import check_geometry
 from tileserver.layers import Download
 from tileserver.render.download import (
     GridRequest,
     check_budget,
-    check_geometry,
     parse_bbox,
     parse_crs,
     raster_info,
@@ -74,7 +74,7 @@ class AreaBody(BaseModel):
     @field_validator("geometry")
     @classmethod
     def _polygon(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_geometry(value)
+        return check_geometry(value, "the geometry", polygonal=True)
 
 
 def grid_request(

@@ -23,7 +23,7 @@ from shapely.geometry.base import BaseGeometry
 
 from tileserver.api.deps import KnownQuery, SettingsDep, StoreDep, bad_request
 from tileserver.catalog.acquisitions import acquisitions
-from tileserver.catalog.geojson import check_geometry_size
+from tileserver.catalog.geojson import check_geometry
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, safe_name
 from tileserver.catalog.parcels import NO_PARCELS, Parcel, ParcelLayer, ParcelStore
 from tileserver.catalog.store import CatalogStore
@@ -81,23 +81,7 @@ class TimeseriesRequest(BaseModel):
     @field_validator("geometry")
     @classmethod
     def _polygon(cls, value: dict[str, Any]) -> dict[str, Any]:
-        if value.get("type") not in ("Polygon", "MultiPolygon"):
-            raise ValueError(f"must be a GeoJSON Polygon or MultiPolygon, not {value.get('type')}")
-        check_geometry_size(value, "geometry")  # before shape(), which recurses
-        try:
-            polygon = shape(value)
-        except Exception as exc:  # shapely says little; the shape was wrong anyway
-            raise ValueError(f"is not a valid GeoJSON {value['type']}: {exc}") from None
-        if polygon.is_empty:
-            raise ValueError("is empty")
-        if not polygon.is_valid:
-            from shapely.validation import explain_validity
-
-            raise ValueError(f"is not a valid polygon: {explain_validity(polygon)}")
-        minx, miny, maxx, maxy = polygon.bounds
-        if minx < -180 or maxx > 180 or miny < -90 or maxy > 90:
-            raise ValueError("coordinates must be WGS84 longitude, latitude")
-        return value
+        return check_geometry(value, "geometry", polygonal=True, wgs84=True)
 
 
 class ValueRow(BaseModel):

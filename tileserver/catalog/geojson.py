@@ -14,6 +14,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import shapely
+import shapely.geometry
+
 # A GeoJSON geometry nests at most 7 levels (a collection of multipolygons); 16 leaves room
 # for collections of collections.
 MAX_GEOMETRY_DEPTH = 16
@@ -102,3 +105,34 @@ def check_geometry_size(value: Any, what: str) -> None:
     problem = geometry_problem(value)
     if problem is not None:
         raise ValueError(f"{what} {problem}")
+
+
+POLYGONAL = ("Polygon", "MultiPolygon")
+
+
+def check_geometry(value: Any, what: str, polygonal: bool = False, wgs84: bool = False) -> dict:
+    """A GeoJSON geometry a caller sent, or ValueError naming `what` and the problem.
+
+    Checked in this order: size and depth (before shapely, which recurses per level), that it
+    reads as GeoJSON, its type (`polygonal`: a Polygon or MultiPolygon, as areas are), that it
+    is non-empty and valid, and (`wgs84`) that its coordinates are longitudes and latitudes.
+    """
+    check_geometry_size(value, what)
+    kind = value.get("type") if isinstance(value, Mapping) else None
+    if polygonal and kind not in POLYGONAL:
+        raise ValueError(f"{what} must be a GeoJSON Polygon or MultiPolygon, not {kind}")
+    try:
+        geometry = shapely.geometry.shape(value)
+    except Exception as exc:  # shapely says little; the shape was wrong anyway
+        raise ValueError(f"{what} is not a valid GeoJSON {kind or 'geometry'}: {exc}") from None
+    if geometry.is_empty:
+        raise ValueError(f"{what} is empty")
+    if not geometry.is_valid:
+        reason = shapely.is_valid_reason(geometry)
+        noun = "polygon" if polygonal else "geometry"
+        raise ValueError(f"{what} is not a valid {noun}: {reason}")
+    if wgs84:
+        minx, miny, maxx, maxy = geometry.bounds
+        if minx < -180 or maxx > 180 or miny < -90 or maxy > 90:
+            raise ValueError(f"{what} coordinates must be WGS84 longitude, latitude")
+    return value

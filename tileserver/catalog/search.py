@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from shapely.geometry import shape
 
 from tileserver.catalog.cql2sql import FilterError, parse_filter
-from tileserver.catalog.geojson import check_geometry_size
+from tileserver.catalog.geojson import check_geometry
 from tileserver.catalog.models import Image
 
 Interval = Literal["year", "quarter", "month", "week", "day", "hour"]
@@ -36,21 +36,6 @@ class SortBy(BaseModel):
 
     field: str = Field(min_length=1)
     direction: Literal["asc", "desc"] = "asc"
-
-
-def check_geometry(value: dict | None, what: str) -> dict | None:
-    """A GeoJSON geometry parameter, refused (ValueError) when too large, unreadable or invalid."""
-    if value is None:
-        return None
-    check_geometry_size(value, what)  # before shape(), which recurses per nesting level
-    try:
-        geometry = shape(value)
-    except Exception as exc:
-        raise ValueError(f"{what} is not a GeoJSON geometry: {exc}") from None
-    if geometry.is_empty or not geometry.is_valid:
-        reason = "empty" if geometry.is_empty else shapely.is_valid_reason(geometry)
-        raise ValueError(f"{what} is an empty or invalid geometry ({reason})")
-    return value
 
 
 class SearchQuery(BaseModel):
@@ -95,7 +80,7 @@ class SearchQuery(BaseModel):
     @field_validator("intersects")
     @classmethod
     def _intersects(cls, value: dict | None) -> dict | None:
-        return check_geometry(value, "intersects")
+        return None if value is None else check_geometry(value, "intersects")
 
     @field_validator("datetime")
     @classmethod

@@ -39,8 +39,9 @@ from tqdm import tqdm
 
 from tileserver import opener
 from tileserver.catalog.access import ScopedStore
+from tileserver.catalog.geojson import check_geometry
 from tileserver.catalog.models import NAME_PATTERN, Band, Image, ImageFile, Product, safe_name
-from tileserver.catalog.search import check_geometry, datetime_interval, parse_instant
+from tileserver.catalog.search import datetime_interval, parse_instant
 from tileserver.catalog.store import CatalogError, CatalogStore, NotFound
 from tileserver.ingest import beam_dimap, dimap2, safe, vsi
 from tileserver.ingest.geotiff import GeoTiffScene
@@ -102,7 +103,7 @@ class ImportRequest(BaseModel):
     @field_validator("intersects", "contains")
     @classmethod
     def _geometry(cls, value: dict | None, info: ValidationInfo) -> dict | None:
-        return check_geometry(value, info.field_name)
+        return None if value is None else check_geometry(value, info.field_name)
 
     @model_validator(mode="after")
     def _one_spatial_filter(self) -> ImportRequest:

@@ -39,7 +39,6 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from shapely.geometry import shape
 
-from tileserver.catalog.geojson import check_geometry_size
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.deadline import check
 from tileserver.render.errors import RenderError
@@ -174,20 +173,6 @@ def parse_bbox(value: str) -> tuple[float, float, float, float]:
     if not (minx < maxx and miny < maxy):
         raise DownloadError(f"bbox '{value}' needs minx < maxx and miny < maxy")
     return numbers
-
-
-def check_geometry(geometry: dict) -> dict:
-    """A valid, non-empty GeoJSON (Multi)Polygon; ValueError says what is wrong."""
-    check_geometry_size(geometry, "the geometry")  # before shape(), which recurses
-    try:
-        geom = shape(geometry)
-    except Exception as exc:
-        raise ValueError(f"not a GeoJSON geometry: {exc}") from None
-    if geom.geom_type not in ("Polygon", "MultiPolygon"):
-        raise ValueError(f"a download area is a Polygon or MultiPolygon, not {geom.geom_type}")
-    if geom.is_empty or not geom.is_valid:
-        raise ValueError("the geometry is empty or invalid (self-intersecting?)")
-    return geometry
 
 
 def _finite(bounds: Sequence[float], what: str) -> tuple[float, float, float, float]:
