@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ from rasterio.transform import from_gcps
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
-from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.errors import NoOverviewWarning, TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.utils import get_vrt_transform
@@ -28,6 +29,10 @@ from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.render.datasets import DATASETS
 from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand, gdal_reason
 from tileserver.threads import ContextPool
+
+# a file without overviews is read at coarse zooms through its reduced copy (pyramids.py),
+# and its own reads stay under twice its resolution: rio-tiler's warning on every open is noise
+warnings.filterwarnings("ignore", category=NoOverviewWarning)
 
 
 @dataclass(frozen=True)
