@@ -1094,6 +1094,61 @@ def run_low_zoom(folder: Path, count: int) -> dict:
     return out
 
 
+def run_single_image(folder: Path, size: int) -> dict:
+    """One `size` x `size` UInt16 GeoTIFF without overviews: import (its reduced copy), then
+    cold tiles (no file kept open) at every zoom 0..max, in process, one client."""
+    from tileserver.ingest.imports import ImportRequest, run_import
+    from tileserver.opener import Confinement, confined, reading
+    from tileserver.render.datasets import DATASETS
+    from tileserver.render.pipeline import RenderParams
+    from tileserver.render.tile import tile_image, zoom_range
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "in").mkdir(parents=True)
+    path = folder / "in" / "big_20240101T100000.tif"
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "nodata": 0}
+    profile.update(dtype="uint16", crs="EPSG:32633", tiled=True, compress="DEFLATE")
+    profile["transform"] = from_origin(400_000.0, 5_900_000.0, 10.0, 10.0)
+    print(f"writing a {size} px image ...", file=sys.stderr)
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, 1024):
+            rows, cols = numpy.mgrid[row : min(size, row + 1024), 0:size]
+            data = (1 + (rows // 7 + cols // 5) % 4000).astype("uint16")
+            dst.write(data[None], window=rasterio.windows.Window(0, row, size, rows.shape[0]))
+    store = SQLiteStore(folder / "catalog.db")
+    confinement = Confinement(data_dir=folder)
+    request = ImportRequest(cloud_provider="file", bucket_name=str(folder / "in"), product="big")
+    out: dict = {"size": size, "source_bytes": path.stat().st_size, "zooms": {}}
+    with confined(confinement), reading(confinement.operator("big")):
+        seconds, _ = timed(lambda: run_import(store, request, folder, confinement=confinement))
+        out["import_seconds"] = round(seconds, 1)
+        reduced = list((folder / "cogs" / "big" / "reduced").glob("*.tif"))
+        out["reduced_bytes"] = sum(p.stat().st_size for p in reduced)
+        image = store.list_images("big").images[0]
+        product = store.get_product("big")
+        maxzoom = zoom_range(image, WEB_MERCATOR)[1]
+        rng = numpy.random.default_rng(SEED)
+        params = RenderParams()
+        for z in range(maxzoom + 1):
+            tiles = list(WEB_MERCATOR.tiles(*image.bbox, [z]))
+            if len(tiles) > 20:
+                tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), 20, False))]
+            samples = []
+            for tile in tiles:
+                DATASETS.clear()
+
+                def render(t=tile, z=z):
+                    return tile_image(image, product, WEB_MERCATOR, t.x, t.y, z, 256, params)
+
+                seconds, _ = timed(render)
+                samples.append(seconds)
+            out["zooms"][z] = {**percentiles(samples), "tiles": len(tiles)}
+    store.close()
+    out["worst_p95_ms"] = max(row["p95_ms"] for row in out["zooms"].values())
+    return out
+
+
 def print_low_zoom(results: dict) -> None:
     """The low-zoom table."""
     print(
@@ -1270,21 +1325,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--skip-mosaic", action="store_true")
     parser.add_argument(
+        "--single-image",
+        type=int,
+        metavar="SIZE",
+        help="the low-zoom mode's single image: SIZE x SIZE without overviews, every zoom",
+    )
+    parser.add_argument(
         "--low-zoom",
         type=int,
         metavar="SCENES",
         help="only the low-zoom mode: SCENES overlapping scenes, every zoom (issue 21)",
     )
     args = parser.parse_args(argv)
-    if args.low_zoom:
+    if args.low_zoom or args.single_image:
         folder = Path(args.out or tempfile.mkdtemp(prefix="tileserver-bench-"))
         results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
         try:
-            results["low_zoom"] = run_low_zoom(folder / "lowzoom", args.low_zoom)
+            if args.low_zoom:
+                results["low_zoom"] = run_low_zoom(folder / "lowzoom", args.low_zoom)
+            if args.single_image:
+                single = run_single_image(folder / "single", args.single_image)
+                results["single_image"] = single
         finally:
             if args.out is None:
                 shutil.rmtree(folder, ignore_errors=True)
-        print_low_zoom(results["low_zoom"])
+        if "low_zoom" in results:
+            print_low_zoom(results["low_zoom"])
+        if "single_image" in results:
+            print(json.dumps(results["single_image"], indent=1))
         target = Path(args.json).with_name("search_mosaic_lowzoom.json")
         target.write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"results in {target}")
