@@ -240,3 +240,22 @@ def test_overviews_command_makes_what_is_missing(tmp_path, monkeypatch):
     assert [p.name for p in reduced_copies(confinement.data_dir, "late")] == [copies[0].name]
     again = CliRunner().invoke(cli, ["overviews", "--catalog", url, "--quiet"])
     assert '"written": 0, "up_to_date": 1' in again.output
+
+
+def test_a_file_rewritten_in_place_is_read_instead_of_its_outdated_copy(tmp_path):
+    store, confinement, image = ingest(tmp_path, "rewritten", 1024, blocky)
+    product = store.get_product("rewritten")
+    west, south, east, north = image.bbox
+    tile = WEB.tile((west + east) / 2, (south + north) / 2, 9)  # 4+ file pixels per tile pixel
+
+    def values():
+        DATASETS.clear()
+        with confined(confinement):
+            got = read_tile_band(image, product, 9, tile.x, tile.y)
+        return set(numpy.unique(got.compressed()).tolist())
+
+    assert len(values()) > 1  # the squares, from the copy
+    write_scene(Path(image.files[0].href), 1024, lambda rows, cols: rows * 0 + 777)
+    assert values() == {777}  # the new pixels: the copy of the old ones is not read
+    assert len(reduced_copies(confinement.data_dir, "rewritten")) == 1  # kept until replaced
+    store.close()
