@@ -984,6 +984,189 @@ def run_mosaic(folder: Path, runs: int, big_catalog: Path | None) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ low zooms (issue 21)
+
+LOW_ZOOM_PRODUCT = "bench-lowzoom"
+LOW_ZOOM_AREA = 600_000.0  # metres: scenes spread over a country-sized square (UTM 33N)
+LOW_ZOOM_SCENE = (640, 60.0)  # pixels, metres per pixel: 38 km scenes without overviews
+LOW_ZOOM_TILES = 40  # most tiles timed per zoom (all of them where fewer)
+LOW_ZOOM_CLIENTS = 4
+AIM_LOW_ZOOM_P95_MS = 1000.0
+
+
+def write_low_zoom_scenes(folder: Path, count: int) -> None:
+    """`count` one-band UInt16 GeoTIFFs without overviews, 8-pixel nodata frames, at random
+    places and hours over LOW_ZOOM_AREA (the import reads the time from the name)."""
+    rng = numpy.random.default_rng(SEED)
+    size, pixel = LOW_ZOOM_SCENE
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, cols = numpy.mgrid[0:size, 0:size]
+    for i in range(count):
+        west = 200_000.0 + rng.uniform(0, LOW_ZOOM_AREA - size * pixel)
+        north = 5_900_000.0 - rng.uniform(0, LOW_ZOOM_AREA - size * pixel)
+        data = (500 + 3 * i + rows // 4 + cols // 8).astype("uint16")
+        data[:8], data[-8:], data[:, :8], data[:, -8:] = 0, 0, 0, 0
+        when = EPOCH + timedelta(hours=int(rng.integers(0, 24 * 365)))
+        profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "nodata": 0}
+        profile.update(dtype="uint16", crs="EPSG:32633", tiled=True, compress="DEFLATE")
+        profile["transform"] = from_origin(west, north, pixel, pixel)
+        with rasterio.open(folder / f"s{i:04d}_{when:%Y%m%dT%H%M%S}.tif", "w", **profile) as dst:
+            dst.write(data[None])
+
+
+def time_low_zoom(url: str, search_id: str, tiles: list[morecantile.Tile]) -> dict:
+    """Tiles of one zoom from LOW_ZOOM_CLIENTS clients at once: latency, statuses, images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(tile: morecantile.Tile) -> tuple[float, int, int]:
+        path = f"/searches/{search_id}/tiles/WebMercatorQuad/{tile.z}/{tile.x}/{tile.y}.png"
+        with httpx.Client(base_url=url, timeout=120) as client:
+            seconds, response = timed(lambda: client.get(path, params={"scaling": "0,2000"}))
+        return seconds, response.status_code, int(response.headers.get("X-Mosaic-Images", 0))
+
+    with ThreadPoolExecutor(LOW_ZOOM_CLIENTS) as pool:
+        results = list(pool.map(one, tiles))
+    statuses: dict[str, int] = {}
+    for _, status, _ in results:
+        statuses[str(status)] = statuses.get(str(status), 0) + 1
+    images = [n for _, status, n in results if status == 200]
+    return {
+        **percentiles([s for s, _, _ in results]),
+        "tiles": len(tiles),
+        "statuses": statuses,
+        "x_mosaic_images_mean": round(statistics.mean(images), 1) if images else 0,
+        "x_mosaic_images_max": max(images, default=0),
+    }
+
+
+def run_low_zoom(folder: Path, count: int) -> dict:
+    """`count` overlapping scenes without overviews: import (reduced copies included), then
+    every zoom from 0 to the scenes' maximum, cold tiles, 4 clients."""
+    from tileserver.ingest.imports import ImportRequest, run_import
+    from tileserver.opener import Confinement, confined, reading
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    print(f"writing {count} scenes ...", file=sys.stderr)
+    write_low_zoom_scenes(folder / "in", count)
+    catalog = folder / "catalog.db"
+    store = SQLiteStore(catalog)
+    confinement = Confinement(data_dir=folder)
+    request = ImportRequest(
+        cloud_provider="file", bucket_name=str(folder / "in"), product=LOW_ZOOM_PRODUCT
+    )
+    print("importing (with reduced copies) ...", file=sys.stderr)
+    with confined(confinement), reading(confinement.operator()):
+        seconds, result = timed(lambda: run_import(store, request, folder, confinement=confinement))
+    store.close()
+    reduced = list((folder / "cogs" / LOW_ZOOM_PRODUCT / "reduced").glob("*.tif"))
+    source_bytes = sum(p.stat().st_size for p in (folder / "in").glob("*.tif"))
+    out: dict = {
+        "scenes": count,
+        "imported": len(result.features),
+        "import_seconds_per_100": round(seconds / count * 100, 1),
+        "reduced_copies": len(reduced),
+        "reduced_bytes_per_100": round(sum(p.stat().st_size for p in reduced) / count * 100),
+        "source_bytes_per_100": round(source_bytes / count * 100),
+        "zooms": {},
+    }
+    settings = {"cache_max_bytes": 0, "mosaic_minzoom": 0, "open_datasets": 0}
+    body = {"collections": [LOW_ZOOM_PRODUCT]}
+    rng = numpy.random.default_rng(SEED)
+    # cold tiles: tile cache off, no file kept open between requests, each tile asked once;
+    # one server process for all zooms, started and asked for its TileJSON first
+    with Server(catalog, folder, **settings) as server:
+        search_id = httpx.post(f"{server.url}/searches", json=body).json()["id"]
+        started, tilejson = timed(
+            lambda: httpx.get(f"{server.url}/searches/{search_id}/tilejson.json").json()
+        )
+        out["tilejson_first_request_ms"] = round(started * 1000, 1)
+        out["tilejson_zooms"] = [tilejson["minzoom"], tilejson["maxzoom"]]
+        for z in range(tilejson["minzoom"], tilejson["maxzoom"] + 1):
+            tiles = list(WEB_MERCATOR.tiles(*tilejson["bounds"], [z]))
+            if len(tiles) > LOW_ZOOM_TILES:
+                tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), LOW_ZOOM_TILES, False))]
+            print(f"z{z}: {len(tiles)} tiles ...", file=sys.stderr)
+            out["zooms"][z] = time_low_zoom(server.url, search_id, tiles)
+    p95 = [row["p95_ms"] for row in out["zooms"].values()]
+    out["worst_p95_ms"] = max(p95)
+    out["aim_p95_ms"] = AIM_LOW_ZOOM_P95_MS
+    out["meets_aim"] = max(p95) <= AIM_LOW_ZOOM_P95_MS
+    return out
+
+
+def run_single_image(folder: Path, size: int) -> dict:
+    """One `size` x `size` UInt16 GeoTIFF without overviews: import (its reduced copy), then
+    cold tiles (no file kept open) at every zoom 0..max, in process, one client."""
+    from tileserver.ingest.imports import ImportRequest, run_import
+    from tileserver.opener import Confinement, confined, reading
+    from tileserver.render.datasets import DATASETS
+    from tileserver.render.pipeline import RenderParams
+    from tileserver.render.tile import tile_image, zoom_range
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "in").mkdir(parents=True)
+    path = folder / "in" / "big_20240101T100000.tif"
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": 1, "nodata": 0}
+    profile.update(dtype="uint16", crs="EPSG:32633", tiled=True, compress="DEFLATE")
+    profile["transform"] = from_origin(400_000.0, 5_900_000.0, 10.0, 10.0)
+    print(f"writing a {size} px image ...", file=sys.stderr)
+    with rasterio.open(path, "w", **profile) as dst:
+        for row in range(0, size, 1024):
+            rows, cols = numpy.mgrid[row : min(size, row + 1024), 0:size]
+            data = (1 + (rows // 7 + cols // 5) % 4000).astype("uint16")
+            dst.write(data[None], window=rasterio.windows.Window(0, row, size, rows.shape[0]))
+    store = SQLiteStore(folder / "catalog.db")
+    confinement = Confinement(data_dir=folder)
+    request = ImportRequest(cloud_provider="file", bucket_name=str(folder / "in"), product="big")
+    out: dict = {"size": size, "source_bytes": path.stat().st_size, "zooms": {}}
+    with confined(confinement), reading(confinement.operator("big")):
+        seconds, _ = timed(lambda: run_import(store, request, folder, confinement=confinement))
+        out["import_seconds"] = round(seconds, 1)
+        reduced = list((folder / "cogs" / "big" / "reduced").glob("*.tif"))
+        out["reduced_bytes"] = sum(p.stat().st_size for p in reduced)
+        image = store.list_images("big").images[0]
+        product = store.get_product("big")
+        maxzoom = zoom_range(image, WEB_MERCATOR)[1]
+        rng = numpy.random.default_rng(SEED)
+        params = RenderParams()
+        for z in range(maxzoom + 1):
+            tiles = list(WEB_MERCATOR.tiles(*image.bbox, [z]))
+            if len(tiles) > 20:
+                tiles = [tiles[i] for i in sorted(rng.choice(len(tiles), 20, False))]
+            samples = []
+            for tile in tiles:
+                DATASETS.clear()
+
+                def render(t=tile, z=z):
+                    return tile_image(image, product, WEB_MERCATOR, t.x, t.y, z, 256, params)
+
+                seconds, _ = timed(render)
+                samples.append(seconds)
+            out["zooms"][z] = {**percentiles(samples), "tiles": len(tiles)}
+    store.close()
+    out["worst_p95_ms"] = max(row["p95_ms"] for row in out["zooms"].values())
+    return out
+
+
+def print_low_zoom(results: dict) -> None:
+    """The low-zoom table."""
+    print(
+        f"low zooms: {results['scenes']} scenes; import {results['import_seconds_per_100']} s "
+        f"per 100 scenes; reduced copies {results['reduced_bytes_per_100'] / 1e6:.1f} MB per 100 "
+        f"(sources {results['source_bytes_per_100'] / 1e6:.1f} MB)"
+    )
+    print(
+        f"{'zoom':>5} {'tiles':>6} {'p50 ms':>9} {'p95 ms':>9} {'max ms':>9} {'images':>7}  status"
+    )
+    for z, row in results["zooms"].items():
+        print(
+            f"{z:>5} {row['tiles']:>6} {row['p50_ms']:>9} {row['p95_ms']:>9} {row['max_ms']:>9} "
+            f"{row['x_mosaic_images_mean']:>7}  {row['statuses']}"
+        )
+
+
 def machine() -> dict:
     """What ran the benchmark."""
     import sqlite3
@@ -1142,7 +1325,39 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--skip-search", action="store_true")
     parser.add_argument("--skip-mosaic", action="store_true")
+    parser.add_argument(
+        "--single-image",
+        type=int,
+        metavar="SIZE",
+        help="the low-zoom mode's single image: SIZE x SIZE without overviews, every zoom",
+    )
+    parser.add_argument(
+        "--low-zoom",
+        type=int,
+        metavar="SCENES",
+        help="only the low-zoom mode: SCENES overlapping scenes, every zoom (issue 21)",
+    )
     args = parser.parse_args(argv)
+    if args.low_zoom or args.single_image:
+        folder = Path(args.out or tempfile.mkdtemp(prefix="tileserver-bench-"))
+        results = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine()}
+        try:
+            if args.low_zoom:
+                results["low_zoom"] = run_low_zoom(folder / "lowzoom", args.low_zoom)
+            if args.single_image:
+                single = run_single_image(folder / "single", args.single_image)
+                results["single_image"] = single
+        finally:
+            if args.out is None:
+                shutil.rmtree(folder, ignore_errors=True)
+        if "low_zoom" in results:
+            print_low_zoom(results["low_zoom"])
+        if "single_image" in results:
+            print(json.dumps(results["single_image"], indent=1))
+        target = Path(args.json).with_name("search_mosaic_lowzoom.json")
+        target.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"results in {target}")
+        return
     temporary = args.out is None
     out = Path(tempfile.mkdtemp(prefix="tileserver-bench-") if temporary else args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -256,6 +256,53 @@ def demo(catalog: str | None) -> None:
     click.echo(f"demo product '{product}' registered in {redact_url(target)}")
 
 
+@cli.command()
+@click.option("--product", "products", multiple=True, help="only this product (repeatable)")
+@click.option("--catalog", help="catalog URL")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def overviews(products: tuple[str, ...], catalog: str | None, quiet: bool) -> None:
+    """Make the reduced copies that images without overviews lack (tileserver/pyramids.py).
+
+    Imports make them; this catches up a catalog filled before, or files rewritten since.
+    """
+    from tqdm import tqdm
+
+    from tileserver.catalog.store import open_store
+    from tileserver.ingest.overviews import missing
+    from tileserver.ingest.vsi import configure_gdal
+    from tileserver.opener import confined, confinement_of, reading
+
+    settings = _settings(catalog)
+    store = open_store(settings.catalog_url)
+    written = found = failed = 0
+    try:
+        configure_gdal()
+        confinement = confinement_of(settings, store)
+        ids = list(products) or [p.id for p in store.list_products()]
+        total = sum(store.count_images(i) for i in ids)
+        with confined(confinement), tqdm(total=total, disable=quiet, unit="image") as bar:
+            for product_id in ids:
+                with reading(confinement.for_product(store.get_product(product_id))):
+                    token = None
+                    while True:
+                        page = store.list_images(product_id, limit=100, token=token)
+                        for image in page.images:
+                            try:
+                                for _, done in missing([image], settings.data_dir):
+                                    written += sum(r.written for r in done)
+                                    found += sum(not r.written for r in done)
+                            except Exception as exc:  # one bad file must not stop the rest
+                                failed += 1
+                                bar.write(f"{image.id}: {exc}")
+                            bar.update()
+                        token = page.next_token
+                        if not token:
+                            break
+    finally:
+        store.close()
+    click.echo(json.dumps({"written": written, "up_to_date": found, "failed": failed}))
+
+
 @cli.group()
 def db() -> None:
     """The PostgreSQL/pgSTAC catalog's schema."""

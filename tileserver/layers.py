@@ -340,24 +340,35 @@ class SearchLayer(BaseLayer):
         """Bad bands or selections are one RenderError, before any tile is asked for."""
         mosaic_bands(self.product, params, self.mosaic.pixel_selection)
 
-    def zooms(self, tms: TileMatrixSet) -> Zooms:
-        """Zooms from the first image's resolution and overviews.
-
-        Below the minzoom one tile would read many images at their coarsest overview or
-        worse, so tiles there are refused (TILESERVER_MOSAIC_MINZOOM moves the limit).
-        """
+    def native_zooms(self, tms: TileMatrixSet) -> tuple[int, int]:
+        """The first image's zooms, from its resolution and overviews."""
 
         def compute() -> tuple[int, int]:
             image = self.first_image()
             return zoom_range(image, tms) if image.files else (tms.minzoom, tms.maxzoom)
 
         try:
-            minzoom, maxzoom = self._cached(f"zooms:{tms.id}", compute)
+            return self._cached(f"zooms:{tms.id}", compute)
         except RasterioIOError:  # one unreadable file must not take the layer down
-            minzoom, maxzoom = tms.minzoom, tms.maxzoom
+            return tms.minzoom, tms.maxzoom
+
+    def zooms(self, tms: TileMatrixSet) -> Zooms:
+        """Zooms from the first image's resolution and overviews.
+
+        Below the first image's minzoom tiles are refused unless TILESERVER_MOSAIC_MINZOOM
+        is lower: there a tile composites up to TILESERVER_MOSAIC_LOW_ZOOM_MAX_IMAGES
+        images, each a few pixels of its coarsest overview or reduced copy (pyramids.py).
+        """
+        minzoom, maxzoom = self.native_zooms(tms)
         if self.settings.mosaic_minzoom is not None:
             minzoom = self.settings.mosaic_minzoom
         return Zooms(minzoom, max(minzoom, maxzoom), minzoom)
+
+    def image_cap(self, tms: TileMatrixSet, z: int) -> int:
+        """Most images a tile at `z` composites: more below the first image's minzoom."""
+        if z < self.native_zooms(tms)[0]:
+            return max(self.settings.mosaic_max_images, self.settings.mosaic_low_zoom_max_images)
+        return self.settings.mosaic_max_images
 
     def cache_key(self) -> list[str]:
         """What a tile's cache key holds of the layer: the caller's scope and generation."""
@@ -384,7 +395,7 @@ class SearchLayer(BaseLayer):
         """One composited tile; `metadata["read"]` counts the images read, and
         `metadata["cap_reached"]` is the cap when more images meet the tile than it."""
         product = self.product
-        cap = self.settings.mosaic_max_images
+        cap = self.image_cap(tms, z)
         images = self.tile_images(tms, x, y, z, cap + 1)
         products = {product.id: product}
         sources = []

@@ -112,6 +112,12 @@ class Settings(BaseSettings):
         description="lowest zoom mosaic tiles answer; default: the zoom at which one image's "
         "coarsest overview fills a tile",
     )
+    mosaic_low_zoom_max_images: int = Field(
+        500,
+        ge=1,
+        description="most images a mosaic tile reads below its first image's minzoom "
+        "(reached when TILESERVER_MOSAIC_MINZOOM is lower), each a few overview pixels",
+    )
 
     request_timeout: float = Field(
         30.0,

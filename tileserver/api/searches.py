@@ -69,14 +69,27 @@ def register_search(request: Request, body: SearchQuery, store: StoreDep) -> dic
 
 
 @router.get("/searches/{search_id}")
-def get_search(request: Request, search_id: str, store: StoreDep) -> dict:
-    """A registered search and its links."""
+def get_search(request: Request, search_id: str, store: StoreDep, settings: SettingsDep) -> dict:
+    """A registered search, its links, and what serves its low zooms."""
     registered = store.get_search(search_id)
     return {
         "id": registered.id,
         "search": registered.search.identity(),
         "created": registered.created,
         "links": search_links(request, registered.id),
+        "low_zooms": low_zooms(settings),
+    }
+
+
+def low_zooms(settings: Settings) -> dict:
+    """What answers a mosaic tile below its first image's minzoom (README "Zooming out")."""
+    if settings.mosaic_minzoom is None:
+        return {"minzoom": None, "served_by": None}  # refused: 400 below the image's minzoom
+    return {
+        "minzoom": settings.mosaic_minzoom,
+        "served_by": "dynamic",  # composited per request, no pyramid kept for the search
+        "sources": "each image's coarsest overview or reduced copy",
+        "max_images": max(settings.mosaic_max_images, settings.mosaic_low_zoom_max_images),
     }
 
 
@@ -108,7 +121,7 @@ def search_tile_assets(
     settings: SettingsDep,
 ) -> list[dict]:
     """The images a mosaic tile composites, in paint order (at most the cap)."""
-    images = layer.tile_images(at.tms, at.x, at.y, at.z, settings.mosaic_max_images)
+    images = layer.tile_images(at.tms, at.x, at.y, at.z, layer.image_cap(at.tms, at.z))
     return [
         {
             "id": image.id,

@@ -46,10 +46,12 @@ from tileserver.catalog.store import CatalogError, CatalogStore, NotFound
 from tileserver.ingest import beam_dimap, dimap2, safe, vsi
 from tileserver.ingest.geotiff import GeoTiffScene
 from tileserver.ingest.overrides import apply_overrides
+from tileserver.ingest.overviews import image_reduced
 from tileserver.ingest.raster import IngestError
 from tileserver.ingest.scene import PROVENANCE, SceneMeta, SceneReader
 from tileserver.ingest.stac import StacScene, load_item
 from tileserver.opener import Allowed, Confinement, open_raster
+from tileserver.pyramids import reduced_folder
 from tileserver.render.errors import gdal_reason
 
 log = logging.getLogger(__name__)
@@ -464,7 +466,7 @@ def register(
     it are checked first; every file is read through the opener within what both the caller
     and the product's owners may read; the VRTs (and copies) are written under temporary
     names and moved into place only once the image is registered. A scene that fails leaves
-    every file as it was.
+    every file as it was. A file without overviews gets its reduced copy (pyramids.py).
     """
     request, store = target.request, target.store
     if meta.acquired is None:
@@ -490,8 +492,15 @@ def register(
             bands = apply_overrides(bands, target.band_overrides or {})
             product = store.create_product(new_product(product_id, bands, meta))
             products[product_id] = product
+        final = image
         for stage in stages:
-            image = stage.moved(image)
+            final = stage.moved(final)
+        reduced = stack.enter_context(
+            staged(reduced_folder(target.confinement.data_dir, product_id))
+        )
+        stages.append(reduced)
+        image_reduced(final, folder=reduced.folder, read_hrefs=[f.href for f in image.files])
+        image = final
         store.put_images([image])
         for stage in stages:
             stage.publish()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -13,20 +14,25 @@ from affine import Affine
 from morecantile import TileMatrixSet
 from rasterio.crs import CRS
 from rasterio.errors import RasterioIOError
+from rasterio.io import DatasetReader
 from rasterio.transform import from_gcps
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
-from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.errors import NoOverviewWarning, TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.utils import get_vrt_transform
 
-from tileserver import deadline, opener
+from tileserver import deadline, opener, pyramids
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.render.datasets import DATASETS
 from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand, gdal_reason
 from tileserver.threads import ContextPool
+
+# a file without overviews is read at coarse zooms through its reduced copy (pyramids.py),
+# and its own reads stay under twice its resolution: rio-tiler's warning on every open is noise
+warnings.filterwarnings("ignore", category=NoOverviewWarning)
 
 
 @dataclass(frozen=True)
@@ -217,7 +223,12 @@ def read_bands(
         try:
             kwargs = {"tms": tms} if tms is not None else {}
             with image_reader(image, file_read.href, options=options, **kwargs) as reader:
-                result = read_mixed(reader, file_read, read)
+                reduced = reduced_copy(image, file_read.href, reader, read)
+                if reduced is None:
+                    result = read_mixed(reader, file_read, read)
+            if reduced is not None:
+                with image_reader(image, reduced, options=options, **kwargs) as small:
+                    result = read_mixed(small, file_read, read)
         except RasterioIOError as exc:
             number = file_number(image, file_read.href)
             raise ImageNotReadable(
@@ -246,15 +257,53 @@ def fold_alpha(img: ImageData) -> ImageData:
     return ImageData(numpy.ma.MaskedArray(bands.data, mask=mask), bounds=img.bounds, crs=img.crs)
 
 
-def tile_reader(
-    x: int, y: int, z: int, tilesize: int, resampling: str
-) -> Callable[[Reader, FileRead], ImageData]:
+@dataclass(frozen=True)
+class TileRead:
     """A `read` for read_bands that reads one tile of the reader's TMS."""
 
-    def read(reader: Reader, file_read: FileRead) -> ImageData:
-        return read_tile(reader, x, y, z, tilesize, file_read.indexes, resampling)
+    x: int
+    y: int
+    z: int
+    tilesize: int
+    resampling: str
 
-    return read
+    def __call__(self, reader: Reader, file_read: FileRead) -> ImageData:
+        """The tile's pixels of the file's bands `file_read` names."""
+        return read_tile(
+            reader, self.x, self.y, self.z, self.tilesize, file_read.indexes, self.resampling
+        )
+
+    def coarseness(self, reader: Reader) -> float:
+        """File pixels per tile pixel, along x in the TMS's CRS (0 when unknown)."""
+        tms = reader.tms
+        left, _, right, _ = tms.xy_bounds(self.x, self.y, self.z)
+        try:
+            west, _, east, _ = transform_bounds(
+                reader.crs, tms.rasterio_crs, *reader.bounds, densify_pts=21
+            )
+        except Exception:  # a CRS pair GDAL cannot transform: read the file as it is
+            return 0.0
+        if not (math.isfinite(west) and math.isfinite(east)) or east <= west:
+            return 0.0
+        return ((right - left) / self.tilesize) / ((east - west) / reader.dataset.width)
+
+
+def tile_reader(x: int, y: int, z: int, tilesize: int, resampling: str) -> TileRead:
+    """A `read` for read_bands that reads one tile of the reader's TMS."""
+    return TileRead(x, y, z, tilesize, resampling)
+
+
+def reduced_copy(image: Image, href: str, reader: Reader, read: Callable) -> str | None:
+    """The reduced copy (tileserver/pyramids.py) a tile read takes instead of `href`: when
+    the tile is coarser than twice the file's pixels, the file has no overviews and the
+    server made a copy. None: read the file."""
+    if not isinstance(read, TileRead) or not isinstance(reader.dataset, DatasetReader):
+        return None
+    if reader.dataset.overviews(1) or read.coarseness(reader) < pyramids.REDUCED_FACTOR:
+        return None
+    folder = pyramids.reduced_folder(opener.current_confinement().data_dir, image.product_id)
+    path = folder / pyramids.reduced_name(href, pyramids.source_version(href))
+    return str(path) if path.exists() else None  # none yet, or the file changed since
 
 
 # below this share of a tile's pixels, a tile reads only the part of it the image covers
