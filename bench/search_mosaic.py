@@ -1099,10 +1099,11 @@ def run_single_image(folder: Path, size: int) -> dict:
     """One `size` x `size` UInt16 GeoTIFF without overviews: import (its reduced copy), then
     cold tiles (no file kept open) at every zoom 0..max, in process, one client."""
     from tileserver.ingest.imports import ImportRequest, run_import
+    from tileserver.layers import ImageLayer
     from tileserver.opener import Confinement, confined, reading
     from tileserver.render.datasets import DATASETS
     from tileserver.render.pipeline import RenderParams
-    from tileserver.render.tile import tile_image, zoom_range
+    from tileserver.render.reader import zoom_range
 
     if folder.exists():
         shutil.rmtree(folder)
@@ -1140,7 +1141,7 @@ def run_single_image(folder: Path, size: int) -> dict:
                 DATASETS.clear()
 
                 def render(t=tile, z=z):
-                    return tile_image(image, product, WEB_MERCATOR, t.x, t.y, z, 256, params)
+                    return ImageLayer(image, product).tile(WEB_MERCATOR, t.x, t.y, z, 256, params)
 
                 seconds, _ = timed(render)
                 samples.append(seconds)

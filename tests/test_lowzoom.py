@@ -28,8 +28,7 @@ from tileserver.cli import cli
 from tileserver.ingest.imports import ImportRequest, run_import
 from tileserver.opener import Confinement, confined, reading
 from tileserver.render.datasets import DATASETS
-from tileserver.render.reader import read_bands, tile_reader
-from tileserver.render.tile import zoom_range
+from tileserver.render.reader import read_bands, tile_reader, zoom_range
 
 WEB = tms_registry.get("WebMercatorQuad")
 WHEN = datetime(2024, 6, 1, tzinfo=UTC)
