@@ -25,7 +25,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-import numpy
 import shapely
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
@@ -331,13 +330,6 @@ def run_chips(images: Sequence[Image], make: Callable[[Image], Chip], threads: i
         return list(pool.map(checked, images))
 
 
-def read_masked(
-    image: Image, product: Product, bands: Sequence[Band], grid: Grid
-) -> numpy.ma.MaskedArray:
-    """The bands on the grid; the product's alpha band (if any) masks them too."""
-    return read_chip(image, bands, grid, threads=1, alpha=product.alpha_band())
-
-
 def gallery_chips(
     settings: Settings,
     product: Product,
@@ -371,7 +363,7 @@ def gallery_chips(
         )
 
         def render() -> bytes:
-            data = read_masked(image, product, bands, grid)
+            data = read_chip(image, bands, grid, threads=1, alpha=product.alpha_band())
             drawn = outline_pixels(outline, grid) if outline is not None else None
             return gallery_png(data, params.lut, drawn)
 
@@ -400,7 +392,7 @@ def raw_chips(
         name = chip_file_name(image, product, "raw", grid, bands=[band.name])
 
         def render() -> bytes:
-            data = read_masked(image, product, [band], grid)
+            data = read_chip(image, [band], grid, threads=1, alpha=product.alpha_band())
             tags = {"image_id": image.id, "acquired": image.acquired.isoformat()}
             return raw_geotiff(data, grid, band.name, band.nodata, tags)
 
