@@ -57,9 +57,7 @@ def imported_modules(path: Path) -> set[str]:
 )
 def test_the_layers_below_the_api_import_no_web_framework(folder):
     paths = [PACKAGE / folder] if folder.endswith(".py") else (PACKAGE / folder).rglob("*.py")
-    offenders = {
-        str(p.relative_to(PACKAGE)): sorted(imported_modules(p) & set(WEB)) for p in paths
-    }
+    offenders = {str(p.relative_to(PACKAGE)): sorted(imported_modules(p) & set(WEB)) for p in paths}
     assert not {k: v for k, v in offenders.items() if v}
 
 
