@@ -56,7 +56,7 @@ from tileserver.catalog.models import (
     Resolution,
     safe_name,
 )
-from tileserver.ingest import vsi
+from tileserver.ingest import vsi, xmldoc
 from tileserver.ingest.raster import (
     VRT_DATA_TYPES,
     IngestError,
@@ -212,13 +212,6 @@ class RawFile:
     byte_order: str  # MSB or LSB
 
 
-def _text(element: ET.Element, path: str) -> str | None:
-    """Stripped text of the first `path` under `element`; None when missing or empty."""
-    found = element.find(path)
-    text = found.text.strip() if found is not None and found.text else ""
-    return text or None
-
-
 class BeamDimapScene:
     """One BEAM-DIMAP product, located by the GDAL path of its `.dim`."""
 
@@ -262,7 +255,7 @@ class BeamDimapScene:
         return root
 
     def _number(self, element: ET.Element, path: str, default: float | None = None) -> float:
-        text = _text(element, path)
+        text = xmldoc.text(element, path)
         if text is None:
             if default is None:
                 raise self._error(f"missing {path}")
@@ -279,7 +272,7 @@ class BeamDimapScene:
         return int(value)
 
     def _time(self, path: str) -> datetime | None:
-        text = _text(self.root, path)
+        text = xmldoc.text(self.root, path)
         if text is None:
             return None
         try:
@@ -311,54 +304,57 @@ class BeamDimapScene:
 
     def _band(self, info: ET.Element, width: int, height: int) -> BandInfo | None:
         """A stored band; None for virtual bands (an expression, no file)."""
-        name = _text(info, "BAND_NAME")
+        name = xmldoc.text(info, "BAND_NAME")
         if name is None:
             raise self._error("a Spectral_Band_Info has no BAND_NAME")
-        if _text(info, "VIRTUAL_BAND") == "true" or _text(info, "EXPRESSION") is not None:
+        if (
+            xmldoc.text(info, "VIRTUAL_BAND") == "true"
+            or xmldoc.text(info, "EXPRESSION") is not None
+        ):
             return None
         if "/" in name or "\\" in name or name in (".", ".."):
             raise self._error(f"band name '{name}' is not a file name")
-        data_type = (_text(info, "DATA_TYPE") or "").lower()
+        data_type = (xmldoc.text(info, "DATA_TYPE") or "").lower()
         if data_type not in VRT_DATA_TYPES:  # BEAM's DATA_TYPE names are numpy's
             raise self._error(
                 f"band '{name}' has unsupported DATA_TYPE '{data_type}' "
                 f"(supported: {', '.join(VRT_DATA_TYPES)})"
             )
         for path, size in (("BAND_RASTER_WIDTH", width), ("BAND_RASTER_HEIGHT", height)):
-            if _text(info, path) is not None and self._integer(info, path) != size:
+            if xmldoc.text(info, path) is not None and self._integer(info, path) != size:
                 raise self._error(
                     f"band '{name}' is not {width}x{height}: multi-size products are not "
                     "supported (resample them in SNAP first)"
                 )
         nodata = None
-        if _text(info, "NO_DATA_VALUE_USED") == "true":
+        if xmldoc.text(info, "NO_DATA_VALUE_USED") == "true":
             nodata = _representable(self._number(info, "NO_DATA_VALUE", 0.0), data_type)
-        is_flag = _text(info, "FLAG_CODING_NAME") is not None or (
+        is_flag = xmldoc.text(info, "FLAG_CODING_NAME") is not None or (
             numpy.dtype(data_type).kind in "iu" and "flag" in name.lower()
         )
         kind = "mask" if is_flag else "spectral"
-        if _text(info, "INDEX_CODING_NAME") is not None:
+        if xmldoc.text(info, "INDEX_CODING_NAME") is not None:
             kind = "class"
         wavelength = self._number(info, "BAND_WAVELEN", 0.0) or None
         bandwidth = self._number(info, "BANDWIDTH", 0.0) or None
         return BandInfo(
             index=self._integer(info, "BAND_INDEX"),
             name=name,
-            description=_text(info, "BAND_DESCRIPTION") or _text(info, "DESCRIPTION"),
+            description=xmldoc.text(info, "BAND_DESCRIPTION") or xmldoc.text(info, "DESCRIPTION"),
             data_type=data_type,
-            unit=_text(info, "PHYSICAL_UNIT"),
+            unit=xmldoc.text(info, "PHYSICAL_UNIT"),
             wavelength=wavelength,
             bandwidth=bandwidth,
             factor=self._number(info, "SCALING_FACTOR", 1.0),
             offset=self._number(info, "SCALING_OFFSET", 0.0),
-            log10=_text(info, "LOG10_SCALED") == "true",
+            log10=xmldoc.text(info, "LOG10_SCALED") == "true",
             nodata=nodata,
             kind=kind,
         )
 
     def _tie_point_grid(self, name: str) -> TiePointGrid:
         for info in self.root.iterfind("Tie_Point_Grids/Tie_Point_Grid_Info"):
-            if _text(info, "TIE_POINT_GRID_NAME") == name:
+            if xmldoc.text(info, "TIE_POINT_GRID_NAME") == name:
                 break
         else:
             raise self._error(f"no Tie_Point_Grid_Info named '{name}'")
@@ -398,7 +394,7 @@ class BeamDimapScene:
         names = [safe_name(b.name) for b in bands]
         if len(set(names)) != len(names):
             raise self._error(f"band names are not unique: {', '.join(names)}")
-        transform = _text(root, "Geoposition/IMAGE_TO_MODEL_TRANSFORM")
+        transform = xmldoc.text(root, "Geoposition/IMAGE_TO_MODEL_TRANSFORM")
         image_to_model = None
         if transform is not None:
             try:
@@ -409,27 +405,29 @@ class BeamDimapScene:
                 raise self._error(f"IMAGE_TO_MODEL_TRANSFORM '{transform}' is not 6 numbers")
         lat_name = lon_name = None
         for place in TIE_POINT_NAMES:
-            lat_name = _text(root, f"{place}/TIE_POINT_GRID_NAME_LAT")
-            lon_name = _text(root, f"{place}/TIE_POINT_GRID_NAME_LON")
+            lat_name = xmldoc.text(root, f"{place}/TIE_POINT_GRID_NAME_LAT")
+            lon_name = xmldoc.text(root, f"{place}/TIE_POINT_GRID_NAME_LON")
             if lat_name and lon_name:
                 break
         lat = self._tie_point_grid(lat_name) if lat_name and lon_name else None
         lon = self._tie_point_grid(lon_name) if lat_name and lon_name else None
         start, stop, time_source = self._times()
         header = Header(
-            name=_text(root, "Dataset_Id/DATASET_NAME") or self.stem,
-            product_type=_text(root, "Production/PRODUCT_TYPE"),
+            name=xmldoc.text(root, "Dataset_Id/DATASET_NAME") or self.stem,
+            product_type=xmldoc.text(root, "Production/PRODUCT_TYPE"),
             start=start,
             stop=stop,
             time_source=time_source,
             width=width,
             height=height,
             bands=tuple(bands),
-            wkt=_text(root, "Coordinate_Reference_System/WKT"),
+            wkt=xmldoc.text(root, "Coordinate_Reference_System/WKT"),
             image_to_model=image_to_model,
             lat=lat,
             lon=lon,
-            mission=_text(root, ".//MDElem[@name='Abstracted_Metadata']/MDATTR[@name='MISSION']"),
+            mission=xmldoc.text(
+                root, ".//MDElem[@name='Abstracted_Metadata']/MDATTR[@name='MISSION']"
+            ),
         )
         if not header.is_map and header.lat is None and root.find(".//MAP_INFO") is not None:
             raise self._error(

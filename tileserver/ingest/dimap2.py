@@ -156,25 +156,9 @@ def read_xml(href: str) -> ET.Element:
     return root
 
 
-def _text(node: ET.Element | None, path: str) -> str | None:
-    """Stripped text at `path`, None when absent or empty."""
-    found = node.find(path) if node is not None else None
-    text = found.text.strip() if found is not None and found.text else ""
-    return text or None
-
-
-def _float(node: ET.Element | None, path: str) -> float | None:
-    """A number at `path`, None when absent or not a number."""
-    text = _text(node, path)
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
-
-
 def _measure(doc: ET.Element, tag: str, band_id: str) -> ET.Element | None:
     """The first calibration record `tag` (Band_Radiance, ...) for a BAND_ID."""
-    return next((m for m in doc.iter(tag) if _text(m, "BAND_ID") == band_id), None)
+    return next((m for m in doc.iter(tag) if xmldoc.text(m, "BAND_ID") == band_id), None)
 
 
 # --- metadata -------------------------------------------------------------------------
@@ -200,7 +184,7 @@ class Component:
     @property
     def spectral(self) -> str | None:
         """SPECTRAL_PROCESSING: P, PAN, MS, MS-FS, PMS, PMS-N, ..."""
-        return _text(self.doc, ".//Product_Settings/SPECTRAL_PROCESSING")
+        return xmldoc.text(self.doc, ".//Product_Settings/SPECTRAL_PROCESSING")
 
 
 def component_paths(volume: ET.Element) -> list[str]:
@@ -209,7 +193,7 @@ def component_paths(volume: ET.Element) -> list[str]:
     for component in volume.iterfind("Dataset_Content/Dataset_Components/Component"):
         node = component.find("COMPONENT_PATH")
         href = (node.get("href") or "").strip() if node is not None else ""
-        if (_text(component, "COMPONENT_TYPE") or "").upper() == "DIMAP" and href:
+        if (xmldoc.text(component, "COMPONENT_TYPE") or "").upper() == "DIMAP" and href:
             paths.append(href)
     return paths
 
@@ -217,16 +201,16 @@ def component_paths(volume: ET.Element) -> list[str]:
 def acquisition_time(component: Component) -> tuple[datetime | None, str | None]:
     """(time, where it came from): IMAGING_DATE + IMAGING_TIME of the strip (midnight when
     only the date is given), else the TIME of a Located_Geometric_Values, the Center first."""
-    date = _text(component.strip, "IMAGING_DATE")
+    date = xmldoc.text(component.strip, "IMAGING_DATE")
     if date is not None:
-        clock = _text(component.strip, "IMAGING_TIME") or "00:00:00"
+        clock = xmldoc.text(component.strip, "IMAGING_TIME") or "00:00:00"
         when = parse_time(f"{date}T{clock}")
         if when is not None:
             return when, "IMAGING_DATE"
     located = list(component.doc.iterfind("Geometric_Data/Use_Area/Located_Geometric_Values"))
-    located.sort(key=lambda node: (_text(node, "LOCATION_TYPE") or "").lower() != "center")
+    located.sort(key=lambda node: (xmldoc.text(node, "LOCATION_TYPE") or "").lower() != "center")
     for node in located:
-        when = parse_time(_text(node, "TIME") or "")
+        when = parse_time(xmldoc.text(node, "TIME") or "")
         if when is not None:
             return when, "Located_Geometric_Values/TIME"
     return None, None
@@ -240,12 +224,12 @@ def extent_polygon(component: Component) -> Polygon | None:
         return None
     points = []
     for vertex in extent.iterfind("Vertex"):
-        lon, lat = _float(vertex, "LON"), _float(vertex, "LAT")
+        lon, lat = xmldoc.number(vertex, "LON"), xmldoc.number(vertex, "LAT")
         if lon is not None and lat is not None:
             points.append((lon, lat))
     if len(set(points)) < 3:
         return None
-    if (_text(extent, "EXTENT_TYPE") or "").lower() == "bounding_polygon":
+    if (xmldoc.text(extent, "EXTENT_TYPE") or "").lower() == "bounding_polygon":
         polygon = Polygon(points)
         if polygon.is_valid and polygon.area > 0:
             return orient(polygon)
@@ -301,7 +285,7 @@ def rpc_outline(rpc: RPC, width: int, height: int, href: str) -> Polygon:
 def _size(component: Component) -> tuple[int, int] | None:
     """Raster_Dimensions NCOLS x NROWS, None when absent."""
     dims = component.doc.find("Raster_Data/Raster_Dimensions")
-    width, height = _float(dims, "NCOLS"), _float(dims, "NROWS")
+    width, height = xmldoc.number(dims, "NCOLS"), xmldoc.number(dims, "NROWS")
     return (int(width), int(height)) if width and height else None
 
 
@@ -329,7 +313,7 @@ def grid_footprint(component: Component) -> tuple[Polygon, str]:
 def cloud_cover(components: list[Component]) -> float | None:
     """Dataset_Content/CLOUD_COVERAGE in percent, from the first component that has it."""
     for component in components:
-        value = _float(component.doc, "Dataset_Content/CLOUD_COVERAGE")
+        value = xmldoc.number(component.doc, "Dataset_Content/CLOUD_COVERAGE")
         if value is not None and 0 <= value <= 100:
             return value
     return None
@@ -338,25 +322,25 @@ def cloud_cover(components: list[Component]) -> float | None:
 def scene_properties(components: list[Component]) -> dict[str, Any]:
     """STAC-style properties: platform, constellation, instrument, levels, snow cover."""
     first = components[0]
-    mission = _text(first.strip, "MISSION")
-    index = _text(first.strip, "MISSION_INDEX")
-    instrument = _text(first.strip, "INSTRUMENT")
+    mission = xmldoc.text(first.strip, "MISSION")
+    index = xmldoc.text(first.strip, "MISSION_INDEX")
+    instrument = xmldoc.text(first.strip, "INSTRUMENT")
     spectral = [c.spectral for c in components if c.spectral]
     properties = {
         "platform": "-".join(p for p in (mission, index) if p).lower() or None,
         "constellation": CONSTELLATIONS.get((mission or "").upper(), (mission or "").lower())
         or None,
         "instrument": instrument.lower() if instrument else None,
-        "processing:level": _text(first.doc, ".//Product_Settings/PROCESSING_LEVEL"),
+        "processing:level": xmldoc.text(first.doc, ".//Product_Settings/PROCESSING_LEVEL"),
         "dimap:spectral_processing": "+".join(spectral) or None,
-        "snow_cover": _float(first.doc, "Dataset_Content/SNOW_COVERAGE"),
+        "snow_cover": xmldoc.number(first.doc, "Dataset_Content/SNOW_COVERAGE"),
     }
     return {k: v for k, v in properties.items() if v is not None}
 
 
 def product_id(components: list[Component]) -> str:
     """Mission without index + each component's spectral processing (module docstring)."""
-    mission = _text(components[0].strip, "MISSION") or "dimap"
+    mission = xmldoc.text(components[0].strip, "MISSION") or "dimap"
     parts = [mission] + [c.spectral for c in components if c.spectral]
     return safe_name("_".join(parts).lower()).lower()
 
@@ -365,8 +349,8 @@ def scene_id(components: list[Component], href: str) -> str:
     """SOURCE_ID, else DATASET_NAME, else the entry's stem."""
     first = components[0]
     return (
-        _text(first.source, "SOURCE_ID")
-        or _text(first.doc, "Dataset_Identification/DATASET_NAME")
+        xmldoc.text(first.source, "SOURCE_ID")
+        or xmldoc.text(first.doc, "Dataset_Identification/DATASET_NAME")
         or PurePosixPath(href.replace("\\", "/")).stem
     )
 
@@ -405,8 +389,8 @@ def _nodata(display: ET.Element | None) -> float | None:
     if display is None:
         return None
     for special in display.iterfind("Special_Value"):
-        if (_text(special, "SPECIAL_VALUE_TEXT") or "").upper() == "NODATA":
-            return _float(special, "SPECIAL_VALUE_COUNT")
+        if (xmldoc.text(special, "SPECIAL_VALUE_TEXT") or "").upper() == "NODATA":
+            return xmldoc.number(special, "SPECIAL_VALUE_COUNT")
     return None
 
 
@@ -417,11 +401,11 @@ def _index_list(display: ET.Element | None) -> list[tuple[str, int | None, str |
         return None
     entries = []
     for index in node.iterfind("Raster_Index"):
-        band_id = _text(index, "BAND_ID")
-        position = _text(index, "BAND_INDEX")
+        band_id = xmldoc.text(index, "BAND_ID")
+        position = xmldoc.text(index, "BAND_INDEX")
         if band_id:
             number = int(position) if position and position.isdigit() else None
-            entries.append((band_id, number, _text(index, "BAND_NAME")))
+            entries.append((band_id, number, xmldoc.text(index, "BAND_NAME")))
     return entries or None
 
 
@@ -430,7 +414,7 @@ def _display_order(display: ET.Element | None) -> list[str] | None:
     node = display.find("Band_Display_Order") if display is not None else None
     if node is None:
         return None
-    ids = [_text(node, channel) for channel in DISPLAY_CHANNELS]
+    ids = [xmldoc.text(node, channel) for channel in DISPLAY_CHANNELS]
     return [i for i in ids if i] or None
 
 
@@ -556,7 +540,7 @@ def declared_band_ids(doc: ET.Element) -> list[str]:
     seen: list[str] = []
     for tag in ("Band_Radiance", "Band_Spectral_Range", "Band_Solar_Irradiance", "Histogram_Band"):
         for node in doc.iter(tag):
-            band_id = _text(node, "BAND_ID")
+            band_id = xmldoc.text(node, "BAND_ID")
             if band_id and band_id not in seen:
                 seen.append(band_id)
     return sorted(seen, key=lambda b: (GDAL_BAND_RANK.get(b.upper(), 99), seen.index(b)))
@@ -589,7 +573,7 @@ def band_name(band_id: str | None, position: int) -> str:
 
 
 def _gain_bias(node: ET.Element | None) -> tuple[float, float] | None:
-    gain, bias = _float(node, "GAIN"), _float(node, "BIAS")
+    gain, bias = xmldoc.number(node, "GAIN"), xmldoc.number(node, "BIAS")
     if not gain:  # absent or 0: no calibration
         return None
     return gain, bias or 0.0
@@ -604,7 +588,7 @@ def processing_levels(
     radiance = _measure(doc, "Band_Radiance", band_id)
     calibration = _gain_bias(radiance)
     reflectance = None
-    radiometric = (_text(doc, ".//RADIOMETRIC_PROCESSING") or "").upper()
+    radiometric = (xmldoc.text(doc, ".//RADIOMETRIC_PROCESSING") or "").upper()
     if radiometric == "REFLECTANCE":
         reflectance = _gain_bias(_measure(doc, "Band_Reflectance", band_id))
     levels: dict[str, list[ProcessingStep]] = {}
@@ -618,7 +602,7 @@ def processing_levels(
             scale, offset = 1 / (reflectance[0] * gain), reflectance[1] / gain + bias
         else:
             scale, offset = 1 / gain, bias
-        unit = _text(radiance, "MEASURE_UNIT")
+        unit = xmldoc.text(radiance, "MEASURE_UNIT")
         steps.append(("radiance", scale, offset, unit))
     for level, scale, offset, level_unit in steps:
         lo, hi = data_range[0] * scale + offset, data_range[1] * scale + offset
@@ -644,9 +628,17 @@ def wavelengths(doc: ET.Element, band_id: str | None) -> dict[str, float]:
     node = _measure(doc, "Band_Spectral_Range", band_id) if band_id else None
     if node is None:
         return {}
-    factor = WAVELENGTH_UNITS.get((_text(node, "MEASURE_UNIT") or "").lower())
-    lo = _float(node, "FWHM/MIN") if node.find("FWHM/MIN") is not None else _float(node, "MIN")
-    hi = _float(node, "FWHM/MAX") if node.find("FWHM/MAX") is not None else _float(node, "MAX")
+    factor = WAVELENGTH_UNITS.get((xmldoc.text(node, "MEASURE_UNIT") or "").lower())
+    lo = (
+        xmldoc.number(node, "FWHM/MIN")
+        if node.find("FWHM/MIN") is not None
+        else xmldoc.number(node, "MIN")
+    )
+    hi = (
+        xmldoc.number(node, "FWHM/MAX")
+        if node.find("FWHM/MAX") is not None
+        else xmldoc.number(node, "MAX")
+    )
     if factor is None or lo is None or hi is None or not 0 < lo < hi:
         return {}
     lo, hi = lo * factor, hi * factor
@@ -667,7 +659,7 @@ def parse_rpc(doc: ET.Element, href: str) -> RPC:
     of DIMAP v3's validity domain) to 0-based ones."""
 
     def value(name: str) -> float:
-        text = _text(doc, f".//RFM_Validity/{name}") or _text(doc, f".//{name}")
+        text = xmldoc.text(doc, f".//RFM_Validity/{name}") or xmldoc.text(doc, f".//{name}")
         if text is None:
             raise IngestError(f"{href}: RPC model without {name}")
         try:
@@ -678,12 +670,12 @@ def parse_rpc(doc: ET.Element, href: str) -> RPC:
     def coefficients(name: str) -> list[float]:
         for section in ("Inverse_Model", "GroundtoImage_Values"):
             node = doc.find(f".//{section}")
-            values = [_float(node, f"{name}_{i}") for i in range(1, 21)]
+            values = [xmldoc.number(node, f"{name}_{i}") for i in range(1, 21)]
             if node is not None and all(v is not None for v in values):
                 return values  # type: ignore[return-value]
         raise IngestError(f"{href}: RPC model without 20 {name} values")
 
-    first = _float(doc, ".//ImagetoGround_Validity_Domain/FIRST_COL")
+    first = xmldoc.number(doc, ".//ImagetoGround_Validity_Domain/FIRST_COL")
     first = 1.0 if first is None else first
     return RPC(
         height_off=value("HEIGHT_OFF"),
@@ -743,10 +735,10 @@ def _usable(crs: CRS | None) -> bool:
 def insert_georeference(doc: ET.Element) -> tuple[CRS, Affine] | None:
     """Geoposition_Insert (ULXMAP, ULYMAP, XDIM, YDIM) with the document's CRS code."""
     insert = doc.find("Geoposition/Geoposition_Insert")
-    code = _text(doc, "Coordinate_Reference_System/Projected_CRS/PROJECTED_CRS_CODE") or _text(
-        doc, "Coordinate_Reference_System/Geodetic_CRS/GEODETIC_CRS_CODE"
-    )
-    values = [_float(insert, k) for k in ("ULXMAP", "ULYMAP", "XDIM", "YDIM")]
+    code = xmldoc.text(
+        doc, "Coordinate_Reference_System/Projected_CRS/PROJECTED_CRS_CODE"
+    ) or xmldoc.text(doc, "Coordinate_Reference_System/Geodetic_CRS/GEODETIC_CRS_CODE")
+    values = [xmldoc.number(insert, k) for k in ("ULXMAP", "ULYMAP", "XDIM", "YDIM")]
     if insert is None or not code or any(v is None for v in values):
         return None
     x, y, dx, dy = values
@@ -849,7 +841,10 @@ def build_mosaic(component: Component) -> tuple[Mosaic, list[Group]]:
     groups = data_file_groups(component)
     dims = component.doc.find("Raster_Data/Raster_Dimensions")
     tiling = dims.find("Tile_Set/Regular_Tiling") if dims is not None else None
-    overlap = (int(_float(tiling, "OVERLAP_COL") or 0), int(_float(tiling, "OVERLAP_ROW") or 0))
+    overlap = (
+        int(xmldoc.number(tiling, "OVERLAP_COL") or 0),
+        int(xmldoc.number(tiling, "OVERLAP_ROW") or 0),
+    )
     layouts = []
     for group in groups:
         tiles = {key: open_tile(href, component.href) for key, href in sorted(group.tiles.items())}
@@ -867,8 +862,8 @@ def build_mosaic(component: Component) -> tuple[Mosaic, list[Group]]:
     }
     if len(extents) > 1:
         raise IngestError(f"{component.href}: its Data_Files groups cover different areas")
-    width = int(_float(dims, "NCOLS") or 0) or next(iter(extents))[0]
-    height = int(_float(dims, "NROWS") or 0) or next(iter(extents))[1]
+    width = int(xmldoc.number(dims, "NCOLS") or 0) or next(iter(extents))[0]
+    height = int(xmldoc.number(dims, "NROWS") or 0) or next(iter(extents))[1]
     bands = []
     for group, (tiles, cols, rows) in zip(groups, layouts, strict=True):
         first = next(iter(tiles.values()))
@@ -1087,7 +1082,7 @@ def component_bands(
     component get the file index appended."""
     doc = component.doc
     ids = [pair for group_ids in file_band_ids(groups, mosaic.counts, doc) for pair in group_ids]
-    nbits = _float(doc, "Raster_Data/Raster_Encoding/NBITS")
+    nbits = xmldoc.number(doc, "Raster_Data/Raster_Encoding/NBITS")
     unit = "degrees" if mosaic.grid_crs.is_geographic else "meters"
     resolution = Resolution(value=mosaic.pixel_size, unit=unit) if mosaic.pixel_size else None
     taken = {b.name for b in earlier}

@@ -148,20 +148,6 @@ def read_document(href: str) -> ET.Element:
     return root
 
 
-def _text(node: ET.Element | None, path: str) -> str | None:
-    found = node.find(path) if node is not None else None
-    text = found.text.strip() if found is not None and found.text else ""
-    return text or None
-
-
-def _float(node: ET.Element | None, path: str) -> float | None:
-    text = _text(node, path)
-    try:
-        return float(text) if text is not None else None
-    except ValueError:
-        return None
-
-
 def inside(root: str, relative: str, named_by: str) -> str:
     """`relative` (a path a document names) joined to the SAFE folder `root`; IngestError
     when it would leave the folder (`..`, absolute, another /vsi handler, a backslash)."""
@@ -214,12 +200,12 @@ class SafeProduct:
     @property
     def baseline(self) -> str | None:
         """PROCESSING_BASELINE as written (e.g. 05.09)."""
-        return _text(self.info, "PROCESSING_BASELINE")
+        return xmldoc.text(self.info, "PROCESSING_BASELINE")
 
     @property
     def name(self) -> str:
         """The product name: PRODUCT_URI without .SAFE, else the folder's."""
-        uri = _text(self.info, "PRODUCT_URI") or posixpath.basename(self.root.rstrip("/"))
+        uri = xmldoc.text(self.info, "PRODUCT_URI") or posixpath.basename(self.root.rstrip("/"))
         return re.sub(r"\.SAFE$", "", uri, flags=re.IGNORECASE)
 
     def characteristics(self) -> ET.Element | None:
@@ -234,13 +220,13 @@ class SafeProduct:
         if chars is None:
             return default
         if self.level == "L1C":
-            value = _float(chars, "QUANTIFICATION_VALUE")
+            value = xmldoc.number(chars, "QUANTIFICATION_VALUE")
         else:
             node = next(
                 (n for n in chars.iter() if str(n.tag).endswith(f"{kind}_QUANTIFICATION_VALUE")),
                 None,
             )
-            value = _float(node, ".") if node is not None else None
+            value = xmldoc.number(node, ".") if node is not None else None
         return value if value and value > 0 else default
 
     def offsets(self) -> dict[str, float]:
@@ -305,7 +291,7 @@ class SafeProduct:
 
     def footprint(self) -> Polygon | None:
         """Product_Footprint's EXT_POS_LIST (lat lon pairs) as a lon/lat polygon."""
-        text = _text(self.doc, "Geometric_Info/Product_Footprint/Product_Footprint/"
+        text = xmldoc.text(self.doc, "Geometric_Info/Product_Footprint/Product_Footprint/"
                      "Global_Footprint/EXT_POS_LIST")  # fmt: skip
         try:
             values = [float(v) for v in (text or "").split()]
@@ -363,7 +349,7 @@ def product_scenes(href: str) -> list[SafeScene]:
 def _tile_box(tile: ET.Element, href: str) -> tuple[CRS, Polygon, int]:
     """The tile's CRS, its extent in that CRS and its finest resolution (Tile_Geocoding)."""
     geocoding = tile.find("Geometric_Info/Tile_Geocoding")
-    code = _text(geocoding, "HORIZONTAL_CS_CODE")
+    code = xmldoc.text(geocoding, "HORIZONTAL_CS_CODE")
     try:
         crs = CRS.from_user_input(code) if code else None
     except CRSError:
@@ -374,8 +360,8 @@ def _tile_box(tile: ET.Element, href: str) -> tuple[CRS, Polygon, int]:
     for position in geocoding.iterfind("Geoposition") if geocoding is not None else []:
         res = position.get("resolution", "")
         size = geocoding.find(f"Size[@resolution='{res}']")
-        values = [_float(position, k) for k in ("ULX", "ULY", "XDIM", "YDIM")]
-        rows, cols = _float(size, "NROWS"), _float(size, "NCOLS")
+        values = [xmldoc.number(position, k) for k in ("ULX", "ULY", "XDIM", "YDIM")]
+        rows, cols = xmldoc.number(size, "NROWS"), xmldoc.number(size, "NCOLS")
         if all(v is not None for v in values) and rows and cols and res.isdigit():
             if best is None or int(res) < best[1]:
                 x, y, dx, dy = values
@@ -406,7 +392,7 @@ def granule_footprint(crs: CRS, extent: Polygon, product_area: Polygon | None) -
 
 
 def _platform(product: SafeProduct) -> str | None:
-    name = _text(product.info, "Datatake/SPACECRAFT_NAME")
+    name = xmldoc.text(product.info, "Datatake/SPACECRAFT_NAME")
     if name:
         return name.strip().lower().replace(" ", "-")
     match = re.match(r"^S2([A-D])_", product.name)
@@ -437,13 +423,13 @@ class SafeScene:
         """STAC properties (Sentinel-2 extension names where they exist)."""
         product, tile = self.product, self.tile
         info = product.info
-        tile_id = _text(tile, "General_Info/TILE_ID") or self.granule.identifier
+        tile_id = xmldoc.text(tile, "General_Info/TILE_ID") or self.granule.identifier
         mgrs = TILE_IN_NAME.search(tile_id) or TILE_IN_NAME.search(self.granule.identifier)
         if mgrs is None:
             mgrs = TILE_IN_NAME.search(posixpath.basename(self.granule.folder))
         orbit = ORBIT_IN_NAME.search(tile_id)
-        relative = _text(info, "Datatake/SENSING_ORBIT_NUMBER")
-        direction = _text(info, "Datatake/SENSING_ORBIT_DIRECTION")
+        relative = xmldoc.text(info, "Datatake/SENSING_ORBIT_NUMBER")
+        direction = xmldoc.text(info, "Datatake/SENSING_ORBIT_DIRECTION")
         properties: dict[str, Any] = {
             "platform": _platform(product),
             "constellation": "sentinel-2",
@@ -451,9 +437,9 @@ class SafeScene:
             "instrument": "msi",
             "processing:level": product.level,
             "s2:processing_baseline": product.baseline,
-            "s2:product_type": _text(info, "PRODUCT_TYPE"),
-            "s2:product_uri": _text(info, "PRODUCT_URI"),
-            "s2:generation_time": _text(info, "GENERATION_TIME"),
+            "s2:product_type": xmldoc.text(info, "PRODUCT_TYPE"),
+            "s2:product_uri": xmldoc.text(info, "PRODUCT_URI"),
+            "s2:generation_time": xmldoc.text(info, "GENERATION_TIME"),
             "s2:datatake_id": (
                 info.find("Datatake").get("datatakeIdentifier")
                 if info is not None and info.find("Datatake") is not None
@@ -472,7 +458,7 @@ class SafeScene:
         }
         quality = tile.find("Quality_Indicators_Info/Image_Content_QI")
         for node in quality if quality is not None else []:
-            value = _float(node, ".")
+            value = xmldoc.number(node, ".")
             if isinstance(node.tag, str) and value is not None:
                 properties[f"s2:{node.tag.lower()}"] = value
         return {k: v for k, v in properties.items() if v is not None}
@@ -480,8 +466,8 @@ class SafeScene:
     def acquired(self) -> datetime | None:
         """The granule's SENSING_TIME, else the product's PRODUCT_START_TIME."""
         for text in (
-            _text(self.tile, "General_Info/SENSING_TIME"),
-            _text(self.product.info, "PRODUCT_START_TIME"),
+            xmldoc.text(self.tile, "General_Info/SENSING_TIME"),
+            xmldoc.text(self.product.info, "PRODUCT_START_TIME"),
         ):
             if text and (parsed := parse_time(text)) is not None:
                 return parsed
@@ -490,8 +476,10 @@ class SafeScene:
     def cloud_cover(self) -> float | None:
         """CLOUDY_PIXEL_PERCENTAGE of the granule, else the product's assessment."""
         for value in (
-            _float(self.tile, "Quality_Indicators_Info/Image_Content_QI/CLOUDY_PIXEL_PERCENTAGE"),
-            _float(self.product.doc, "Quality_Indicators_Info/Cloud_Coverage_Assessment"),
+            xmldoc.number(
+                self.tile, "Quality_Indicators_Info/Image_Content_QI/CLOUDY_PIXEL_PERCENTAGE"
+            ),
+            xmldoc.number(self.product.doc, "Quality_Indicators_Info/Cloud_Coverage_Assessment"),
         ):
             if value is not None and 0 <= value <= 100:
                 return value
@@ -529,8 +517,8 @@ class SafeScene:
                 band = SPECTRAL[int(node.get("bandId", ""))]
             except (ValueError, IndexError):
                 continue
-            lo, hi = _float(node, "Wavelength/MIN"), _float(node, "Wavelength/MAX")
-            center = _float(node, "Wavelength/CENTRAL")
+            lo, hi = xmldoc.number(node, "Wavelength/MIN"), xmldoc.number(node, "Wavelength/MAX")
+            center = xmldoc.number(node, "Wavelength/CENTRAL")
             if lo is None or hi is None or not 0 < lo < hi:
                 continue
             found[band] = {

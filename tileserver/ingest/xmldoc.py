@@ -22,3 +22,19 @@ def parse(data: bytes, href: str, what: str) -> ET.Element:
         if isinstance(node.tag, str) and "}" in node.tag:
             node.tag = node.tag.split("}", 1)[1]
     return root
+
+
+def text(node: ET.Element | None, path: str) -> str | None:
+    """Stripped text at `path` below `node`, None when absent or empty."""
+    found = node.find(path) if node is not None else None
+    value = found.text.strip() if found is not None and found.text else ""
+    return value or None
+
+
+def number(node: ET.Element | None, path: str) -> float | None:
+    """A number at `path` below `node`, None when absent or not a number."""
+    value = text(node, path)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
