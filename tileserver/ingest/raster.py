@@ -20,7 +20,7 @@ from rio_tiler.io import Reader
 from shapely.geometry import mapping, shape
 from shapely.ops import unary_union
 
-from tileserver.catalog.models import BandStatistics
+from tileserver.catalog.models import NUMPY_TO_DATA_TYPE, BandStatistics
 from tileserver.opener import open_raster
 
 PERCENTILES = list(range(1, 100))
@@ -181,16 +181,7 @@ def band_statistics(
 
 
 # numpy type -> VRT dataType (GDAL's names: int8 is Int8 there, Int16 in the catalog)
-VRT_DATA_TYPES = {
-    "uint8": "Byte",
-    "int8": "Int8",
-    "uint16": "UInt16",
-    "int16": "Int16",
-    "uint32": "UInt32",
-    "int32": "Int32",
-    "float32": "Float32",
-    "float64": "Float64",
-}
+VRT_DATA_TYPES = {**NUMPY_TO_DATA_TYPE, "int8": "Int8"}
 
 
 def display_range(

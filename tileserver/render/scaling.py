@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tileserver.catalog.geojson import loads_bounded
+from tileserver.catalog.models import DATA_TYPE_TO_NUMPY
 
 # Ordered smallest first (unsigned before signed, integer before float): the first type that
 # fits wins wherever a "smallest type" is chosen.
@@ -44,16 +45,6 @@ TYPE_RANGES: dict[str, tuple[int | float, int | float]] = {
     "Int32": (-2147483648, 2147483647),
     "Float32": (0.0, 1.0),
     "Float64": (0.0, 1.0),
-}
-
-NUMPY_DTYPES = {
-    "Byte": "uint8",
-    "UInt16": "uint16",
-    "Int16": "int16",
-    "UInt32": "uint32",
-    "Int32": "int32",
-    "Float32": "float32",
-    "Float64": "float64",
 }
 
 MODES = ("raw", "auto", "display", "physical")
@@ -649,7 +640,7 @@ def scale_array(
         raise ScalingError(f"{len(auto_ranges)} auto ranges for {count} bands")
 
     is_int = not _is_float_type(data_type)
-    out = np.zeros(values.shape, dtype=NUMPY_DTYPES[data_type])
+    out = np.zeros(values.shape, dtype=DATA_TYPE_TO_NUMPY[data_type])
     for i, scale in enumerate(scales):
         valid = ~invalid[i]
         band = values[i].astype(np.float64)
