@@ -429,13 +429,11 @@ def coarsest_overview_reference(href: str, z: int, x: int, y: int):
 
 
 @pytest.mark.parametrize("z", [0, 1, 2, 3, 4, 5, 6])
-def test_low_zoom_tiles_are_right_and_cheap(demo_store, z):
+def test_low_zoom_tiles_are_right(demo_store, z):
     image = demo_store.get_image(DEMO_IMAGE)
     checked = 0
     for tile in image_tiles(demo_store, z):
-        started = time.monotonic()
         got = demo_reader_tile(demo_store, z, tile.x, tile.y, partial=None)
-        assert time.monotonic() - started < 5  # minutes at z3 before
         valid, near = coarsest_overview_reference(image.files[0].href, z, tile.x, tile.y)
         mask = numpy.ma.getmaskarray(got.array)[0]
         assert (valid == ~mask).mean() >= 0.99
@@ -449,17 +447,17 @@ def test_low_zoom_tiles_are_right_and_cheap(demo_store, z):
     assert z < 4 or checked > 0  # the image is a pixel or more from z4 on
 
 
-def test_low_zoom_png_tiles_render_fast(demo_store):
+def test_low_zoom_png_tiles_render(demo_store):
+    """Every zoom down to 0 renders (their cost is bounded in tests/test_lowzoom.py by the
+    bytes read, not by a clock)."""
     image = demo_store.get_image(DEMO_IMAGE)
     product = demo_store.get_product(image.product_id)
     west, south, east, north = image.bbox
     for z in range(0, 7):
         tile = WEB.tile((west + east) / 2, (south + north) / 2, z)
-        started = time.monotonic()
         rendered = ImageLayer(image, product).tile(WEB, tile.x, tile.y, z, 256, RenderParams())
         content = encode_image(rendered, ImageFormat.png)
         assert content.startswith(b"\x89PNG")
-        assert time.monotonic() - started < 5
 
 
 def test_tilejson_and_wmts_of_an_image_start_at_zoom_0(client):
