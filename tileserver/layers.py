@@ -3,7 +3,7 @@
 Shaped like rio-tiler's mosaic backend: a layer knows its bands, bounds, zoom range and the
 images the caller may read (through the store it is given, a ScopedStore for a caller),
 and offers `tile`, `part`, `point`, `statistics` and `info`. Pixels come back as rendered
-`ImageData` (render/pipeline.py Rendered.image); the API encodes them and sends them.
+`ImageData` (render/pipeline.py render_image, Rendered.image); the API encodes them and sends them.
 Errors are the catalog's and render's own (NotFound, RenderError, TooLarge): app.py maps
 them to HTTP answers.
 """
@@ -40,7 +40,7 @@ from tileserver.render.download import (
 from tileserver.render.errors import RenderError
 from tileserver.render.grid import Grid
 from tileserver.render.mosaic import Layer, mosaic_bands, mosaic_tile
-from tileserver.render.pipeline import RenderParams, render_array, request_bands
+from tileserver.render.pipeline import RenderParams, render_image, request_bands
 from tileserver.render.reader import read_bands, tile_reader, zoom_range
 from tileserver.settings import Settings
 
@@ -214,10 +214,7 @@ class ImageLayer(BaseLayer):
         bands, alpha = request_bands(self.product, params)
         read = tile_reader(x, y, z, size, params.resampling)
         img = read_bands(self.image, bands, read, tms, params.nodata, self.threads, alpha)
-        rendered = render_array(
-            img.array, bands, params, stats=self.image.band_stats, alpha_band=alpha
-        )
-        return rendered.image(img.crs, img.bounds)
+        return render_image(img, bands, params, stats=self.image.band_stats, alpha_band=alpha)
 
     def download(
         self, params: RenderParams, area: GridRequest, flatten: str | None = None

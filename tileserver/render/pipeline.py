@@ -304,3 +304,16 @@ def render_array(
     if colormap is None and len(bands) == 1 and bands[0].colormap and not params.expression:
         colormap = {i: tuple(c) for i, c in enumerate(bands[0].colormap)}
     return Rendered(out, mask, colormap)
+
+
+def render_image(
+    img: ImageData,
+    bands: Sequence[Band],
+    params: RenderParams,
+    stats: dict[str, BandStatistics] | None = None,
+    alpha_band: Band | None = None,
+) -> ImageData:
+    """Read pixels (`img`, with its CRS and bounds) rendered as the request asks: the
+    ImageData render.encode.encode_image takes (render_array's rules)."""
+    rendered = render_array(img.array, bands, params, stats=stats, alpha_band=alpha_band)
+    return rendered.image(img.crs, img.bounds)
