@@ -29,7 +29,7 @@ from rasterio.transform import from_origin
 
 from tests.conftest import DEMO_IMAGE, DEMO_TILE, free_port, make_settings, stub_server
 from tests.synthetic import write_raster
-from tileserver.api.deps import MAX_BANDS, MAX_SCALING_DEPTH, MAX_SCALING_VALUES
+from tileserver.api.deps import MAX_BANDS
 from tileserver.app import create_app
 from tileserver.catalog.cql2sql import (
     MAX_FILTER_DEPTH,
@@ -51,6 +51,7 @@ from tileserver.render.pipeline import (
     MAX_EXPRESSION_OUTPUTS,
     MAX_EXPRESSION_TERMS,
 )
+from tileserver.render.scaling import MAX_SCALING_DEPTH, MAX_SCALING_VALUES
 
 PRODUCT = DEMO_IMAGE.split(":")[0]
 LIMIT = 1024  # max_body_bytes of the body tests
