@@ -25,6 +25,7 @@ from tileserver.api import (
     parcels,
     searches,
     stac,
+    uploads,
 )
 from tileserver.api.auth import KeyAuth
 from tileserver.api.confine import Confine
@@ -46,6 +47,7 @@ from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError, gdal_reason
 from tileserver.render.mosaic import EmptyTile
 from tileserver.settings import Settings, get_settings
+from tileserver.uploads import Uploads
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +141,9 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         trimming = None
         if settings.memory_trim_seconds:
             trimming = asyncio.create_task(trim_every(settings.memory_trim_seconds))
+        app.state.uploads.start()
         yield
+        await anyio.to_thread.run_sync(app.state.uploads.stop)
         if trimming:
             trimming.cancel()
             with suppress(asyncio.CancelledError):
@@ -162,6 +166,9 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.chips = chip_store
     app.state.layers = LayerCache()
     app.state.confinement = confinement_of(settings, store)
+    app.state.uploads = Uploads(
+        store, app.state.confinement, settings.max_upload_bytes, settings.upload_workers
+    )
     app.add_middleware(Confine, confinement=app.state.confinement)
     searches.limit_searches(store, settings)  # TTL and cap of registered searches
     app.add_middleware(
@@ -170,8 +177,13 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         allow_anonymous=settings.allow_anonymous,
     )
     # inside BodyLimit, which caps the body this buffers; outside KeyAuth and the routes
-    app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # 413 with CORS headers
+    # upload bytes (uploads.DATA_PATH) are streamed: neither buffered nor cut at the deadline
+    app.add_middleware(
+        DeadlineMiddleware, seconds=settings.request_timeout, streamed=uploads.DATA_PATH
+    )
+    app.add_middleware(  # 413 with CORS headers
+        BodyLimit, max_bytes=settings.max_body_bytes, streamed=uploads.DATA_PATH
+    )
     app.add_middleware(  # outside KeyAuth: preflights and 401s carry CORS headers
         CORSMiddleware,
         allow_origins=["*"],
@@ -202,6 +214,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.include_router(chips.router)
     app.include_router(parcels.router)
     app.include_router(imports.router)
+    app.include_router(uploads.router)
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     return app

@@ -30,6 +30,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -207,12 +208,13 @@ REMOTE_READS = RemoteSlots()
 class DeadlineMiddleware:
     """Pure ASGI: a Deadline per HTTP request; 504 at the deadline; cancel on disconnect."""
 
-    def __init__(self, app, seconds: float | None):
-        self.app, self.seconds = app, seconds
+    def __init__(self, app, seconds: float | None, streamed: re.Pattern | None = None):
+        self.app, self.seconds, self.streamed = app, seconds, streamed
 
     async def __call__(self, scope, receive, send) -> None:
-        """Run the app under a deadline while watching the connection for a disconnect."""
-        if scope["type"] != "http":
+        """Run the app under a deadline while watching the connection for a disconnect;
+        paths matching `streamed` (uploads) bound their own time and are not buffered."""
+        if scope["type"] != "http" or (self.streamed and self.streamed.search(scope["path"])):
             await self.app(scope, receive, send)
             return
         deadline = Deadline(self.seconds)

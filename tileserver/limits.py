@@ -9,6 +9,8 @@ handling turns into the usual JSON error. Routes that never read their body neve
 
 from __future__ import annotations
 
+import re
+
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,14 +33,15 @@ def declared_length(scope: Scope) -> int | None:
 
 
 class BodyLimit:
-    """Answer 413 `{"detail": ...}` to a request body larger than `max_bytes`."""
+    """Answer 413 `{"detail": ...}` to a request body larger than `max_bytes`; paths matching
+    `streamed` (uploads) count their own, larger, bodies."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: re.Pattern | None = None):
+        self.app, self.max_bytes, self.streamed = app, max_bytes, streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Refuse a declared oversize body at once; count the others as they arrive."""
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.streamed and self.streamed.search(scope["path"])):
             await self.app(scope, receive, send)
             return
         length = declared_length(scope)

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1, description="largest request body (a search, a geometry); 413 above"
     )
+    max_upload_bytes: int = Field(
+        4 * 1024**3, ge=1, description="largest pixel upload (`PUT /uploads/{id}/data`); 413 above"
+    )
+    upload_workers: int = Field(
+        1, ge=1, le=16, description="threads converting received uploads to COGs"
+    )
     import_roots: list[Path] = Field(
         default_factory=list,
         description="folders `POST /imports` may read with cloud_provider=file (JSON list); "
