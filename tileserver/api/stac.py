@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError, model_validator
 
-from tileserver.api.deps import StoreDep, bad_request
+from tileserver.api.deps import KnownQuery, StoreDep, bad_request
 from tileserver.catalog import stac
 from tileserver.catalog.access import ScopedStore, sees_files
 from tileserver.catalog.geojson import (
@@ -41,7 +41,7 @@ from tileserver.ingest.stac import data_assets, read_item, resolve_href
 from tileserver.opener import MAX_HREF, REFUSED, Reach, Refused, reading
 from tileserver.render.errors import without_paths
 
-router = APIRouter(tags=["stac"])
+router = APIRouter(tags=["stac"], dependencies=[KnownQuery])  # unknown parameters: 400
 
 GEOJSON = "application/geo+json"
 
@@ -119,10 +119,15 @@ class StacSearch(SearchQuery):
     def searched(self, store: CatalogStore) -> SearchQuery:
         """The search the store runs: `query` and `q` folded into the filter."""
         plain = self.model_dump(by_alias=True, exclude_none=True, exclude={"query", "q", "fields"})
-        terms = [f for f in (plain.get("filter"), stac.query_filter(self.query)) if f is not None]
+        known = store.queryables() if self.query or self.q else {}
+        types = {name: queryable.type for name, queryable in known.items()}
+        try:
+            queried = stac.query_filter(self.query, types)
+        except ValueError as exc:
+            raise bad_request(str(exc)) from None
+        terms = [f for f in (plain.get("filter"), queried) if f is not None]
         words = stac.free_text_terms(self.q)
         if words:
-            known = store.queryables()
             terms.append(stac.free_text_filter(words, [n for n in stac.FREE_TEXT if n in known]))
         if terms:
             plain["filter"] = terms[0] if len(terms) == 1 else {"op": "and", "args": terms}
@@ -679,17 +684,16 @@ def _write_item(
         product = store.check_write(collection_id)  # 404 hidden, 403 read-only: nothing opened
     else:
         product = store.get_product(collection_id)
+    if exists:  # the path names it: 404 before the body is looked at
+        store.get_image(f"{collection_id}:{doc['id']}")
     item = _checked_item(doc, collection_id, doc.get("id") if exists else None, root)
-    image_id = f"{collection_id}:{item['id']}"
-    try:
-        store.get_image(image_id)
-        found = True
-    except NotFound:
-        found = False
-    if found and not exists:
-        raise Conflict(f"item '{item['id']}' already exists: PUT or PATCH it")
-    if exists and not found:
-        raise NotFound(f"image '{image_id}' not found")
+    if not exists:
+        try:
+            store.get_image(f"{collection_id}:{item['id']}")
+        except NotFound:
+            pass
+        else:
+            raise Conflict(f"item '{item['id']}' already exists: PUT or PATCH it")
     image, bands = _image_from(request, store, item, product)
     if not product.bands:  # the collection's first item defines its bands
         product = store.put_product(product.model_copy(update={"bands": bands}))

@@ -279,9 +279,23 @@ def _like_escaped(term: str) -> str:
     return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def query_filter(query: object) -> dict | None:
+def _typed(value: object, kind: str | None, where: str) -> object:
+    """A number sent as text (pystac-client sends `eo:cloud_cover<20` as "20") as a number,
+    when the property is numeric."""
+    if kind not in ("number", "integer") or not isinstance(value, str):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        raise ExtensionError(f"{where}: '{value}' is not a number") from None
+    return int(number) if kind == "integer" and number.is_integer() else number
+
+
+def query_filter(query: object, types: dict[str, str] | None = None) -> dict | None:
     """The Query extension (`{"eo:cloud_cover": {"lt": 10}}`) as CQL2-JSON, ANDed per term,
-    so it is compiled (and its properties checked) like any filter."""
+    so it is compiled (and its properties checked) like any filter; `types` (queryable
+    types by name) turns numbers sent as text into numbers."""
+    types = types or {}
     if query is None:
         return None
     if not isinstance(query, dict):
@@ -295,6 +309,7 @@ def query_filter(query: object) -> dict | None:
             if op in QUERY_OPS:
                 if isinstance(value, (dict, list)) or value is None:
                     raise ExtensionError(f"query.{name}.{op} takes a string, number or boolean")
+                value = _typed(value, types.get(name), f"query.{name}.{op}")
                 args.append({"op": QUERY_OPS[op], "args": [prop, value]})
             elif op in LIKE_OPS:
                 if not isinstance(value, str):
@@ -304,6 +319,8 @@ def query_filter(query: object) -> dict | None:
             elif op == "in":
                 if not isinstance(value, list) or not value:
                     raise ExtensionError(f"query.{name}.in takes a non-empty list")
+                where = f"query.{name}.in"
+                value = [_typed(v, types.get(name), where) for v in value]
                 args.append({"op": "in", "args": [prop, value]})
             else:
                 known = ", ".join([*QUERY_OPS, *LIKE_OPS, "in"])
