@@ -707,21 +707,34 @@ def _write_item(
     return JSONResponse(body, status_code=status, media_type=GEOJSON, headers=headers)
 
 
-@router.post("/collections/{collection_id}/items", status_code=201, openapi_extra=JSON_BODY)
+@router.post(
+    "/collections/{collection_id}/items",
+    status_code=201,
+    response_class=GeoJSONResponse,
+    openapi_extra=JSON_BODY,
+)
 def create_item(request: Request, collection_id: str, store: StoreDep, body: BodyDep):
     """Add an item (Transactions): its data assets become the image's files, where the
     caller may name files (403 otherwise, the same text whether the file exists or not)."""
     return _write_item(request, store, collection_id, body, exists=False)
 
 
-@router.put("/collections/{collection_id}/items/{item_id}", openapi_extra=JSON_BODY)
+@router.put(
+    "/collections/{collection_id}/items/{item_id}",
+    response_class=GeoJSONResponse,
+    openapi_extra=JSON_BODY,
+)
 def put_item(request: Request, collection_id: str, item_id: str, store: StoreDep, body: BodyDep):
     """Replace an item (404 when it does not exist; the body's id must be the path's)."""
     _id_of(body, "item", item_id)
     return _write_item(request, store, collection_id, {**body, "id": item_id}, exists=True)
 
 
-@router.patch("/collections/{collection_id}/items/{item_id}", openapi_extra=JSON_BODY)
+@router.patch(
+    "/collections/{collection_id}/items/{item_id}",
+    response_class=GeoJSONResponse,
+    openapi_extra=JSON_BODY,
+)
 def patch_item(request: Request, collection_id: str, item_id: str, store: StoreDep, body: BodyDep):
     """Change an item by a JSON merge patch (RFC 7396) of its STAC form."""
     if isinstance(store, ScopedStore):
