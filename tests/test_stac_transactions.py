@@ -386,6 +386,16 @@ def test_asset_hrefs_are_confined_like_imports(world):
             400,
             ["cloud_cover"],
         ),  # fmt: skip
+        (
+            lambda d: {**d, "assets": {f"a{i}": d["assets"]["data"] for i in range(101)}},
+            400,
+            ["more than 100 assets"],
+        ),  # fmt: skip
+        (
+            lambda d: {**d, "assets": {"data": {**d["assets"]["data"], "bands": [{}] * 257}}},
+            400,
+            ["assets.data.bands", "more than 256"],
+        ),  # fmt: skip
         (lambda d: {**d, "id": "alpha"}, 409, ["alpha"]),
     ],
 )
@@ -413,6 +423,8 @@ def test_bad_bodies_are_4xx(world):
                 path, content=content, headers={"content-type": "application/json"}
             )
             assert response.status_code == 400, (path, content[:10], response.text)
+    big = {"type": "Collection", "id": "big", "description": "x" * 2_000_000}
+    assert alice.post("/stac/collections", json=big).status_code == 413  # max_body_bytes
     assert alice.post("/stac/collections", json={"type": "Collection"}).status_code == 400
     assert alice.post("/stac/collections", json={"id": "a b"}).status_code == 400
     assert alice.post("/stac/collections", json={"id": "k", "keywords": "x"}).status_code == 400

@@ -634,6 +634,8 @@ def _checked_item(doc: dict, collection_id: str, item_id: str | None, root: str)
     assets = doc.get("assets")
     if not isinstance(assets, dict) or not all(isinstance(a, dict) for a in assets.values()):
         raise bad_request("assets must be an object of asset objects")
+    if len(assets) > stac.MAX_ITEM_ASSETS:
+        raise bad_request(f"assets: more than {stac.MAX_ITEM_ASSETS} assets in one item")
     for key, asset in assets.items():
         for field in ("roles", "eo:bands", "raster:bands", "bands"):
             if field in asset and not isinstance(asset[field], list):
@@ -641,6 +643,8 @@ def _checked_item(doc: dict, collection_id: str, item_id: str | None, root: str)
         for field in ("eo:bands", "raster:bands", "bands"):
             if not all(isinstance(b, dict) for b in asset.get(field) or []):
                 raise bad_request(f"assets.{key}.{field} must be a list of objects")
+            if len(asset.get(field) or []) > stac.MAX_ASSET_BANDS:
+                raise bad_request(f"assets.{key}.{field}: more than {stac.MAX_ASSET_BANDS} bands")
     for key, asset in data_assets(doc):
         href = asset.get("href")
         if not isinstance(href, str) or not href or len(href) > MAX_HREF:

@@ -248,6 +248,8 @@ def queryables(found: dict[str, Queryable], url: str) -> dict:
 # --------------------------------------------------------------------------- extensions
 
 MAX_BODY_DEPTH = 32  # nested JSON levels of a POSTed item, collection or patch
+MAX_ITEM_ASSETS = 100  # assets of a written item: each data asset is a file opened and read
+MAX_ASSET_BANDS = 256  # bands one asset of a written item may describe
 MAX_FIELDS = 100  # names in `fields` (include and exclude together)
 MAX_QUERY_TERMS = 100  # properties x operators in `query`, terms in `q`
 MAX_TERM = 200  # characters of one free-text term
