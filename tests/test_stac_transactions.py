@@ -433,6 +433,9 @@ def test_bad_bodies_are_4xx(world):
     assert alice.patch(f"{base}/items/alpha", json={"id": "other"}).status_code == 400
     assert alice.patch(f"{base}/items/nope", json={"properties": {}}).status_code == 404
     assert alice.put(f"{base}/items/nope", json={"type": "Feature"}).status_code == 404
+    # a missing item is 404 before the body is looked at, whatever id the body holds
+    assert alice.put(f"{base}/items/nope", json={"id": "alpha"}).status_code == 404
+    assert alice.put(f"{base}/items/alpha", json={"id": "beta"}).status_code == 400
 
 
 def test_update_patch_and_delete(world):

@@ -679,6 +679,16 @@ def _image_from(
         raise bad_request(f"invalid item: {without_paths(str(exc))}") from None
 
 
+def _writable_item(store: CatalogStore, collection_id: str, item_id: str) -> tuple[Product, Image]:
+    """The product and image an update names: 404 when either is missing or hidden, 403
+    when the caller reads but may not write them (the Transactions extension's order)."""
+    if isinstance(store, ScopedStore):
+        product = store.check_write(collection_id)
+    else:
+        product = store.get_product(collection_id)
+    return product, store.get_image(f"{collection_id}:{item_id}")
+
+
 def _write_item(
     request: Request, store: CatalogStore, collection_id: str, doc: dict, exists: bool
 ) -> JSONResponse:
@@ -730,6 +740,7 @@ def create_item(request: Request, collection_id: str, store: StoreDep, body: Bod
 )
 def put_item(request: Request, collection_id: str, item_id: str, store: StoreDep, body: BodyDep):
     """Replace an item (404 when it does not exist; the body's id must be the path's)."""
+    _writable_item(store, collection_id, item_id)  # 404 / 403 before the body is looked at
     _id_of(body, "item", item_id)
     return _write_item(request, store, collection_id, {**body, "id": item_id}, exists=True)
 
@@ -741,10 +752,7 @@ def put_item(request: Request, collection_id: str, item_id: str, store: StoreDep
 )
 def patch_item(request: Request, collection_id: str, item_id: str, store: StoreDep, body: BodyDep):
     """Change an item by a JSON merge patch (RFC 7396) of its STAC form."""
-    if isinstance(store, ScopedStore):
-        store.check_write(collection_id)
-    product = store.get_product(collection_id)
-    image = store.get_image(f"{collection_id}:{item_id}")
+    product, image = _writable_item(store, collection_id, item_id)
     current = stac.item(image, product, base_url(request))
     patched = stac.merge_patch(current, body)
     if not isinstance(patched, dict):
