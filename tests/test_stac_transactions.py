@@ -455,9 +455,18 @@ def test_update_patch_and_delete(world):
     assert replaced.status_code == 200, replaced.text
     image = alice.get(f"/images/{COLLECTION}:delta").json()
     assert image["files"][0]["href"] == other and image["cloud_cover"] == 31.0
-    # PATCH: merge one property in, remove another
+    # PATCH: a JSON Patch (RFC 6902) is refused by name, not misread as a merge patch
+    json_patch = alice.patch(
+        f"{base}/items/delta",
+        content=b'[{"op": "remove", "path": "/properties/title"}]',
+        headers={"content-type": "application/json-patch+json"},
+    )
+    assert json_patch.status_code == 415 and "merge-patch" in json_patch.json()["detail"]
+    # PATCH: merge one property in, remove another (as application/merge-patch+json)
     patched = alice.patch(
-        f"{base}/items/delta", json={"properties": {"eo:cloud_cover": 2.5, "title": None}}
+        f"{base}/items/delta",
+        content=b'{"properties": {"eo:cloud_cover": 2.5, "title": null}}',
+        headers={"content-type": "application/merge-patch+json"},
     )
     assert patched.status_code == 200, patched.text
     image = alice.get(f"/images/{COLLECTION}:delta").json()

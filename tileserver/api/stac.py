@@ -13,7 +13,7 @@ from datetime import UTC
 from datetime import datetime as DateTime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError, model_validator
 
@@ -514,8 +514,29 @@ JSON_BODY = {
 }
 
 
+MERGE_PATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            kind: {"schema": {"type": "object"}}
+            for kind in ("application/merge-patch+json", "application/json")
+        },
+    }
+}
+JSON_PATCH = "application/json-patch+json"
+
+
 async def json_body(request: Request) -> dict:
-    """The request's JSON object, nested at most MAX_BODY_DEPTH levels (400 otherwise)."""
+    """The request's JSON object, nested at most MAX_BODY_DEPTH levels (400 otherwise).
+
+    A PATCH is a JSON merge patch (RFC 7396), sent as application/merge-patch+json or
+    application/json; a JSON Patch (RFC 6902) is refused by name (415), not misread."""
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == JSON_PATCH:
+        raise HTTPException(
+            415,
+            f"{JSON_PATCH} (RFC 6902) is not supported: send a JSON merge patch "
+            "(RFC 7396) as application/merge-patch+json",
+        )
     try:
         value = loads_bounded(await request.body(), "body", stac.MAX_BODY_DEPTH)
     except ValueError as exc:
@@ -583,7 +604,7 @@ def put_collection(
     return _replace_collection(request, store, collection_id, body)
 
 
-@router.patch("/collections/{collection_id}", openapi_extra=JSON_BODY)
+@router.patch("/collections/{collection_id}", openapi_extra=MERGE_PATCH_BODY)
 def patch_collection(
     request: Request, collection_id: str, store: StoreDep, body: BodyDep
 ) -> JSONResponse:
@@ -748,7 +769,7 @@ def put_item(request: Request, collection_id: str, item_id: str, store: StoreDep
 @router.patch(
     "/collections/{collection_id}/items/{item_id}",
     response_class=GeoJSONResponse,
-    openapi_extra=JSON_BODY,
+    openapi_extra=MERGE_PATCH_BODY,
 )
 def patch_item(request: Request, collection_id: str, item_id: str, store: StoreDep, body: BodyDep):
     """Change an item by a JSON merge patch (RFC 7396) of its STAC form."""
