@@ -73,7 +73,8 @@ def test_items_paging_and_single_item(any_client, all_images):
     name = DEMO_IMAGE.split(":", 1)[1]
     item = any_client.get(f"/stac/collections/{PRODUCT}/items/{name}").json()
     assert item["id"] == name and item["collection"] == PRODUCT
-    assert set(item["assets"]) == {"bands_10m", "B11", "SCL"}
+    assert set(item["assets"]) == {"bands_10m", "B11", "SCL", "thumbnail"}
+    assert item["assets"]["thumbnail"]["roles"] == ["thumbnail"]
     assert [b["name"] for b in item["assets"]["bands_10m"]["bands"]] == ["B02", "B03", "B04", "B08"]
     assert any(link["rel"] == "tilejson" for link in item["links"])
     assert any_client.get(f"/stac/collections/{PRODUCT}/items/nope").status_code == 404

@@ -208,11 +208,19 @@ class ScopedStore:
         read; checked before anything is stored or opened, one text for every refusal."""
         if not image.files:
             return
-        if self.confinement is None:
+        reach = self.file_reach(product)
+        if reach is None:
             raise Forbidden(f"files[0]: {REFUSED}")
+        check_files(image, reach)
+
+    def file_reach(self, product: Product) -> Within | None:
+        """Where the caller may name files of the product's images: what both they and the
+        product's owners may read (None without a confinement: nowhere)."""
+        if self.confinement is None:
+            return None
         caller = self.confinement.for_caller(self.principal.user, self.principal.org, False)
         own = self.confinement.own_folders(product.id)
-        check_files(image, Within(caller.with_own(*own), self.confinement.for_product(product)))
+        return Within(caller.with_own(*own), self.confinement.for_product(product))
 
     def create_product(self, product: Product) -> Product:
         """Create a product, owned by the caller unless it names its owners."""
