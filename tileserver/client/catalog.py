@@ -650,9 +650,6 @@ class Search:
     def client(self) -> CatalogClient:
         return client_or_default(self._client)
 
-    def _copy(self):
-        return copy.copy(self) if False else self._clone()
-
     def _clone(self):
         other = copy.copy(self)
         other._filters = list(self._filters)
@@ -879,7 +876,7 @@ class ImageCollection(list):
         if times == sorted(times, reverse=True):
             return "datetime"
         raise ValueError(
-            "mosaic: sort the collection by acquired (the server paints in time order)"
+            "sort the collection by acquired: the server paints and stacks in time order"
         )
 
     def mosaic(
@@ -941,7 +938,10 @@ class ImageCollection(list):
         """One layer per image in time order (image, band, y, x), or with `flatten` one
         mosaicked layer per day, month or year of acquisition, or per property value."""
         group = flatten_group(flatten)
-        search_id = self._register("datetime")
+        # one layer per image comes in the search's order; a group is painted in that order
+        order = self._paint_order()
+        search_id = self._register(order if group != "none" else order.lstrip("-") if
+                                   order.startswith("-") else f"-{order}")
         names, params, body = raster.raster_params(
             bands,
             geocontext=geocontext,
