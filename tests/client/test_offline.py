@@ -29,10 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_client_imports_nothing_of_the_server():
-    code = (
-        "import sys, json, tileserver.client\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
-    )
+    code = "import sys, json, tileserver.client\nprint(json.dumps(sorted(sys.modules)))\n"
     out = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -42,7 +39,9 @@ def test_the_client_imports_nothing_of_the_server():
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     loaded = json.loads(out.stdout)
-    ours = [m for m in loaded if m.startswith("tileserver.") and not m.startswith("tileserver.client")]
+    ours = [
+        m for m in loaded if m.startswith("tileserver.") and not m.startswith("tileserver.client")
+    ]
     heavy = [
         m
         for m in loaded
@@ -107,8 +106,14 @@ def test_filters_become_the_servers_cql2():
             {
                 "op": "and",
                 "args": [
-                    {"op": ">=", "args": [{"property": "datetime"}, {"timestamp": "2017-01-01T00:00:00Z"}]},
-                    {"op": "<", "args": [{"property": "datetime"}, {"timestamp": "2018-01-01T00:00:00Z"}]},
+                    {
+                        "op": ">=",
+                        "args": [{"property": "datetime"}, {"timestamp": "2017-01-01T00:00:00Z"}],
+                    },
+                    {
+                        "op": "<",
+                        "args": [{"property": "datetime"}, {"timestamp": "2018-01-01T00:00:00Z"}],
+                    },
                 ],
             },
             {"op": "<", "args": [{"property": "eo:cloud_cover"}, pytest.approx(20.0)]},
@@ -139,7 +144,10 @@ def test_scaling_and_flatten_parameters():
         "default_": "raw",
     }
     assert flatten_group("properties.date.month") == "month"
-    assert flatten_group(["properties.date.year", "properties.date.month", "properties.date.day"]) == "day"
+    assert (
+        flatten_group(["properties.date.year", "properties.date.month", "properties.date.day"])
+        == "day"
+    )
     assert flatten_group(None) == "none"
     assert flatten_group("platform") == "platform"
 
