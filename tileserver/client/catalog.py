@@ -156,13 +156,23 @@ class Product(DocumentObject):
         return ProductSearch(client)
 
     def save(self) -> None:
-        """Create the product (POST /products), or replace it with these attributes."""
+        """Create the product (POST /products), or replace it with these attributes.
+
+        The server's current bands are kept: as in the Catalog, bands change only through
+        Band.save/delete, so saving a product object read before a band was added keeps it.
+        """
         if not self.id:
             raise ValueError("a product needs an id")
         if self._saved:
-            doc = self.client.json("PUT", f"/products/{self.id}", json=self._to_doc())
+            current = self.client.json("GET", f"/products/{self.id}")
+            self._put({**self._to_doc(), "bands": current.get("bands", [])})
         else:
-            doc = self.client.json("POST", "/products", json=self._to_doc())
+            self._update(self.client.json("POST", "/products", json=self._to_doc()))
+
+    def _put(self, doc: dict) -> None:
+        self._update(self.client.json("PUT", f"/products/{self.id}", json=doc))
+
+    def _update(self, doc: dict) -> None:
         fresh = Product._from_doc(doc, self._client)
         self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_client"})
 
@@ -304,8 +314,7 @@ class Band(DocumentObject):
         if product is None:
             raise NotFoundError(f"product '{self.product_id}' not found")
         bands = [b for b in product._doc.get("bands", []) if b["name"] != self.name]
-        product._doc["bands"] = [*bands, self._to_doc()]
-        product.save()
+        product._put({**product._to_doc(), "bands": [*bands, self._to_doc()]})
         self._saved = True
 
     def delete(self) -> None:
@@ -313,8 +322,8 @@ class Band(DocumentObject):
         product = Product.get(self.product_id, client=self._client)
         if product is None or product.get_band(self.name) is None:
             raise NotFoundError(f"band '{self.id}' not found")
-        product._doc["bands"] = [b for b in product._doc["bands"] if b["name"] != self.name]
-        product.save()
+        bands = [b for b in product._doc["bands"] if b["name"] != self.name]
+        product._put({**product._to_doc(), "bands": bands})
         self._saved = False
 
 
@@ -940,8 +949,13 @@ class ImageCollection(list):
         group = flatten_group(flatten)
         # one layer per image comes in the search's order; a group is painted in that order
         order = self._paint_order()
-        search_id = self._register(order if group != "none" else order.lstrip("-") if
-                                   order.startswith("-") else f"-{order}")
+        search_id = self._register(
+            order
+            if group != "none"
+            else order.lstrip("-")
+            if order.startswith("-")
+            else f"-{order}"
+        )
         names, params, body = raster.raster_params(
             bands,
             geocontext=geocontext,
