@@ -63,6 +63,7 @@ class DocumentObject:
 
     @property
     def client(self) -> CatalogClient:
+        """The client this object talks through (the default one when none was given)."""
         return client_or_default(self._client)
 
     @property
@@ -205,6 +206,7 @@ class Product(DocumentObject):
         return [Band._from_doc(b, self.id, self._client) for b in self._doc.get("bands", [])]
 
     def get_band(self, name: str) -> Band | None:
+        """The band called `name`, or None."""
         return next((b for b in self.bands() if b.name == name), None)
 
     def images(self) -> ImageSearch:
@@ -212,9 +214,11 @@ class Product(DocumentObject):
         return ImageSearch(self._client, products=[self.id])
 
     def get_image(self, name: str) -> Image | None:
+        """The image called `name` in this product, or None."""
         return Image.get(self.named_id(name), client=self._client)
 
     def image_uploads(self):
+        """Not served: the Catalog's upload listing (raises NotImplementedError)."""
         raise NotImplementedError(UPLOADS)
 
 
@@ -261,6 +265,7 @@ class Band(DocumentObject):
 
     @property
     def id(self) -> str:
+        """`product_id:name`, as the Catalog spells a band's id."""
         return f"{self.product_id}:{self.name}"
 
     @staticmethod
@@ -298,6 +303,7 @@ class Band(DocumentObject):
 
     @classmethod
     def get_or_create(cls, name: str, product=None, client=None, **kwargs) -> Band:
+        """The saved band with `kwargs` applied, or a new unsaved one (call save())."""
         product_id = getattr(product, "id", product) or kwargs.get("product_id")
         band = cls.get(f"{product_id}:{name}", client=client) or cls(
             client, name=name, product_id=product_id
@@ -336,22 +342,32 @@ def _resolution(value) -> dict:
 
 
 class SpectralBand(Band):
+    """A band of reflectance or radiance values."""
+
     type = "spectral"
 
 
 class MaskBand(Band):
+    """A band marking valid (nonzero) and invalid pixels."""
+
     type = "mask"
 
 
 class ClassBand(Band):
+    """A band of class codes (land cover, scene classification)."""
+
     type = "class"
 
 
 class GenericBand(Band):
+    """A band with no more specific type."""
+
     type = "generic"
 
 
 class MicrowaveBand(Band):
+    """A band of radar values."""
+
     type = "microwave"
 
 
@@ -395,14 +411,17 @@ class Image(DocumentObject):
 
     @property
     def id(self) -> str:
+        """`product_id:name`, the image's id."""
         return f"{self.product_id}:{self.name}"
 
     @property
     def date(self) -> dt.datetime | None:
+        """The acquisition time (the Catalog's older name for `acquired`)."""
         return self.acquired
 
     @property
     def product(self) -> Product | None:
+        """The image's product, read from the server."""
         return Product.get(self.product_id, client=self._client)
 
     @classmethod
@@ -519,16 +538,20 @@ class Image(DocumentObject):
         self.__dict__.update({k: v for k, v in fresh.__dict__.items() if k != "_client"})
 
     def delete(self) -> None:
+        """Delete the image record (its files stay where they are)."""
         self.client.request("DELETE", f"/images/{self.id}")
         self._saved = False
 
     def upload(self, files, upload_options=None, overwrite=False):
+        """Not served: file uploads (raises NotImplementedError)."""
         raise NotImplementedError(UPLOADS)
 
     def upload_ndarray(self, ndarray, *args, **kwargs):
+        """Not served: array uploads (raises NotImplementedError)."""
         raise NotImplementedError(UPLOADS)
 
     def image_uploads(self):
+        """Not served: the image's upload listing (raises NotImplementedError)."""
         raise NotImplementedError(UPLOADS)
 
     # pixels
@@ -657,6 +680,7 @@ class Search:
 
     @property
     def client(self) -> CatalogClient:
+        """The client this search talks through (the default one when none was given)."""
         return client_or_default(self._client)
 
     def _clone(self):
@@ -691,12 +715,15 @@ class Search:
         raise NotImplementedError
 
     def collect(self, **kwargs) -> list:
+        """Every match, as a list."""
         return list(self)
 
     def count(self) -> int:
+        """How many match (counted by iterating; subclasses ask the server)."""
         return sum(1 for _ in self)
 
     def first(self):
+        """The first match, or None."""
         return next(iter(self.limit(1)), None)
 
 
@@ -713,6 +740,7 @@ class ProductSearch(Search):
         return iter(found[: self._limit] if self._limit is not None else found)
 
     def collect(self, **kwargs) -> list[Product]:
+        """Every matching product, as a list."""
         return list(self)
 
 
@@ -749,6 +777,7 @@ class ImageSearch(Search):
         return other
 
     def find_text(self, text):
+        """Not served: free-text search (raises NotImplementedError)."""
         raise NotImplementedError("free-text search (STAC `q`) is not served yet")
 
     def _body(self) -> dict:
@@ -838,6 +867,7 @@ class ImageCollection(list):
 
     @property
     def client(self) -> CatalogClient:
+        """The client the images are read through (the default one when none was given)."""
         return client_or_default(self._client)
 
     def __getitem__(self, index):
@@ -845,6 +875,7 @@ class ImageCollection(list):
         return ImageCollection(found, self._client) if isinstance(index, slice) else found
 
     def filter(self, predicate) -> ImageCollection:
+        """The images for which `predicate(image)` is true."""
         return ImageCollection([i for i in self if predicate(i)], self._client)
 
     def sorted(self, key, reverse: bool = False) -> ImageCollection:
@@ -859,6 +890,7 @@ class ImageCollection(list):
             yield value, ImageCollection(group, self._client)
 
     def each(self):
+        """Iterate over the images (the Catalog's spelling)."""
         return iter(self)
 
     def _register(self, sortby: str) -> str:

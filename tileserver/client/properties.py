@@ -53,6 +53,7 @@ class Fields:
     known: dict[str, Field] = field(default_factory=dict)
 
     def __call__(self, name: str) -> Field:
+        """The field named `name` (a known attribute, `properties.x`, or a plain name)."""
         if name in self.known:
             return self.known[name]
         for prefix in ("properties.", "extra_properties."):
@@ -86,12 +87,15 @@ class Expression:
     __ror__ = __or__
 
     def serialize(self) -> dict:  # pragma: no cover - every subclass has one
+        """The expression in the Catalog's own JSON form (its `serialize()`)."""
         raise NotImplementedError
 
     def cql2(self, fields: Fields) -> dict:  # pragma: no cover
+        """The expression as CQL2-JSON over the server's queryables."""
         raise NotImplementedError
 
     def evaluate(self, get: Callable[[str], Any]) -> bool:  # pragma: no cover
+        """Whether a record, read through `get(name)`, matches (for local filtering)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -133,35 +137,45 @@ def _looks_like_time(text: str) -> bool:
 
 
 class EqExpression(Expression):
+    """`name == value` (`value` None: the property is null)."""
+
     def __init__(self, name: str, value: Any):
         self.name, self.value = name, value
 
     def serialize(self) -> dict:
+        """The Catalog's `eq` form."""
         return {"eq": {self.name: self.value}}
 
     def cql2(self, fields: Fields) -> dict:
+        """CQL2 `=`, or `isNull` for None."""
         spec = fields(self.name)
         if self.value is None:
             return {"op": "isNull", "args": [{"property": spec.queryable}]}
         return {"op": "=", "args": [{"property": spec.queryable}, _literal(spec, self.value)]}
 
     def evaluate(self, get) -> bool:
+        """Whether the property equals the value."""
         if self.value is None:
             return get(self.name) is None
         return _compare(get, self.name, "=", self.value)
 
 
 class NeExpression(EqExpression):
+    """`name != value` (`value` None: the property is not null)."""
+
     def serialize(self) -> dict:
+        """The Catalog's `ne` form."""
         return {"ne": {self.name: self.value}}
 
     def cql2(self, fields: Fields) -> dict:
+        """CQL2 `<>`, or `not isNull` for None."""
         spec = fields(self.name)
         if self.value is None:
             return {"op": "not", "args": [{"op": "isNull", "args": [{"property": spec.queryable}]}]}
         return {"op": "<>", "args": [{"property": spec.queryable}, _literal(spec, self.value)]}
 
     def evaluate(self, get) -> bool:
+        """Whether the property differs from the value."""
         if self.value is None:
             return get(self.name) is not None
         return _compare(get, self.name, "<>", self.value)
@@ -174,9 +188,11 @@ class RangeExpression(Expression):
         self.name, self.parts_ = name, dict(parts)
 
     def serialize(self) -> dict:
+        """The Catalog's `range` form."""
         return {"range": {self.name: dict(self.parts_)}}
 
     def cql2(self, fields: Fields) -> dict:
+        """CQL2 comparisons joined with `and`."""
         spec = fields(self.name)
         terms = [
             {"op": RANGE_OPS[op], "args": [{"property": spec.queryable}, _literal(spec, value)]}
@@ -185,6 +201,7 @@ class RangeExpression(Expression):
         return terms[0] if len(terms) == 1 else {"op": "and", "args": terms}
 
     def evaluate(self, get) -> bool:
+        """Whether the property lies in the range."""
         return all(_compare(get, self.name, RANGE_OPS[op], v) for op, v in self.parts_.items())
 
 
@@ -195,9 +212,11 @@ class LikeExpression(Expression):
         self.name, self.value = name, pattern
 
     def serialize(self) -> dict:
+        """The Catalog's `like` form."""
         return {"like": {self.name: self.value}}
 
     def cql2(self, fields: Fields) -> dict:
+        """CQL2 `like` on both sides lowered (case-insensitive)."""
         spec = fields(self.name)
         return {
             "op": "like",
@@ -208,6 +227,7 @@ class LikeExpression(Expression):
         }
 
     def evaluate(self, get) -> bool:
+        """Whether the property matches the pattern."""
         import re
 
         actual = get(self.name)
@@ -218,44 +238,59 @@ class LikeExpression(Expression):
 
 
 class PrefixExpression(Expression):
+    """Text starting with a prefix (case-sensitive)."""
+
     def __init__(self, name: str, prefix: str):
         self.name, self.value = name, prefix
 
     def serialize(self) -> dict:
+        """The Catalog's `prefix` form."""
         return {"prefix": {self.name: self.value}}
 
     def cql2(self, fields: Fields) -> dict:
+        """CQL2 `like` with the prefix escaped and `%` appended."""
         spec = fields(self.name)
         pattern = _like_escape(self.value) + "%"
         return {"op": "like", "args": [{"property": spec.queryable}, pattern]}
 
     def evaluate(self, get) -> bool:
+        """Whether the property starts with the prefix."""
         actual = get(self.name)
         return isinstance(actual, str) and actual.startswith(self.value)
 
 
 class AndExpression(Expression):
+    """All parts hold."""
+
     def __init__(self, parts: Iterable[Expression]):
         self.parts = list(parts)
 
     def serialize(self) -> dict:
+        """The Catalog's `and` form."""
         return {"and": [p.serialize() for p in self.parts]}
 
     def cql2(self, fields: Fields) -> dict:
+        """CQL2 `and`."""
         return {"op": "and", "args": [p.cql2(fields) for p in self.parts]}
 
     def evaluate(self, get) -> bool:
+        """Whether every part matches."""
         return all(p.evaluate(get) for p in self.parts)
 
 
 class OrExpression(AndExpression):
+    """At least one part holds."""
+
     def serialize(self) -> dict:
+        """The Catalog's `or` form."""
         return {"or": [p.serialize() for p in self.parts]}
 
     def cql2(self, fields: Fields) -> dict:
+        """CQL2 `or`."""
         return {"op": "or", "args": [p.cql2(fields) for p in self.parts]}
 
     def evaluate(self, get) -> bool:
+        """Whether any part matches."""
         return any(p.evaluate(get) for p in self.parts)
 
 
@@ -314,9 +349,11 @@ class Property:
         return PrefixExpression(self.name, prefix)
 
     def isnull(self) -> EqExpression:
+        """The property is null (missing)."""
         return EqExpression(self.name, None)
 
     def isnotnull(self) -> NeExpression:
+        """The property has a value."""
         return NeExpression(self.name, None)
 
 

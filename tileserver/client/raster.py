@@ -46,7 +46,7 @@ def scaling_params(scaling: Any, names: list[str]) -> list[tuple[str, str]]:
         return [("scaling", json.dumps(body))]
     entries = list(scaling)
     if any(entry is None for entry in entries):  # None: the band's default
-        body = {n: _json_entry(e) for n, e in zip(names, entries) if e is not None}
+        body = {n: _json_entry(e) for n, e in zip(names, entries, strict=True) if e is not None}
         return [("scaling", json.dumps(body))]
     return [("scaling", _entry(entry)) for entry in entries]
 
