@@ -176,7 +176,6 @@ def newest_on_top(layers: list[numpy.ndarray]) -> numpy.ndarray:
     return out
 
 
-@pytest.mark.slow
 def test_stack_flattened_by_month_and_mosaic(cat, records):
     ordered = sorted(records, key=lambda r: r.acquired)
     images = Product.get(PRODUCT, client=cat).images().sort("acquired").collect()
