@@ -73,7 +73,7 @@ MAX_BATCH_CHIPS = 36  # rawChipsBatch: tiles x bands, the originals' built-in ma
 CHIPS_PATH = "query/chips"
 TSTYPES = ("s2", "scl")
 NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-JRC_PAIR = re.compile(rf"({NUMBER})_({NUMBER})")
+JRC_PAIR = re.compile(rf"(?:^|(?<=[\d.])-)({NUMBER})_({NUMBER})")  # '-' joins pairs
 CHIP_URL_NAME = re.compile(
     r"^(?P<product>[A-Za-z0-9._-]+)\.(?P<when>\d{8}T\d{6})_(?P<key>[0-9a-f]{32})"
     r"_(?P<band>[A-Za-z0-9._-]{1,64})\.tif$"
