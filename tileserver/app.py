@@ -23,6 +23,7 @@ from tileserver.api import (
     images,
     imports,
     parcels,
+    query,
     searches,
     stac,
     uploads,
@@ -213,6 +214,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.include_router(stac.router, prefix="/stac")
     app.include_router(chips.router)
     app.include_router(parcels.router)
+    app.include_router(query.router)
     app.include_router(imports.router)
     app.include_router(uploads.router)
     if settings.static_dir.is_dir():

@@ -462,7 +462,10 @@ def parcels() -> None:
 
 @parcels.command("load")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--name", required=True, help="layer name (letters, digits, . _ -)")
+@click.option("--name", help="layer name (letters, digits, . _ -) [default: AOI_YEAR[_PTYPE]]")
+@click.option("--aoi", help="JRC CbM area of interest the layer serves under /query/ (e.g. nl)")
+@click.option("--year", type=int, help="JRC CbM dataset year (with --aoi)")
+@click.option("--ptype", default="", help="JRC CbM parcel type (with --aoi), e.g. b")
 @click.option(
     "--id-field",
     help="parcel id attribute, or 'fid' for feature ids [auto: id, pid, parcel_id, ...]",
@@ -477,7 +480,10 @@ def parcels() -> None:
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def parcels_load(
     path: Path,
-    name: str,
+    name: str | None,
+    aoi: str | None,
+    year: int | None,
+    ptype: str,
     id_field: str | None,
     crop_field: str | None,
     year_field: str | None,
@@ -488,19 +494,29 @@ def parcels_load(
     catalog: str | None,
     quiet: bool,
 ) -> None:
-    """Load a GeoJSON, GeoPackage or FlatGeobuf parcel file as layer NAME (replacing it).
+    """Load a GeoJSON, GeoPackage or FlatGeobuf parcel file as layer NAME (replacing it),
+    and with --aoi and --year as that JRC CbM dataset (the /query/ services' aoi/year/ptype).
 
     Features without geometry, with empty, non-polygonal or invalid geometries, or
     without an id are skipped and reported per reason; duplicate ids refuse the load.
     """
-    from tileserver.catalog.parcels import LoadError
+    from tileserver.catalog.parcels import Dataset, LoadError
 
+    if (aoi is None) != (year is None) or (ptype and aoi is None):
+        raise click.UsageError("--aoi and --year go together (--ptype with them)")
+    if name is None and aoi is None:
+        raise click.UsageError("give --name, or --aoi and --year")
+    try:
+        dataset = Dataset(aoi, year, ptype) if aoi is not None else None
+    except LoadError as exc:
+        raise click.UsageError(str(exc)) from None
     store, parcel_store = _parcel_store(catalog)
     try:
         report = parcel_store.load(
             name,
             path,
             progress=not quiet,
+            dataset=dataset,
             id_field=id_field,
             crop_field=crop_field,
             year_field=year_field,

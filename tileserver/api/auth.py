@@ -1,7 +1,9 @@
 """Authentication: every request's API key, checked before any route runs.
 
-The key comes as `Authorization: Bearer <key>` or, for map clients that cannot send
-headers (QGIS XYZ layers, <img> tags), as `?api_key=<key>`. Until a key exists the server
+The key comes as `Authorization: Bearer <key>`, as HTTP Basic credentials the way JRC CbM
+clients send them (`requests.get(url, auth=(user, password))`: the key id as user, its
+secret as password; see `basic_token`) or, for map clients that cannot send headers (QGIS
+XYZ layers, <img> tags), as `?api_key=<key>`. Until a key exists the server
 is open; then a request without a key is refused (401) unless TILESERVER_ALLOW_ANONYMOUS
 lets it read `public` products. The caller lands in `request.state.principal`, which
 `deps.get_store` turns into the catalog as that caller sees it.
@@ -9,17 +11,44 @@ lets it read `public` products. The caller lands in `request.state.principal`, w
 
 from __future__ import annotations
 
+import base64
+import binascii
 from urllib.parse import parse_qsl, urlencode
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tileserver.catalog.access import ANONYMOUS, OPEN, Principal
-from tileserver.catalog.keys import KeyRing
+from tileserver.catalog.keys import PREFIX, KeyRing
 
 # no data behind these: probes, the API description and the viewer's JS/CSS
 OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/redoc", "/static/")
 QUERY_KEY = "api_key"
+
+
+MAX_BASIC = 1024  # bytes of a Basic credential worth decoding (a key is ~70)
+
+
+def basic_token(credentials: str) -> str | None:
+    """The key that HTTP Basic `credentials` (base64 of user:password) stand for.
+
+    User `<id>` (or `tsk_<id>`) with password `<secret>` is the key `tsk_<id>_<secret>`;
+    a whole key as password (any user) is that key. Anything else is a key no store
+    holds, so it is refused like a wrong Bearer key. None when it is not Basic syntax.
+    """
+    if len(credentials) > MAX_BASIC:
+        return None
+    try:
+        text = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, colon, password = text.partition(":")
+    if not colon or not password:
+        return None
+    if password.startswith(f"{PREFIX}_"):
+        return password
+    user = user.removeprefix(f"{PREFIX}_")
+    return f"{PREFIX}_{user}_{password}"
 
 
 def request_token(scope: Scope) -> str | None:
@@ -29,6 +58,8 @@ def request_token(scope: Scope) -> str | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
+            if scheme.lower() == "basic" and token.strip():
+                return basic_token(token.strip()) or "invalid"
     query = scope.get("query_string", b"").decode("latin-1")
     if query:  # parsed whatever its spelling: `api%5Fkey` is `api_key` too, as logs.scrub knows
         for name, value in parse_qsl(query):
@@ -88,8 +119,12 @@ class KeyAuth:
 
     @staticmethod
     async def refuse(scope: Scope, receive: Receive, send: Send, detail: str) -> None:
-        """401 with the JSON detail every error has, and the Bearer challenge."""
-        challenge = {"WWW-Authenticate": 'Bearer realm="tileserver"'}
+        """401 with the JSON detail every error has, and the Bearer challenge (the JRC
+        services' /query/ routes, whose clients use Basic credentials, add Basic's)."""
+        challenge = 'Bearer realm="tileserver"'
+        if scope["path"].startswith("/query"):
+            challenge += ', Basic realm="tileserver"'
+        challenge = {"WWW-Authenticate": challenge}
         await JSONResponse({"detail": detail}, 401, challenge)(scope, receive, send)
 
 

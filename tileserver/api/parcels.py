@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
@@ -147,6 +149,53 @@ def _row(image: Image, band: Band, zone: Zone) -> ClassRow | ValueRow:
     return ValueRow(**common, **value_statistics(zone.values))
 
 
+@dataclass(frozen=True)
+class Zones:
+    """Pixels of several bands inside an area, per acquisition: zones[i][j] is image i's
+    band j."""
+
+    bands: list[Band]
+    images: list[Image]
+    zones: list[list[Zone]]
+
+
+def read_zones(
+    store: CatalogStore,
+    settings: Settings,
+    area: BaseGeometry,
+    product_id: str,
+    band_names: Sequence[str],
+    start: date,
+    end: date,
+) -> Zones:
+    """The pixels of `band_names` inside `area` (WGS84) per acquisition from start to end
+    (one image per date, oldest first), read on the reader threads."""
+    if start > end:
+        raise bad_request(f"start_date {start} is after end_date {end}")
+    product = store.get_product(product_id)
+    bands = resolve_bands(product, list(band_names))
+    images = acquisitions(store, product_id, area, start, end)
+    limit = settings.chip_limit * 10
+    if len(images) > limit:
+        raise bad_request(
+            f"{start}..{end} holds {len(images)} acquisitions of '{product_id}' over the "
+            f"polygon, more than the limit of {limit}: shorten the date window"
+        )
+    check()  # the lookup took its time; read_zone checks again per image
+    pairs = [(image, band) for image in images for band in bands]
+    with ContextPool(max_workers=max(settings.reader_threads, 1)) as pool:
+        flat = list(pool.map(lambda pair: read_zone(*pair, area), pairs))
+    per_image = [flat[i : i + len(bands)] for i in range(0, len(flat), len(bands))]
+    return Zones(bands, images, per_image)
+
+
+def class_labels(band: Band) -> dict[str, str] | None:
+    """class value -> label of a class band with labels."""
+    if band.type == "class" and band.class_labels:
+        return {str(v): label for v, label in enumerate(band.class_labels) if label}
+    return None
+
+
 def timeseries(
     store: CatalogStore,
     settings: Settings,
@@ -157,32 +206,19 @@ def timeseries(
     end: date,
 ) -> Timeseries:
     """Zonal statistics of one band over `area` (WGS84) per acquisition from start to end."""
-    if start > end:
-        raise bad_request(f"start_date {start} is after end_date {end}")
-    product = store.get_product(product_id)
-    (band,) = resolve_bands(product, [band_name])
-    images = acquisitions(store, product_id, area, start, end)
-    limit = settings.chip_limit * 10
-    if len(images) > limit:
-        raise bad_request(
-            f"{start}..{end} holds {len(images)} acquisitions of '{product_id}' over the "
-            f"polygon, more than the limit of {limit}: shorten the date window"
-        )
-    check()  # the lookup took its time; read_zone checks again per image
-    with ContextPool(max_workers=max(settings.reader_threads, 1)) as pool:
-        zones = list(pool.map(lambda image: read_zone(image, band, area), images))
-    labels = None
-    if band.type == "class" and band.class_labels:
-        labels = {str(v): label for v, label in enumerate(band.class_labels) if label}
+    read = read_zones(store, settings, area, product_id, [band_name], start, end)
+    (band,) = read.bands
     return Timeseries(
         product=product_id,
         band=band.name,
         band_type=band.type,
         start_date=start,
         end_date=end,
-        class_labels=labels,
+        class_labels=class_labels(band),
         cloudy_classes=sorted(CLOUDY_CLASSES) if is_scl(band) else None,
-        rows=[_row(image, band, zone) for image, zone in zip(images, zones, strict=True)],
+        rows=[
+            _row(image, band, zone) for image, (zone,) in zip(read.images, read.zones, strict=True)
+        ],
     )
 
 

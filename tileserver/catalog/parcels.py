@@ -2,8 +2,10 @@
 
 A layer is read from a vector file with pyogrio (GeoJSON, GeoPackage, FlatGeobuf, any CRS),
 reprojected to WGS84 and stored beside the images: `ParcelStore` is the interface, the
-SQLite catalog keeps layers in its own file (catalog.sqlite_parcels); the pgSTAC catalog
-has no parcel store yet.
+SQLite catalog keeps layers in its own file (catalog.sqlite_parcels), the pgSTAC catalog
+in PostGIS tables of its database (catalog.postgis_parcels). A layer may be recorded as the
+JRC CbM dataset of an area of interest, a year and a parcel type (`aoi`, `year`, `ptype`),
+which is how the /query/ services address it.
 
 Load rules: one transaction per load, so reloading a layer replaces it atomically (readers
 see the old layer until the commit). Features without a geometry, with an empty or a
@@ -50,6 +52,10 @@ class LoadError(ValueError):
     """A parcel file that cannot be loaded as asked; the message says what to change."""
 
 
+class AmbiguousLayer(ValueError):
+    """Several parcel layers match a dataset address; the message says what to add."""
+
+
 class ParcelLayer(BaseModel):
     """A loaded parcel layer and how it was loaded."""
 
@@ -66,6 +72,9 @@ class ParcelLayer(BaseModel):
         default_factory=dict, description="features not stored, per reason"
     )
     loaded: str = Field(description="load time, UTC")
+    aoi: str | None = Field(None, description="JRC CbM area of interest, e.g. 'nl'")
+    year: int | None = Field(None, description="JRC CbM dataset year")
+    ptype: str | None = Field(None, description="JRC CbM parcel type, e.g. 'b'")
 
 
 class Parcel(BaseModel):
@@ -404,10 +413,41 @@ def centroids(geometries: numpy.ndarray) -> numpy.ndarray:
 
 # storage
 
-NO_PARCELS = (
-    "parcel layers need the embedded SQLite catalog (sqlite:///PATH); "
-    "the PostgreSQL catalog keeps none yet"
-)
+NO_PARCELS = "this catalog keeps no parcel layers"
+MAX_CANDIDATES = 10_000  # parcels a peer search may examine around its parcel
+AOI_PATTERN = r"^[A-Za-z0-9]{1,20}$"
+PTYPE_PATTERN = r"^[A-Za-z0-9]{1,20}$"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The JRC CbM address of a layer: area of interest, year, parcel type ('' for none)."""
+
+    aoi: str
+    year: int
+    ptype: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.match(AOI_PATTERN, self.aoi):
+            raise LoadError(f"aoi '{self.aoi}' must be 1-20 letters or digits")
+        if not 1900 <= self.year <= 2200:
+            raise LoadError(f"year {self.year} is not a year")
+        if self.ptype and not re.match(PTYPE_PATTERN, self.ptype):
+            raise LoadError(f"ptype '{self.ptype}' must be 1-20 letters or digits")
+
+    @property
+    def default_name(self) -> str:
+        """The layer name a load gives it unless told otherwise: nl_2024, nl_2024_b."""
+        return f"{self.aoi}_{self.year}" + (f"_{self.ptype}" if self.ptype else "")
+
+    def matches(self, layer: ParcelLayer) -> bool:
+        """Whether `layer` was loaded as this dataset (aoi compared without case)."""
+        return (
+            layer.aoi is not None
+            and layer.aoi.lower() == self.aoi.lower()
+            and layer.year == self.year
+            and (layer.ptype or "") == self.ptype
+        )
 
 
 class ParcelStore:
@@ -417,13 +457,109 @@ class ParcelStore:
     image generation, so cached mosaics stay valid.
     """
 
-    def load(self, name: str, path: str | Path, progress: bool = False, **options) -> LoadReport:
-        """Read a file (read_parcels options) and store it as layer `name`, replacing it."""
-        return self.put_layer(name, read_parcels(path, **options), progress=progress)
+    def load(
+        self,
+        name: str | None,
+        path: str | Path,
+        progress: bool = False,
+        dataset: Dataset | None = None,
+        **options,
+    ) -> LoadReport:
+        """Read a file (read_parcels options) and store it as layer `name` (default: the
+        dataset's name), replacing it; `dataset` records its aoi/year/ptype."""
+        if name is None:
+            if dataset is None:
+                raise LoadError("name the layer, or give its aoi and year")
+            name = dataset.default_name
+        check_layer_name(name)
+        if dataset is not None:
+            taken = [
+                layer.name
+                for layer in self.layers()
+                if layer.name != name and dataset.matches(layer)
+            ]
+            if taken:
+                raise LoadError(
+                    f"layer '{taken[0]}' already holds aoi {dataset.aoi}, year {dataset.year}"
+                    + (f", ptype {dataset.ptype}" if dataset.ptype else "")
+                    + ": delete it or load under its name"
+                )
+        return self.put_layer(name, read_parcels(path, **options), progress, dataset)
 
-    def put_layer(self, name: str, source: ParcelSource, progress: bool = False) -> LoadReport:
+    def put_layer(
+        self,
+        name: str,
+        source: ParcelSource,
+        progress: bool = False,
+        dataset: Dataset | None = None,
+    ) -> LoadReport:
         """Store parcels as layer `name` in one transaction; an existing layer is replaced."""
         raise NotImplementedError
+
+    def find_layer(self, aoi: str, year: int | None = None, ptype: str = "") -> ParcelLayer:
+        """The layer loaded as dataset aoi/year/ptype. Without a year, the only layer of
+        that aoi and ptype; NotFound when none matches, AmbiguousLayer when several do."""
+        from tileserver.catalog.store import NotFound
+
+        found = [
+            layer
+            for layer in self.layers()
+            if layer.aoi is not None
+            and layer.aoi.lower() == aoi.lower()
+            and (year is None or layer.year == year)
+            and (layer.ptype or "") == (ptype or "")
+        ]
+        if len(found) == 1:
+            return found[0]
+        what = f"aoi '{aoi}'" + (f", year {year}" if year is not None else "")
+        what += f", ptype '{ptype}'" if ptype else ""
+        if not found:
+            raise NotFound(f"no parcel layer for {what}")
+        years = ", ".join(str(layer.year) for layer in found)
+        raise AmbiguousLayer(f"{len(found)} parcel layers for {what} (years {years}): give year")
+
+    def intersecting(
+        self, layer: str, area: BaseGeometry, limit: int, geometry: bool = False
+    ) -> list[Parcel]:
+        """Parcels meeting `area` (WGS84), in load order, at most `limit`; through the
+        store's spatial index."""
+        raise NotImplementedError
+
+    def peers(
+        self, layer: str, pid: str, distance: float, limit: int, min_area: float = 3000.0
+    ) -> list[tuple[Parcel, float]]:
+        """Parcels of the same crop as `pid` within `distance` metres of it (polygon to
+        polygon, in its UTM zone), larger than `min_area` m2, nearest first, at most `limit`.
+
+        Candidates come from the spatial index (the parcel's bbox grown by `distance`)."""
+        parcel = self.get(layer, pid, geometry=True)
+        if parcel.crop_type is None:
+            return []
+        lat = max(abs(parcel.bbox[1]), abs(parcel.bbox[3]))
+        dlat = distance / 110_000 * 1.01
+        dlon = dlat / max(math.cos(math.radians(min(lat + dlat, 89.9))), 1e-6)
+        minx, miny, maxx, maxy = parcel.bbox
+        box = shapely.box(minx - dlon, miny - dlat, maxx + dlon, maxy + dlat)
+        found = [
+            p
+            for p in self.intersecting(layer, box, MAX_CANDIDATES + 1, geometry=True)
+            if p.id != parcel.id and p.crop_type == parcel.crop_type and p.area_m2 > min_area
+        ]
+        if not found:
+            return []
+        epsg = utm_epsg(parcel.centroid_lon, parcel.centroid_lat)
+        forward = Transformer.from_crs(WGS84, CRS.from_epsg(epsg), always_xy=True)
+
+        def projected(shapes):
+            return shapely.transform(
+                numpy.array(shapes, dtype=object),
+                lambda xy: numpy.column_stack(forward.transform(*xy.T)),
+            )
+
+        here = projected([parcel.shape()])[0]
+        distances = shapely.distance(projected([p.shape() for p in found]), here)
+        ranked = sorted(((float(d), n) for n, d in enumerate(distances) if d <= distance))
+        return [(found[n].model_copy(update={"geometry": None}), d) for d, n in ranked[:limit]]
 
     def layers(self) -> list[ParcelLayer]:
         """Every layer, by name."""

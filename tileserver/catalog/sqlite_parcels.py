@@ -3,7 +3,8 @@
 Tables (created with the store, in the catalog file):
 
 - `parcel_layers`: one row per layer: name, source file and layer, source CRS, the
-  attribute fields used, parcel count, bbox, what was skipped and why (JSON), load time.
+  attribute fields used, parcel count, bbox, what was skipped and why (JSON), load time,
+  and the JRC CbM dataset it was loaded as (aoi, year, ptype; columns added to older files).
 - `parcels`: one row per parcel: layer, id (text), crop type (text), year (integer),
   area in m2 (on the WGS84 ellipsoid), centroid lon/lat, bbox, geometry (WKB, WGS84) and
   the file's other attributes (JSON); (layer, pid) is unique.
@@ -19,10 +20,12 @@ from contextlib import AbstractContextManager
 
 import shapely
 from shapely.geometry import mapping
+from shapely.geometry.base import BaseGeometry
 from tqdm import tqdm
 
 from tileserver.catalog.models import sortable_time, utcnow
 from tileserver.catalog.parcels import (
+    Dataset,
     LoadReport,
     Parcel,
     ParcelLayer,
@@ -46,7 +49,10 @@ SCHEMA = [
     count INTEGER NOT NULL,
     minx REAL, miny REAL, maxx REAL, maxy REAL,
     skipped TEXT NOT NULL,
-    loaded TEXT NOT NULL
+    loaded TEXT NOT NULL,
+    aoi TEXT,
+    year INTEGER,
+    ptype TEXT
 )""",
     """CREATE TABLE IF NOT EXISTS parcels (
     fid INTEGER PRIMARY KEY,
@@ -86,8 +92,18 @@ class SQLiteParcelStore(ParcelStore):
         with self._transaction() as db:
             for statement in SCHEMA:
                 db.execute(statement)
+            have = {row[1] for row in db.execute("PRAGMA table_info(parcel_layers)")}
+            for column, kind in (("aoi", "TEXT"), ("year", "INTEGER"), ("ptype", "TEXT")):
+                if column not in have:  # a catalog file from before datasets
+                    db.execute(f"ALTER TABLE parcel_layers ADD COLUMN {column} {kind}")
 
-    def put_layer(self, name: str, source: ParcelSource, progress: bool = False) -> LoadReport:
+    def put_layer(
+        self,
+        name: str,
+        source: ParcelSource,
+        progress: bool = False,
+        dataset: Dataset | None = None,
+    ) -> LoadReport:
         """Store parcels as layer `name` in one transaction; an existing layer is replaced."""
         check_layer_name(name)
         geometries = source.geometries
@@ -102,7 +118,8 @@ class SQLiteParcelStore(ParcelStore):
             db.execute("DELETE FROM parcels WHERE layer = ?", (name,))
             db.execute("DELETE FROM parcel_layers WHERE name = ?", (name,))
             db.execute(
-                "INSERT INTO parcel_layers VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO parcel_layers ({LAYER_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     source.path,
@@ -118,6 +135,9 @@ class SQLiteParcelStore(ParcelStore):
                     float(bounds[:, 3].max()),
                     json.dumps(source.skipped),
                     sortable_time(utcnow()),
+                    dataset.aoi if dataset else None,
+                    dataset.year if dataset else None,
+                    (dataset.ptype or None) if dataset else None,
                 ),
             )
             rows = (
@@ -147,12 +167,17 @@ class SQLiteParcelStore(ParcelStore):
 
     def layers(self) -> list[ParcelLayer]:
         """Every layer, by name."""
-        rows = self._db().execute("SELECT * FROM parcel_layers ORDER BY name").fetchall()
+        query = f"SELECT {LAYER_COLUMNS} FROM parcel_layers ORDER BY name"
+        rows = self._db().execute(query).fetchall()
         return [self._layer(row) for row in rows]
 
     def get_layer(self, name: str) -> ParcelLayer:
         """One layer; NotFound names the known ones."""
-        row = self._db().execute("SELECT * FROM parcel_layers WHERE name = ?", (name,)).fetchone()
+        row = (
+            self._db()
+            .execute(f"SELECT {LAYER_COLUMNS} FROM parcel_layers WHERE name = ?", (name,))
+            .fetchone()
+        )
         if row is None:
             known = ", ".join(layer.name for layer in self.layers()) or "none loaded"
             raise NotFound(f"parcel layer '{name}' not found (layers: {known})")
@@ -196,6 +221,27 @@ class SQLiteParcelStore(ParcelStore):
                 return self._parcel(row, geometry)
         raise NotFound(f"no parcel of layer '{layer}' at lon {lon}, lat {lat}")
 
+    def intersecting(
+        self, layer: str, area: BaseGeometry, limit: int, geometry: bool = False
+    ) -> list[Parcel]:
+        """Parcels meeting `area` (WGS84), in load order, at most `limit` (R*Tree first)."""
+        self.get_layer(layer)
+        minx, miny, maxx, maxy = area.bounds
+        rows = self._db().execute(
+            f"SELECT {PARCEL_COLUMNS} FROM parcels_rtree r JOIN parcels p ON p.fid = r.id"
+            " WHERE r.minx <= ? AND r.maxx >= ? AND r.miny <= ? AND r.maxy >= ?"
+            " AND p.layer = ? ORDER BY p.fid",
+            (maxx, minx, maxy, miny, layer),
+        )
+        shapely.prepare(area)
+        found = []
+        for row in rows:
+            if area.intersects(shapely.from_wkb(row[-2])):
+                found.append(self._parcel(row, geometry))
+                if len(found) >= limit:
+                    break
+        return found
+
     @staticmethod
     def _layer(row: sqlite3.Row | tuple) -> ParcelLayer:
         (
@@ -213,6 +259,9 @@ class SQLiteParcelStore(ParcelStore):
             maxy,
             skipped,
             loaded,
+            aoi,
+            year,
+            ptype,
         ) = row
         return ParcelLayer(
             name=name,
@@ -226,6 +275,9 @@ class SQLiteParcelStore(ParcelStore):
             bbox=(minx, miny, maxx, maxy) if minx is not None else None,
             skipped=json.loads(skipped),
             loaded=loaded,
+            aoi=aoi,
+            year=year,
+            ptype=ptype,
         )
 
     @staticmethod
@@ -245,6 +297,10 @@ class SQLiteParcelStore(ParcelStore):
         )
 
 
+LAYER_COLUMNS = (
+    "name, source, source_layer, source_crs, id_field, crop_field, year_field, count,"
+    " minx, miny, maxx, maxy, skipped, loaded, aoi, year, ptype"
+)
 PARCEL_COLUMNS = (
     "p.layer, p.pid, p.crop, p.year, p.area, p.clon, p.clat,"
     " p.minx, p.miny, p.maxx, p.maxy, p.geom, p.properties"
