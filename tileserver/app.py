@@ -25,6 +25,7 @@ from tileserver.api import (
     parcels,
     searches,
     stac,
+    values,
 )
 from tileserver.api.auth import KeyAuth
 from tileserver.api.confine import Confine
@@ -202,6 +203,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.include_router(chips.router)
     app.include_router(parcels.router)
     app.include_router(imports.router)
+    app.include_router(values.router)
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     return app
