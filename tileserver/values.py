@@ -286,8 +286,11 @@ def search_point(
 
 
 def raw_params(params: RenderParams) -> RenderParams:
-    """The request without scaling or colormap: statistics are of values, not colours."""
-    return dataclasses.replace(params, scaling=RAW, colormap=None)
+    """The request without scaling, colours, nor integer output: statistics are of values,
+    and in Float64 a band without nodata keeps its 0s apart from "no value" (NaN)."""
+    return dataclasses.replace(
+        params, scaling=RAW, colormap=None, color_formula=None, data_type="Float64"
+    )
 
 
 def area_statistics(
