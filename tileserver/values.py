@@ -45,6 +45,7 @@ from tileserver.render.download import (
     GridRequest,
     check_budget,
     inside_pixels,
+    render_layers,
 )
 from tileserver.render.errors import RenderError
 from tileserver.render.grid import WGS84
@@ -419,8 +420,10 @@ def picture(
                 f"than {largest}: give both width and height, or a larger max_size"
             )
     check_budget(job.grid, job.plan, max_pixels)
-    data = job.render(params, layer.threads)
-    valid = ~numpy.all(_nodata_mask(data, job.plan.nodata), axis=0)
+    valid = numpy.zeros(job.grid.shape, dtype=bool)
+    data = render_layers(
+        job.groups[0], job.plan, job.grid, params, job.geometry, layer.threads, valid=valid
+    )
     bands = job.plan.bands
     colormap = params.colormap
     if colormap is None and len(bands) == 1 and bands[0].colormap and not params.expression:

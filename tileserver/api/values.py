@@ -320,7 +320,7 @@ def get_colormap(name: str) -> dict:
     """A colormap's 256 colours, value -> [r, g, b, a] (the form `colormap` takes)."""
     if name.lower() not in cmap.list():
         raise HTTPException(404, f"unknown colormap '{name}' (see /colormaps)")
-    return {str(k): list(v) for k, v in named_colormap(name).items()}
+    return {str(k): [int(c) for c in v] for k, v in named_colormap(name).items()}
 
 
 @router.get("/colormaps/{name}/legend.png", response_class=Response, responses=PNG)
