@@ -17,18 +17,12 @@ from rasterio.io import MemoryFile
 from rio_tiler.colormap import cmap
 from shapely.geometry import box
 
+from tests import test_values
 from tests.test_mosaic import images, paint_first
-from tests.test_values import (  # noqa: F401 (fixtures)
-    COLORS,
-    RES,
-    SIZE,
-    arrays,
-    inside,
-    mosaic,
-    origin,
-    wgs84_geometry,
-    zones,
-)
+from tests.test_values import COLORS, RES, SIZE, arrays, inside, origin, wgs84_geometry
+
+zones = test_values.zones  # the module's fixtures, shared
+mosaic = test_values.mosaic
 
 
 def picture(response) -> numpy.ndarray:

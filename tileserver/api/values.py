@@ -19,7 +19,6 @@ Parameters are parsed in api/deps.py; the work is tileserver/values.py's.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Query, Response
-from rio_tiler.colormap import cmap
 
 from tileserver.api.deps import (
     CoordCrsDep,
@@ -33,7 +32,7 @@ from tileserver.api.deps import (
 )
 from tileserver.api.downloads import FlattenQuery, GridDep
 from tileserver.catalog.geojson import check_geometry, json_depth_problem
-from tileserver.render.colors import ColorError, colorbar_png
+from tileserver.render.colors import ColorError, colorbar_png, colormap_names
 from tileserver.render.download import GridRequest, parse_bbox
 from tileserver.render.encode import ImageFormat, encode_image
 from tileserver.values import Point, area_statistics, layer_legend, picture, point_values
@@ -312,13 +311,13 @@ router = APIRouter(tags=["colormaps"], dependencies=[KnownQuery])
 @router.get("/colormaps")
 def list_colormaps() -> dict:
     """The names `colormap_name` takes (rio-tiler's colormaps)."""
-    return {"colormaps": sorted(cmap.list())}
+    return {"colormaps": colormap_names()}
 
 
 @router.get("/colormaps/{name}")
 def get_colormap(name: str) -> dict:
     """A colormap's 256 colours, value -> [r, g, b, a] (the form `colormap` takes)."""
-    if name.lower() not in cmap.list():
+    if name.lower() not in colormap_names():
         raise HTTPException(404, f"unknown colormap '{name}' (see /colormaps)")
     return {str(k): [int(c) for c in v] for k, v in named_colormap(name).items()}
 
@@ -332,7 +331,7 @@ def colormap_legend(
     height: Annotated[int, Query(ge=16, le=2048, description="pixels")] = 40,
 ) -> Response:
     """A colour bar of the colormap with its value range written under it."""
-    if name.lower() not in cmap.list():
+    if name.lower() not in colormap_names():
         raise HTTPException(404, f"unknown colormap '{name}' (see /colormaps)")
     if not vmin < vmax:
         raise bad_request("vmin must be below vmax")

@@ -20,6 +20,7 @@ from color_operations import parse_operations
 from color_operations.utils import scale_dtype, to_math_type
 from PIL import Image as PILImage
 from PIL import ImageDraw
+from rio_tiler.colormap import cmap
 
 from tileserver.catalog.geojson import loads_bounded
 from tileserver.render.errors import RenderError
@@ -36,6 +37,11 @@ _OPERATION = re.compile(r"\b(gamma|sigmoidal|saturation)\b", re.IGNORECASE)
 
 class ColorError(RenderError):
     """A colormap, formula or legend request that cannot be honoured (a 400)."""
+
+
+def colormap_names() -> list[str]:
+    """The names `colormap_name` takes: rio-tiler's colormaps."""
+    return sorted(cmap.list())
 
 
 def _color(value, what: str) -> tuple[int, int, int, int]:
