@@ -55,9 +55,8 @@ def test_titiler_names_are_refused_with_the_parameter_to_use(client):
 @pytest.mark.parametrize(
     ("name", "hint"),
     [
-        ("colormap", "colormap_name"),
-        ("color_formula", "scaling and data_type"),
         ("algorithm", "expression"),
+        ("rescale", "scaling"),
         ("assets", "bands"),
         ("bidx", "bands"),
         ("url", "an image id"),

@@ -27,6 +27,7 @@ from tileserver.api import (
     searches,
     stac,
     uploads,
+    values,
 )
 from tileserver.api.auth import KeyAuth
 from tileserver.api.confine import Confine
@@ -217,6 +218,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.include_router(query.router)
     app.include_router(imports.router)
     app.include_router(uploads.router)
+    app.include_router(values.router)
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")
     return app

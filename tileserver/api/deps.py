@@ -21,11 +21,15 @@ from tileserver.catalog.access import OPEN, Principal, ScopedStore
 from tileserver.catalog.search import parse_sortby
 from tileserver.catalog.store import CatalogStore
 from tileserver.layers import ImageLayer, MosaicParams, SearchLayer
+from tileserver.render.colors import ColorError, check_color_formula, parse_colormap
+from tileserver.render.download import DownloadError, parse_crs
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
 from tileserver.render.pipeline import RenderParams, check_expression
 from tileserver.render.scaling import MAX_SCALING_ENTRIES, Scaling, ScalingError
+from tileserver.render.statistics import StatisticsError, StatisticsOptions
 from tileserver.settings import Settings
+from tileserver.values import PictureSize
 
 # Request size limits: a product has a few dozen bands at most, and each band named is one
 # more read (3,000 names took 20 s); `scaling` (render/scaling.py) is one entry per band.
@@ -42,8 +46,6 @@ ALWAYS_ALLOWED = frozenset({QUERY_KEY, CACHE_BUSTER})
 # titiler's (and rio-tiler's) names a copied URL may carry, and what tileserver takes instead
 TITILER_NAMES = {
     "rescale": "scaling (lo,hi once or per band, e.g. scaling=0,3000)",
-    "colormap": "colormap_name (a rio-tiler colormap name, e.g. viridis)",
-    "color_formula": "scaling and data_type (there are no color formulas)",
     "algorithm": "expression (band math over band names)",
     "algorithm_params": "expression (band math over band names)",
     "expression": "expression, on the image and search tile, download and map routes",
@@ -144,6 +146,20 @@ async def render_params(
     colormap_name: Annotated[str | None, Query(description="a rio-tiler colormap")] = None,
     nodata: Annotated[float | None, Query(description="override the bands' nodata")] = None,
     resampling: Annotated[Resampling, Query()] = "nearest",
+    colormap: Annotated[
+        str | None,
+        Query(
+            description='a custom colormap as JSON, as titiler\'s: {"1": [r, g, b, a] or '
+            '"#rrggbb", ...} or intervals [[[lo, hi], [r, g, b, a]], ...]'
+        ),
+    ] = None,
+    color_formula: Annotated[
+        str | None,
+        Query(
+            description="rio-color operations on Byte output, e.g. "
+            "'gamma rgb 1.3, sigmoidal rgb 10 0.15, saturation 1.2'"
+        ),
+    ] = None,
 ) -> RenderParams:
     """Every pixel-changing parameter, parsed once."""
     names = None
@@ -158,14 +174,18 @@ async def render_params(
             check_expression(expression)
         except RenderError as exc:
             raise bad_request(str(exc)) from None
-    colormap = None
+    chosen = None
+    if colormap_name and colormap:
+        raise bad_request("give colormap_name or colormap, not both")
     if colormap_name:
-        try:
-            colormap = cmap.get(colormap_name.lower())
-        except InvalidColorMapName:
-            raise bad_request(
-                f"unknown colormap_name '{colormap_name}' (e.g. viridis, rdylgn, greys)"
-            ) from None
+        chosen = named_colormap(colormap_name)
+    try:
+        if colormap:
+            chosen = parse_colormap(colormap)
+        if color_formula:
+            check_color_formula(color_formula)
+    except ColorError as exc:
+        raise bad_request(str(exc)) from None
     try:
         parsed = Scaling.parse(scaling)
     except ScalingError as exc:
@@ -176,10 +196,19 @@ async def render_params(
         data_type=data_type,
         processing_level=processing_level,
         expression=expression,
-        colormap=colormap,
+        colormap=chosen,
         nodata=nodata,
         resampling=resampling,
+        color_formula=color_formula or None,
     )
+
+
+def named_colormap(name: str) -> dict:
+    """A rio-tiler colormap by name; 400 (naming examples) when unknown."""
+    try:
+        return cmap.get(name.lower())
+    except InvalidColorMapName:
+        raise bad_request(f"unknown colormap_name '{name}' (e.g. viridis, rdylgn, greys)") from None
 
 
 async def mosaic_params(
@@ -278,3 +307,103 @@ async def search_layer(
 
 
 SearchLayerDep = Annotated[SearchLayer, Depends(search_layer)]
+
+
+# ----------------------------------------------------------------------------- values
+
+MAX_PICTURE_SIZE = 4096  # pixels of a preview's or crop's longer side
+DEFAULT_PICTURE_SIZE = 1024
+
+
+async def coord_crs_query(
+    coord_crs: Annotated[
+        str, Query(description="CRS of the point or bbox in the path: EPSG:xxxx, code or WKT")
+    ] = "EPSG:4326",
+) -> Any:
+    """The CRS a point's or a bbox's coordinates are in (a rasterio CRS)."""
+    try:
+        return parse_crs(coord_crs, "coord_crs")
+    except DownloadError as exc:
+        raise bad_request(str(exc)) from None
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise bad_request(f"{what} '{text[:100]}' is not comma-separated numbers") from None
+
+
+async def statistics_options(
+    percentiles: Annotated[
+        str | None, Query(description="comma-separated whole percentiles, e.g. 2,50,98")
+    ] = None,
+    histogram_bins: Annotated[
+        str | None,
+        Query(description="histogram bins: a count (default 10) or comma-separated edges"),
+    ] = None,
+    histogram_range: Annotated[
+        str | None, Query(description="lo,hi of the histogram (default: min,max)")
+    ] = None,
+    coverage: Annotated[
+        bool,
+        Query(
+            description="weigh each pixel meeting the geometry by the share of it covered "
+            "(default: a pixel counts when its centre is inside)"
+        ),
+    ] = False,
+) -> StatisticsOptions:
+    """What a statistics request asks for, parsed once; 400 names what is wrong."""
+    options: dict[str, Any] = {"coverage": coverage}
+    if percentiles is not None:
+        numbers = _numbers(percentiles, "percentiles")
+        if not all(n.is_integer() for n in numbers):
+            raise bad_request("percentiles are whole numbers 0..100, e.g. 2,50,98")
+        options["percentiles"] = tuple(int(n) for n in numbers)
+    if histogram_bins is not None:
+        numbers = _numbers(histogram_bins, "histogram_bins")
+        if len(numbers) == 1 and numbers[0].is_integer():
+            options["bins"] = int(numbers[0])
+        else:
+            options["edges"] = tuple(numbers)
+    if histogram_range is not None:
+        numbers = _numbers(histogram_range, "histogram_range")
+        if len(numbers) != 2:
+            raise bad_request("histogram_range is two numbers: lo,hi")
+        options["histogram_range"] = (numbers[0], numbers[1])
+    try:
+        return StatisticsOptions(**options)
+    except StatisticsError as exc:
+        raise bad_request(str(exc)) from None
+
+
+async def picture_size(
+    max_size: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_PICTURE_SIZE,
+            description="most pixels of the picture's longer side (the source's pixels when fewer)",
+        ),
+    ] = DEFAULT_PICTURE_SIZE,
+    width: Annotated[
+        int | None, Query(ge=1, le=MAX_PICTURE_SIZE, description="picture width in pixels")
+    ] = None,
+    height: Annotated[
+        int | None, Query(ge=1, le=MAX_PICTURE_SIZE, description="picture height in pixels")
+    ] = None,
+    dst_crs: Annotated[
+        str | None, Query(description="the picture's CRS (default: the (first) image's own)")
+    ] = None,
+) -> PictureSize:
+    """The size and CRS of a preview or crop: `max_size`, or `width`/`height`."""
+    try:
+        crs = parse_crs(dst_crs, "dst_crs") if dst_crs is not None else None
+    except DownloadError as exc:
+        raise bad_request(str(exc)) from None
+    return PictureSize(max_size, width, height, crs)
+
+
+CoordCrsDep = Annotated[Any, Depends(coord_crs_query)]
+StatisticsOptionsDep = Annotated[StatisticsOptions, Depends(statistics_options)]
+PictureSizeDep = Annotated[PictureSize, Depends(picture_size)]

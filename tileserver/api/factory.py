@@ -1,6 +1,7 @@
 """One endpoint factory for layers (titiler's TilerFactory / MosaicTilerFactory): tiles,
-TileJSON, WMTS, map, downloads and raster_info are written once here and mounted for
-images (`/images/{image_id}`) and for searches (`/searches/{search_id}`).
+TileJSON, WMTS, map, downloads and raster_info are written once here, point values,
+statistics, pictures and legends once in api/values.py, and all are mounted for images
+(`/images/{image_id}`) and for searches (`/searches/{search_id}`).
 
 The layer (tileserver/layers.py) does the work; the endpoints parse, cache and answer.
 No `from __future__ import annotations` here: FastAPI reads the endpoint signatures, and
@@ -33,6 +34,7 @@ from tileserver.api.downloads import (
     info_response,
 )
 from tileserver.api.templates import render_template, root_path
+from tileserver.api.values import register_pictures, register_values
 from tileserver.cache import Cache, CachedTile, make_etag
 from tileserver.layers import ImageLayer, SearchLayer, Zooms
 from tileserver.render.encode import ImageFormat, encode_image
@@ -169,6 +171,8 @@ class LayerEndpoints:
         self.register_tiles()
         self.register_documents()
         self.register_downloads(downloads)
+        register_values(self, stacks=any(downloads.values()))
+        register_pictures(self)
 
     def url_params(self, layer: Layer) -> dict[str, str]:
         """The path parameter naming `layer` in its routes' URLs."""

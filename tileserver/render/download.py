@@ -523,10 +523,13 @@ def render_layers(
     geometry: dict | None = None,
     threads: int = 4,
     out: numpy.ndarray | None = None,
+    valid: numpy.ndarray | None = None,
 ) -> numpy.ndarray:
     """One (bands, y, x) array of `layers` composited on `grid`, invalid pixels = nodata.
 
-    Written into `out` when given (a stack's slot), so a stack is allocated once.
+    Written into `out` when given (a stack's slot), so a stack is allocated once; `valid`
+    (y, x) receives which pixels have a value (a picture's alpha: a valid pixel may be
+    scaled to the nodata value).
     """
     names = [b.name for b in plan.bands]
     alpha_name = plan.alpha.name if plan.alpha is not None else None
@@ -554,6 +557,8 @@ def render_layers(
     else:
         out[...] = rendered.data
     out[:, rendered.mask == 0] = plan.nodata
+    if valid is not None:
+        valid[...] = rendered.mask != 0
     return out
 
 

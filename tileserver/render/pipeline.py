@@ -19,6 +19,7 @@ from rio_tiler.models import ImageData
 
 from tileserver.catalog.models import Band, BandStatistics, Product
 from tileserver.limits import parenthesis_depth
+from tileserver.render.colors import apply_color_formula
 from tileserver.render.errors import RenderError, UnknownBand
 from tileserver.render.reader import resolve_bands
 from tileserver.render.scaling import (
@@ -84,9 +85,10 @@ class RenderParams:
     data_type: str | None = None
     processing_level: str | None = None
     expression: str | None = None
-    colormap: dict | None = field(default=None, compare=False)
+    colormap: dict | list | None = field(default=None, compare=False)
     nodata: float | None = None
     resampling: str = "nearest"
+    color_formula: str | None = None  # rio-color operations on Byte output (render/colors.py)
 
 
 @dataclass
@@ -298,6 +300,8 @@ def render_array(
         ]
     with numpy.errstate(all="ignore"):  # overflowing band math saturates, as clipping says
         out = scale_array(data, scales, data_type, auto_ranges=auto_ranges)
+    if params.color_formula:
+        out = apply_color_formula(out, params.color_formula)
     valid = numpy.logical_and.reduce(~numpy.ma.getmaskarray(data), axis=0)
     mask = numpy.where(valid, 255, 0).astype("uint8")
     colormap = params.colormap
