@@ -50,7 +50,7 @@ for _path in (ROOT, ROOT / "bench"):
 import boto3  # noqa: E402
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
-from rasterio.warp import transform_bounds  # noqa: E402
+from rasterio.warp import transform, transform_bounds  # noqa: E402
 from search_mosaic import machine  # noqa: E402
 from vs_titiler import (  # noqa: E402
     CRS,
@@ -62,6 +62,7 @@ from vs_titiler import (  # noqa: E402
     SCENES,
     SEED,
     SINGLE_SIZE,
+    WEB_MERCATOR,
     Service,
     compare,
     drive,
@@ -89,8 +90,8 @@ SINGLE_PRODUCT = "remote-single"
 SCENE_PRODUCT = "remote-s2"
 TILESERVER_SINGLE = {"bands": "b3,b2,b1", "scaling": "0,6000"}
 TITILER_SINGLE = [("bidx", "3"), ("bidx", "2"), ("bidx", "1"), ("rescale", "0,6000")]
-TILESERVER_MOSAIC = {"bands": "red,green,blue", "scaling": "0,6000", "pixel_selection": "first"}
-PGSTAC_MOSAIC = [("assets", "red"), ("assets", "green"), ("assets", "blue")]
+TILESERVER_MOSAIC = {"bands": "B04,B03,B02", "scaling": "0,6000", "pixel_selection": "first"}
+PGSTAC_MOSAIC = [("assets", "B04"), ("assets", "B03"), ("assets", "B02")]
 PGSTAC_MOSAIC += [("rescale", "0,6000"), ("pixel_selection", "first")]
 TITILER_PGSTAC_PYTHON = Path("/opt/tileserver-titiler-pgstac/bin/python")
 
@@ -250,19 +251,24 @@ def installed_version(python: Path, package: str) -> str | None:
 
 
 def ingest(catalog: str, moto_port: int, out: Path) -> None:
-    """`tileserver ingest` of both products from the bucket (moto directly: not timed)."""
+    """`tileserver db migrate`, then `tileserver import` of both products from the bucket
+    (moto directly, not the proxy: not timed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TILESERVER_", "AWS_"))}
     env.update(GDAL_ENV, **s3_env(moto_port))
     env["TILESERVER_DATA_DIR"] = str(out / "data")
-    env["TILESERVER_IMPORT_GRANTS"] = json.dumps({"admin": [f"s3://{BUCKET}/"]})
+    commands = [tileserver_command() + ["db", "migrate", "--catalog", catalog]]
     for prefix, product in (("single/", SINGLE_PRODUCT), ("scenes/", SCENE_PRODUCT)):
-        command = tileserver_command() + ["ingest", f"/vsis3/{BUCKET}/{prefix}"]
-        command += ["--product", product, "--catalog", catalog, "--quiet"]
-        if product == SINGLE_PRODUCT:
-            command += ["--datetime", FIRST_DATE.isoformat()]
+        command = tileserver_command() + ["import", "--cloud-provider", "aws"]
+        command += ["--bucket-name", BUCKET, "--prefix", prefix, "--product", product]
+        command += ["--catalog", catalog, "--quiet", "--datetime", FIRST_DATE.isoformat()]
+        commands.append(command)
+    for command in commands:
         result = subprocess.run(command, env=env, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"ingest {prefix} failed:\n{result.stdout}\n{result.stderr}")
+        failed = result.returncode != 0
+        if not failed and "import" in command:
+            failed = bool(json.loads(result.stdout).get("failed"))
+        if failed:
+            raise RuntimeError(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr}")
 
 
 def catalog_ids(catalog: str, tileserver_url: str) -> dict:
@@ -274,7 +280,7 @@ def catalog_ids(catalog: str, tileserver_url: str) -> dict:
     search.raise_for_status()
     with psycopg.connect(catalog) as conn:
         ((search_hash,),) = conn.execute(
-            "SELECT hash FROM searches WHERE metadata->>'tileserver:id' = %s",
+            "SELECT hash FROM pgstac.searches WHERE metadata->>'tileserver:id' = %s",
             (search.json()["id"],),
         ).fetchall()
     return {
@@ -290,8 +296,10 @@ def catalog_ids(catalog: str, tileserver_url: str) -> dict:
 
 def tile_lists(per_zoom: int) -> dict:
     """Seeded tile lists per (kind, clients): single image and scene overlap."""
-    single = {z: tiles_in(single_rect(), z, whole=False) for z in ZOOMS}
-    overlap = {z: tiles_in(overlap_rect(), z, whole=False) for z in ZOOMS}
+    single = {z: tiles_in(single_rect(), z, whole=False) or centre(single_rect(), z) for z in ZOOMS}
+    overlap = {
+        z: tiles_in(overlap_rect(), z, whole=False) or centre(overlap_rect(), z) for z in ZOOMS
+    }
     lists = {}
     for kind, pools in (("single", single), ("mosaic", overlap)):
         for clients in CLIENTS:
@@ -299,6 +307,12 @@ def tile_lists(per_zoom: int) -> dict:
             tiles = [t for z in ZOOMS for t in sample(rng, pools[z], per_zoom)]
             lists[(kind, clients)] = [tiles[i] for i in rng.permutation(len(tiles))]
     return lists
+
+
+def centre(rect: tuple, zoom: int) -> list:
+    """The tile under the rectangle's centre (z10: no tile's centre lies in the overlap)."""
+    ((x,), (y,)) = transform(CRS, "EPSG:4326", [(rect[0] + rect[2]) / 2], [(rect[1] + rect[3]) / 2])
+    return [WEB_MERCATOR.tile(x, y, zoom)]
 
 
 def tile_path(prefix: str, tile, query) -> str:
@@ -427,6 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         for kind, peer in kinds:
             check = sample(rng, lists[(kind, 1)], 4)
             results[f"sanity_{kind}"] = sanity(tileserver, peer, ids, kind, check)
+            print(f"sanity {kind}: {results[f'sanity_{kind}']}", file=sys.stderr)
             for clients in CLIENTS:
                 tiles = lists[(kind, clients)]
                 case = {}
