@@ -20,6 +20,7 @@ from tileserver import __version__
 from tileserver.api import (
     catalog,
     chips,
+    health,
     images,
     imports,
     parcels,
@@ -43,6 +44,7 @@ from tileserver.ingest.vsi import configure_gdal
 from tileserver.layers import LayerCache
 from tileserver.limits import BodyLimit
 from tileserver.memory import limit_arenas, trim_every
+from tileserver.metrics import REMOTE, RequestMetrics, fold_every
 from tileserver.opener import Refused, confinement_of
 from tileserver.render.datasets import DATASETS
 from tileserver.render.download import OutsideError, TooLarge
@@ -131,6 +133,8 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     cache, chip_store = open_cache(settings), open_chip_store(settings)  # bad URL: ValueError
     own_store = store is None
     store = store or open_store(settings.catalog_url)
+    if settings.metrics_token is not None:
+        REMOTE.enable()  # GDAL counts its remote requests and bytes (before it reads any)
     configure_gdal()  # serving defaults; GOOGLE_KEY_STRING -> what /vsigs/ reads
     DATASETS.max_idle = settings.open_datasets
     REMOTE_READS.configure(settings.remote_reads, settings.remote_read_wait)
@@ -144,12 +148,16 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         if settings.memory_trim_seconds:
             trimming = asyncio.create_task(trim_every(settings.memory_trim_seconds))
         app.state.uploads.start()
+        folding = None
+        if settings.metrics_token is not None:  # keeps GDAL's per-file statistics bounded
+            folding = asyncio.create_task(fold_every(30.0))
         yield
         await anyio.to_thread.run_sync(app.state.uploads.stop)
-        if trimming:
-            trimming.cancel()
-            with suppress(asyncio.CancelledError):
-                await trimming
+        for task in (trimming, folding):
+            if task:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
         if own_store:
             store.close()
 
@@ -191,24 +199,28 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         allow_origins=["*"],
         allow_methods=["GET", "HEAD", "POST"],
         allow_headers=["Content-Type", "Authorization"],
-        expose_headers=["ETag", *MOSAIC_HEADERS, chips.RENDERED_HEADER, chips.CACHED_HEADER],
+        expose_headers=[
+            "ETag",
+            "Server-Timing",
+            *MOSAIC_HEADERS,
+            chips.RENDERED_HEADER,
+            chips.CACHED_HEADER,
+        ],
     )
+    # outermost: counts and times every answer, 401s and 413s included
+    app.add_middleware(RequestMetrics, log_requests=settings.request_log)
     for exc, status in STATUS_CODES.items():
         app.add_exception_handler(exc, _handler(status))
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(RasterioIOError, _io_handler)
     app.add_exception_handler(RemoteBusy, _busy_handler)
 
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict:
-        """Liveness: answered on the event loop, so busy worker threads cannot delay it."""
-        return {"status": "ok"}
-
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def viewer(request: Request) -> HTMLResponse:
         """The web viewer."""
         return HTMLResponse(render_template("viewer.html", image_id="", root=root_path(request)))
 
+    app.include_router(health.router)
     app.include_router(catalog.router)
     app.include_router(images.router)
     app.include_router(searches.router)

@@ -215,6 +215,10 @@ class RedisCache:
         except redis.RedisError as exc:
             self.outage.failed(exc)
 
+    def ping(self) -> None:
+        """Ask Redis whether it answers (readiness); raises redis.RedisError when not."""
+        self.client.ping()
+
     def clear(self) -> None:
         """Delete our tiles only: keys under the prefix."""
         delete_prefix(self.client, self.prefix)

@@ -43,6 +43,7 @@ from tileserver.render.mosaic import Layer, mosaic_bands, mosaic_tile
 from tileserver.render.pipeline import RenderParams, render_image, request_bands
 from tileserver.render.reader import read_bands, tile_reader, zoom_range
 from tileserver.settings import Settings
+from tileserver.timings import timed
 
 # most images one mosaic or stack download composites (a 413 above: narrow the area)
 MAX_DOWNLOAD_IMAGES = 1000
@@ -384,7 +385,8 @@ class SearchLayer(BaseLayer):
     def tile_images(self, tms: TileMatrixSet, x: int, y: int, z: int, limit: int) -> list[Image]:
         """The images a tile composites, in paint order, at most `limit`."""
         lookup = self.mosaic.lookup(self.settings, limit)
-        return self.store.tile_images(self.query, tuple(tms.bounds(x, y, z)), lookup)
+        with timed("catalog"):
+            return self.store.tile_images(self.query, tuple(tms.bounds(x, y, z)), lookup)
 
     def tile(
         self, tms: TileMatrixSet, x: int, y: int, z: int, size: int, params: RenderParams

@@ -129,4 +129,10 @@ def log_config() -> dict:
     # the app's own loggers (tileserver, rasterio) through the same handler, WARNING and up
     # as Python's last-resort handler showed them before
     config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    # one JSON line per request with its timings (metrics.RequestMetrics)
+    config["loggers"]["tileserver.requests"] = {
+        "handlers": ["default"],
+        "level": "INFO",
+        "propagate": False,
+    }
     return config

@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tileserver.catalog.search import DEFAULT_MAX_SEARCHES, DEFAULT_SEARCH_TTL_DAYS
@@ -147,6 +147,17 @@ class Settings(BaseSettings):
         ge=1,
         description="threads per process running blocking request work (Starlette's "
         "default is 40); requests waiting on remote reads must leave some for the others",
+    )
+
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="turns on GET /metrics (Prometheus), which then wants `Authorization: "
+        "Bearer <this token>`; unset: /metrics is 404",
+    )
+    request_log: bool = Field(
+        True,
+        description="one JSON line per request on the `tileserver.requests` logger (route, "
+        "status, milliseconds, tile stage timings)",
     )
 
     @field_validator("import_grants")

@@ -22,7 +22,8 @@ from tileserver.catalog.access import ANONYMOUS, OPEN, Principal
 from tileserver.catalog.keys import PREFIX, KeyRing
 
 # no data behind these: probes, the API description and the viewer's JS/CSS
-OPEN_PATHS = ("/healthz", "/openapi.json", "/docs", "/redoc", "/static/")
+METRICS_PATH = "/metrics"
+OPEN_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc", "/static/")
 QUERY_KEY = "api_key"
 
 
@@ -105,6 +106,8 @@ class KeyAuth:
         On the event loop: the key ring answers from memory, and queries the store (one
         indexed row) only when a key or the "any keys?" answer is older than its TTL.
         """
+        if scope["path"] == METRICS_PATH:  # its own token (api/health.py), not an API key
+            return ANONYMOUS, None
         if not self.keys.enabled():
             return OPEN, None
         token = request_token(scope)

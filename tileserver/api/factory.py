@@ -8,6 +8,7 @@ No `from __future__ import annotations` here: FastAPI reads the endpoint signatu
 the layer dependency is local to each mount.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -37,7 +38,9 @@ from tileserver.api.templates import render_template, root_path
 from tileserver.api.values import register_pictures, register_values
 from tileserver.cache import Cache, CachedTile, make_etag
 from tileserver.layers import ImageLayer, SearchLayer, Zooms
+from tileserver.metrics import MOSAIC_IMAGES, TILE_CACHE, observe_stages
 from tileserver.render.encode import ImageFormat, encode_image
+from tileserver.timings import current, timed
 
 IMAGES_HEADER = "X-Mosaic-Images"
 CAP_HEADER = "X-Mosaic-Cap-Reached"
@@ -96,6 +99,8 @@ async def tile_response(
     """
     cache: Cache = request.app.state.cache
     entry = await run_in_threadpool(cache.get, key) if cache.remote else cache.get(key)
+    TILE_CACHE.labels("miss" if entry is None else "hit").inc()
+    timing = {"Server-Timing": "cache;desc=hit"}
     if entry is None:
 
         def render_and_keep() -> CachedTile:
@@ -105,10 +110,24 @@ async def tile_response(
             return made
 
         entry = await run_in_threadpool(render_and_keep)
-    headers = {**entry.headers, "ETag": entry.etag, "Cache-Control": cache_control}
+        if (timings := current()) is not None:  # the request's stages (metrics.RequestMetrics)
+            observe_stages(timings)
+            timing = {"Server-Timing": timings.header()}
+    headers = {**entry.headers, **timing, "ETag": entry.etag, "Cache-Control": cache_control}
     if entry.etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)
     return Response(entry.content, media_type=entry.media_type, headers=headers)
+
+
+def catalog_timed(layer: Callable[..., Any]) -> Callable[..., Any]:
+    """The async layer dependency, its catalog lookups timed as `catalog` (Server-Timing)."""
+
+    @functools.wraps(layer)  # FastAPI reads the wrapped signature
+    async def opened(*args, **kwargs):
+        with timed("catalog"):
+            return await layer(*args, **kwargs)
+
+    return opened
 
 
 @dataclass(frozen=True)
@@ -165,7 +184,7 @@ class LayerEndpoints:
         tile_tags: list[str],
     ):
         self.router, self.prefix, self.kind = router, prefix, kind
-        self.layer_dep = Annotated[Layer, Depends(layer)]
+        self.layer_dep = Annotated[Layer, Depends(catalog_timed(layer))]
         self.path_param = prefix.rsplit("{", 1)[1].rstrip("}")
         self.tile_tags = tile_tags
         self.register_tiles()
@@ -200,7 +219,10 @@ class LayerEndpoints:
 
             def render() -> tuple[bytes, dict]:
                 image = layer.tile(at.tms, at.x, at.y, at.z, at.size, params)
-                return encode_image(image, fmt), tile_headers(image)
+                if "read" in image.metadata:
+                    MOSAIC_IMAGES.observe(image.metadata["read"])
+                with timed("encode"):
+                    return encode_image(image, fmt), tile_headers(image)
 
             return await tile_response(request, key, render, fmt, settings.cache_control)
 

@@ -23,6 +23,7 @@ from fastapi import APIRouter, HTTPException, Request
 from tileserver.api.deps import PrincipalDep, SettingsDep, StoreDep
 from tileserver.ingest.imports import ImportRequest, run_import
 from tileserver.ingest.vsi import StorageError, gdal_path
+from tileserver.metrics import IMPORT_REQUESTS, IMPORTS
 from tileserver.opener import Allowed, Refused
 from tileserver.render.errors import without_paths
 
@@ -89,6 +90,11 @@ def create_import(
             confinement=confinement,
         )
     except StorageError as exc:
+        IMPORT_REQUESTS.labels("refused").inc()
         raise HTTPException(400, without_paths(str(exc), local_only=True)) from None
+    IMPORT_REQUESTS.labels("done").inc()
+    IMPORTS.labels("registered").inc(len(result.features))
+    IMPORTS.labels("failed").inc(len(result.failed))
+    IMPORTS.labels("filtered_out").inc(result.filtered_out)
     shown_base = base if request.cloud_provider == "file" else ""
     return relative(result.collection(), shown_base, os.path.realpath(settings.data_dir))

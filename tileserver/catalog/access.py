@@ -333,5 +333,9 @@ class ScopedStore:
         """
         return self.store.generation(self._readable_ids(product_ids))
 
+    def ping(self) -> None:
+        """The wrapped store's readiness check."""
+        self.store.ping()
+
     def close(self) -> None:
         """The wrapped store outlives the request: nothing to close."""

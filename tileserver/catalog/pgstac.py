@@ -626,6 +626,12 @@ class PgstacStore(SQLStore):
     def _text(self, column: str) -> str:
         return f"{column}::text"
 
+    def ping(self) -> None:
+        """One cheap query of pgSTAC's collections table, waiting at most 2 s for a
+        connection (readiness)."""
+        with self._pool.connection(timeout=2.0) as conn:
+            conn.execute("SELECT 1 FROM collections LIMIT 1").fetchall()
+
     def close(self) -> None:
         """Close the pool."""
         self._pool.close()

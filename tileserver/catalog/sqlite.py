@@ -274,6 +274,10 @@ class SQLiteStore(SQLStore):
     def _key_time(self, value: datetime) -> str:
         return sortable_time(value)
 
+    def ping(self) -> None:
+        """One cheap query of the products table (readiness)."""
+        self._connection().execute("SELECT 1 FROM products LIMIT 1").fetchall()
+
     def close(self) -> None:
         """Close every thread's connection."""
         with self._lock:

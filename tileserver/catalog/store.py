@@ -138,6 +138,9 @@ class CatalogStore(Protocol):
     def parcels(self) -> ParcelStore | None:
         """The parcel layers kept with this catalog; None where the backend keeps none."""
 
+    def ping(self) -> None:
+        """One cheap query of the catalog's tables (readiness); raises when it fails."""
+
     def close(self) -> None:
         """Release connections."""
 

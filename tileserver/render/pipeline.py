@@ -31,6 +31,7 @@ from tileserver.render.scaling import (
     scale_array,
     scaling_parameters,
 )
+from tileserver.timings import timed
 
 # The band an expression produces: a float whose ranges suit normalized differences
 # such as NDVI; `scaling=lo,hi` adapts it to anything else.
@@ -253,6 +254,7 @@ def _name(band: Band | dict) -> str:
     return band["name"] if isinstance(band, dict) else band.name
 
 
+@timed("render")
 def render_array(
     data: numpy.ma.MaskedArray,
     bands: Sequence[Band],

@@ -29,6 +29,7 @@ from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.render.datasets import DATASETS
 from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand, gdal_reason
 from tileserver.threads import ContextPool
+from tileserver.timings import timed
 
 # a file without overviews is read at coarse zooms through its reduced copy (pyramids.py),
 # and its own reads stay under twice its resolution: rio-tiler's warning on every open is noise
@@ -222,12 +223,18 @@ def read_bands(
         options = {"nodata": file_read.nodata} if file_read.nodata is not None else {}
         try:
             kwargs = {"tms": tms} if tms is not None else {}
-            with image_reader(image, file_read.href, options=options, **kwargs) as reader:
+            with (
+                timed("read"),
+                image_reader(image, file_read.href, options=options, **kwargs) as reader,
+            ):
                 reduced = reduced_copy(image, file_read.href, reader, read)
                 if reduced is None:
                     result = read_mixed(reader, file_read, read)
             if reduced is not None:
-                with image_reader(image, reduced, options=options, **kwargs) as small:
+                with (
+                    timed("read"),
+                    image_reader(image, reduced, options=options, **kwargs) as small,
+                ):
                     result = read_mixed(small, file_read, read)
         except RasterioIOError as exc:
             number = file_number(image, file_read.href)
