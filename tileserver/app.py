@@ -45,6 +45,7 @@ from tileserver.render.datasets import DATASETS
 from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError, gdal_reason
 from tileserver.render.mosaic import EmptyTile
+from tileserver.search_pyramid import Pyramids
 from tileserver.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         if settings.memory_trim_seconds:
             trimming = asyncio.create_task(trim_every(settings.memory_trim_seconds))
         yield
+        app.state.pyramids.stop()  # builders stop before the store they read closes
         if trimming:
             trimming.cancel()
             with suppress(asyncio.CancelledError):
@@ -161,6 +163,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.cache = cache
     app.state.chips = chip_store
     app.state.layers = LayerCache()
+    app.state.pyramids = Pyramids(settings.data_dir, settings.mosaic_pyramid)
     app.state.confinement = confinement_of(settings, store)
     app.add_middleware(Confine, confinement=app.state.confinement)
     searches.limit_searches(store, settings)  # TTL and cap of registered searches
