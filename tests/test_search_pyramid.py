@@ -15,12 +15,20 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import make_settings
-from tests.test_mosaic_lowzoom import GRID, WEB, reference_tile, scenes, write_scenes
+from tests.test_mosaic_lowzoom import (
+    FULL,
+    GRID,
+    SIZE,
+    WEB,
+    reference_tile,
+    scenes,
+    write_scenes,
+)
 from tileserver.app import create_app
+from tileserver.catalog.search import SearchQuery
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.ingest.imports import ImportRequest, run_import
 from tileserver.opener import Confinement, confined, reading
-from tileserver.catalog.search import SearchQuery
 from tileserver.search_pyramid import PyramidFile
 
 FRAME = 8
@@ -28,8 +36,6 @@ FRAME = 8
 
 def painted(order) -> numpy.ndarray:
     """The full-resolution mosaic of (row, col, value) scenes in paint order, nodata 0."""
-    from tests.test_mosaic_lowzoom import FULL, SIZE
-
     mosaic = numpy.zeros((FULL, FULL), dtype="uint16")
     for r, c, value, _ in order:
         inner = mosaic[r + FRAME : r + SIZE - FRAME, c + FRAME : c + SIZE - FRAME]

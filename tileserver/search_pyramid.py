@@ -90,6 +90,7 @@ class PyramidBuilding(RemoteBusy):
 
 
 def now_iso() -> str:
+    """Now, UTC, to the second (the state's `updated`)."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -104,6 +105,7 @@ class PyramidFile:
 
     @contextlib.contextmanager
     def connect(self):
+        """A connection in autocommit mode (BEGIN/COMMIT where a batch must be one)."""
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -113,22 +115,26 @@ class PyramidFile:
             db.close()
 
     def meta(self) -> dict:
+        """The pyramid's state: base, bands, type, generation, images, version, ..."""
         with self.connect() as db:
             return {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
 
     def set_meta(self, db: sqlite3.Connection, **values) -> None:
+        """Store state values (JSON) on an open connection, inside its transaction."""
         db.executemany(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
             [(k, json.dumps(v)) for k, v in values.items()],
         )
 
     def read(self, z: int, x: int, y: int) -> bytes | None:
+        """One tile's packed pixels; None where it has no valid pixel or is not built."""
         with self.connect() as db:
             row = db.execute("SELECT data FROM tiles WHERE z=? AND x=? AND y=?", (z, x, y))
             found = row.fetchone()
         return found[0] if found else None
 
     def images(self) -> dict[str, tuple[str, list[float]]]:
+        """The images the last build included: id -> (modified, WGS84 bbox)."""
         with self.connect() as db:
             rows = db.execute("SELECT id, modified, bbox FROM images").fetchall()
         return {i: (m, json.loads(b)) for i, m, b in rows}
@@ -153,6 +159,7 @@ class PyramidFile:
         return done.rowcount == 1
 
     def release(self, owner: str) -> None:
+        """Give the build lock back (only if still ours)."""
         with self.connect() as db:
             db.execute("UPDATE lock SET owner=NULL WHERE id=1 AND owner=?", (owner,))
 
@@ -171,6 +178,7 @@ def pack(data: numpy.ma.MaskedArray) -> bytes:
 
 
 def unpack(blob: bytes, count: int, dtype: str) -> numpy.ma.MaskedArray:
+    """The masked (band, 256, 256) array `pack` stored."""
     raw = zlib.decompress(blob)
     size = count * TILE * TILE * numpy.dtype(dtype).itemsize
     data = numpy.frombuffer(raw[:size], dtype=dtype).reshape(count, TILE, TILE)
@@ -247,8 +255,10 @@ class Pyramids:
             threads = list(self._threads.values())
         for thread in threads:
             thread.join(timeout)
+        self._stop.clear()  # an app may start again (its lifespan re-entered): builds resume
 
     def building(self) -> bool:
+        """Whether a builder thread of this process is running."""
         with self._lock:
             return any(t.is_alive() for t in self._threads.values())
 
