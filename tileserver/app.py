@@ -180,7 +180,13 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         allow_origins=["*"],
         allow_methods=["GET", "HEAD", "POST"],
         allow_headers=["Content-Type", "Authorization"],
-        expose_headers=["ETag", *MOSAIC_HEADERS, chips.RENDERED_HEADER, chips.CACHED_HEADER],
+        expose_headers=[
+            "ETag",
+            "Retry-After",
+            *MOSAIC_HEADERS,
+            chips.RENDERED_HEADER,
+            chips.CACHED_HEADER,
+        ],
     )
     for exc, status in STATUS_CODES.items():
         app.add_exception_handler(exc, _handler(status))

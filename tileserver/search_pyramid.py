@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy
+from cachetools import LRUCache
 from morecantile import TileMatrixSet
 from morecantile import tms as tms_registry
 from rio_tiler.models import ImageData
@@ -237,6 +238,7 @@ class Pyramids:
         self.owner = f"{uuid.uuid4().hex[:12]}"
         self._threads: dict[Path, threading.Thread] = {}
         self._checked: dict[Path, int] = {}  # generation last found up to date
+        self._files: LRUCache = LRUCache(maxsize=1024)
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -246,7 +248,10 @@ class Pyramids:
             raise NotFound("no such search")
         scope = scope_of(layer.store)
         name = f"{layer.id}-{scope}.db" if scope else f"{layer.id}.db"
-        return PyramidFile(self.root / name)
+        with self._lock:  # its schema written once per process, not per tile
+            if name not in self._files:
+                self._files[name] = PyramidFile(self.root / name)
+            return self._files[name]
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every builder of this process (app shutdown): they stop at their next tile."""
@@ -309,6 +314,8 @@ class Pyramids:
                 return  # another worker builds it; we serve what exists
             try:
                 self._update(layer, pyramid)
+            except InterruptedError as exc:  # shutdown, or the lock lost: resumed later
+                logger.info("pyramid of search %s stopped: %s", layer.id, exc)
             except Exception:  # a builder must not take the process down; retried later
                 logger.exception("pyramid of search %s failed", layer.id)
                 with pyramid.connect() as db:
