@@ -365,7 +365,8 @@
       attribution: "tileserver",
       keepBuffer: 1,
     };
-    // a mosaic refuses tiles below its minzoom (400: one would read too many images), so the
+    // a mosaic's TileJSON starts at zoom 0 when its low-zoom pyramid serves them; without
+    // one it refuses tiles below its minzoom (400: one would read too many images), so the
     // layer stays empty out there; an image's coarsest tiles are stretched when zoomed out
     if (mosaic) options.minZoom = tilejson.minzoom;
     else options.minNativeZoom = tilejson.minzoom;
@@ -410,6 +411,17 @@
         if (failed) return;
         const problem = await tileProblem(src);
         if (mosaic && problem.status === 404) return;
+        if (mosaic && problem.status === 503) {
+          // the search's low-zoom pyramid is still being built: ask again once it may be there
+          if (state.layer === layer) setStatus("Building this mosaic's low zooms…", "info");
+          if (!layer.retry) {
+            layer.retry = setTimeout(() => {
+              layer.retry = null;
+              if (map.hasLayer(layer)) layer.redraw();
+            }, 1000 * (problem.retryAfter || 5));
+          }
+          return;
+        }
         failed += 1;
         if (state.layer === layer) setStatus(`Tile error ${problem.message}`, "error");
       });
@@ -441,7 +453,8 @@
     try {
       const response = await fetch(src);
       if (response.ok) return { status: response.status, message: "a tile failed to load" };
-      return { status: response.status, message: await errorText(response) };
+      const retryAfter = Number(response.headers.get("Retry-After")) || 0;
+      return { status: response.status, message: await errorText(response), retryAfter };
     } catch (err) {
       return { status: 0, message: `a tile failed to load (${err.message})` };
     }

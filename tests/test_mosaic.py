@@ -338,7 +338,14 @@ def test_registration_is_stable_and_tilejson_covers_the_extent(mosaic):
 def test_mosaic_errors_are_clear(mosaic):
     client, search_id = mosaic
     assert client.get("/searches/nope/tiles/WebMercatorQuad/10/550/335.png").status_code == 404
+    # below the minzoom: WebMercatorQuad tiles come from the search's pyramid (503 while
+    # it builds); a TMS without pyramid refuses them
+    client.app.state.pyramids.wait()
     low = client.get(f"/searches/{search_id}/tiles/WebMercatorQuad/3/4/2.png")
+    assert low.status_code in (200, 404), low.text
+    if low.status_code == 200:
+        assert low.headers["x-mosaic-pyramid"].startswith("g")
+    low = client.get(f"/searches/{search_id}/tiles/WorldCRS84Quad/0/0/0.png")
     assert low.status_code == 400 and "minzoom" in low.json()["detail"]
     empty = client.get(f"/searches/{search_id}/tiles/WebMercatorQuad/{Z}/{X + 3}/{Y}.png")
     assert empty.status_code == 404

@@ -95,7 +95,9 @@ def low_mosaic(tmp_path_factory):
         result = run_import(store, request, tmp, confinement=confinement)
     assert not result.failed and len(result.features) == GRID * GRID, result.failed
     assert len(list((tmp / "cogs" / "lowmos" / "reduced").glob("*.tif"))) == GRID * GRID
-    app = create_app(make_settings(tmp, mosaic_minzoom=0, cache_max_bytes=0), store=store)
+    app = create_app(
+        make_settings(tmp, mosaic_minzoom=0, cache_max_bytes=0, mosaic_pyramid=False), store=store
+    )
     with TestClient(app) as client:
         search = client.post("/searches", json={"collections": ["lowmos"]}).json()["id"]
         yield client, search, store

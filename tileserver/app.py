@@ -50,6 +50,7 @@ from tileserver.render.datasets import DATASETS
 from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError, gdal_reason
 from tileserver.render.mosaic import EmptyTile
+from tileserver.search_pyramid import Pyramids
 from tileserver.settings import Settings, get_settings
 from tileserver.uploads import Uploads
 
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         if settings.metrics_token is not None:  # keeps GDAL's per-file statistics bounded
             folding = asyncio.create_task(fold_every(30.0))
         yield
+        app.state.pyramids.stop()  # builders stop before the store they read closes
         await anyio.to_thread.run_sync(app.state.uploads.stop)
         for task in (trimming, folding):
             if task:
@@ -175,6 +177,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.cache = cache
     app.state.chips = chip_store
     app.state.layers = LayerCache()
+    app.state.pyramids = Pyramids(settings.data_dir, settings.mosaic_pyramid)
     app.state.confinement = confinement_of(settings, store)
     app.state.uploads = Uploads(
         store, app.state.confinement, settings.max_upload_bytes, settings.upload_workers
@@ -202,6 +205,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         expose_headers=[
             "ETag",
             "Server-Timing",
+            "Retry-After",
             *MOSAIC_HEADERS,
             chips.RENDERED_HEADER,
             chips.CACHED_HEADER,

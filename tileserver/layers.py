@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy
 from cachetools import LRUCache
@@ -44,6 +45,9 @@ from tileserver.render.pipeline import RenderParams, render_image, request_bands
 from tileserver.render.reader import read_bands, tile_reader, zoom_range
 from tileserver.settings import Settings
 from tileserver.timings import timed
+
+if TYPE_CHECKING:
+    from tileserver.search_pyramid import Pyramids
 
 # most images one mosaic or stack download composites (a 413 above: narrow the area)
 MAX_DOWNLOAD_IMAGES = 1000
@@ -204,7 +208,7 @@ class ImageLayer(BaseLayer):
         )
         return Zooms(tms.minzoom, max(tms.minzoom, maxzoom), max(tms.minzoom, native))
 
-    def cache_key(self) -> list[str]:
+    def cache_key(self, tms: TileMatrixSet | None = None, z: int | None = None) -> list[str]:
         """What a tile's cache key holds of the layer: a write to it moves the key."""
         return ["image", self.image.id, str(self.image.modified), str(self.product.modified)]
 
@@ -278,6 +282,7 @@ class SearchLayer(BaseLayer):
     id: str
     mosaic: MosaicParams
     settings: Settings
+    pyramids: Pyramids | None = None  # the app's low-zoom pyramids (search_pyramid.py)
     query: SearchQuery = field(init=False)
 
     kind = "search"
@@ -292,6 +297,33 @@ class SearchLayer(BaseLayer):
 
     def _cached(self, what: str, compute):
         return self.cache.get(self.store, self.id, self.query, what, compute)
+
+    def generation(self) -> int:
+        """The catalog generation of what the search can paint, as the caller sees it."""
+        return mosaic_generation(self.store, self.query)
+
+    def canonical(self) -> SearchLayer:
+        """The layer in the search's own order and `first` (what its pyramid holds)."""
+        if self.mosaic == MosaicParams():
+            return self
+        return SearchLayer(
+            self.store, self.cache, self.id, MosaicParams(), self.settings, self.pyramids
+        )
+
+    def all_images(self, limit: int) -> list[Image]:
+        """Every image of the search in its order (at most `limit`), for its pyramid."""
+        query = self.query.model_copy(update={"limit": limit, "token": None})
+        return self.store.search(query, count=False).images
+
+    def pyramid_serves(self, tms: TileMatrixSet, z: int) -> bool:
+        """Whether the tile's zoom is one a pyramid keeps (WebMercatorQuad, below the first
+        image's minzoom), with pyramids on."""
+        return (
+            self.pyramids is not None
+            and self.pyramids.enabled
+            and tms.id == "WebMercatorQuad"
+            and z < self.native_zooms(tms)[0]
+        )
 
     def first_image(self) -> Image:
         """The search's first image, looked up once per search, order, scope and generation.
@@ -358,9 +390,12 @@ class SearchLayer(BaseLayer):
         images, each a few pixels of its coarsest overview or reduced copy (pyramids.py).
         """
         minzoom, maxzoom = self.native_zooms(tms)
-        if self.settings.mosaic_minzoom is not None:
-            minzoom = self.settings.mosaic_minzoom
-        return Zooms(minzoom, max(minzoom, maxzoom), minzoom)
+        snap = minzoom
+        if self.pyramids is not None and self.pyramids.enabled and tms.id == "WebMercatorQuad":
+            minzoom = tms.minzoom  # the pyramid answers every zoom below the native one
+        elif self.settings.mosaic_minzoom is not None:
+            minzoom = snap = self.settings.mosaic_minzoom
+        return Zooms(minzoom, max(minzoom, maxzoom), snap)
 
     def image_cap(self, tms: TileMatrixSet, z: int) -> int:
         """Most images a tile at `z` composites: more below the first image's minzoom."""
@@ -368,10 +403,15 @@ class SearchLayer(BaseLayer):
             return max(self.settings.mosaic_max_images, self.settings.mosaic_low_zoom_max_images)
         return self.settings.mosaic_max_images
 
-    def cache_key(self) -> list[str]:
-        """What a tile's cache key holds of the layer: the caller's scope and generation."""
+    def cache_key(self, tms: TileMatrixSet | None = None, z: int | None = None) -> list[str]:
+        """What a tile's cache key holds of the layer: the caller's scope and generation,
+        and at pyramid zooms the pyramid's version (a tile changes as its update lands)."""
         generation = mosaic_generation(self.store, self.query)
-        return ["search", self.id, scope_of(self.store), f"g{generation}"]
+        key = ["search", self.id, scope_of(self.store), f"g{generation}"]
+        if tms is not None and z is not None and self.pyramid_serves(tms, z):
+            pyramid = self.pyramids.file(self)
+            key.append(f"p{pyramid.meta().get('version', 0)}")
+        return key
 
     def check_zoom(self, tms: TileMatrixSet, z: int) -> None:
         """RenderError below the mosaic's minzoom."""
@@ -392,7 +432,17 @@ class SearchLayer(BaseLayer):
         self, tms: TileMatrixSet, x: int, y: int, z: int, size: int, params: RenderParams
     ) -> ImageData:
         """One composited tile; `metadata["read"]` counts the images read, and
-        `metadata["cap_reached"]` is the cap when more images meet the tile than it."""
+        `metadata["cap_reached"]` is the cap when more images meet the tile than it.
+        Below the first image's minzoom the search's pyramid answers when it can
+        (`metadata["pyramid"]` says which pyramid, or why the tile was composited)."""
+        fallback = None
+        if self.pyramid_serves(tms, z):
+            fallback = self.pyramids.refusal(self, params)
+            if fallback is None:
+                image = self.pyramids.tile(self.canonical(), tms, x, y, z, size, params)
+                if image is not None:
+                    return image
+                fallback = "bands"
         product = self.product
         cap = self.image_cap(tms, z)
         images = self.tile_images(tms, x, y, z, cap + 1)
@@ -413,6 +463,8 @@ class SearchLayer(BaseLayer):
         )
         if len(images) > cap:
             rendered.metadata["cap_reached"] = cap
+        if fallback is not None:
+            rendered.metadata["pyramid"] = f"dynamic: {fallback}"
         return rendered
 
     def download_layers(self, product: Product, area: GridRequest) -> list[Layer]:

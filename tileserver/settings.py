@@ -124,6 +124,12 @@ class Settings(BaseSettings):
         description="most images a mosaic tile reads below its first image's minzoom "
         "(reached when TILESERVER_MOSAIC_MINZOOM is lower), each a few overview pixels",
     )
+    mosaic_pyramid: bool = Field(
+        True,
+        description="keep a low-zoom pyramid per registered search (DATA_DIR/pyramids), "
+        "built in the background, serving WebMercatorQuad tiles from zoom 0 to below the "
+        "first image's minzoom",
+    )
 
     request_timeout: float = Field(
         30.0,

@@ -303,7 +303,8 @@ async def search_layer(
 ) -> SearchLayer:
     """The registered search as the caller sees it, in the request's order (the layer of
     `/searches/{search_id}`)."""
-    return SearchLayer(store, request.app.state.layers, search_id, mosaic, settings)
+    pyramids = getattr(request.app.state, "pyramids", None)
+    return SearchLayer(store, request.app.state.layers, search_id, mosaic, settings, pyramids)
 
 
 SearchLayerDep = Annotated[SearchLayer, Depends(search_layer)]

@@ -44,7 +44,8 @@ from tileserver.timings import current, timed
 
 IMAGES_HEADER = "X-Mosaic-Images"
 CAP_HEADER = "X-Mosaic-Cap-Reached"
-MOSAIC_HEADERS = (IMAGES_HEADER, CAP_HEADER)
+PYRAMID_HEADER = "X-Mosaic-Pyramid"
+MOSAIC_HEADERS = (IMAGES_HEADER, CAP_HEADER, PYRAMID_HEADER)
 
 Layer = ImageLayer | SearchLayer
 
@@ -162,6 +163,8 @@ def tile_headers(image) -> dict[str, str]:
     headers = {IMAGES_HEADER: str(image.metadata["read"])}
     if "cap_reached" in image.metadata:
         headers[CAP_HEADER] = str(image.metadata["cap_reached"])
+    if "pyramid" in image.metadata:  # served from the search's pyramid, or why not
+        headers[PYRAMID_HEADER] = str(image.metadata["pyramid"])
     return headers
 
 
@@ -212,10 +215,15 @@ class LayerEndpoints:
             """One tile in png, jpeg, webp, tif or npy. A mosaic tile composites the search's
             images in its order: `X-Mosaic-Images` says how many were read (those hidden
             under painted pixels are skipped, not counted); `X-Mosaic-Cap-Reached` appears
-            when more images meet the tile than TILESERVER_MOSAIC_MAX_IMAGES allows."""
+            when more images meet the tile than TILESERVER_MOSAIC_MAX_IMAGES allows;
+            below the first image's minzoom `X-Mosaic-Pyramid` names the pyramid generation
+            that served it, or why it was composited per request. A pyramid tile still
+            being built answers 503 with Retry-After."""
             layer.check_zoom(at.tms, at.z)
             place = f"{at.z}/{at.x}/{at.y}@{at.scale}.{fmt.value}"
-            key = "|".join([*layer.cache_key(), at.tms.id, place, render_query(request)])
+            key = "|".join(
+                [*layer.cache_key(at.tms, at.z), at.tms.id, place, render_query(request)]
+            )
 
             def render() -> tuple[bytes, dict]:
                 image = layer.tile(at.tms, at.x, at.y, at.z, at.size, params)

@@ -18,7 +18,8 @@ from tileserver.api.deps import (
 from tileserver.api.documents import tile_url_template
 from tileserver.api.factory import LayerEndpoints, TileAt, tile_at
 from tileserver.catalog.search import Interval, SearchLimits, SearchQuery, Summary
-from tileserver.catalog.store import CatalogStore
+from tileserver.catalog.store import CatalogStore, NotFound
+from tileserver.layers import MosaicParams, SearchLayer
 from tileserver.settings import Settings
 
 router = APIRouter(tags=["searches"], dependencies=[KnownQuery])
@@ -58,9 +59,13 @@ def search_links(request: Request, search_id: str) -> list[dict]:
 
 
 @router.post("/searches")
-def register_search(request: Request, body: SearchQuery, store: StoreDep) -> dict:
-    """Register a STAC search as a mosaic; the same search always gets the same id."""
+def register_search(
+    request: Request, body: SearchQuery, store: StoreDep, settings: SettingsDep
+) -> dict:
+    """Register a STAC search as a mosaic; the same search always gets the same id. Its
+    low-zoom pyramid (when kept) starts building in the background."""
     registered = store.register_search(body)
+    pyramid_state(request, store, settings, registered.id)
     return {
         "id": registered.id,
         "search": registered.search.identity(),
@@ -77,8 +82,25 @@ def get_search(request: Request, search_id: str, store: StoreDep, settings: Sett
         "search": registered.search.identity(),
         "created": registered.created,
         "links": search_links(request, registered.id),
-        "low_zooms": low_zooms(settings),
+        "low_zooms": pyramid_state(request, store, settings, registered.id) or low_zooms(settings),
     }
+
+
+def pyramid_state(
+    request: Request, store: CatalogStore, settings: Settings, search_id: str
+) -> dict | None:
+    """The search's pyramid (search_pyramid.py), a build started when it is behind the
+    catalog; None when pyramids are off or the search matches nothing yet."""
+    pyramids = getattr(request.app.state, "pyramids", None)
+    if pyramids is None or not pyramids.enabled:
+        return None
+    layer = SearchLayer(
+        store, request.app.state.layers, search_id, MosaicParams(), settings, pyramids
+    )
+    try:
+        return pyramids.state(layer)
+    except NotFound:
+        return None
 
 
 def low_zooms(settings: Settings) -> dict:
