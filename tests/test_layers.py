@@ -40,7 +40,8 @@ from tileserver.render.errors import RenderError
 from tileserver.render.grid import Grid
 from tileserver.render.mosaic import mosaic_tile
 from tileserver.render.pipeline import RenderParams
-from tileserver.render.scaling import Scaling, ScalingError
+from tileserver.render.scaling import Scaling
+from tileserver.scaling_rules import ScalingError
 from tileserver.settings import Settings
 
 Z, X, Y = TILE.z, TILE.x, TILE.y

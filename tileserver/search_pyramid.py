@@ -56,7 +56,7 @@ from tileserver.render.pipeline import (
     render_array,
     request_bands,
 )
-from tileserver.render.scaling import ScalingError, level_steps
+from tileserver.scaling_rules import ScalingError, level_steps
 
 if TYPE_CHECKING:
     from tileserver.layers import SearchLayer

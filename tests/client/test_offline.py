@@ -22,8 +22,8 @@ from tests.render.test_scaling_reference import (
 from tileserver.client import properties as p
 from tileserver.client.catalog import IMAGE_FIELDS, flatten_group
 from tileserver.client.raster import scaling_params
-from tileserver.client.scaling import ScalingError as ClientScalingError
-from tileserver.client.scaling import multiproduct_scaling_parameters, scaling_parameters
+from tileserver.scaling_rules import ScalingError as ClientScalingError
+from tileserver.scaling_rules import multiproduct_scaling_parameters, scaling_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -153,8 +153,9 @@ def test_scaling_and_flatten_parameters():
 
 
 def test_client_scaling_rules_agree_with_the_servers_case_for_case():
-    """The client's copy of the rules (it may not import the server's) answers every case
-    of the reference test exactly as the server does, from the bands as the API sends them."""
+    """The client runs the shared rules on the bands as the API sends them (JSON, floats where
+    the server's models keep ints); it answers every case of the reference test exactly as
+    the server does from its models."""
     rng = random.Random(SEED)
     disagree, answered = [], 0
     for _ in range(3000):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from tileserver.catalog.models import Band, ProcessingStep
-from tileserver.render.scaling import (
+from tileserver.render.scaling import scale_array
+from tileserver.scaling_rules import (
     ScalingError,
     multiproduct_scaling_parameters,
-    scale_array,
     scaling_parameters,
 )
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tileserver.catalog.models import Band
-from tileserver.render.scaling import (
+from tileserver.scaling_rules import (
     ScalingError,
     multiproduct_scaling_parameters,
     scaling_parameters,

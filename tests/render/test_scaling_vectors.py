@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from tileserver.catalog.models import Band
-from tileserver.render.scaling import (
+from tileserver.scaling_rules import (
     ScalingError,
     multiproduct_scaling_parameters,
     scaling_parameters,

@@ -26,8 +26,9 @@ from tileserver.render.download import DownloadError, parse_crs
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
 from tileserver.render.pipeline import RenderParams, check_expression
-from tileserver.render.scaling import MAX_SCALING_ENTRIES, Scaling, ScalingError
+from tileserver.render.scaling import MAX_SCALING_ENTRIES, Scaling
 from tileserver.render.statistics import StatisticsError, StatisticsOptions
+from tileserver.scaling_rules import ScalingError
 from tileserver.settings import Settings
 from tileserver.values import PictureSize
 

@@ -636,7 +636,7 @@ class Image(DocumentObject):
     def scaling_parameters(self, bands, processing_level=None, scaling=None, data_type=None):
         """(scales, data_type) as the Catalog's client computes them (locally, from the
         product's band definitions)."""
-        from tileserver.client.scaling import scaling_parameters
+        from tileserver.scaling_rules import scaling_parameters
 
         product = Product.get(self.product_id, client=self._client)
         props = {b["name"]: b for b in product._doc.get("bands", [])}
@@ -1032,7 +1032,7 @@ class ImageCollection(list):
 
     def scaling_parameters(self, bands, processing_level=None, scaling=None, data_type=None):
         """(scales, data_type) over every product of the collection (the Catalog's rules)."""
-        from tileserver.client.scaling import multiproduct_scaling_parameters
+        from tileserver.scaling_rules import multiproduct_scaling_parameters
 
         names = raster.band_list(bands)
         products = {}

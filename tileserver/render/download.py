@@ -61,7 +61,7 @@ from tileserver.render.reader import (
     plan_reads,
     resolve_bands,
 )
-from tileserver.render.scaling import level_steps
+from tileserver.scaling_rules import level_steps
 
 # fractions of a pixel that reprojection noise adds to whole-pixel edges
 PIXEL_TOLERANCE = 1e-6

@@ -34,7 +34,7 @@ from tileserver.render.pipeline import (
     request_bands,
 )
 from tileserver.render.reader import FileRead, read_bands, resolve_bands, tile_reader
-from tileserver.render.scaling import ScalingError, common_data_type, level_steps
+from tileserver.scaling_rules import ScalingError, common_data_type, level_steps
 from tileserver.threads import ContextPool
 
 PIXEL_SELECTIONS = tuple(m.name for m in PixelSelectionMethod)

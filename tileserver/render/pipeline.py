@@ -22,13 +22,12 @@ from tileserver.limits import parenthesis_depth
 from tileserver.render.colors import apply_color_formula
 from tileserver.render.errors import RenderError, UnknownBand
 from tileserver.render.reader import resolve_bands
-from tileserver.render.scaling import (
+from tileserver.render.scaling import Scaling, scale_array
+from tileserver.scaling_rules import (
     Scale,
-    Scaling,
     ScalingError,
     level_steps,
     multiproduct_scaling_parameters,
-    scale_array,
     scaling_parameters,
 )
 from tileserver.timings import timed

@@ -1,9 +1,12 @@
-"""The Catalog's `scaling` / `data_type` rules on the client side, as its own client computes
-`scaling_parameters` without asking the server.
+"""The Descartes Labs Catalog's `scaling` / `data_type` rules (SEMANTICS.md section 1), pure.
 
-A copy of the rule functions of tileserver/render/scaling.py (the client may not import the
-server or its catalog code); tests/client/test_scaling_copy.py holds the two to the same
-answers, case for case, and to the reference client's.
+`scaling_parameters` turns a `scaling` and `data_type` into one GDAL-style scale per band plus
+the output data type; `multiproduct_scaling_parameters` does the same over several products;
+`level_steps` resolves a band's processing level (aliases followed). Shared by the server
+(`render/scaling.py` parses requests and applies the scales to pixels) and the Python client
+(`tileserver.client` computes `scaling_parameters` without asking the server), so it imports
+nothing beyond the standard library. The rules agree case for case with the Catalog's
+reference client, except where that client slips (tests/render/test_scaling.py names each).
 """
 
 from __future__ import annotations
@@ -96,7 +99,7 @@ def _field(obj: Any, key: str) -> Any:
     return getattr(obj, key, None)
 
 
-def _canonical_type(value: Any, what: str) -> str:
+def canonical_type(value: Any, what: str) -> str:
     """The canonical spelling of a data type name, accepting any case."""
     if isinstance(value, str):
         for name in DATA_TYPES:
@@ -105,7 +108,8 @@ def _canonical_type(value: Any, what: str) -> str:
     raise ScalingError(f"Invalid {what} {value!r}: must be one of {', '.join(DATA_TYPES)}")
 
 
-def _is_float_type(data_type: str) -> bool:
+def is_float_type(data_type: str) -> bool:
+    """Float types scale to float outputs (no rounding, no integer limits)."""
     return data_type.startswith("Float")
 
 
@@ -124,7 +128,7 @@ def _range(value: Any, data_type: str | None, label: str, what: str) -> tuple | 
         raise ScalingError(f"Invalid {what} {value!r} for band '{label}'") from None
     if data_type is None:
         return pair
-    if _is_float_type(data_type):
+    if is_float_type(data_type):
         return tuple(float(v) for v in pair)
     return tuple(int(v) if float(v).is_integer() else v for v in pair)
 
@@ -163,7 +167,7 @@ def _band_properties(band: Any, index: int, processing_level: str | None) -> _Ba
     kind = _field(band, "type")
     band_type = str(getattr(kind, "value", kind) or "spectral").lower()
     raw_type = _field(band, "data_type")
-    data_type = "UInt16" if raw_type is None else _canonical_type(raw_type, f"band '{label}' type")
+    data_type = "UInt16" if raw_type is None else canonical_type(raw_type, f"band '{label}' type")
     data_range = _range(_field(band, "data_range"), data_type, label, "data_range") or (0, 10000)
     display_range = _range(_field(band, "display_range"), data_type, label, "display_range")
     physical_range = _range(_field(band, "physical_range"), None, label, "physical_range")
@@ -186,7 +190,7 @@ def _band_properties(band: Any, index: int, processing_level: str | None) -> _Ba
                 data_type = (
                     "Float64"
                     if step_type is None
-                    else _canonical_type(step_type, f"band '{label}' type")
+                    else canonical_type(step_type, f"band '{label}' type")
                 )
                 data_range = _floats(_field(step, "data_range"), label, "data_range") or _range(
                     TYPE_RANGES[data_type], data_type, label, "data_range"
@@ -370,7 +374,7 @@ def _pct(value: float, is_pct: bool, bounds: tuple, is_float: bool) -> int | flo
 def _resolve(spec: _Spec, mode: str, data_type: str) -> Scale:
     """The final scale of one band once the mode and the output type are known."""
     band = spec.band
-    out_float = _is_float_type(data_type)
+    out_float = is_float_type(data_type)
     if spec.kind == "none":
         return None
     if spec.kind == "mode":
@@ -394,7 +398,7 @@ def _resolve(spec: _Spec, mode: str, data_type: str) -> Scale:
     items, is_pct = spec.items, spec.is_pct
     if len(items) == 2:
         items, is_pct = (*items, *out_range), (*is_pct, False, False)
-    in_float = _is_float_type(band.data_type)
+    in_float = is_float_type(band.data_type)
     return tuple(
         _pct(v, p, r, f)
         for v, p, r, f in zip(
@@ -463,7 +467,7 @@ def _scaling(
     props = [[_band_properties(b, i, processing_level) for i, b in enumerate(g)] for _, g in groups]
     every = [p for group in props for p in group]
     if data_type is not None:
-        data_type = _canonical_type(data_type, "data_type")
+        data_type = canonical_type(data_type, "data_type")
 
     if scaling is None:
         return [None] * len(props[0]), data_type or common_data_type([p.data_type for p in every])
@@ -488,7 +492,7 @@ def _scaling(
     if mode is None:
         if data_type == "Byte":
             mode = "display"
-        elif _is_float_type(data_type):
+        elif is_float_type(data_type):
             mode = "physical"
         else:
             mode = "raw"
