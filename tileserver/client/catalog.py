@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from itertools import groupby as _groupby
@@ -39,11 +40,6 @@ SORT_FIELDS = {
     "product_id": "collection",
     "modified": "updated",
 }
-
-UPLOADS = (
-    "pixel uploads are not served by tileserver yet (issue 24 part 2): register files the "
-    "server can read with Image(...).save() (PUT /images) or `tileserver ingest`"
-)
 
 
 class DocumentObject:
@@ -218,8 +214,10 @@ class Product(DocumentObject):
         return Image.get(self.named_id(name), client=self._client)
 
     def image_uploads(self):
-        """Not served: the Catalog's upload listing (raises NotImplementedError)."""
-        raise NotImplementedError(UPLOADS)
+        """This key's uploads into the product (a search to filter, or iterate)."""
+        from tileserver.client.uploads import UploadSearch
+
+        return UploadSearch(self._client, product_id=self.id)
 
 
 # --- bands ----------------------------------------------------------------------------
@@ -529,8 +527,8 @@ class Image(DocumentObject):
         return ImageSearch(client)
 
     def save(self) -> None:
-        """Create or replace the image (PUT /images/{id}); its files must be readable by
-        the server (pixel uploads are not served yet)."""
+        """Create or replace the image (PUT /images/{id}) from files the server can read;
+        send pixels the server cannot read with upload() or upload_ndarray()."""
         if self._saved and self._doc is None:  # from a search: keep what items leave out
             self._doc = self.client.json("GET", f"/images/{self.id}")
         doc = self.client.json("PUT", f"/images/{self.id}", json=self._to_doc())
@@ -542,17 +540,80 @@ class Image(DocumentObject):
         self.client.request("DELETE", f"/images/{self.id}")
         self._saved = False
 
-    def upload(self, files, upload_options=None, overwrite=False):
-        """Not served: file uploads (raises NotImplementedError)."""
-        raise NotImplementedError(UPLOADS)
+    @classmethod
+    def exists(cls, id: str, client: CatalogClient | None = None) -> bool:
+        """Whether the image exists (and this key may read it)."""
+        return cls.get(id, client=client) is not None
 
-    def upload_ndarray(self, ndarray, *args, **kwargs):
-        """Not served: array uploads (raises NotImplementedError)."""
-        raise NotImplementedError(UPLOADS)
+    def _check_upload(self, overwrite: bool) -> None:
+        if not self.name or not self.product_id:
+            raise ValueError("id field required")
+        if self._saved:
+            raise ValueError(
+                f"Image {self.id} has been saved. Please use an unsaved image for uploading"
+            )
+        if overwrite:
+            raise NotImplementedError(
+                "overwrite=True: an upload never replaces an image on this server; "
+                "delete the image first, then upload"
+            )
+        if Image.exists(self.id, client=self._client):
+            raise ValueError(
+                f"Image {self.id} already exists in the catalog. Please use a new image id"
+            )
+
+    def upload(self, files, upload_options=None, overwrite=False):
+        """Send a GeoTIFF (or JPEG2000) file, a path or an open binary file, to become this
+        image (POST /products/{id}/uploads, then its bytes); returns its ImageUpload.
+
+        The image's name, `acquired` (else the file's time tag), `cloud_fraction` and
+        `extra_properties` are kept; its footprint and grid come from the file. One file
+        per image: the server's images made by uploads have a single file."""
+        from tileserver.client import uploads
+
+        self._check_upload(overwrite)
+        source = uploads.single(files, "files")
+        size, md5 = uploads._measure(source)
+        body = uploads.upload_request(self, "file", upload_options, None, None, size, md5)
+        return uploads.send(self, source, body, size, md5)
+
+    def upload_ndarray(
+        self,
+        ndarray,
+        upload_options=None,
+        raster_meta=None,
+        overviews=None,
+        overview_resampler=None,
+        overwrite=False,
+    ):
+        """Send an array (rows, cols) or (bands, rows, cols) to become this image, placed by
+        the image's `cs_code` and `geotrans` or else by `raster_meta` (the `raster_info` of
+        an `ndarray(...)` call); returns its ImageUpload."""
+        import io
+
+        from tileserver.client import uploads
+
+        self._check_upload(overwrite)
+        data = uploads.npy_bytes(uploads.single(ndarray, "arrays"))
+        body = uploads.upload_request(
+            self,
+            "ndarray",
+            upload_options,
+            overviews,
+            overview_resampler,
+            len(data),
+            hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        )
+        body["array"] = uploads.array_grid(self, raster_meta)
+        return uploads.send(self, io.BytesIO(data), body, body["size"], body["md5"])
 
     def image_uploads(self):
-        """Not served: the image's upload listing (raises NotImplementedError)."""
-        raise NotImplementedError(UPLOADS)
+        """This key's uploads of this image (a search to filter, or iterate)."""
+        from tileserver.client.properties import properties
+        from tileserver.client.uploads import UploadSearch
+
+        search = UploadSearch(self._client, product_id=self.product_id)
+        return search.filter(properties.image_id == self.id)
 
     # pixels
 
