@@ -181,6 +181,15 @@ def test_download_writes_the_pixels_where_they_lie(cat, demo_store, tmp_path):
     )
     assert numpy.array_equal(array.reshape(b04.shape), b04)
 
+    # a collection's download: into a folder, named by image and bands, or to given paths
+    collection = ImageCollection([image], client=cat)
+    (named,) = collection.download("B04", dest=str(tmp_path / "many"), scaling="raw")
+    assert named == str(tmp_path / "many" / f"{DEMO_IMAGE.replace(':', '_')}-B04.tif")
+    (given,) = collection.download("B04", dest=[tmp_path / "sub" / "x.npy"], scaling="raw")
+    assert numpy.array_equal(numpy.load(given).reshape(b04.shape), b04)
+    with rasterio.open(named) as written:
+        assert numpy.array_equal(written.read(1), b04) and written.crs == crs
+
 
 def canvas(records) -> tuple[list[numpy.ndarray], rasterio.Affine]:
     """B04 of each record placed on the grid covering them all (same CRS and pixel size)."""
@@ -235,6 +244,26 @@ def test_stack_flattened_by_month_and_mosaic(cat, records):
     assert len(june_layers) > 1
     assert mosaic.shape == (1, *june_layers[0].shape)
     assert numpy.array_equal(mosaic[0].filled(0), newest_on_top(june_layers))
+
+
+def test_a_collection_from_an_intersects_search_keeps_its_area(cat):
+    """As in the Catalog, `collect()` after `intersects(aoi)` makes the AOI the default area
+    of the collection's mosaic and stack."""
+    images = (
+        Product.get(PRODUCT, client=cat)
+        .images()
+        .intersects(aoi())
+        .filter("2024-06-01" <= p.acquired < "2024-07-01")
+        .sort("acquired")
+        .collect()
+    )
+    assert images.geocontext == aoi() and images[:1].geocontext == aoi()
+    clipped = images.mosaic("B04", scaling="raw")
+    plain = ImageCollection(list(images), client=cat)
+    assert plain.geocontext is None
+    explicit = plain.mosaic("B04", scaling="raw", geocontext=aoi())
+    assert numpy.array_equal(clipped.filled(0), explicit.filled(0))
+    assert clipped.shape != plain.mosaic("B04", scaling="raw").shape
 
 
 # --- writing and sharing, with keys ---------------------------------------------------

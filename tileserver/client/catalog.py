@@ -878,9 +878,12 @@ class ImageSearch(Search):
                 return
             body = dict(following["body"])
 
-    def collect(self, **kwargs) -> ImageCollection:
-        """The images, in the search's order."""
-        return ImageCollection(list(self), client=self._client)
+    def collect(self, geocontext=None, **kwargs) -> ImageCollection:
+        """The images, in the search's order; the collection's area (the default of its
+        stack, mosaic and download_mosaic) is `geocontext`, else the search's
+        `intersects` geometry, as in the Catalog."""
+        area = geocontext if geocontext is not None else self._intersects
+        return ImageCollection(list(self), geocontext=area, client=self._client)
 
     def count(self) -> int:
         """How many images match (exact, from the server's summary; `limit` applies)."""
@@ -922,9 +925,16 @@ class ImageSearch(Search):
 class ImageCollection(list):
     """A list of images with the Catalog's whole-collection raster calls."""
 
-    def __init__(self, images=(), client: CatalogClient | None = None):
+    def __init__(self, images=(), geocontext=None, client: CatalogClient | None = None):
         super().__init__(images)
+        self.geocontext = geocontext  # the default area of stack, mosaic, download_mosaic
         self._client = client
+
+    def _like(self, images) -> ImageCollection:
+        return ImageCollection(images, geocontext=self.geocontext, client=self._client)
+
+    def _area(self, geocontext):
+        return self.geocontext if geocontext is None else geocontext
 
     @property
     def client(self) -> CatalogClient:
@@ -933,22 +943,22 @@ class ImageCollection(list):
 
     def __getitem__(self, index):
         found = super().__getitem__(index)
-        return ImageCollection(found, self._client) if isinstance(index, slice) else found
+        return self._like(found) if isinstance(index, slice) else found
 
     def filter(self, predicate) -> ImageCollection:
         """The images for which `predicate(image)` is true."""
-        return ImageCollection([i for i in self if predicate(i)], self._client)
+        return self._like([i for i in self if predicate(i)])
 
     def sorted(self, key, reverse: bool = False) -> ImageCollection:
         """Sorted by an attribute name or a function of the image."""
         keyfunc = key if callable(key) else lambda i: getattr(i, key)
-        return ImageCollection(sorted(self, key=keyfunc, reverse=reverse), self._client)
+        return self._like(sorted(self, key=keyfunc, reverse=reverse))
 
     def groupby(self, key) -> Iterator[tuple[Any, ImageCollection]]:
         """(key, images) groups; `key` an attribute name or a function of the image."""
         keyfunc = key if callable(key) else lambda i: getattr(i, key)
         for value, group in _groupby(sorted(self, key=keyfunc), keyfunc):
-            yield value, ImageCollection(group, self._client)
+            yield value, self._like(group)
 
     def each(self):
         """Iterate over the images (the Catalog's spelling)."""
@@ -1002,7 +1012,7 @@ class ImageCollection(list):
         search_id = self._register(self._paint_order())
         _, params, body = raster.raster_params(
             bands,
-            geocontext=geocontext,
+            geocontext=self._area(geocontext),
             crs=crs,
             resolution=resolution,
             resampler=resampler,
@@ -1051,7 +1061,7 @@ class ImageCollection(list):
         )
         names, params, body = raster.raster_params(
             bands,
-            geocontext=geocontext,
+            geocontext=self._area(geocontext),
             crs=crs,
             resolution=resolution,
             resampler=resampler,
@@ -1071,25 +1081,89 @@ class ImageCollection(list):
             return array, raster.raster_info(self.client, f"{path}/raster_info", info_params, body)
         return array
 
-    def download(self, bands, dest=None, format="tif", **kwargs) -> list[str]:
-        """Each image downloaded to a file in `dest` (a folder, default here)."""
+    def download(
+        self,
+        bands,
+        geocontext=None,
+        crs=None,
+        resolution=None,
+        all_touched=None,
+        dest=None,
+        format="tif",
+        resampler=None,
+        processing_level=None,
+        scaling=None,
+        data_type=None,
+        progress=None,
+        max_workers=None,
+    ) -> list[str]:
+        """Each image as a file: `dest` a folder (default here; files named by image id
+        and bands) or one path per image (its extension gives the format)."""
         import os
 
-        folder = dest or "."
+        fmt = getattr(format, "value", format)
+        if dest is None or isinstance(dest, str | os.PathLike):
+            folder = os.fspath(dest or ".")
+            os.makedirs(folder, exist_ok=True)
+            names = "-".join(raster.band_list(bands))
+            dests = [os.path.join(folder, f"{i.id.replace(':', '_')}-{names}.{fmt}") for i in self]
+        else:
+            dests = [os.fspath(d) for d in dest]
+            if len(dests) != len(self):
+                raise ValueError(f"dest: {len(dests)} paths for {len(self)} images")
         paths = []
-        for image in self:
-            name = f"{image.id.replace(':', '_')}-{'-'.join(raster.band_list(bands))}.{format}"
+        for image, path in zip(self, dests, strict=True):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             paths.append(
-                image.download(bands, dest=os.path.join(folder, name), format=format, **kwargs)
+                image.download(
+                    bands,
+                    geocontext=self._area(geocontext),
+                    crs=crs,
+                    resolution=resolution,
+                    dest=path,
+                    format=os.path.splitext(path)[1].lstrip(".") or fmt,
+                    resampler=resampler,
+                    processing_level=processing_level,
+                    scaling=scaling,
+                    data_type=data_type,
+                )
             )
         return paths
 
-    def download_mosaic(self, bands, dest=None, format="tif", **kwargs) -> str:
-        """The mosaic as a file (GeoTIFF or .npy)."""
+    def download_mosaic(
+        self,
+        bands,
+        geocontext=None,
+        crs=None,
+        resolution=None,
+        all_touched=None,
+        dest=None,
+        format="tif",
+        resampler=None,
+        processing_level=None,
+        scaling=None,
+        data_type=None,
+        mask_alpha=None,
+        nodata=None,
+        progress=None,
+    ) -> str:
+        """The mosaic as a file (GeoTIFF or .npy); returns its path."""
+        fmt = getattr(format, "value", format).lower().lstrip(".")
         search_id = self._register(self._paint_order())
-        _, params, body = raster.raster_params(bands, **kwargs)
-        content = raster.fetch(self.client, f"/searches/{search_id}/mosaic.{format}", params, body)
-        return raster.write_file(content, dest or f"mosaic.{format}")
+        _, params, body = raster.raster_params(
+            bands,
+            geocontext=self._area(geocontext),
+            crs=crs,
+            resolution=resolution,
+            resampler=resampler,
+            processing_level=processing_level,
+            scaling=scaling,
+            data_type=data_type,
+            nodata=nodata,
+            mask_alpha=mask_alpha,
+        )
+        content = raster.fetch(self.client, f"/searches/{search_id}/mosaic.{fmt}", params, body)
+        return raster.write_file(content, dest or f"mosaic.{fmt}")
 
     def scaling_parameters(self, bands, processing_level=None, scaling=None, data_type=None):
         """(scales, data_type) over every product of the collection (the Catalog's rules)."""
