@@ -284,7 +284,12 @@ def keyed(tmp_path_factory):
         store.put_key(key)
         tokens[user] = token
     grant = [str(folder / "files")]
-    settings = make_settings(folder, key_cache_seconds=0, import_grants={"org:acme": grant})
+    settings = make_settings(
+        folder,
+        key_cache_seconds=0,
+        import_grants={"org:acme": grant},
+        max_upload_bytes=2_000_000,  # the uploads' limit, reached by one test
+    )
     with LiveServer(create_app(settings, store=store)) as server:
         clients = {u: CatalogClient(server.url, api_key=t) for u, t in tokens.items()}
         yield folder, clients, server
@@ -491,6 +496,19 @@ def test_a_failed_upload_says_why_and_registers_nothing(keyed, upload_product, t
     upload.wait_for_completion(timeout=60)
     assert upload.status == ImageUploadStatus.FAILURE and "nir" in upload.errors[-1]
     assert Image.get("client-up:one", client=clients["alice"]) is None
+
+    # over the server's upload limit: the upload fails with the reason, not an exception
+    big = Image(
+        product=upload_product,
+        name="big",
+        acquired="2024-05-05",
+        cs_code=UTM,
+        geotrans=UTM_ORIGIN.to_gdal(),
+    )
+    upload = big.upload_ndarray(numpy.ones((2, 1000, 1000), "uint16"))
+    assert upload.status == ImageUploadStatus.FAILURE
+    assert "2000000 bytes" in upload.errors[-1]
+    assert Image.get("client-up:big", client=clients["alice"]) is None
 
 
 def test_only_writers_upload_and_a_reader_sees_the_image_once_shared(keyed, upload_product):
