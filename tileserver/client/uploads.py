@@ -15,14 +15,22 @@ import hashlib
 import io
 import os
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import numpy
 
 from tileserver.client.catalog import Search, _getter, _sort_key
-from tileserver.client.http import CatalogClient, ClientError, NotFoundError, client_or_default
+from tileserver.client.http import (
+    CatalogClient,
+    ClientError,
+    NotFoundError,
+    ServerError,
+    client_or_default,
+)
 from tileserver.client.properties import parse_time, time_text
 
 CHUNK = 1 << 20  # bytes per chunk of an upload's body
@@ -243,7 +251,11 @@ class ImageUpload:
         end = None if timeout is None else time.monotonic() + timeout
         intervals = iter(self._POLLING_INTERVALS)
         while True:
-            self.reload()
+            try:
+                self.reload()
+            except (ServerError, httpx.TransportError) as exc:  # try again at the next poll
+                if warn_transient_errors:
+                    warnings.warn(f"upload {self.id}: no state read: {exc}", stacklevel=2)
             if self.status in TERMINAL:
                 return
             pause = next(intervals, self._POLLING_INTERVALS[-1])
@@ -354,7 +366,10 @@ def send(image, source, request: dict, size: int, md5: str) -> ImageUpload:
     upload = ImageUpload(image._client, image=image)._update(doc)
     headers = {"content-type": "application/octet-stream", "content-length": str(size)}
     try:
-        doc = client.json("PUT", upload.data_url, content=_chunks(source), headers=headers)
+        # the path relative to the client's URL (the server's `data_url` carries its root
+        # path, which the client's base URL already has)
+        path = f"/uploads/{upload.id}/data"
+        doc = client.json("PUT", path, content=_chunks(source), headers=headers)
     except ClientError:
         # the server refused the bytes (size, MD5, not a raster, over the limit): the
         # record says why, as the Catalog reports failures through the upload
