@@ -12,7 +12,7 @@ import rasterio
 from shapely.geometry import box, mapping, shape
 
 from tests.conftest import DEMO_IMAGE, DEMO_TILE, LiveServer, make_settings
-from tests.synthetic import TILE, WEB_MERCATOR, write
+from tests.synthetic import TILE, WEB_MERCATOR, write, write_raster
 from tileserver.app import create_app
 from tileserver.catalog.keys import new_key
 from tileserver.catalog.sqlite import SQLiteStore
@@ -21,6 +21,12 @@ from tileserver.client import (
     ForbiddenError,
     Image,
     ImageCollection,
+    ImageUpload,
+    ImageUploadEventType,
+    ImageUploadOptions,
+    ImageUploadStatus,
+    NotFoundError,
+    OverviewResampler,
     Product,
     SpectralBand,
 )
@@ -147,6 +153,44 @@ def test_ndarray_with_each_scaling_form(cat, demo_store):
     assert params == ([(0, 3000, 0, 255), (0, 5000, 0, 255)], "Byte")
 
 
+def test_download_writes_the_pixels_where_they_lie(cat, demo_store, tmp_path):
+    record = demo_store.get_image(DEMO_IMAGE)
+    with rasterio.open(record.files[0].href) as source:
+        crs, transform, b04 = source.crs, source.transform, source.read(3)
+    image = Image.get(DEMO_IMAGE, client=cat)
+
+    path = image.download("B04", dest=str(tmp_path / "b04.tif"), scaling="raw")
+    assert path == str(tmp_path / "b04.tif")
+    with rasterio.open(path) as written:
+        assert written.crs == crs and written.transform.almost_equals(transform)
+        assert written.dtypes == ("uint16",) and written.shape == b04.shape
+        assert numpy.array_equal(written.read(1), b04)
+
+    # a coarser grid: same CRS and origin, twice the pixel size, half the pixels
+    coarse = image.download("B04", dest=str(tmp_path / "coarse.tif"), resolution=20)
+    with rasterio.open(coarse) as written:
+        assert written.crs == crs and written.res == (20.0, 20.0)
+        assert (written.transform.c, written.transform.f) == pytest.approx(
+            (transform.c, transform.f)
+        )
+        assert written.shape == (round(b04.shape[0] / 2), round(b04.shape[1] / 2))
+
+    # .npy: the same pixels, no georeferencing
+    array = numpy.load(
+        image.download("B04", dest=str(tmp_path / "b04.npy"), format="npy", scaling="raw")
+    )
+    assert numpy.array_equal(array.reshape(b04.shape), b04)
+
+    # a collection's download: into a folder, named by image and bands, or to given paths
+    collection = ImageCollection([image], client=cat)
+    (named,) = collection.download("B04", dest=str(tmp_path / "many"), scaling="raw")
+    assert named == str(tmp_path / "many" / f"{DEMO_IMAGE.replace(':', '_')}-B04.tif")
+    (given,) = collection.download("B04", dest=[tmp_path / "sub" / "x.npy"], scaling="raw")
+    assert numpy.array_equal(numpy.load(given).reshape(b04.shape), b04)
+    with rasterio.open(named) as written:
+        assert numpy.array_equal(written.read(1), b04) and written.crs == crs
+
+
 def canvas(records) -> tuple[list[numpy.ndarray], rasterio.Affine]:
     """B04 of each record placed on the grid covering them all (same CRS and pixel size)."""
     opened = []
@@ -202,6 +246,26 @@ def test_stack_flattened_by_month_and_mosaic(cat, records):
     assert numpy.array_equal(mosaic[0].filled(0), newest_on_top(june_layers))
 
 
+def test_a_collection_from_an_intersects_search_keeps_its_area(cat):
+    """As in the Catalog, `collect()` after `intersects(aoi)` makes the AOI the default area
+    of the collection's mosaic and stack."""
+    images = (
+        Product.get(PRODUCT, client=cat)
+        .images()
+        .intersects(aoi())
+        .filter("2024-06-01" <= p.acquired < "2024-07-01")
+        .sort("acquired")
+        .collect()
+    )
+    assert images.geocontext == aoi() and images[:1].geocontext == aoi()
+    clipped = images.mosaic("B04", scaling="raw")
+    plain = ImageCollection(list(images), client=cat)
+    assert plain.geocontext is None
+    explicit = plain.mosaic("B04", scaling="raw", geocontext=aoi())
+    assert numpy.array_equal(clipped.filled(0), explicit.filled(0))
+    assert clipped.shape != plain.mosaic("B04", scaling="raw").shape
+
+
 # --- writing and sharing, with keys ---------------------------------------------------
 
 
@@ -220,7 +284,12 @@ def keyed(tmp_path_factory):
         store.put_key(key)
         tokens[user] = token
     grant = [str(folder / "files")]
-    settings = make_settings(folder, key_cache_seconds=0, import_grants={"org:acme": grant})
+    settings = make_settings(
+        folder,
+        key_cache_seconds=0,
+        import_grants={"org:acme": grant},
+        max_upload_bytes=2_000_000,  # the uploads' limit, reached by one test
+    )
     with LiveServer(create_app(settings, store=store)) as server:
         clients = {u: CatalogClient(server.url, api_key=t) for u, t in tokens.items()}
         yield folder, clients, server
@@ -292,10 +361,189 @@ def test_create_search_share_and_read(keyed, monkeypatch):
     assert Product.get("client-old", client=alice) is None
 
 
-def test_uploads_and_blobs_say_they_are_not_served():
+# --- uploads --------------------------------------------------------------------------
+
+UTM = "EPSG:32631"
+UTM_ORIGIN = rasterio.Affine(10, 0, 500_000, 0, -10, 5_000_000)
+
+
+@pytest.fixture(scope="module")
+def upload_product(keyed):
+    """alice's product with two UInt16 bands, nodata 0, into which images are uploaded."""
+    _, clients, _ = keyed
+    product = Product(client=clients["alice"], id="client-up", name="Uploads")
+    product.save()
+    for index, name in enumerate(("red", "nir")):
+        SpectralBand(
+            name=name,
+            product=product,
+            band_index=index,
+            data_type="UInt16",
+            data_range=(0, 10000),
+            display_range=(0, 4000),
+            nodata=0,
+            resolution=10,
+        ).save()
+    return Product.get("client-up", client=clients["alice"])
+
+
+def random_pixels(shape, seed) -> numpy.ndarray:
+    """Values 1..9999 (0 is nodata), different per pixel."""
+    return numpy.random.default_rng(seed).integers(1, 10000, shape, dtype="uint16")
+
+
+def test_upload_a_file(keyed, upload_product, tmp_path):
+    folder, clients, _ = keyed
+    data = random_pixels((2, 300, 400), seed=3)
+    # outside every folder the server may read: the bytes travel over HTTP
+    path = write_raster(tmp_path / "scene.tif", data, UTM, UTM_ORIGIN, nodata=0)
+    image = Image(
+        product=upload_product,
+        name="scene",
+        acquired="2024-05-03T10:00:00Z",
+        cloud_fraction=0.25,
+        extra_properties={"mission": "synthetic"},
+    )
+    options = ImageUploadOptions(overviews=[2, 4], overview_resampler=OverviewResampler.AVERAGE)
+    upload = image.upload(str(path), upload_options=options)
+    assert isinstance(upload, ImageUpload) and upload.image_id == "client-up:scene"
+    assert upload.status in (
+        ImageUploadStatus.PENDING,
+        ImageUploadStatus.RUNNING,
+        ImageUploadStatus.SUCCESS,
+    )
+    upload.wait_for_completion(timeout=60)
+    assert upload.status == ImageUploadStatus.SUCCESS, upload.errors
+    assert upload.errors == []
+    assert upload.events[-1].event_type == ImageUploadEventType.COMPLETE
+
+    got = Image.get("client-up:scene", client=clients["alice"])
+    assert got.cloud_fraction == pytest.approx(0.25)
+    assert got.acquired == datetime(2024, 5, 3, 10, tzinfo=UTC)
+    assert got.extra_properties["mission"] == "synthetic"
+    assert (got.x_pixels, got.y_pixels) == (400, 300)
+    assert got.geotrans == pytest.approx(UTM_ORIGIN.to_gdal())
+    raw = got.ndarray("red nir", scaling="raw")
+    assert numpy.array_equal(raw.data, data) and not raw.mask.any()
+    # the COG the server wrote has the overviews asked for
+    (cog,) = (folder / "cogs" / "client-up").glob("upload-*.tif")
+    with rasterio.open(cog) as written:
+        assert written.overviews(1) == [2, 4]
+
+    # the same name again: refused before any byte is sent (as the Catalog does)
+    with pytest.raises(ValueError, match="already exists"):
+        Image(product=upload_product, name="scene", acquired="2024-05-04").upload(str(path))
+    # one file per image
+    with pytest.raises(NotImplementedError, match="one file"):
+        Image(product=upload_product, name="two", acquired="2024-05-04").upload([path, path])
+
+
+def test_upload_an_ndarray_placed_by_raster_info(keyed, upload_product):
+    _, clients, _ = keyed
+    alice = clients["alice"]
+    source = Image.get("client-up:scene", client=alice) or pytest.skip("needs test_upload_a_file")
+    # the Catalog's idiom: pixels and their raster_info, changed, uploaded as a new image
+    pixels, info = source.ndarray("red nir", scaling="raw", raster_info=True)
+    changed = (pixels.data // 2 + 1).astype("uint16")
+    image = Image(product=upload_product, name="halved", acquired="2024-06-01T00:00:00Z")
+    upload = image.upload_ndarray(
+        changed, raster_meta=info, overviews=[2], overview_resampler="nearest"
+    )
+    upload.wait_for_completion(timeout=60)
+    assert upload.status == ImageUploadStatus.SUCCESS, upload.errors
+
+    got = Image.get("client-up:halved", client=alice)
+    assert got.geotrans == pytest.approx(tuple(info["geoTransform"]))
+    assert got.geotrans == pytest.approx(UTM_ORIGIN.to_gdal())
+    assert numpy.array_equal(got.ndarray("red nir", scaling="raw").data, changed)
+    # placed by the image's own cs_code and geotrans, one band given as (rows, cols)
+    single = Image(
+        product=upload_product,
+        name="placed",
+        acquired="2024-06-02T00:00:00Z",
+        cs_code=UTM,
+        geotrans=UTM_ORIGIN.to_gdal(),
+    )
+    with pytest.raises(ValueError, match="geotrans"):
+        Image(product=upload_product, name="nowhere", acquired="2024-06-02").upload_ndarray(changed)
+    with pytest.raises(ValueError, match="data type"):
+        single.upload_ndarray(changed.astype("int64"))
+
+    # the uploads are listed per product and per image, newest first
+    uploads = upload_product.image_uploads().collect()
+    assert [u.image_id for u in uploads][:2] == ["client-up:halved", "client-up:scene"]
+    done = upload_product.image_uploads().filter(p.status == ImageUploadStatus.SUCCESS)
+    assert {u.image_id for u in done} >= {"client-up:halved", "client-up:scene"}
+    assert [u.id for u in got.image_uploads()] == [upload.id]
+    assert ImageUpload.get(upload.id, client=alice).status == ImageUploadStatus.SUCCESS
+
+
+def test_a_failed_upload_says_why_and_registers_nothing(keyed, upload_product, tmp_path):
+    _, clients, _ = keyed
+    bad = tmp_path / "notes.tif"
+    bad.write_bytes(b"not a raster at all")
+    upload = Image(product=upload_product, name="bad", acquired="2024-05-05").upload(bad)
+    upload.wait_for_completion(timeout=60)
+    assert upload.status == ImageUploadStatus.FAILURE
+    assert "not a raster" in upload.errors[-1]
+    assert upload.events[-1].event_type == ImageUploadEventType.ERROR
+    assert str(tmp_path) not in str(upload.errors)
+    assert Image.get("client-up:bad", client=clients["alice"]) is None
+
+    one_band = write_raster(tmp_path / "one.tif", random_pixels((1, 64, 64), 4), UTM, UTM_ORIGIN)
+    with open(one_band, "rb") as f:  # an open file works as a path does
+        upload = Image(product=upload_product, name="one", acquired="2024-05-05").upload(f)
+    upload.wait_for_completion(timeout=60)
+    assert upload.status == ImageUploadStatus.FAILURE and "nir" in upload.errors[-1]
+    assert Image.get("client-up:one", client=clients["alice"]) is None
+
+    # over the server's upload limit: the upload fails with the reason, not an exception
+    big = Image(
+        product=upload_product,
+        name="big",
+        acquired="2024-05-05",
+        cs_code=UTM,
+        geotrans=UTM_ORIGIN.to_gdal(),
+    )
+    upload = big.upload_ndarray(numpy.ones((2, 1000, 1000), "uint16"))
+    assert upload.status == ImageUploadStatus.FAILURE
+    assert "2000000 bytes" in upload.errors[-1]
+    assert Image.get("client-up:big", client=clients["alice"]) is None
+
+
+def test_only_writers_upload_and_a_reader_sees_the_image_once_shared(keyed, upload_product):
+    _, clients, _ = keyed
+    carol = clients["carol"]
+    array = random_pixels((2, 32, 32), 5)
+    attempt = Image(
+        client=carol,
+        product="client-up",
+        name="carols",
+        acquired="2024-07-01",
+        cs_code=UTM,
+        geotrans=UTM_ORIGIN.to_gdal(),
+    )
+    with pytest.raises(NotFoundError):  # the product is hidden from carol: 404, not 403
+        attempt.upload_ndarray(array)
+    assert Image.get("client-up:scene", client=carol) is None
+    upload_product.readers = ["org:globex"]
+    upload_product.save()
+    try:
+        seen = Image.get("client-up:scene", client=carol)
+        assert seen is not None and seen.ndarray("red", scaling="raw").shape == (1, 300, 400)
+        with pytest.raises(ForbiddenError):  # a reader may not add images
+            attempt.upload_ndarray(array)
+        # nor see alice's upload records
+        mine = upload_product.image_uploads().collect()
+        assert mine and ImageUpload.get(mine[0].id, client=carol) is None
+        assert list(Product.get("client-up", client=carol).image_uploads()) == []
+    finally:
+        upload_product.readers = []
+        upload_product.save()
+
+
+def test_blobs_say_they_are_not_served():
     from tileserver.client import Blob
 
-    with pytest.raises(NotImplementedError, match="uploads"):
-        Image(product="x", name="y").upload("file.tif")
     with pytest.raises(NotImplementedError, match="blobs"):
         Blob(name="x")

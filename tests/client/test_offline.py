@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 
 from tests.render.test_scaling_reference import (
@@ -192,3 +193,123 @@ def test_client_scaling_rules_agree_with_the_servers_case_for_case():
             disagree.append((case, ours, theirs))
     assert disagree == [], (len(disagree), disagree[:1])
     assert answered > 1000  # most cases give scales: agreement is not only on refusals
+
+
+# The calls of the Catalog guide: the reference client's parameter names, in order, must
+# start ours, so positional and keyword calls written for it work unchanged. Left out: the
+# reference's transport arguments (`request_params`, `headers`) and `Product.delete`, a
+# class-or-instance method there (see the README's differences).
+CALLS = [
+    "Image.upload",
+    "Image.upload_ndarray",
+    "Image.image_uploads",
+    "Image.ndarray",
+    "Image.download",
+    "Image.scaling_parameters",
+    "Image.coverage",
+    "Image.exists",
+    "Image.get",
+    "Product.get",
+    "Product.get_or_create",
+    "Product.image_uploads",
+    "Product.images",
+    "Product.search",
+    "ImageUpload.wait_for_completion",
+    "ImageUpload.reload",
+    "ImageUpload.search",
+    "ImageCollection.stack",
+    "ImageCollection.mosaic",
+    "ImageCollection.download",
+    "ImageCollection.download_mosaic",
+    "ImageCollection.scaling_parameters",
+    "ImageSearch.summary_interval",
+    "ImageSearch.intersects",
+    "ImageSearch.summary",
+    "ImageSearch.count",
+    "ImageSearch.collect",
+    "Search.filter",
+    "Search.sort",
+    "Search.limit",
+]
+ENUMS = [
+    "ImageUploadStatus",
+    "ImageUploadType",
+    "ImageUploadEventType",
+    "ImageUploadEventSeverity",
+    "OverviewResampler",
+]
+SIGNATURES = """
+import inspect, json, sys, warnings
+warnings.simplefilter("ignore")
+module = __import__(sys.argv[1], fromlist=["_"])
+calls = {}
+for call in sys.argv[2].split(","):
+    owner, name = call.split(".")
+    parameters = inspect.signature(getattr(getattr(module, owner), name)).parameters.values()
+    calls[call] = [
+        p.name for p in parameters
+        if p.name not in ("self", "cls", "request_params", "headers")
+        and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+enums = {e: sorted(m.value for m in getattr(module, e)) for e in sys.argv[3].split(",")}
+print(json.dumps({"calls": calls, "enums": enums}))
+"""
+
+
+def signatures(python: str, module: str) -> dict:
+    out = subprocess.run(
+        [python, "-c", SIGNATURES, module, ",".join(CALLS), ",".join(ENUMS)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_the_guides_calls_take_the_reference_clients_parameters(reference_python):
+    theirs = signatures(reference_python, "descarteslabs.catalog")
+    ours = signatures(sys.executable, "tileserver.client")
+    differ = {
+        call: (names, ours["calls"][call])
+        for call, names in theirs["calls"].items()
+        if ours["calls"][call][: len(names)] != names
+    }
+    assert differ == {}
+    for enum in ENUMS[:-1]:
+        assert ours["enums"][enum] == theirs["enums"][enum], enum
+    # overviews: every resampler the reference names, but its complex-data ones
+    missing = set(theirs["enums"]["OverviewResampler"]) - set(ours["enums"]["OverviewResampler"])
+    assert missing == {"average_mp", "average_magphase"}
+
+
+def test_upload_requests_from_the_catalogs_arguments():
+    from tileserver.client import Image, ImageUploadOptions, OverviewResampler
+    from tileserver.client.uploads import STATUS, array_grid, npy_bytes, single, upload_request
+
+    image = Image(product="p", name="n", acquired="2024-01-02", cloud_fraction=0.5)
+    options = ImageUploadOptions(overviews=[2, 4], overview_resampler=OverviewResampler.CUBICSPLINE)
+    body = upload_request(image, "file", options, None, None, 10, "0" * 32)
+    assert body == {
+        "name": "n",
+        "kind": "file",
+        "size": 10,
+        "md5": "0" * 32,
+        "acquired": "2024-01-02T00:00:00Z",
+        "cloud_cover": 50.0,
+        "overviews": [2, 4],
+        "resampler": "cubic_spline",  # the server's (rio-tiler's) spelling
+    }
+    # explicit arguments win over the options, as in the Catalog
+    assert upload_request(image, "ndarray", options, [2], "mode", 1, "")["overviews"] == [2]
+    # raster_meta as raster_info gives it; the image's own attributes take precedence
+    meta = {"geoTransform": [0, 10, 0, 0, 0, -10], "coordinateSystem": {"epsg": 32631}}
+    assert array_grid(image, meta) == {"crs": "EPSG:32631", "geotrans": [0, 10, 0, 0, 0, -10]}
+    image.cs_code, image.geotrans = "EPSG:4326", (1, 1, 0, 2, 0, -1)
+    assert array_grid(image, meta) == {"crs": "EPSG:4326", "geotrans": [1, 1, 0, 2, 0, -1]}
+    with pytest.raises(ValueError, match="3 \\(bands, rows, cols\\)"):
+        npy_bytes(numpy.zeros((1, 2, 3, 4), "uint8"))
+    with pytest.raises(NotImplementedError, match="one file"):
+        single(["a.tif", "b.tif"], "files")
+    assert set(STATUS) == {"pending", "receiving", "received", "converting", "done", "failed"}

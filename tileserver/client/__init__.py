@@ -34,6 +34,16 @@ from tileserver.client.http import (
     ServerError,
 )
 from tileserver.client.properties import Properties, Property, properties
+from tileserver.client.uploads import (
+    ImageUpload,
+    ImageUploadEvent,
+    ImageUploadEventSeverity,
+    ImageUploadEventType,
+    ImageUploadOptions,
+    ImageUploadStatus,
+    ImageUploadType,
+    OverviewResampler,
+)
 
 
 class Blob:
@@ -59,9 +69,17 @@ __all__ = [
     "Image",
     "ImageCollection",
     "ImageSearch",
+    "ImageUpload",
+    "ImageUploadEvent",
+    "ImageUploadEventSeverity",
+    "ImageUploadEventType",
+    "ImageUploadOptions",
+    "ImageUploadStatus",
+    "ImageUploadType",
     "MaskBand",
     "MicrowaveBand",
     "NotFoundError",
+    "OverviewResampler",
     "Product",
     "ProductSearch",
     "Properties",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
 from itertools import groupby as _groupby
@@ -39,11 +40,6 @@ SORT_FIELDS = {
     "product_id": "collection",
     "modified": "updated",
 }
-
-UPLOADS = (
-    "pixel uploads are not served by tileserver yet (issue 24 part 2): register files the "
-    "server can read with Image(...).save() (PUT /images) or `tileserver ingest`"
-)
 
 
 class DocumentObject:
@@ -218,8 +214,10 @@ class Product(DocumentObject):
         return Image.get(self.named_id(name), client=self._client)
 
     def image_uploads(self):
-        """Not served: the Catalog's upload listing (raises NotImplementedError)."""
-        raise NotImplementedError(UPLOADS)
+        """This key's uploads into the product (a search to filter, or iterate)."""
+        from tileserver.client.uploads import UploadSearch
+
+        return UploadSearch(self._client, product_id=self.id)
 
 
 # --- bands ----------------------------------------------------------------------------
@@ -529,8 +527,8 @@ class Image(DocumentObject):
         return ImageSearch(client)
 
     def save(self) -> None:
-        """Create or replace the image (PUT /images/{id}); its files must be readable by
-        the server (pixel uploads are not served yet)."""
+        """Create or replace the image (PUT /images/{id}) from files the server can read;
+        send pixels the server cannot read with upload() or upload_ndarray()."""
         if self._saved and self._doc is None:  # from a search: keep what items leave out
             self._doc = self.client.json("GET", f"/images/{self.id}")
         doc = self.client.json("PUT", f"/images/{self.id}", json=self._to_doc())
@@ -542,17 +540,80 @@ class Image(DocumentObject):
         self.client.request("DELETE", f"/images/{self.id}")
         self._saved = False
 
-    def upload(self, files, upload_options=None, overwrite=False):
-        """Not served: file uploads (raises NotImplementedError)."""
-        raise NotImplementedError(UPLOADS)
+    @classmethod
+    def exists(cls, id: str, client: CatalogClient | None = None) -> bool:
+        """Whether the image exists (and this key may read it)."""
+        return cls.get(id, client=client) is not None
 
-    def upload_ndarray(self, ndarray, *args, **kwargs):
-        """Not served: array uploads (raises NotImplementedError)."""
-        raise NotImplementedError(UPLOADS)
+    def _check_upload(self, overwrite: bool) -> None:
+        if not self.name or not self.product_id:
+            raise ValueError("id field required")
+        if self._saved:
+            raise ValueError(
+                f"Image {self.id} has been saved. Please use an unsaved image for uploading"
+            )
+        if overwrite:
+            raise NotImplementedError(
+                "overwrite=True: an upload never replaces an image on this server; "
+                "delete the image first, then upload"
+            )
+        if Image.exists(self.id, client=self._client):
+            raise ValueError(
+                f"Image {self.id} already exists in the catalog. Please use a new image id"
+            )
+
+    def upload(self, files, upload_options=None, overwrite=False):
+        """Send a GeoTIFF (or JPEG2000) file, a path or an open binary file, to become this
+        image (POST /products/{id}/uploads, then its bytes); returns its ImageUpload.
+
+        The image's name, `acquired` (else the file's time tag), `cloud_fraction` and
+        `extra_properties` are kept; its footprint and grid come from the file. One file
+        per image: the server's images made by uploads have a single file."""
+        from tileserver.client import uploads
+
+        self._check_upload(overwrite)
+        source = uploads.single(files, "files")
+        size, md5 = uploads._measure(source)
+        body = uploads.upload_request(self, "file", upload_options, None, None, size, md5)
+        return uploads.send(self, source, body, size, md5)
+
+    def upload_ndarray(
+        self,
+        ndarray,
+        upload_options=None,
+        raster_meta=None,
+        overviews=None,
+        overview_resampler=None,
+        overwrite=False,
+    ):
+        """Send an array (rows, cols) or (bands, rows, cols) to become this image, placed by
+        the image's `cs_code` and `geotrans` or else by `raster_meta` (the `raster_info` of
+        an `ndarray(...)` call); returns its ImageUpload."""
+        import io
+
+        from tileserver.client import uploads
+
+        self._check_upload(overwrite)
+        data = uploads.npy_bytes(uploads.single(ndarray, "arrays"))
+        body = uploads.upload_request(
+            self,
+            "ndarray",
+            upload_options,
+            overviews,
+            overview_resampler,
+            len(data),
+            hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        )
+        body["array"] = uploads.array_grid(self, raster_meta)
+        return uploads.send(self, io.BytesIO(data), body, body["size"], body["md5"])
 
     def image_uploads(self):
-        """Not served: the image's upload listing (raises NotImplementedError)."""
-        raise NotImplementedError(UPLOADS)
+        """This key's uploads of this image (a search to filter, or iterate)."""
+        from tileserver.client.properties import properties
+        from tileserver.client.uploads import UploadSearch
+
+        search = UploadSearch(self._client, product_id=self.product_id)
+        return search.filter(properties.image_id == self.id)
 
     # pixels
 
@@ -817,9 +878,12 @@ class ImageSearch(Search):
                 return
             body = dict(following["body"])
 
-    def collect(self, **kwargs) -> ImageCollection:
-        """The images, in the search's order."""
-        return ImageCollection(list(self), client=self._client)
+    def collect(self, geocontext=None, **kwargs) -> ImageCollection:
+        """The images, in the search's order; the collection's area (the default of its
+        stack, mosaic and download_mosaic) is `geocontext`, else the search's
+        `intersects` geometry, as in the Catalog."""
+        area = geocontext if geocontext is not None else self._intersects
+        return ImageCollection(list(self), geocontext=area, client=self._client)
 
     def count(self) -> int:
         """How many images match (exact, from the server's summary; `limit` applies)."""
@@ -861,9 +925,16 @@ class ImageSearch(Search):
 class ImageCollection(list):
     """A list of images with the Catalog's whole-collection raster calls."""
 
-    def __init__(self, images=(), client: CatalogClient | None = None):
+    def __init__(self, images=(), geocontext=None, client: CatalogClient | None = None):
         super().__init__(images)
+        self.geocontext = geocontext  # the default area of stack, mosaic, download_mosaic
         self._client = client
+
+    def _like(self, images) -> ImageCollection:
+        return ImageCollection(images, geocontext=self.geocontext, client=self._client)
+
+    def _area(self, geocontext):
+        return self.geocontext if geocontext is None else geocontext
 
     @property
     def client(self) -> CatalogClient:
@@ -872,22 +943,22 @@ class ImageCollection(list):
 
     def __getitem__(self, index):
         found = super().__getitem__(index)
-        return ImageCollection(found, self._client) if isinstance(index, slice) else found
+        return self._like(found) if isinstance(index, slice) else found
 
     def filter(self, predicate) -> ImageCollection:
         """The images for which `predicate(image)` is true."""
-        return ImageCollection([i for i in self if predicate(i)], self._client)
+        return self._like([i for i in self if predicate(i)])
 
     def sorted(self, key, reverse: bool = False) -> ImageCollection:
         """Sorted by an attribute name or a function of the image."""
         keyfunc = key if callable(key) else lambda i: getattr(i, key)
-        return ImageCollection(sorted(self, key=keyfunc, reverse=reverse), self._client)
+        return self._like(sorted(self, key=keyfunc, reverse=reverse))
 
     def groupby(self, key) -> Iterator[tuple[Any, ImageCollection]]:
         """(key, images) groups; `key` an attribute name or a function of the image."""
         keyfunc = key if callable(key) else lambda i: getattr(i, key)
         for value, group in _groupby(sorted(self, key=keyfunc), keyfunc):
-            yield value, ImageCollection(group, self._client)
+            yield value, self._like(group)
 
     def each(self):
         """Iterate over the images (the Catalog's spelling)."""
@@ -941,7 +1012,7 @@ class ImageCollection(list):
         search_id = self._register(self._paint_order())
         _, params, body = raster.raster_params(
             bands,
-            geocontext=geocontext,
+            geocontext=self._area(geocontext),
             crs=crs,
             resolution=resolution,
             resampler=resampler,
@@ -990,7 +1061,7 @@ class ImageCollection(list):
         )
         names, params, body = raster.raster_params(
             bands,
-            geocontext=geocontext,
+            geocontext=self._area(geocontext),
             crs=crs,
             resolution=resolution,
             resampler=resampler,
@@ -1010,25 +1081,89 @@ class ImageCollection(list):
             return array, raster.raster_info(self.client, f"{path}/raster_info", info_params, body)
         return array
 
-    def download(self, bands, dest=None, format="tif", **kwargs) -> list[str]:
-        """Each image downloaded to a file in `dest` (a folder, default here)."""
+    def download(
+        self,
+        bands,
+        geocontext=None,
+        crs=None,
+        resolution=None,
+        all_touched=None,
+        dest=None,
+        format="tif",
+        resampler=None,
+        processing_level=None,
+        scaling=None,
+        data_type=None,
+        progress=None,
+        max_workers=None,
+    ) -> list[str]:
+        """Each image as a file: `dest` a folder (default here; files named by image id
+        and bands) or one path per image (its extension gives the format)."""
         import os
 
-        folder = dest or "."
+        fmt = getattr(format, "value", format)
+        if dest is None or isinstance(dest, str | os.PathLike):
+            folder = os.fspath(dest or ".")
+            os.makedirs(folder, exist_ok=True)
+            names = "-".join(raster.band_list(bands))
+            dests = [os.path.join(folder, f"{i.id.replace(':', '_')}-{names}.{fmt}") for i in self]
+        else:
+            dests = [os.fspath(d) for d in dest]
+            if len(dests) != len(self):
+                raise ValueError(f"dest: {len(dests)} paths for {len(self)} images")
         paths = []
-        for image in self:
-            name = f"{image.id.replace(':', '_')}-{'-'.join(raster.band_list(bands))}.{format}"
+        for image, path in zip(self, dests, strict=True):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
             paths.append(
-                image.download(bands, dest=os.path.join(folder, name), format=format, **kwargs)
+                image.download(
+                    bands,
+                    geocontext=self._area(geocontext),
+                    crs=crs,
+                    resolution=resolution,
+                    dest=path,
+                    format=os.path.splitext(path)[1].lstrip(".") or fmt,
+                    resampler=resampler,
+                    processing_level=processing_level,
+                    scaling=scaling,
+                    data_type=data_type,
+                )
             )
         return paths
 
-    def download_mosaic(self, bands, dest=None, format="tif", **kwargs) -> str:
-        """The mosaic as a file (GeoTIFF or .npy)."""
+    def download_mosaic(
+        self,
+        bands,
+        geocontext=None,
+        crs=None,
+        resolution=None,
+        all_touched=None,
+        dest=None,
+        format="tif",
+        resampler=None,
+        processing_level=None,
+        scaling=None,
+        data_type=None,
+        mask_alpha=None,
+        nodata=None,
+        progress=None,
+    ) -> str:
+        """The mosaic as a file (GeoTIFF or .npy); returns its path."""
+        fmt = getattr(format, "value", format).lower().lstrip(".")
         search_id = self._register(self._paint_order())
-        _, params, body = raster.raster_params(bands, **kwargs)
-        content = raster.fetch(self.client, f"/searches/{search_id}/mosaic.{format}", params, body)
-        return raster.write_file(content, dest or f"mosaic.{format}")
+        _, params, body = raster.raster_params(
+            bands,
+            geocontext=self._area(geocontext),
+            crs=crs,
+            resolution=resolution,
+            resampler=resampler,
+            processing_level=processing_level,
+            scaling=scaling,
+            data_type=data_type,
+            nodata=nodata,
+            mask_alpha=mask_alpha,
+        )
+        content = raster.fetch(self.client, f"/searches/{search_id}/mosaic.{fmt}", params, body)
+        return raster.write_file(content, dest or f"mosaic.{fmt}")
 
     def scaling_parameters(self, bands, processing_level=None, scaling=None, data_type=None):
         """(scales, data_type) over every product of the collection (the Catalog's rules)."""
