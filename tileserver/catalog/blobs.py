@@ -607,6 +607,8 @@ class BlobAccess:
             raise Forbidden(f"namespace '{namespace}' is not yours: use '{head}' or '{head}:...'")
         if len(namespace.encode()) + len(request.name.encode()) > MAX_ID_BYTES:
             raise ValueError(TOO_LONG)
+        if request.expires is not None and request.expires <= utcnow():
+            raise ValueError("expires is in the past: the blob would be deleted at once")
         owners = request.owners
         if not owners and self.principal.user:
             owners = [f"user:{self.principal.user}"]
