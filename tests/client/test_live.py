@@ -293,9 +293,6 @@ def test_create_search_share_and_read(keyed, monkeypatch):
 
 
 def test_uploads_and_blobs_say_they_are_not_served():
-    from tileserver.client import Blob
-
+    # blobs are served: tests/client/test_blob.py
     with pytest.raises(NotImplementedError, match="uploads"):
         Image(product="x", name="y").upload("file.tif")
-    with pytest.raises(NotImplementedError, match="blobs"):
-        Blob(name="x")
