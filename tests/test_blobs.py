@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -317,3 +318,24 @@ def test_search_filters(any_server):
     ):
         answer = owner.get("/blobs", params=params)
         assert answer.status_code in (400, 422) and word in answer.json()["detail"], params
+
+
+def test_expired_blobs_and_stale_staging_are_purged(server):
+    owner = server.client("owner")
+    record = server.create(owner, DATA, name="soon-gone")
+    (file,) = stored_files(server.folder)
+    staging = server.folder / "blobs" / ".staging"
+    stale, fresh = staging / f"{'a' * 32}.{'b' * 32}", staging / f"{'c' * 32}.{'d' * 32}"
+    stale.write_bytes(b"cut off")
+    fresh.write_bytes(b"arriving")
+    day_ago = datetime.now(UTC).timestamp() - 25 * 3600
+    os.utime(stale, (day_ago, day_ago))
+
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    assert owner.patch(f"/blobs/{record['id']}", json={"expires": past}).status_code == 200
+    assert owner.get(f"/blobs/{record['id']}").status_code == 404
+    assert file.exists()  # until the next create purges it
+    server.create(owner, name="next")
+    assert not file.exists() and not stale.exists() and fresh.exists()
+    # its name is free again
+    assert owner.post("/blobs", json={"name": "soon-gone"}).status_code == 201

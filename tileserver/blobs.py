@@ -14,9 +14,11 @@ caller uploads as a blob never become an image's file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -25,6 +27,8 @@ from tileserver.catalog.models import utcnow
 from tileserver.catalog.store import Conflict, NotFound
 
 logger = logging.getLogger(__name__)
+
+STALE_SECONDS = 24 * 3600  # staged bytes untouched this long belong to no live upload
 
 
 class BlobError(ValueError):
@@ -109,7 +113,13 @@ class BlobFiles:
         return path
 
     def purge_expired(self, store: BlobStore, limit: int = 100) -> int:
-        """Delete blobs past their `expires` (records, then files); how many."""
+        """Delete blobs past their `expires` (records, then files), and staged bytes of
+        uploads cut off over STALE_SECONDS ago (a crash, a restart); how many blobs."""
+        cutoff = time.time() - STALE_SECONDS
+        for staged in self.staging.iterdir() if self.staging.is_dir() else []:
+            with contextlib.suppress(OSError):
+                if staged.stat().st_mtime < cutoff:
+                    staged.unlink()
         count = 0
         for blob in store.expired(utcnow(), limit):
             try:
