@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from shapely.geometry import box, mapping, shape
+from shapely.geometry import Point, box, mapping, shape
 
 from tests.conftest import make_settings
 from tileserver.app import create_app
@@ -258,6 +258,7 @@ def test_search_filters(any_server):
         ("maps/sub/c.tif", ["map", "2024", "final"], None),
         ("notes.txt", ["2024"], box(0.5, 0.5, 3, 3)),
         ("mapsx", [], box(-5, -5, -4, -4)),
+        ("z.txt", [], Point(1.5, 1.5, 100.0)),  # 3D: PostGIS keeps it 2D
     ]
     records = []
     for name, tags, geometry in specs:
@@ -291,7 +292,7 @@ def test_search_filters(any_server):
     assert names(intersects=json.dumps(mapping(area))) == expected(
         lambda r: r["geometry"] is not None and shape(r["geometry"]).intersects(area)
     )
-    assert len(names(intersects=json.dumps(mapping(area)))) == 2
+    assert len(names(intersects=json.dumps(mapping(area)))) == 3
     assert names(namespace="acme:owner", prefix="maps/s") == [("maps/sub/c.tif", "data")]
     assert names(namespace="acme") == []
     middle = records[2]["created"]

@@ -32,6 +32,7 @@ from tileserver.catalog.blobs import (
     BlobQuery,
     BlobRequest,
     StorageType,
+    aware,
     check_tags,
     decode_token,
 )
@@ -190,6 +191,10 @@ def blob_query(
             decode_token(token)
         except ValueError as exc:
             raise bad_request(str(exc)) from None
+    try:
+        start, end = aware(start), aware(end)
+    except ValueError as exc:
+        raise bad_request(f"start/end: {exc}") from None
     return BlobQuery(
         namespace=namespace,
         name=name,

@@ -79,7 +79,10 @@ def aware(value: datetime | None) -> datetime | None:
     """A time in UTC (naive means UTC)."""
     if value is None:
         return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    try:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    except OverflowError:  # year 9999 with a negative offset, year 1 with a positive one
+        raise ValueError("time out of range in UTC") from None
 
 
 class BlobFields(BaseModel):
@@ -530,7 +533,7 @@ class PostgresBlobStore(BlobStore):
         }
 
     def _marks(self, row: dict) -> list[str]:
-        kinds = {"geom": "ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326)", "doc": "%s::jsonb"}
+        kinds = {"geom": "ST_Force2D(ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326))", "doc": "%s::jsonb"}
         return [kinds.get(column, "%s") for column in row]
 
     def _visible_sql(self, names: Sequence[str]) -> tuple[str, list]:
@@ -541,7 +544,7 @@ class PostgresBlobStore(BlobStore):
 
     def _intersects_sql(self, geometry: dict) -> tuple[str, list]:
         return (
-            "ST_Intersects(geom, ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326))",
+            "ST_Intersects(geom, ST_Force2D(ST_SetSRID(ST_GeomFromGeoJSON(%s), 4326)))",
             [json.dumps(geometry)],
         )
 
