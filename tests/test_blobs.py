@@ -340,3 +340,25 @@ def test_expired_blobs_and_stale_staging_are_purged(server):
     assert not file.exists() and not stale.exists() and fresh.exists()
     # its name is free again
     assert owner.post("/blobs", json={"name": "soon-gone"}).status_code == 201
+
+
+def test_of_two_uploads_of_one_blob_one_lands(server):
+    """The record turns available only while pending: the second upload's bytes go."""
+    from tileserver.catalog.access import Principal
+    from tileserver.catalog.blobs import BlobAccess, BlobRequest
+    from tileserver.catalog.store import Conflict
+
+    access = BlobAccess(server.store.blobs(), Principal(user="owner", org="acme"))
+    blob = access.create(BlobRequest(name="raced"))
+    files = server.app.state.blob_files
+    first, second = files.receiver(blob), files.receiver(blob)
+    first.write(b"first")
+    second.write(b"second")
+    first.finish()
+    second.finish()
+    assert files.commit(access.store, first).size == 5
+    with pytest.raises(Conflict):
+        files.commit(access.store, second)
+    (file,) = stored_files(server.folder)
+    assert file.read_bytes() == b"first"
+    assert access.get(blob.id).md5 == md5(b"first")
