@@ -320,6 +320,15 @@ def test_search_filters(any_server):
         answer = owner.get("/blobs", params=params)
         assert answer.status_code in (400, 422) and word in answer.json()["detail"], params
 
+    # purge (expired) and delete on this store too: records and files go
+    expired_file = any_server.folder / "blobs" / f"{old['id']}."
+    assert any(str(f).startswith(str(expired_file)) for f in stored_files(any_server.folder))
+    any_server.create(owner, name="trigger")
+    assert not any(str(f).startswith(str(expired_file)) for f in stored_files(any_server.folder))
+    assert owner.delete(f"/blobs/{records[0]['id']}").status_code == 204
+    assert owner.get(f"/blobs/{records[0]['id']}").status_code == 404
+    assert ("maps/a.tif", "data") not in names()
+
 
 def test_expired_blobs_and_stale_staging_are_purged(server):
     owner = server.client("owner")
