@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from contextlib import asynccontextmanager, suppress
 
 import anyio.to_thread
@@ -18,6 +19,7 @@ from rio_tiler.errors import InvalidExpression, TileOutsideBounds
 
 from tileserver import __version__
 from tileserver.api import (
+    blobs,
     catalog,
     chips,
     health,
@@ -34,6 +36,7 @@ from tileserver.api.auth import KeyAuth
 from tileserver.api.confine import Confine
 from tileserver.api.factory import MOSAIC_HEADERS
 from tileserver.api.templates import render_template, root_path
+from tileserver.blobs import BlobFiles
 from tileserver.cache import open_cache
 from tileserver.catalog.cql2sql import FilterError
 from tileserver.catalog.keys import KeyRing
@@ -182,6 +185,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.state.uploads = Uploads(
         store, app.state.confinement, settings.max_upload_bytes, settings.upload_workers
     )
+    app.state.blob_files = BlobFiles(settings.data_dir, settings.max_blob_bytes)
     app.add_middleware(Confine, confinement=app.state.confinement)
     searches.limit_searches(store, settings)  # TTL and cap of registered searches
     app.add_middleware(
@@ -190,12 +194,12 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
         allow_anonymous=settings.allow_anonymous,
     )
     # inside BodyLimit, which caps the body this buffers; outside KeyAuth and the routes
-    # upload bytes (uploads.DATA_PATH) are streamed: neither buffered nor cut at the deadline
-    app.add_middleware(
-        DeadlineMiddleware, seconds=settings.request_timeout, streamed=uploads.DATA_PATH
-    )
+    # upload and blob bytes (uploads.DATA_PATH, blobs.DATA_PATH) are streamed: neither
+    # buffered nor cut at the deadline
+    streamed = re.compile(f"{uploads.DATA_PATH.pattern}|{blobs.DATA_PATH.pattern}")
+    app.add_middleware(DeadlineMiddleware, seconds=settings.request_timeout, streamed=streamed)
     app.add_middleware(  # 413 with CORS headers
-        BodyLimit, max_bytes=settings.max_body_bytes, streamed=uploads.DATA_PATH
+        BodyLimit, max_bytes=settings.max_body_bytes, streamed=streamed
     )
     app.add_middleware(  # outside KeyAuth: preflights and 401s carry CORS headers
         CORSMiddleware,
@@ -234,6 +238,7 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     app.include_router(query.router)
     app.include_router(imports.router)
     app.include_router(uploads.router)
+    app.include_router(blobs.router)
     app.include_router(values.router)
     if settings.static_dir.is_dir():
         app.mount("/static", StaticFiles(directory=settings.static_dir), name="static")

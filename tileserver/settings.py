@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         4 * 1024**3, ge=1, description="largest pixel upload (`PUT /uploads/{id}/data`); 413 above"
     )
+    max_blob_bytes: int = Field(
+        4 * 1024**3, ge=0, description="largest blob (`PUT /blobs/{id}/data`); 413 above"
+    )
     upload_workers: int = Field(
         1, ge=1, le=16, description="threads converting received uploads to COGs"
     )

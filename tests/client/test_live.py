@@ -540,10 +540,3 @@ def test_only_writers_upload_and_a_reader_sees_the_image_once_shared(keyed, uplo
     finally:
         upload_product.readers = []
         upload_product.save()
-
-
-def test_blobs_say_they_are_not_served():
-    from tileserver.client import Blob
-
-    with pytest.raises(NotImplementedError, match="blobs"):
-        Blob(name="x")

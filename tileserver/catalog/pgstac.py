@@ -35,6 +35,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from tileserver.catalog import stac
+from tileserver.catalog.blobs import POSTGRES_SCHEMA as BLOBS_SCHEMA
+from tileserver.catalog.blobs import PostgresBlobStore
 from tileserver.catalog.cql2sql import (
     POSTGRES,
     Dialect,
@@ -228,6 +230,7 @@ def migrate(dsn: str) -> str:
             with PgstacDB(dsn=dsn) as db:
                 version = Migrate(db).run_migration()
             conn.execute(SCHEMA)
+            conn.execute(BLOBS_SCHEMA)
             conn.execute(_functions(conn))
             conn.execute(LAST_USED_SINCE)
             _backfill(conn)
@@ -625,6 +628,10 @@ class PgstacStore(SQLStore):
 
     def _text(self, column: str) -> str:
         return f"{column}::text"
+
+    def blobs(self) -> PostgresBlobStore:
+        """The blob records in the `tileserver` schema (its table made by `migrate`)."""
+        return PostgresBlobStore(self._conn, self._transaction)
 
     def ping(self) -> None:
         """One cheap query of pgSTAC's collections table, waiting at most 2 s for a

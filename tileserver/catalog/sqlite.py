@@ -19,6 +19,7 @@ from pathlib import Path
 import shapely
 from shapely.geometry import shape
 
+from tileserver.catalog.blobs import SQLiteBlobStore
 from tileserver.catalog.cql2sql import SQLITE, Dialect, Queryable, register_functions
 from tileserver.catalog.models import (
     Image,
@@ -186,6 +187,7 @@ class SQLiteStore(SQLStore):
         self._parsed = ParsedDocs()
         self._connection().executescript(SCHEMA)
         self._migrate()
+        self._blobs = SQLiteBlobStore(self._conn, self._transaction)  # its table, if new
 
     def _migrate(self) -> None:
         """Bring an older catalog file up to SCHEMA_VERSION, one transaction per version."""
@@ -256,6 +258,10 @@ class SQLiteStore(SQLStore):
             raise
         else:
             db.execute("COMMIT")
+
+    def blobs(self) -> SQLiteBlobStore:
+        """The blob records kept in this catalog's file."""
+        return self._blobs
 
     def parcels(self) -> SQLiteParcelStore:
         """The parcel layers kept in this catalog's file."""

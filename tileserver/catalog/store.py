@@ -19,6 +19,7 @@ from tileserver.catalog.search import (
 )
 
 if TYPE_CHECKING:
+    from tileserver.catalog.blobs import BlobStore
     from tileserver.catalog.keys import ApiKey
     from tileserver.catalog.parcels import ParcelStore
 
@@ -137,6 +138,9 @@ class CatalogStore(Protocol):
 
     def parcels(self) -> ParcelStore | None:
         """The parcel layers kept with this catalog; None where the backend keeps none."""
+
+    def blobs(self) -> BlobStore:
+        """The blob records kept with this catalog (catalog.blobs)."""
 
     def ping(self) -> None:
         """One cheap query of the catalog's tables (readiness); raises when it fails."""

@@ -7,6 +7,7 @@ It talks only to the server's HTTP API (TILESERVER_URL, key TILESERVER_API_KEY) 
 imports nothing of the server: httpx, numpy and rasterio are enough.
 """
 
+from tileserver.client.blob import Blob, BlobSearch, StorageType
 from tileserver.client.catalog import (
     Band,
     ClassBand,
@@ -45,21 +46,12 @@ from tileserver.client.uploads import (
     OverviewResampler,
 )
 
-
-class Blob:
-    """Named byte objects (the Catalog's blobs) are not served by tileserver yet."""
-
-    def __init__(self, *args, **kwargs):
-        raise NotImplementedError(
-            "blobs are not served by tileserver yet (issue 24 part 3); store bytes elsewhere"
-        )
-
-
 __all__ = [
     "AuthError",
     "BadRequestError",
     "Band",
     "Blob",
+    "BlobSearch",
     "CatalogClient",
     "ClassBand",
     "ClientError",
@@ -88,6 +80,7 @@ __all__ = [
     "Search",
     "ServerError",
     "SpectralBand",
+    "StorageType",
     "SummaryResult",
     "properties",
 ]
