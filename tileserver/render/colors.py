@@ -27,6 +27,7 @@ from tileserver.render.errors import RenderError
 
 MAX_COLORMAP_ENTRIES = 256  # discrete values or intervals in a request's colormap
 MAX_COLORMAP_LENGTH = 20_000  # characters of colormap JSON
+MAX_COLORMAP_KEY = 2**53  # beyond it a float band's value and the key no longer compare exactly
 MAX_COLOR_FORMULA_LENGTH = 256
 MAX_COLOR_OPERATIONS = 16
 MAX_LEGEND_SIZE = 2048  # pixels of a legend's longer side
@@ -69,7 +70,7 @@ def parse_colormap(text: str) -> dict | list:
         value = loads_bounded(text, "colormap", 4)
     except ValueError as exc:
         raise ColorError(str(exc)) from None
-    if not value or len(value) > MAX_COLORMAP_ENTRIES or not isinstance(value, dict | list):
+    if not isinstance(value, dict | list) or not value or len(value) > MAX_COLORMAP_ENTRIES:
         raise ColorError(
             f"colormap is a JSON object of value -> colour or a list of [[lo, hi], colour] "
             f"intervals, 1..{MAX_COLORMAP_ENTRIES} entries"
@@ -81,6 +82,8 @@ def parse_colormap(text: str) -> dict | list:
                 number = int(key)
             except ValueError:
                 raise ColorError(f"colormap key '{key}' is not an integer value") from None
+            if abs(number) > MAX_COLORMAP_KEY:
+                raise ColorError(f"colormap key '{key}' is not an integer within +-2**53")
             result[number] = _color(color, f"colormap entry '{key}'")
         return result
     intervals = []
