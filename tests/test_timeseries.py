@@ -374,7 +374,7 @@ def test_refusals_name_the_parameter(empty_client, scenes):
     base = polygon_body()
     posts = [
         ({**base, "band": "B04", "cloud_mask": "SCL:3"}, 400, "bands=NAME"),
-        ({**base, "band": "B04", "bands": ["B04"]}, 400, "take the new form"),
+        ({**base, "band": "B04", "bands": ["B04"]}, 400, "belong to the new form"),
         ({**base, "expression": NDVI, "max_cloud_fraction": 0.5}, 400, "needs a cloud_mask"),
         ({**base, "expression": NDVI, "cloud_mask": "B04:1"}, 400, "not a class band"),
         ({**base, "expression": NDVI, "cloud_mask": "SCL"}, 400, "is not BAND:classes"),

@@ -216,8 +216,8 @@ def series_request(
         )
         if given:
             raise SeriesError(
-                f"{FIRST_FORM_ONLY}; {', '.join(given)} take the new form: bands=NAME,... or "
-                "expression=... instead of band (e.g. bands=B04 or "
+                f"{FIRST_FORM_ONLY}; {', '.join(given)} belong to the new form: name "
+                "bands=NAME,... or expression=... instead of band (e.g. bands=B04 or "
                 "expression=(B08-B04)/(B08+B04), cloud_mask=SCL:3,8,9,10)"
             )
         if not band.strip():
