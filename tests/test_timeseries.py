@@ -421,3 +421,20 @@ def test_product_declared_cloud_mask():
     scl = Product(id="p", bands=[Band(name="B1"), Band(name="scl", type="class")])
     assert product_cloud_mask(scl) == CloudMask("scl", frozenset(CLOUDY), "product")
     assert product_cloud_mask(Product(id="p", bands=[Band(name="B1")])) is None
+
+
+def test_band_math_infinities_are_no_value_and_wide_ranges_a_clear_error():
+    """rio-tiler's band math writes x/0 as the largest float: statistics leave it out, and
+    a histogram no float can span is a StatisticsError (a 400), not numpy's ValueError."""
+    from tileserver.render.statistics import StatisticsError, StatisticsOptions, band_statistics
+
+    top = numpy.finfo("float64").max
+    everywhere = numpy.ones((1, 3), dtype=bool)
+    data = numpy.ma.MaskedArray(numpy.array([[top, 5.0, -top]]), mask=False)
+    found = band_statistics(data, everywhere, StatisticsOptions(bins=1))
+    assert (found["valid_count"], found["masked_count"], found["mean"]) == (1, 2, 5.0)
+    wide = numpy.ma.MaskedArray(numpy.array([[-top / 1.01, 0.0, top / 1.01]]), mask=False)
+    with pytest.raises(StatisticsError, match="give histogram_range"):
+        band_statistics(wide, everywhere, StatisticsOptions(bins=10))
+    ranged = band_statistics(wide, everywhere, StatisticsOptions(histogram_range=(0, 1)))
+    assert ranged["valid_count"] == 3

@@ -19,7 +19,8 @@ render/statistics.py):
 - Values: at the processing level (the bands' default unless asked), band math applied,
   never scaled; statistics of the valid pixels (render/statistics.py band_statistics:
   mean, std ddof=0, min, max, median, percentiles with numpy's linear rule, classes of a
-  class band); a band-math result that is not a number (0/0) is left out.
+  class band); a band-math result that is infinite (x/0) is left out (rio-tiler's band
+  math gives 0 for 0/0).
 - `max_cloud_fraction`: dates whose cloud fraction is above it are dropped (listed in
   `dropped`) or, with `cloudy="flag"`, kept with `flagged: true`.
 - The cloud mask: `BAND:c1,c2,...` (a class band of the product and its cloud classes),
@@ -397,7 +398,8 @@ def image_row(
     if mask is not None and seen:
         fraction = counts["cloud_count"] / seen
     outputs = evaluate(values, plan, request)
-    options = StatisticsOptions(percentiles=request.percentiles, bins=1)
+    # no histogram in a series: a fixed range keeps numpy from sizing one
+    options = StatisticsOptions(request.percentiles, bins=1, histogram_range=(0.0, 1.0))
     described = plan.value_bands if not request.expression else [None] * len(plan.names)
     statistics = {}
     for i, name in enumerate(plan.names):
