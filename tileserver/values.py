@@ -99,6 +99,8 @@ class Point:
                 raise DownloadError(f"the point cannot be expressed in WGS84: {exc}") from None
         if not (math.isfinite(lon) and math.isfinite(lat) and -90 <= lat <= 90):
             raise DownloadError(f"the point ({self.x:g}, {self.y:g}) is not on the Earth")
+        if self.crs == WGS84 and not -180 <= lon <= 180:  # PROJ refuses it in UTM
+            raise DownloadError(f"the point ({self.x:g}, {self.y:g}) is not on the Earth")
         return lon, lat
 
 

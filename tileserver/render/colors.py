@@ -69,7 +69,7 @@ def parse_colormap(text: str) -> dict | list:
         value = loads_bounded(text, "colormap", 4)
     except ValueError as exc:
         raise ColorError(str(exc)) from None
-    if not value or len(value) > MAX_COLORMAP_ENTRIES or not isinstance(value, dict | list):
+    if not isinstance(value, dict | list) or not value or len(value) > MAX_COLORMAP_ENTRIES:
         raise ColorError(
             f"colormap is a JSON object of value -> colour or a list of [[lo, hi], colour] "
             f"intervals, 1..{MAX_COLORMAP_ENTRIES} entries"
