@@ -365,7 +365,8 @@ def image_pixels(
 
 
 def evaluate(values: numpy.ma.MaskedArray, plan: Plan, request: SeriesRequest):
-    """The request's band math over the value bands (NaN where undefined), or the bands."""
+    """The request's band math over the value bands, or the bands (rio-tiler's band math:
+    0/0 is 0, x/0 the largest float, which render/statistics.py leaves out)."""
     params = RenderParams(expression=request.expression)
     return evaluate_expression(values, [b.name for b in plan.value_bands], params)
 
