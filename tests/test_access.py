@@ -350,6 +350,22 @@ def test_parcel_statistics_of_hidden_products_are_404(world):
     )
     rows = world.client("bob").post("/timeseries", json={**body, "product": "acme"}).json()["rows"]
     assert [(r["image_id"], r["mean"]) for r in rows] == [("acme:img", 100.0)]
+    # the new form, over the polygon and at a point
+    new = {k: v for k, v in body.items() if k != "band"} | {"bands": ["v"], "product": "acme"}
+    assert world.client("carol").post("/timeseries", json=new).status_code == 404
+    rows = world.client("bob").post("/timeseries", json=new).json()["rows"]
+    assert [(r["image_id"], r["statistics"]["v"]["mean"]) for r in rows] == [("acme:img", 100.0)]
+    point = {
+        "product": "acme",
+        "bands": "v",
+        "lon": cx + 0.005,
+        "lat": cy + 0.005,
+        "start_date": "2024-01-01",
+        "end_date": "2024-01-31",
+    }
+    assert world.client("carol").get("/timeseries", params=point).status_code == 404
+    rows = world.client("bob").get("/timeseries", params=point).json()["rows"]
+    assert [(r["image_id"], r["statistics"]["v"]["mean"]) for r in rows] == [("acme:img", 100.0)]
 
 
 def test_tile_urls_carry_a_query_key(world):

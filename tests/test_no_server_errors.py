@@ -128,3 +128,46 @@ def test_odd_search_bodies_never_500(client, body):
         assert response.status_code < 500, (path, body, response.text)
         if response.status_code >= 400:
             assert response.json()["detail"], (path, body)
+
+
+@pytest.mark.slow
+def test_time_series_parameter_grid_never_500(client):
+    """Odd band lists, expressions, cloud masks and fractions at a demo point and over a
+    small polygon: every answer is 2xx or a 4xx with a detail."""
+    base = {"product": "sentinel-2-l2a", "start_date": "2024-05-01", "end_date": "2024-07-31"}
+    what = [
+        {"bands": "B04"},
+        {"bands": "B04,SCL"},
+        {"bands": ","},
+        {"bands": "B99"},
+        {"expression": "(B08-B04)/(B08+B04)"},
+        {"expression": "B04/0;B08"},
+        {"expression": "B99+1"},
+        {"band": "SCL"},
+        {},
+    ]
+    masks = [None, "default", "SCL:3,8,9,10", "SCL:", "B04:1", "SCL:x", "none", ":"]
+    fractions = [None, "0", "0.5", "nan", "2"]
+    statuses = set()
+    combos = itertools.product(what, masks)
+    formats = itertools.cycle(["json", "csv", "png", "xml"])
+    for (chosen, mask), fraction, cloudy, fmt in zip(
+        combos, itertools.cycle(fractions), itertools.cycle(["drop", "flag", "x"]), formats
+    ):
+        params = {**base, **chosen, "format": fmt, "lon": 15.05, "lat": 52.3}
+        extra = {"cloud_mask": mask, "max_cloud_fraction": fraction, "cloudy": cloudy}
+        params.update({k: v for k, v in extra.items() if v is not None})
+        response = client.get("/timeseries", params=params)
+        assert response.status_code < 500, (params, response.text)
+        if response.status_code >= 400:
+            assert response.json()["detail"], params
+        statuses.add(response.status_code)
+    assert 200 in statuses
+    ring = [[15.05, 52.30], [15.052, 52.30], [15.052, 52.302], [15.05, 52.30]]
+    body = {**base, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    for chosen, fmt in zip(what, formats, strict=False):
+        sent = {**body, **chosen, "cloud_mask": "default"}
+        if "bands" in chosen:
+            sent["bands"] = chosen["bands"].split(",")
+        response = client.post("/timeseries", params={"format": fmt}, json=sent)
+        assert response.status_code < 500, (sent, response.text)

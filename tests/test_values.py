@@ -439,3 +439,18 @@ def test_bad_statistics_requests_are_clear_400s(zones, params, body, words):
         answer = client.post("/images/lv:west/statistics", params=params, json=body)
     assert answer.status_code == 400, answer.text
     assert words.lower() in answer.json()["detail"].lower()
+
+
+def test_odd_points_and_colormaps_found_by_fuzzing_are_400s():
+    """A longitude past 180 (PROJ refuses it in UTM) and a colormap that is a bare number
+    were 500s; they are the errors app.py answers 400 to."""
+    from tileserver.render.colors import ColorError, parse_colormap
+    from tileserver.render.download import DownloadError
+    from tileserver.values import Point
+
+    with pytest.raises(DownloadError, match="is not on the Earth"):
+        Point(573.0, 0.0).lonlat()
+    assert Point(180.0, 0.0).lonlat() == (180.0, 0.0)
+    for text in ("5", '"x"', "true", "null"):
+        with pytest.raises(ColorError, match="colormap is a JSON object"):
+            parse_colormap(text)

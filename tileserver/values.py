@@ -99,6 +99,8 @@ class Point:
                 raise DownloadError(f"the point cannot be expressed in WGS84: {exc}") from None
         if not (math.isfinite(lon) and math.isfinite(lat) and -90 <= lat <= 90):
             raise DownloadError(f"the point ({self.x:g}, {self.y:g}) is not on the Earth")
+        if self.crs == WGS84 and not -180 <= lon <= 180:  # PROJ refuses it in UTM
+            raise DownloadError(f"the point ({self.x:g}, {self.y:g}) is not on the Earth")
         return lon, lat
 
 
@@ -128,7 +130,7 @@ def _values(array: numpy.ma.MaskedArray) -> list[float | None]:
     return out
 
 
-def _evaluate(data: numpy.ma.MaskedArray, names: Sequence[str], params: RenderParams):
+def evaluate_expression(data: numpy.ma.MaskedArray, names: Sequence[str], params: RenderParams):
     """The request's band math over `data` (bands named `names`), or `data` itself."""
     if not params.expression:
         return data
@@ -218,7 +220,7 @@ def image_point(layer: ImageLayer, point: Point, params: RenderParams) -> dict:
     )
     return {
         "band_names": output_names(bands, params),
-        "values": _values(_evaluate(found.converted, names, params)),
+        "values": _values(evaluate_expression(found.converted, names, params)),
         "rendered": _rendered(rendered),
         "bands": _bands_entry(names, found),
     }
@@ -257,7 +259,7 @@ def search_point(
                 "collection": image.product_id,
                 "datetime": image.acquired.isoformat(),
                 "valid": not numpy.ma.getmaskarray(found.converted).all(),
-                "values": _values(_evaluate(found.converted, names, params)),
+                "values": _values(evaluate_expression(found.converted, names, params)),
                 "bands": _bands_entry(names, found),
             }
         )
@@ -275,7 +277,7 @@ def search_point(
         data = result.data
         if selection == "count":
             data = data.reshape((1, 1, 1))
-        evaluated = _evaluate(data, [b.name for b in shown], params)
+        evaluated = evaluate_expression(data, [b.name for b in shown], params)
         rendered = render_composite(
             result.data, bands, params, selection, result.used, own.bands, alpha
         )

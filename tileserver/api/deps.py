@@ -7,6 +7,8 @@ its thread pool, and two thread hand-offs per dependency cost more than a cached
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlencode
 
@@ -30,6 +32,7 @@ from tileserver.render.scaling import MAX_SCALING_ENTRIES, Scaling
 from tileserver.render.statistics import StatisticsError, StatisticsOptions
 from tileserver.scaling_rules import ScalingError
 from tileserver.settings import Settings
+from tileserver.timeseries import SeriesRequest, series_request
 from tileserver.values import PictureSize
 
 # Request size limits: a product has a few dozen bands at most, and each band named is one
@@ -409,3 +412,74 @@ async def picture_size(
 CoordCrsDep = Annotated[Any, Depends(coord_crs_query)]
 StatisticsOptionsDep = Annotated[StatisticsOptions, Depends(statistics_options)]
 PictureSizeDep = Annotated[PictureSize, Depends(picture_size)]
+
+
+@dataclass(frozen=True)
+class SeriesQuery:
+    """A time series' parameters from the query: the request, and the band of the first
+    form (`band`) when it is that."""
+
+    request: SeriesRequest
+    first_form: str | None
+
+
+async def series_query(
+    product: Annotated[str, Query(description="product id")],
+    start_date: Annotated[date, Query(description="first day, YYYY-MM-DD")],
+    end_date: Annotated[date, Query(description="last day, YYYY-MM-DD (inclusive)")],
+    band: Annotated[
+        str | None,
+        Query(
+            description="the first form: one band, stored values (rows of count, nodata, mean...)"
+        ),
+    ] = None,
+    bands: Annotated[
+        str | None, Query(description="comma-separated band names, e.g. B04,B08")
+    ] = None,
+    expression: Annotated[
+        str | None, Query(description="band math, e.g. (B08-B04)/(B08+B04); ';' separates outputs")
+    ] = None,
+    cloud_mask: Annotated[
+        str | None,
+        Query(description="BAND:classes (e.g. SCL:3,8,9,10), 'default' (the product's) or 'none'"),
+    ] = None,
+    max_cloud_fraction: Annotated[
+        float | None,
+        Query(ge=0, le=1, allow_inf_nan=False, description="drop (or flag) dates above it"),
+    ] = None,
+    cloudy: Annotated[
+        Literal["drop", "flag"], Query(description="dates above max_cloud_fraction: drop or flag")
+    ] = "drop",
+    processing_level: Annotated[str | None, Query()] = None,
+    percentiles: Annotated[
+        str | None, Query(description="comma-separated, default 25,50,75")
+    ] = None,
+) -> SeriesQuery:
+    """A time series' parameters (tileserver/timeseries.py series_request), parsed once."""
+    names = bands.split(",") if bands is not None else None
+    if names is not None and len(names) > MAX_BANDS:
+        raise bad_request(f"bands names {len(names)} bands, more than {MAX_BANDS}")
+    try:
+        numbers = None
+        if percentiles is not None:
+            numbers = [int(p) for p in percentiles.split(",") if p.strip()]
+        request, first = series_request(
+            product,
+            start_date,
+            end_date,
+            band,
+            names,
+            expression,
+            cloud_mask,
+            max_cloud_fraction,
+            cloudy,
+            processing_level,
+            numbers,
+        )
+    except ValueError as exc:
+        detail = str(exc) if isinstance(exc, RenderError) else "percentiles must be integers"
+        raise bad_request(detail) from None
+    return SeriesQuery(request, first)
+
+
+SeriesQueryDep = Annotated[SeriesQuery, Depends(series_query)]

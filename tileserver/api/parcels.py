@@ -1,8 +1,10 @@
-"""Parcels (JRC CbM parcelByLocation / parcel by id) and parcel time series.
+"""Parcels (JRC CbM parcelByLocation / parcel by id) and time series over a parcel, a
+posted polygon or a point.
 
-Statistics follow tileserver.render.zonal (pixel centres inside the polygon, native grid,
-image CRS). A time series has one row per acquisition date (catalog.acquisitions), oldest
-first, as JSON or as CSV:
+The series is tileserver/timeseries.py's (one row per acquisition date, oldest first;
+statistics of bands or band math over the pixels a cloud mask leaves), as JSON, CSV or a
+PNG plot (render/plot.py). The first form (`band`: one band, stored values) answers in its
+own rows, as before:
 
 - value bands: date, acquired, image_id, count, nodata, mean, std, min, max, p25, p50, p75
 - class bands: date, acquired, image_id, count, nodata, cloud_free, then class_<value> per
@@ -13,40 +15,43 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from shapely.geometry import shape
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from shapely.geometry import Point, shape
 from shapely.geometry.base import BaseGeometry
 
-from tileserver.api.deps import KnownQuery, SettingsDep, StoreDep, bad_request
+from tileserver.api.deps import (
+    MAX_BANDS,
+    KnownQuery,
+    SeriesQueryDep,
+    SettingsDep,
+    StoreDep,
+    bad_request,
+)
 from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.geojson import check_geometry
-from tileserver.catalog.models import NAME_PATTERN, Band, Image, safe_name
+from tileserver.catalog.models import NAME_PATTERN, Band, Image, Product, safe_name
 from tileserver.catalog.parcels import NO_PARCELS, Parcel, ParcelLayer, ParcelStore
 from tileserver.catalog.store import CatalogStore
 from tileserver.deadline import check
+from tileserver.render.plot import series_png
 from tileserver.render.reader import resolve_bands
-from tileserver.render.zonal import (
-    CLOUDY_CLASSES,
-    PERCENTILES,
-    Zone,
-    class_histogram,
-    cloud_free,
-    is_scl,
-    read_zone,
-    value_statistics,
-)
+from tileserver.render.statistics import MAX_PERCENTILES
+from tileserver.render.zonal import CLOUDY_CLASSES, PERCENTILES, Zone, is_scl, read_zone
 from tileserver.settings import Settings
 from tileserver.threads import ContextPool
+from tileserver.timeseries import Area, Series, SeriesRequest, series, series_request
+from tileserver.timeseries import to_csv as series_csv
 
 router = APIRouter(tags=["parcels"], dependencies=[KnownQuery])
 
-Format = Literal["json", "csv"]
+Format = Literal["json", "csv", "png"]
 VALUE_COLUMNS = ["mean", "std", "min", "max", *(f"p{p}" for p in PERCENTILES)]
 
 
@@ -59,7 +64,10 @@ def get_parcels(request: Request) -> ParcelStore:
 
 
 ParcelsDep = Annotated[ParcelStore, Depends(get_parcels)]
-FormatQuery = Annotated[Format, Query(alias="format", description="json or csv")]
+FormatQuery = Annotated[
+    Format | None,
+    Query(alias="format", description="json, csv or png (default: by Accept, else json)"),
+]
 GeometryQuery = Annotated[bool, Query(description="include the GeoJSON geometry (WGS84)")]
 
 
@@ -70,20 +78,64 @@ class LayerList(BaseModel):
 
 
 class TimeseriesRequest(BaseModel):
-    """A time series over a posted polygon."""
+    """A time series over a posted polygon or point (tileserver/timeseries.py).
+
+    The first form, `band` (one band, stored values, rows of count, nodata, mean, ...), is
+    kept as it was; `bands` or `expression` is the new form, with cloud masks.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    geometry: dict[str, Any] = Field(description="GeoJSON Polygon or MultiPolygon, WGS84")
+    geometry: dict[str, Any] = Field(
+        description="GeoJSON Polygon or MultiPolygon (a Point or a Feature with the new "
+        "form), WGS84"
+    )
     product: str = Field(pattern=NAME_PATTERN)
-    band: str
+    band: str | None = Field(None, description="the first form: one band, stored values")
+    bands: list[str] | None = Field(None, max_length=MAX_BANDS, description="band names")
+    expression: str | None = Field(None, description="band math, e.g. (B08-B04)/(B08+B04)")
+    cloud_mask: str | None = Field(
+        None, description="BAND:classes (e.g. SCL:3,8,9,10), 'default' or 'none'"
+    )
+    max_cloud_fraction: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    cloudy: Literal["drop", "flag"] = "drop"
+    processing_level: str | None = None
+    percentiles: list[int] | None = Field(None, max_length=MAX_PERCENTILES)
     start_date: date
     end_date: date
 
-    @field_validator("geometry")
-    @classmethod
-    def _polygon(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return check_geometry(value, "geometry", polygonal=True, wgs84=True)
+    @model_validator(mode="after")
+    def _area(self) -> TimeseriesRequest:
+        if self.band is None and not self.bands and not self.expression:
+            raise ValueError(
+                "name band (the first form: one band) or bands / expression (the new form)"
+            )
+        geometry = self.geometry
+        if geometry.get("type") == "Feature" and self.band is None:
+            geometry = geometry.get("geometry")
+            if not isinstance(geometry, dict):
+                raise ValueError("geometry: the Feature has no geometry")
+        if self.band is not None or geometry.get("type") != "Point":
+            self.geometry = check_geometry(geometry, "geometry", polygonal=True, wgs84=True)
+        else:
+            self.geometry = check_geometry(geometry, "geometry", wgs84=True)
+        return self
+
+    def series(self) -> tuple[SeriesRequest, str | None]:
+        """The series it asks for (SeriesError, a 400, for a mix of the forms)."""
+        return series_request(
+            self.product,
+            self.start_date,
+            self.end_date,
+            self.band,
+            self.bands,
+            self.expression,
+            self.cloud_mask,
+            self.max_cloud_fraction,
+            self.cloudy,
+            self.processing_level,
+            self.percentiles,
+        )
 
 
 class ValueRow(BaseModel):
@@ -129,24 +181,6 @@ class Timeseries(BaseModel):
     class_labels: dict[str, str] | None = Field(None, description="class value -> label")
     cloudy_classes: list[int] | None = Field(None, description="SCL classes that are cloud")
     rows: list[ClassRow] | list[ValueRow]
-
-
-def _row(image: Image, band: Band, zone: Zone) -> ClassRow | ValueRow:
-    common = {
-        "date": image.acquired.date(),
-        "acquired": image.acquired,
-        "image_id": image.id,
-        "count": int(zone.values.size),
-        "nodata": zone.nodata,
-    }
-    if band.type == "class":
-        histogram = class_histogram(zone.values)
-        return ClassRow(
-            **common,
-            classes={str(value): n for value, n in histogram.items()},
-            cloud_free=cloud_free(histogram) if is_scl(band) else None,
-        )
-    return ValueRow(**common, **value_statistics(zone.values))
 
 
 @dataclass(frozen=True)
@@ -196,29 +230,38 @@ def class_labels(band: Band) -> dict[str, str] | None:
     return None
 
 
-def timeseries(
-    store: CatalogStore,
-    settings: Settings,
-    area: BaseGeometry,
-    product_id: str,
-    band_name: str,
-    start: date,
-    end: date,
-) -> Timeseries:
-    """Zonal statistics of one band over `area` (WGS84) per acquisition from start to end."""
-    read = read_zones(store, settings, area, product_id, [band_name], start, end)
-    (band,) = read.bands
+def first_form(found: Series, product: Product, name: str) -> Timeseries:
+    """The first form's answer (one band, stored values) from the series of that band."""
+    (band,) = resolve_bands(product, [name])
+    rows: list[ClassRow] | list[ValueRow] = []
+    for row in found.rows:
+        entry = row["statistics"][band.name]
+        common = {
+            "date": row["date"],
+            "acquired": row["datetime"],
+            "image_id": row["image_id"],
+            "count": entry["valid_count"],
+            "nodata": entry["masked_count"],
+        }
+        if band.type == "class":
+            classes = {str(int(c["value"])): c["count"] for c in entry["classes"]}
+            free = None
+            if is_scl(band) and classes:
+                free = not any(int(v) in CLOUDY_CLASSES for v in classes)
+            rows.append(ClassRow(**common, classes=classes, cloud_free=free))
+        else:
+            picked = {k: entry[k] for k in ("mean", "std", "min", "max")}
+            picked.update({f"p{p}": entry[f"percentile_{p}"] for p in PERCENTILES})
+            rows.append(ValueRow(**common, **picked))
     return Timeseries(
-        product=product_id,
+        product=found.product,
         band=band.name,
         band_type=band.type,
-        start_date=start,
-        end_date=end,
+        start_date=found.start,
+        end_date=found.end,
         class_labels=class_labels(band),
         cloudy_classes=sorted(CLOUDY_CLASSES) if is_scl(band) else None,
-        rows=[
-            _row(image, band, zone) for image, (zone,) in zip(read.images, read.zones, strict=True)
-        ],
+        rows=rows,
     )
 
 
@@ -231,7 +274,7 @@ def _cell(value: Any) -> Any:
 
 
 def to_csv(series: Timeseries) -> str:
-    """The series as CSV, one row per date (columns in the module docstring)."""
+    """The first form's series as CSV, one row per date (columns in the module docstring)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     head = ["date", "acquired", "image_id", "count", "nodata"]
@@ -252,15 +295,70 @@ def to_csv(series: Timeseries) -> str:
     return out.getvalue()
 
 
-def _answer(series: Timeseries, fmt: Format, stem: str) -> Response:
-    if fmt == "csv":
-        filename = safe_name(f"{stem}_{series.band}_{series.start_date}_{series.end_date}")
+def chosen_format(fmt: Format | None, request: Request) -> Format:
+    """`format`, else what the Accept header prefers of CSV and PNG, else JSON."""
+    if fmt is not None:
+        return fmt
+    accept = request.headers.get("accept", "")
+    if "text/csv" in accept:
+        return "csv"
+    if "image/png" in accept and "application/json" not in accept:
+        return "png"
+    return "json"
+
+
+def run_series(
+    store: CatalogStore, settings: Settings, area: BaseGeometry, request: SeriesRequest
+) -> Series:
+    """The series over `area` within the request's budget of dates and pixels."""
+    return series(
+        store,
+        Area(area),
+        request,
+        max_images=settings.chip_limit * 10,
+        threads=max(settings.reader_threads, 1),
+    )
+
+
+def answer(
+    store: CatalogStore,
+    found: Series,
+    first: str | None,
+    fmt: Format,
+    stem: str,
+    extra: dict | None = None,
+) -> Response:
+    """The series as JSON, CSV or a PNG plot (the first form's rows for `band`)."""
+    stem = safe_name(f"{stem}_{'_'.join(found.names)[:60]}_{found.start}_{found.end}")
+    if fmt == "png":
+        dates = [date.fromisoformat(r["date"]) for r in found.rows]
+        lines = {n: [r["statistics"][n]["mean"] for r in found.rows] for n in found.names}
+        flags = [bool(r.get("flagged")) for r in found.rows]
+        title = f"{found.product} {found.start}..{found.end}: mean"
         return Response(
-            to_csv(series),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{filename}.csv"'},
+            series_png(dates, lines, flags, title),
+            media_type="image/png",
+            headers={"Content-Disposition": f'inline; filename="{stem}.png"'},
         )
-    return Response(series.model_dump_json(), media_type="application/json")
+    if first is not None:
+        legacy = first_form(found, store.get_product(found.product), first)
+        legacy.parcel = (extra or {}).get("parcel")
+        if fmt == "csv":
+            return csv_response(to_csv(legacy), stem)
+        return Response(legacy.model_dump_json(), media_type="application/json")
+    if fmt == "csv":
+        return csv_response(series_csv(found, found.percentiles), stem)
+    document = {**found.document(), **(extra or {})}
+    return Response(json.dumps(document), media_type="application/json")
+
+
+def csv_response(text: str, stem: str) -> Response:
+    """A CSV attachment named after the series."""
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{stem}.csv"'},
+    )
 
 
 @router.get("/parcels", response_model=LayerList)
@@ -293,45 +391,74 @@ def parcel_by_id(layer: str, pid: str, parcels: ParcelsDep, geometry: GeometryQu
     return parcels.get(layer, pid, geometry=geometry)
 
 
-@router.get(
-    "/parcels/{layer}/{pid}/timeseries",
-    response_model=Timeseries,
-    responses={200: {"content": {"text/csv": {}}}},
-)
+SERIES_RESPONSES: dict = {
+    200: {
+        "description": "one row per acquisition date: JSON (the first form's `Timeseries` "
+        "for `band`), CSV, or a PNG plot of each output's mean",
+        "content": {"application/json": {}, "text/csv": {}, "image/png": {}},
+    }
+}
+
+
+@router.get("/parcels/{layer}/{pid}/timeseries", responses=SERIES_RESPONSES)
 def parcel_timeseries(
     layer: str,
     pid: str,
     parcels: ParcelsDep,
     store: StoreDep,
     settings: SettingsDep,
-    product: Annotated[str, Query(description="product id")],
-    band: Annotated[str, Query(description="one band of the product")],
-    start_date: Annotated[date, Query(description="first day, YYYY-MM-DD")],
-    end_date: Annotated[date, Query(description="last day, YYYY-MM-DD (inclusive)")],
-    fmt: FormatQuery = "json",
+    query: SeriesQueryDep,
+    request: Request,
+    fmt: FormatQuery = None,
 ) -> Response:
-    """Band statistics (value bands) or class histograms (class bands) inside a parcel,
-    one row per acquisition date."""
+    """Per acquisition date inside a parcel: statistics of `bands` or an `expression` over
+    the pixels a `cloud_mask` leaves (or, the first form, of one `band` as stored)."""
     parcel = parcels.get(layer, pid, geometry=True)
-    series = timeseries(store, settings, parcel.shape(), product, band, start_date, end_date)
-    series.parcel = parcel.model_copy(update={"geometry": None})
-    return _answer(series, fmt, f"{layer}_{pid}_{product}")
-
-
-@router.post(
-    "/timeseries", response_model=Timeseries, responses={200: {"content": {"text/csv": {}}}}
-)
-def polygon_timeseries(
-    body: TimeseriesRequest, store: StoreDep, settings: SettingsDep, fmt: FormatQuery = "json"
-) -> Response:
-    """The parcel time series over a posted GeoJSON polygon."""
-    series = timeseries(
+    found = run_series(store, settings, parcel.shape(), query.request)
+    described = parcel.model_copy(update={"geometry": None})
+    extra = {"parcel": described if query.first_form else described.model_dump(mode="json")}
+    return answer(
         store,
-        settings,
-        shape(body.geometry),
-        body.product,
-        body.band,
-        body.start_date,
-        body.end_date,
+        found,
+        query.first_form,
+        chosen_format(fmt, request),
+        f"{layer}_{pid}_{found.product}",
+        extra,
     )
-    return _answer(series, fmt, f"timeseries_{body.product}")
+
+
+@router.post("/timeseries", responses=SERIES_RESPONSES)
+def polygon_timeseries(
+    body: TimeseriesRequest,
+    store: StoreDep,
+    settings: SettingsDep,
+    request: Request,
+    fmt: FormatQuery = None,
+) -> Response:
+    """A time series over a posted GeoJSON polygon, Feature or point: `bands` or an
+    `expression` with an optional `cloud_mask` (the new form), or one `band` (the first)."""
+    series_request, first = body.series()
+    area = shape(body.geometry)
+    found = run_series(store, settings, area, series_request)
+    extra = {"geometry": body.geometry} if first is None else {}
+    return answer(
+        store, found, first, chosen_format(fmt, request), f"timeseries_{found.product}", extra
+    )
+
+
+@router.get("/timeseries", responses=SERIES_RESPONSES)
+def point_timeseries(
+    store: StoreDep,
+    settings: SettingsDep,
+    query: SeriesQueryDep,
+    request: Request,
+    lon: Annotated[float, Query(ge=-180, le=180, allow_inf_nan=False, description="WGS84")],
+    lat: Annotated[float, Query(ge=-90, le=90, allow_inf_nan=False, description="WGS84")],
+    fmt: FormatQuery = None,
+) -> Response:
+    """A time series at a point (the one pixel holding it in each image)."""
+    found = run_series(store, settings, Point(lon, lat), query.request)
+    extra = {"geometry": {"type": "Point", "coordinates": [lon, lat]}}
+    return answer(
+        store, found, query.first_form, chosen_format(fmt, request), f"point_{found.product}", extra
+    )

@@ -32,6 +32,7 @@ DEFAULT_PERCENTILES = (2, 98)
 MAX_PERCENTILES = 20
 MAX_HISTOGRAM_BINS = 1000
 MAX_CLASSES = 1000  # distinct values listed for a class band
+FLOAT_MAX = numpy.finfo("float64").max
 
 
 class StatisticsError(RenderError):
@@ -98,6 +99,8 @@ def band_statistics(
     valid = area & ~numpy.ma.getmaskarray(data)
     values = numpy.ma.MaskedArray(numpy.ma.getdata(data).astype("float64"), mask=~valid)
     values = numpy.ma.fix_invalid(values)  # NaN / inf are no value
+    # rio-tiler's band math writes inf as the largest float (numpy.nan_to_num): no value too
+    values = numpy.ma.masked_where(numpy.abs(values.filled(0)) >= FLOAT_MAX, values)
     valid = ~numpy.ma.getmaskarray(values)
     weights = None
     if coverage is not None:
@@ -105,12 +108,17 @@ def band_statistics(
     histogram = options.histogram_options()
     if not valid.any() and histogram.get("range") is None and options.edges is None:
         histogram["range"] = (0.0, 1.0)
-    found = get_array_statistics(
-        values[numpy.newaxis],
-        percentiles=list(options.percentiles),
-        coverage=weights,
-        **histogram,
-    )[0]
+    try:
+        found = get_array_statistics(
+            values[numpy.newaxis],
+            percentiles=list(options.percentiles),
+            coverage=weights,
+            **histogram,
+        )[0]
+    except ValueError as exc:  # numpy's histogram over a span wider than floats hold
+        raise StatisticsError(
+            f"the values span too wide a range for a histogram ({exc}): give histogram_range"
+        ) from None
     count, valid_count = int(area.sum()), int(valid.sum())
     result: dict = {
         "count": count,
