@@ -161,6 +161,11 @@ class Viewer:
         return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
+def address_params(page) -> dict[str, str]:
+    """The query parameters of the page's address."""
+    return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
+
+
 def painted_fraction(pixels: numpy.ndarray) -> float:
     """The share of pixels that differ from the map's plain background."""
     diff = numpy.abs(pixels.astype(int) - numpy.array(MAP_BACKGROUND)).max(axis=-1)
@@ -276,7 +281,9 @@ def test_choosing_another_image_shows_its_tiles(viewer):
         "(id) => document.querySelector('#xyz-url').value.includes(id)", arg=other
     )
     viewer.wait_ready()
-    assert page.url.endswith(f"/images/{other}/map")  # the address follows, to be shared
+    # the address follows, to be shared: the map page of what is shown, and how
+    assert urlsplit(page.url).path == f"/images/{other}/map"
+    assert address_params(page) == {"bands": "B04,B03,B02", "scaling": "display"}
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
 
 
@@ -567,7 +574,7 @@ def test_search_map_page_fills_the_panel_and_shows_tiles(viewer):
     tiles = viewer.mosaic_tiles(search_id)
     assert tiles and all(t.status == 200 and t.content_type == "image/png" for t in tiles)
     assert not viewer.posted("/searches")  # shown as registered, not registered again
-    assert page.url.endswith(f"/searches/{search_id}/map")
+    assert urlsplit(page.url).path == f"/searches/{search_id}/map"
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
 
 
