@@ -264,7 +264,10 @@
     const choice = ui.basemap.value;
     if (choice === "grid") state.basemap = new Graticule({ zIndex: 0 });
     if (choice === "tiles" && BASEMAP_URL) {
-      state.basemap = L.tileLayer(BASEMAP_URL, { zIndex: 0, attribution: BASEMAP_ATTRIBUTION });
+      // Leaflet writes attributions as HTML: the configured text goes in as text
+      const text = document.createElement("span");
+      text.textContent = BASEMAP_ATTRIBUTION;
+      state.basemap = L.tileLayer(BASEMAP_URL, { zIndex: 0, attribution: text.innerHTML });
     }
     if (state.basemap) state.basemap.addTo(map);
   }
