@@ -23,6 +23,8 @@
   // parameters the page itself takes: never rendering, never kept as "more parameters"
   const PAGE_ONLY = new Set(["api_key", "_"]);
   const STANDARD_SCALINGS = ["display", "auto", "raw", "physical"];
+  // parameters only a mosaic takes: not sent for an image (its routes refuse them)
+  const MOSAIC_ONLY = new Set(["pixel_selection", "sortby", "exitwhenfull", "skipcovered"]);
   const FAVOURITE_COLORMAPS = ["rdylgn", "viridis", "greys", "magma"];
   const PAGE_SIZE = 200;
   const SEARCH_LIMIT = 100; // images listed per search
@@ -54,6 +56,8 @@
     legend: $("legend"),
     basemap: $("basemap"),
     values: $("values"),
+    downloadPng: $("download-png"),
+    downloadTif: $("download-tif"),
     valuesHint: $("values-hint"),
     bandR: $("band-r"),
     bandG: $("band-g"),
@@ -597,6 +601,7 @@
     }
     // parameters without a control (from the address or typed) win over the controls'
     for (const key of new Set(state.extras.keys())) {
+      if (!mosaic && MOSAIC_ONLY.has(key)) continue;
       params.delete(key);
       if (key === "colormap") params.delete("colormap_name");
       for (const value of state.extras.getAll(key)) params.append(key, value);
@@ -653,6 +658,7 @@
     state.params = params;
     showTileJSON(source, tilejson, params);
     showLegend(source, params);
+    showDownloads();
   }
 
   /** Keep the address on what is shown and how (the map page of it), so it can be shared. */
@@ -691,6 +697,7 @@
     const layer = L.tileLayer(url, options);
     layer.source = source;
     layer.minzoom = tilejson.minzoom;
+    layer.generation = state.generation; // a later apply, even a failed one, outdates it
 
     // a new image or search: frame it first, so the layer asks only for the tiles it will show
     if (state.shown !== source.key) {
@@ -755,7 +762,9 @@
     layer.on("load", () => {
       if (previous) map.removeLayer(previous);
       checks.then(() => {
-        if (state.layer === layer && !failed) setStatus(readyText(layer.source), "ready");
+        if (state.layer === layer && !failed && state.generation === layer.generation) {
+          setStatus(readyText(layer.source), "ready");
+        }
       });
     });
   }
@@ -769,6 +778,37 @@
     }
     const image = state.images.get(source.id);
     return image ? `Showing ${imageLabel(image)}.` : `Showing ${source.id}.`;
+  }
+
+  // ---------------------------------------------------------------- downloads
+
+  /** Links to the shown layer's picture and GeoTIFF of the map's extent (within its bounds). */
+  function showDownloads() {
+    const layer = state.layer;
+    const view = map.getBounds();
+    const bounds = layer?.options.bounds;
+    const links = [ui.downloadPng, ui.downloadTif];
+    const west = Math.max(view.getWest(), bounds ? bounds.getWest() : 0);
+    const east = Math.min(view.getEast(), bounds ? bounds.getEast() : 0);
+    const south = Math.max(view.getSouth(), bounds ? bounds.getSouth() : 0);
+    const north = Math.min(view.getNorth(), bounds ? bounds.getNorth() : 0);
+    if (!layer || !state.params || !(west < east && south < north)) {
+      for (const link of links) {
+        link.removeAttribute("href");
+        link.setAttribute("aria-disabled", "true");
+      }
+      return;
+    }
+    const box = [west, south, east, north].map((v) => v.toFixed(6)).join(",");
+    const path = layer.source.path;
+    const picture = new URLSearchParams(state.params);
+    picture.set("max_size", "1024");
+    ui.downloadPng.href = apiUrl(`${path}/bbox/${box}.png?${picture}`);
+    const crop = new URLSearchParams(state.params);
+    crop.set("bbox", box);
+    const file = layer.source.kind === "search" ? "mosaic" : "download";
+    ui.downloadTif.href = apiUrl(`${path}/${file}.tif?${crop}`);
+    for (const link of links) link.removeAttribute("aria-disabled");
   }
 
   // ---------------------------------------------------------------- legend
@@ -1381,6 +1421,7 @@
   }
 
   ui.product.addEventListener("change", async () => {
+    takeOver("bands", "expression"); // another product's band names
     selectProduct(ui.product.value);
     const searching = state.searching;
     setStatus("Loading images…", "loading");
@@ -1437,7 +1478,10 @@
   map.on("click", (event) => {
     if (!drawing.armed) showPoint(event.latlng);
   });
-  map.on("moveend", writeFragment);
+  map.on("moveend", () => {
+    writeFragment();
+    showDownloads();
+  });
 
   map.on("zoomend", () => {
     const layer = state.layer;

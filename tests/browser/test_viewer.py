@@ -716,6 +716,26 @@ def test_a_map_address_renders_with_its_parameters_and_keeps_them(viewer, demo_s
     assert float(value.get_attribute("data-value")) == expected
     assert page.locator("#values table.image-values tr").nth(1).locator("th").inner_text() == "B08"
 
+    # downloads of the view: the map's extent within the image, rendered as shown
+    png = httpx.get(viewer.base + page.get_attribute("#download-png", "href"))
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    with MemoryFile(png.content) as memfile, memfile.open() as picture:
+        assert max(picture.width, picture.height) <= 1024 and picture.count == 4
+        assert picture.read(4).mean() > 128  # mostly opaque: the view is inside the image
+    href = page.get_attribute("#download-tif", "href")
+    tif_query = {k: v[0] for k, v in parse_qs(urlsplit(href).query).items()}
+    assert urlsplit(href).path == f"/images/{DEMO_IMAGE}/download.tif"
+    assert tif_query == {**opened, "bbox": tif_query["bbox"]}
+    west, south, east, north = (float(v) for v in tif_query["bbox"].split(","))
+    shown = page.evaluate("() => window.tileserverViewer.map.getBounds().toBBoxString()")
+    view = [float(v) for v in shown.split(",")]
+    image = httpx.get(f"{viewer.base}/images/{DEMO_IMAGE}/tilejson.json").json()["bounds"]
+    clipped = [max(view[0], image[0]), max(view[1], image[1])]
+    clipped += [min(view[2], image[2]), min(view[3], image[3])]
+    assert [west, south, east, north] == pytest.approx(clipped, abs=1e-5)
+    tif = httpx.get(viewer.base + href)
+    assert tif.status_code == 200 and tif.headers["content-type"].startswith("image/tiff")
+
     page.select_option("#colormap", "magma")
     changed = {**opened, "colormap_name": "magma"}
     viewer.wait_rendered(**changed)
