@@ -876,3 +876,30 @@ def test_readme_search_keeps_its_filter_and_shows_values_in_cloud_order(viewer, 
         PAGE_PARAMS_ARE, arg={"bands": "B04", "scaling": "display", "pixel_selection": "first"}
     )
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_a_configured_basemap_loads_from_its_url(chromium, demo_dir, demo_store):
+    """TILESERVER_BASEMAP_URL (here this server's own false-colour tiles, a self-hosted
+    basemap) is offered, drawn under the imagery when chosen, its credit shown as text."""
+    from tests.conftest import LiveServer, make_settings
+    from tileserver.app import create_app
+
+    template = f"/images/{DEMO_IMAGE}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png?bands=B08,B04,B03"
+    settings = make_settings(demo_dir, basemap_url=template, basemap_attribution="<b>own</b> map")
+    app = create_app(settings, store=demo_store)
+    with LiveServer(app) as server, open_viewer(chromium, server.url) as viewer:
+        viewer.open(f"/images/{DEMO_IMAGE}/map")
+        page = viewer.page
+        assert page.input_value("#basemap") == "none"
+        assert not viewer.tile_requests(bands="B08,B04,B03")
+        with page.expect_request(lambda r: TILE_PATH in r.url and "bands=B08,B04,B03" in r.url):
+            page.select_option("#basemap", "tiles")
+        assert "basemap=tiles" in urlsplit(page.url).fragment
+        assert page.inner_text(".leaflet-control-attribution").endswith("<b>own</b> map")
+        under, over = page.evaluate(
+            """() => { const s = window.tileserverViewer.state;
+                return [s.basemap, s.layer].map((l) => Number(l.getContainer().style.zIndex)); }"""
+        )
+        assert under < over  # the imagery stays on top
+        assert all(urlsplit(url).netloc == urlsplit(server.url).netloc for url in viewer.requests)
+        assert not viewer.problems.all(aborted_ok=True), viewer.problems
