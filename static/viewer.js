@@ -1412,8 +1412,12 @@
     event.preventDefault();
     clearTimeout(applyTimer);
     // Enter in a search field searches; anywhere else it applies the rendering
-    if (ui.searchPanel.contains(document.activeElement)) runSearch();
-    else apply();
+    if (ui.searchPanel.contains(document.activeElement)) {
+      runSearch();
+      return;
+    }
+    if (document.activeElement === ui.extraParams) readExtras();
+    apply();
   });
 
   for (const radio of ui.form.querySelectorAll('input[name="view"]')) {
@@ -1463,11 +1467,16 @@
     usePreset(ui.preset.value);
     applySoon();
   });
-  ui.extraParams.addEventListener("change", () => {
+  /** The typed "more parameters" (a query string) become the extras. */
+  function readExtras() {
     const text = ui.extraParams.value.trim().replace(/^\?/, "");
     state.extras = new URLSearchParams(text);
     for (const key of PAGE_ONLY) state.extras.delete(key);
     showExtras();
+  }
+
+  ui.extraParams.addEventListener("change", () => {
+    readExtras();
     applySoon();
   });
   ui.basemap.addEventListener("change", () => {

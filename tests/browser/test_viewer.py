@@ -744,6 +744,12 @@ def test_a_map_address_renders_with_its_parameters_and_keeps_them(viewer, demo_s
     assert "basemap=grid" in urlsplit(page.url).fragment
     page.wait_for_function(LEGEND_LOADED)
     assert "colormap_name=magma" in page.get_attribute("#legend", "src")
+
+    page.fill("#extra-params", "resampling=bilinear&nodata=0")  # typed: sent, and kept
+    page.press("#extra-params", "Enter")
+    typed = {**changed, "nodata": "0"}
+    viewer.wait_rendered(**typed)
+    page.wait_for_function(PAGE_PARAMS_ARE, arg=typed)
     assert all(urlsplit(url).netloc == urlsplit(viewer.base).netloc for url in viewer.requests)
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
 
