@@ -1,6 +1,11 @@
 /* tileserver web viewer: pick a product, an image and how to render it; show our own tiles.
  * Or search the catalog (dates, cloud cover, a box drawn on the map) and show the mosaic
- * of the matching images.
+ * of the matching images. Click the map for the values there; a one-band colormapped view
+ * has a legend; presets come from the product's bands (wavelengths, else common names).
+ *
+ * The address holds the state: the path names the image or search, the query its rendering
+ * (every tile parameter, those without a control kept as they are), the fragment the map
+ * view, basemap and opacity. A page opened on such an address shows exactly that.
  *
  * Plain browser JavaScript, no build step. Talks to the JSON API of the server that served
  * the page (under the `data-root` prefix) and to nothing else.
@@ -11,8 +16,16 @@
   const ROOT = document.body.dataset.root || "";
   const INITIAL_IMAGE = document.body.dataset.imageId || "";
   const INITIAL_SEARCH = document.body.dataset.searchId || "";
-  // an /images/{id}/map or /searches/{id}/map page: the address bar follows what is shown
-  const ON_MAP_PAGE = Boolean(INITIAL_IMAGE || INITIAL_SEARCH) && /\/map$/.test(location.pathname);
+  // the rendering the page was opened with (its query), restored once the product is known
+  const INITIAL_QUERY = new URLSearchParams(location.search);
+  const BASEMAP_URL = document.body.dataset.basemapUrl || "";
+  const BASEMAP_ATTRIBUTION = document.body.dataset.basemapAttribution || "";
+  // parameters the page itself takes: never rendering, never kept as "more parameters"
+  const PAGE_ONLY = new Set(["api_key", "_"]);
+  const STANDARD_SCALINGS = ["display", "auto", "raw", "physical"];
+  // parameters only a mosaic takes: not sent for an image (its routes refuse them)
+  const MOSAIC_ONLY = new Set(["pixel_selection", "sortby", "exitwhenfull", "skipcovered"]);
+  const FAVOURITE_COLORMAPS = ["rdylgn", "viridis", "greys", "magma"];
   const PAGE_SIZE = 200;
   const SEARCH_LIMIT = 100; // images listed per search
   const BOX_DIGITS = 1e6;   // box corners are rounded to 6 decimals of a degree (~0.1 m)
@@ -36,6 +49,16 @@
     searchResults: $("search-results"),
     searchInfo: $("search-info"),
     pixelSelection: $("pixel-selection"),
+    order: $("order"),
+    preset: $("preset"),
+    extraParams: $("extra-params"),
+    legendBox: $("legend-box"),
+    legend: $("legend"),
+    basemap: $("basemap"),
+    values: $("values"),
+    downloadPng: $("download-png"),
+    downloadTif: $("download-tif"),
+    valuesHint: $("values-hint"),
     bandR: $("band-r"),
     bandG: $("band-g"),
     bandB: $("band-b"),
@@ -69,6 +92,14 @@
     box: null,         // the search box as [west, south, east, north]
     boxLayer: null,    // the search box on the map
     highlight: null,   // the outline of the result under the pointer
+    extras: new URLSearchParams(), // tile parameters without a control, sent as they are
+    searchBase: null,  // the shown search's body: the panel edits it, keeping what it cannot show
+    presets: [],       // of the selected product (presetsOf)
+    params: null,      // the rendering parameters of the layer shown
+    basemap: null,     // the basemap layer, if any
+    pointMarker: null, // where the map was last clicked
+    points: 0,         // bumps on every click; stale answers are dropped
+    initialView: null, // [zoom, lat, lon] from the address fragment, used once
   };
 
   // ---------------------------------------------------------------- helpers
@@ -161,6 +192,90 @@
   );
   L.control.scale({ imperial: false }).addTo(map);
 
+  // ---------------------------------------------------------------- the address fragment
+
+  /** The fragment's state: map=zoom/lat/lon, basemap, opacity (never sent to the server). */
+  function readFragment() {
+    const fragment = new URLSearchParams(location.hash.slice(1));
+    const view = (fragment.get("map") || "").split("/").map(Number);
+    if (view.length === 3 && view.every(Number.isFinite)) state.initialView = view;
+    const basemap = fragment.get("basemap");
+    if (basemap && ui.basemap.querySelector(`option[value="${CSS.escape(basemap)}"]`)) {
+      ui.basemap.value = basemap;
+    }
+    const opacity = Number(fragment.get("opacity"));
+    if (fragment.has("opacity") && opacity >= 0 && opacity <= 1) ui.opacity.value = opacity;
+  }
+
+  function fragment() {
+    const center = map.getCenter();
+    const parts = [`map=${map.getZoom()}/${center.lat.toFixed(5)}/${center.lng.toFixed(5)}`];
+    if (ui.basemap.value !== "none") parts.push(`basemap=${ui.basemap.value}`);
+    if (Number(ui.opacity.value) !== 1) parts.push(`opacity=${ui.opacity.value}`);
+    return `#${parts.join("&")}`;
+  }
+
+  function writeFragment() {
+    if (!state.shown) return; // nothing shown yet: the address keeps what it was opened with
+    history.replaceState(null, "", `${location.pathname}${location.search}${fragment()}`);
+  }
+
+  // ---------------------------------------------------------------- basemap
+
+  /** Longitude and latitude lines drawn in the page: a basemap that loads nothing. */
+  const Graticule = L.GridLayer.extend({
+    createTile(coords) {
+      const tile = document.createElement("canvas");
+      const size = this.getTileSize();
+      tile.width = size.x;
+      tile.height = size.y;
+      const context = tile.getContext("2d");
+      const corner = coords.scaleBy(size);
+      const nw = map.unproject(corner, coords.z);
+      const se = map.unproject(corner.add(size), coords.z);
+      const span = (se.lng - nw.lng) / 2;
+      const step = [90, 30, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001]
+        .find((s) => s <= span) || 0.0005;
+      context.strokeStyle = "rgba(60, 72, 88, 0.35)";
+      context.fillStyle = "rgba(60, 72, 88, 0.7)";
+      context.font = "10px system-ui, sans-serif";
+      context.lineWidth = 1;
+      const digits = step >= 1 ? 0 : Math.ceil(-Math.log10(step));
+      for (let lng = Math.ceil(nw.lng / step) * step; lng <= se.lng; lng += step) {
+        const x = Math.round(map.project([0, lng], coords.z).x - corner.x) + 0.5;
+        context.beginPath();
+        context.moveTo(x, 0);
+        context.lineTo(x, size.y);
+        context.stroke();
+        context.fillText(`${lng.toFixed(digits)}°`, x + 2, 10);
+      }
+      for (let lat = Math.ceil(se.lat / step) * step; lat <= nw.lat; lat += step) {
+        const y = Math.round(map.project([lat, 0], coords.z).y - corner.y) + 0.5;
+        context.beginPath();
+        context.moveTo(0, y);
+        context.lineTo(size.x, y);
+        context.stroke();
+        context.fillText(`${lat.toFixed(digits)}°`, 2, y - 2);
+      }
+      return tile;
+    },
+  });
+
+  /** The chosen basemap under the imagery: none, the grid, or the configured tiles. */
+  function showBasemap() {
+    if (state.basemap) map.removeLayer(state.basemap);
+    state.basemap = null;
+    const choice = ui.basemap.value;
+    if (choice === "grid") state.basemap = new Graticule({ zIndex: 0 });
+    if (choice === "tiles" && BASEMAP_URL) {
+      // Leaflet writes attributions as HTML: the configured text goes in as text
+      const text = document.createElement("span");
+      text.textContent = BASEMAP_ATTRIBUTION;
+      state.basemap = L.tileLayer(BASEMAP_URL, { zIndex: 0, attribution: text.innerHTML });
+    }
+    if (state.basemap) state.basemap.addTo(map);
+  }
+
   // ---------------------------------------------------------------- products and images
 
   async function loadProducts() {
@@ -224,6 +339,7 @@
   // ---------------------------------------------------------------- bands and modes
 
   function fillBands(product) {
+    fillPresets(product);
     const names = (product.bands || []).filter((b) => !b.is_alpha).map((b) => b.name);
     for (const select of [ui.bandR, ui.bandG, ui.bandB]) {
       select.replaceChildren(...names.map((n) => option(n, n)));
@@ -263,12 +379,198 @@
     }
   }
 
-  /** NDVI when the product has red and near-infrared bands named like Sentinel-2's. */
+  /** NDVI when the product has red and near-infrared bands (presetsOf), else a guess. */
   function suggestExpression() {
-    const names = new Set((state.product?.bands || []).map((b) => b.name));
-    if (names.has("B08") && names.has("B04")) return "(B08-B04)/(B08+B04)";
-    const [a, b] = [...names];
+    const ndvi = state.presets.find((p) => p.id === "ndvi");
+    if (ndvi) return ndvi.expression;
+    const names = (state.product?.bands || []).map((b) => b.name);
+    const [a, b] = names;
     return a && b ? `(${b}-${a})/(${b}+${a})` : a || "";
+  }
+
+  // ---------------------------------------------------------------- presets
+
+  // band roles by centre wavelength (nm): [lowest, highest, ideal]
+  const ROLES = {
+    blue: [440, 520, 490],
+    green: [520, 600, 560],
+    red: [620, 700, 665],
+    nir: [760, 900, 842],
+    swir: [1550, 1750, 1610],
+  };
+  // the common names of STAC's eo extension, for bands without wavelengths
+  const COMMON_NAMES = {
+    blue: ["blue"],
+    green: ["green"],
+    red: ["red"],
+    nir: ["nir", "nir08", "nir09"],
+    swir: ["swir16", "swir1", "swir"],
+  };
+
+  function centre(band) {
+    if (typeof band.wavelength_nm_center === "number") return band.wavelength_nm_center;
+    const [lo, hi] = [band.wavelength_nm_min, band.wavelength_nm_max];
+    return typeof lo === "number" && typeof hi === "number" ? (lo + hi) / 2 : null;
+  }
+
+  /** The band of a role: the one whose wavelength is nearest its ideal within its range,
+   * else one with its common name, else none. */
+  function bandFor(bands, role) {
+    const [lo, hi, ideal] = ROLES[role];
+    let best = null;
+    for (const band of bands) {
+      const c = centre(band);
+      if (c === null || c < lo || c > hi) continue;
+      if (!best || Math.abs(c - ideal) < Math.abs(centre(best) - ideal)) best = band;
+    }
+    if (!best) {
+      best = bands.find((band) => COMMON_NAMES[role].includes(band.name.toLowerCase()));
+    }
+    return best ? best.name : null;
+  }
+
+  /** Renderings a product's bands allow: true colour, false colour, NDVI, NDWI. */
+  function presetsOf(product) {
+    const bands = (product.bands || []).filter(
+      (b) => !b.is_alpha && (b.type || "spectral") === "spectral"
+    );
+    const [blue, green, red, nir] = ["blue", "green", "red", "nir"].map((r) => bandFor(bands, r));
+    const presets = [];
+    if (red && green && blue) {
+      presets.push({ id: "true-colour", label: `True colour (${red}, ${green}, ${blue})`,
+        bands: [red, green, blue] });
+    }
+    if (nir && red && green) {
+      presets.push({ id: "false-colour", label: `False colour (${nir}, ${red}, ${green})`,
+        bands: [nir, red, green] });
+    }
+    if (nir && red) {
+      presets.push({ id: "ndvi", label: `NDVI (${nir}, ${red})`,
+        expression: `(${nir}-${red})/(${nir}+${red})`, colormap: "rdylgn" });
+    }
+    if (green && nir) {
+      presets.push({ id: "ndwi", label: `NDWI (${green}, ${nir})`,
+        expression: `(${green}-${nir})/(${green}+${nir})`, colormap: "viridis" });
+    }
+    return presets;
+  }
+
+  function fillPresets(product) {
+    state.presets = presetsOf(product);
+    ui.preset.replaceChildren(option("", "custom"),
+      ...state.presets.map((p) => option(p.id, p.label)));
+    ui.preset.disabled = state.presets.length === 0;
+  }
+
+  /** Set the controls to a preset (its scaling: display, the product's own ranges). */
+  function usePreset(id) {
+    const preset = state.presets.find((p) => p.id === id);
+    if (!preset) return;
+    takeOver("bands", "expression", "colormap_name", "colormap", "scaling");
+    if (preset.expression) {
+      ui.expression.value = preset.expression;
+      setMode("expression");
+    } else {
+      [ui.bandR.value, ui.bandG.value, ui.bandB.value] = preset.bands;
+      setMode("rgb");
+    }
+    ensureOption(ui.colormap, preset.colormap || "");
+    ui.colormap.value = preset.colormap || "";
+    ui.scaling.value = "display";
+    showScaling();
+  }
+
+  /** The preset the controls show, if any, in the preset picker. */
+  function showPreset() {
+    const current = mode();
+    const plain = ["bands", "expression", "colormap_name", "colormap", "scaling"]
+      .every((key) => !state.extras.has(key)) && ui.scaling.value === "display";
+    const match = plain && state.presets.find((p) => (p.expression
+      ? current === "expression" && ui.expression.value.trim() === p.expression
+        && ui.colormap.value === p.colormap
+      : current === "rgb"
+        && [ui.bandR.value, ui.bandG.value, ui.bandB.value].join(",") === p.bands.join(",")));
+    ui.preset.value = match ? match.id : "";
+  }
+
+  function ensureOption(select, value) {
+    if (![...select.options].some((o) => o.value === value)) select.append(option(value, value));
+  }
+
+  /** Colormap names from the server, the usual ones first. */
+  async function loadColormaps() {
+    let names = [];
+    try {
+      ({ colormaps: names } = await getJSON("/colormaps"));
+    } catch {
+      return; // the few built into the page remain
+    }
+    const chosen = ui.colormap.value;
+    const rest = names.filter((n) => !FAVOURITE_COLORMAPS.includes(n));
+    ui.colormap.replaceChildren(option("", "none"),
+      ...[...FAVOURITE_COLORMAPS, ...rest].map((n) => option(n, n)));
+    ensureOption(ui.colormap, chosen);
+    ui.colormap.value = chosen;
+  }
+
+  // ---------------------------------------------------------------- the address query
+
+  /** Controls from an address's query; what they cannot show is kept as it is (extras). */
+  function restoreRendering(query, { mosaic }) {
+    const q = new URLSearchParams(query);
+    for (const key of PAGE_ONLY) q.delete(key);
+    const names = new Set([...ui.bandR.options].map((o) => o.value));
+    const bands = (q.get("bands") || "").split(",").map((b) => b.trim()).filter(Boolean);
+    if (q.has("expression")) {
+      ui.expression.value = q.get("expression");
+      setMode("expression");
+    } else if (bands.length === 1 && names.has(bands[0])) {
+      ui.bandR.value = bands[0];
+      setMode("single");
+    } else if (bands.length === 3 && bands.every((b) => names.has(b))) {
+      [ui.bandR.value, ui.bandG.value, ui.bandB.value] = bands;
+      setMode("rgb");
+    }
+    const colormap = q.get("colormap_name") || "";
+    ensureOption(ui.colormap, colormap);
+    ui.colormap.value = colormap;
+    const scalings = q.getAll("scaling");
+    if (scalings.length === 1 && STANDARD_SCALINGS.includes(scalings[0])) {
+      ui.scaling.value = scalings[0];
+    } else if (scalings.length) {
+      ui.scaling.value = "custom";
+      ui.customScaling.value = scalings.join(";");
+    }
+    showScaling({ focus: false });
+    const selection = q.get("pixel_selection");
+    if (selection && [...ui.pixelSelection.options].some((o) => o.value === selection)) {
+      ui.pixelSelection.value = selection;
+    }
+    const sortby = q.get("sortby");
+    if (sortby) {
+      ensureOption(ui.order, sortby);
+      ui.order.value = sortby;
+    }
+    // every parameter the controls do not reproduce exactly is sent as it came
+    state.extras = new URLSearchParams();
+    const produced = renderParams({ mosaic });
+    for (const key of new Set(q.keys())) {
+      if (JSON.stringify(q.getAll(key)) !== JSON.stringify(produced.getAll(key))) {
+        for (const value of q.getAll(key)) state.extras.append(key, value);
+      }
+    }
+    showExtras();
+  }
+
+  function showExtras() {
+    ui.extraParams.value = decodeURIComponent(state.extras.toString().replace(/\+/g, " "));
+  }
+
+  /** A control was used: the parameters it sets are no longer taken from the extras. */
+  function takeOver(...keys) {
+    if (!keys.some((key) => state.extras.has(key))) return;
+    for (const key of keys) state.extras.delete(key);
+    showExtras();
   }
 
   // ---------------------------------------------------------------- render parameters
@@ -285,10 +587,25 @@
       params.set("bands", [ui.bandR.value, ui.bandG.value, ui.bandB.value].join(","));
     }
     if (current !== "rgb" && ui.colormap.value) params.set("colormap_name", ui.colormap.value);
-    const scaling = ui.scaling.value === "custom" ? ui.customScaling.value.trim()
-      : ui.scaling.value;
-    if (scaling) params.set("scaling", scaling);
-    if (mosaic) params.set("pixel_selection", ui.pixelSelection.value);
+    if (ui.scaling.value !== "custom") {
+      params.set("scaling", ui.scaling.value);
+    } else {
+      // several ranges (one per band) are separated by ";", a JSON object is one value
+      const text = ui.customScaling.value.trim();
+      const ranges = text.startsWith("{") ? [text] : text.split(";");
+      for (const range of ranges) if (range.trim()) params.append("scaling", range.trim());
+    }
+    if (mosaic) {
+      params.set("pixel_selection", ui.pixelSelection.value);
+      if (ui.order.value) params.set("sortby", ui.order.value);
+    }
+    // parameters without a control (from the address or typed) win over the controls'
+    for (const key of new Set(state.extras.keys())) {
+      if (!mosaic && MOSAIC_ONLY.has(key)) continue;
+      params.delete(key);
+      if (key === "colormap") params.delete("colormap_name");
+      for (const value of state.extras.getAll(key)) params.append(key, value);
+    }
     return params;
   }
 
@@ -327,7 +644,8 @@
     }
     const generation = ++state.generation;
     const params = renderParams({ mosaic: source.kind === "search" });
-    followAddress(source);
+    followAddress(source, params);
+    showPreset();
     setStatus("Loading tiles…", "loading");
     let tilejson;
     try {
@@ -337,12 +655,17 @@
       return;
     }
     if (generation !== state.generation) return;
+    state.params = params;
     showTileJSON(source, tilejson, params);
+    showLegend(source, params);
+    showDownloads();
   }
 
-  /** On a /map page, keep the address bar pointing at what is shown, so it can be shared. */
-  function followAddress(source) {
-    if (ON_MAP_PAGE) history.replaceState(null, "", apiUrl(`${source.path}/map`));
+  /** Keep the address on what is shown and how (the map page of it), so it can be shared. */
+  function followAddress(source, params) {
+    const query = params.toString();
+    const path = apiUrl(`${source.path}/map${query ? `?${query}` : ""}`);
+    history.replaceState(null, "", `${path}${state.shown ? fragment() : location.hash}`);
   }
 
   function showTileJSON(source, tilejson, params) {
@@ -364,6 +687,7 @@
       opacity: Number(ui.opacity.value),
       attribution: "tileserver",
       keepBuffer: 1,
+      zIndex: 10, // above the basemap
     };
     // a mosaic's TileJSON starts at zoom 0 when its low-zoom pyramid serves them; without
     // one it refuses tiles below its minzoom (400: one would read too many images), so the
@@ -373,6 +697,7 @@
     const layer = L.tileLayer(url, options);
     layer.source = source;
     layer.minzoom = tilejson.minzoom;
+    layer.generation = state.generation; // a later apply, even a failed one, outdates it
 
     // a new image or search: frame it first, so the layer asks only for the tiles it will show
     if (state.shown !== source.key) {
@@ -381,7 +706,15 @@
       state.layer = null;
       if (mosaic) removeFootprint();
       else drawFootprint(source.id, bounds);
-      map.fitBounds(bounds, { padding: [16, 16], animate: false });
+      if (state.initialView) {
+        // the view the address was opened with, once
+        const [zoom, lat, lon] = state.initialView;
+        state.initialView = null;
+        map.setView([lat, lon], zoom, { animate: false });
+      } else {
+        map.fitBounds(bounds, { padding: [16, 16], animate: false });
+      }
+      writeFragment();
     }
 
     const previous = state.layer;
@@ -429,7 +762,9 @@
     layer.on("load", () => {
       if (previous) map.removeLayer(previous);
       checks.then(() => {
-        if (state.layer === layer && !failed) setStatus(readyText(layer.source), "ready");
+        if (state.layer === layer && !failed && state.generation === layer.generation) {
+          setStatus(readyText(layer.source), "ready");
+        }
       });
     });
   }
@@ -438,10 +773,202 @@
     if (source.kind === "search") {
       const matched = state.search?.matched;
       const images = typeof matched === "number" ? ` of ${plural(matched, "image")}` : "";
-      return `Showing the mosaic${images} (pixel selection: ${ui.pixelSelection.value}).`;
+      const order = ui.order.value ? `, order: ${ui.order.selectedOptions[0].textContent}` : "";
+      return `Showing the mosaic${images} (pixel selection: ${ui.pixelSelection.value}${order}).`;
     }
     const image = state.images.get(source.id);
     return image ? `Showing ${imageLabel(image)}.` : `Showing ${source.id}.`;
+  }
+
+  // ---------------------------------------------------------------- downloads
+
+  /** Links to the shown layer's picture and GeoTIFF of the map's extent (within its bounds). */
+  function showDownloads() {
+    const layer = state.layer;
+    const view = map.getBounds();
+    const bounds = layer?.options.bounds;
+    const links = [ui.downloadPng, ui.downloadTif];
+    const west = Math.max(view.getWest(), bounds ? bounds.getWest() : 0);
+    const east = Math.min(view.getEast(), bounds ? bounds.getEast() : 0);
+    const south = Math.max(view.getSouth(), bounds ? bounds.getSouth() : 0);
+    const north = Math.min(view.getNorth(), bounds ? bounds.getNorth() : 0);
+    if (!layer || !state.params || !(west < east && south < north)) {
+      for (const link of links) {
+        link.removeAttribute("href");
+        link.setAttribute("aria-disabled", "true");
+      }
+      return;
+    }
+    const box = [west, south, east, north].map((v) => v.toFixed(6)).join(",");
+    const path = layer.source.path;
+    const picture = new URLSearchParams(state.params);
+    picture.set("max_size", "1024");
+    ui.downloadPng.href = apiUrl(`${path}/bbox/${box}.png?${picture}`);
+    const crop = new URLSearchParams(state.params);
+    crop.set("bbox", box);
+    const file = layer.source.kind === "search" ? "mosaic" : "download";
+    ui.downloadTif.href = apiUrl(`${path}/${file}.tif?${crop}`);
+    for (const link of links) link.removeAttribute("aria-disabled");
+  }
+
+  // ---------------------------------------------------------------- legend
+
+  /** Whether a legend can be drawn: one output, and a colormap (asked for or the band's). */
+  function hasLegend(params) {
+    if (params.has("colormap_name") || params.has("colormap")) {
+      return (params.get("expression") || "").split(";").length === 1
+        && (params.get("bands") || "").split(",").length === 1;
+    }
+    if (params.has("expression")) return false;
+    const names = (params.get("bands") || "").split(",");
+    if (names.length !== 1) return false;
+    const band = (state.product?.bands || []).find((b) => b.name === names[0]);
+    return Boolean(band && ((band.type === "class" && band.colormap) || band.colormap_name));
+  }
+
+  function showLegend(source, params) {
+    if (!hasLegend(params)) {
+      ui.legendBox.hidden = true;
+      ui.legend.removeAttribute("src");
+      return;
+    }
+    const query = new URLSearchParams(params);
+    query.set("width", "256");
+    query.set("height", "40");
+    const src = apiUrl(`${source.path}/legend.png?${query}`);
+    if (ui.legend.getAttribute("src") !== src) ui.legend.src = src;
+    ui.legendBox.hidden = false;
+  }
+
+  ui.legend.addEventListener("error", () => {
+    ui.legendBox.hidden = true;
+  });
+
+  // ---------------------------------------------------------------- values where clicked
+
+  /** Values where the map was clicked, of what is shown, as the server reads them there. */
+  async function showPoint(latlng) {
+    const source = state.layer?.source;
+    if (!source || !state.params) return;
+    const points = ++state.points;
+    const where = latlng.wrap();
+    const lon = where.lng.toFixed(6);
+    const lat = where.lat.toFixed(6);
+    if (state.pointMarker) map.removeLayer(state.pointMarker);
+    state.pointMarker = L.circleMarker(latlng, {
+      radius: 5, color: "#d9480f", weight: 2, fillOpacity: 0.3, interactive: false,
+    }).addTo(map);
+    ui.valuesHint.textContent = `Values at ${lon}, ${lat}…`;
+    ui.values.replaceChildren();
+    ui.values.dataset.state = "loading";
+    let answer;
+    try {
+      answer = await getJSON(`${source.path}/point/${lon},${lat}?${state.params}`);
+    } catch (err) {
+      if (points !== state.points) return;
+      ui.valuesHint.textContent = `No values at ${lon}, ${lat}: ${err.message}`;
+      ui.values.dataset.state = "error";
+      return;
+    }
+    if (points !== state.points) return;
+    ui.valuesHint.textContent = `Values at ${lon}, ${lat}`;
+    ui.values.replaceChildren(...(answer.images ? searchValues(answer) : imageValues(answer)));
+    ui.values.dataset.state = "ready";
+  }
+
+  function formatValue(value) {
+    if (value === null || value === undefined) return "–";
+    if (Number.isInteger(value)) return String(value);
+    return Math.abs(value) >= 100 ? value.toFixed(1) : value.toPrecision(4);
+  }
+
+  function cell(tag, text, value) {
+    const el = document.createElement(tag);
+    el.textContent = text;
+    if (value !== undefined) el.dataset.value = value === null ? "" : String(value);
+    return el;
+  }
+
+  function table(className, head, rows) {
+    const el = document.createElement("table");
+    el.className = `values ${className}`;
+    const top = document.createElement("tr");
+    top.append(...head.map((text) => cell("th", text)));
+    el.append(top, ...rows);
+    return el;
+  }
+
+  /** An image's values: per output its value (at the processing level), and the raw. */
+  function imageValues(answer) {
+    const rows = answer.band_names.map((name, i) => {
+      const row = document.createElement("tr");
+      const raw = answer.bands?.[name]?.raw;
+      row.append(cell("th", name), cell("td", formatValue(answer.values[i]), answer.values[i]),
+        cell("td", raw === undefined ? "" : formatValue(raw)));
+      return row;
+    });
+    return [table("image-values", ["", "value", "stored"], rows)];
+  }
+
+  /** A mosaic's: the value shown, then every image meeting the point in paint order. */
+  function searchValues(answer) {
+    const names = answer.band_names;
+    const shown = answer.mosaic || {};
+    const head = document.createElement("p");
+    head.className = "values-shown";
+    head.append(`Shown (${shown.pixel_selection}): `);
+    names.forEach((name, i) => {
+      const value = shown.values?.[i] ?? null;
+      const b = cell("b", `${name} ${formatValue(value)}`, value);
+      b.className = "shown-value";
+      head.append(b, i + 1 < names.length ? ", " : "");
+    });
+    const used = new Set(shown.images || []);
+    const rows = answer.images.map((image) => {
+      const row = document.createElement("tr");
+      row.dataset.imageId = image.id;
+      row.className = used.has(image.id) ? "used" : image.valid ? "" : "invalid";
+      row.title = image.id;
+      row.append(cell("td", formatDay(image.datetime)),
+        ...names.map((_, i) => cell("td", image.valid ? formatValue(image.values[i]) : "no data",
+          image.valid ? image.values[i] : null)));
+      return row;
+    });
+    const drill = table("drill", ["date", ...names], rows);
+    const parts = [head, drill];
+    const chart = drillChart(answer.images);
+    if (chart) parts.push(chart);
+    return parts;
+  }
+
+  /** The first output's values through the dates, as a small SVG line. */
+  function drillChart(images) {
+    const points = images.filter((i) => i.valid && typeof i.values[0] === "number")
+      .map((i) => [Date.parse(i.datetime), i.values[0]]).sort((a, b) => a[0] - b[0]);
+    if (points.length < 2) return null;
+    const [w, h, pad] = [280, 80, 6];
+    const xs = points.map((p) => p[0]);
+    const ys = points.map((p) => p[1]);
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    const x = (v) => pad + ((v - x0) / (x1 - x0 || 1)) * (w - 2 * pad);
+    const y = (v) => h - pad - ((v - y0) / (y1 - y0 || 1)) * (h - 2 * pad);
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+    svg.setAttribute("class", "drill-chart");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", `values from ${formatValue(y0)} to ${formatValue(y1)}`);
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points.map(([t, v]) => `${x(t)},${y(v)}`).join(" "));
+    svg.append(line);
+    for (const [t, v] of points) {
+      const dot = document.createElementNS(ns, "circle");
+      dot.setAttribute("cx", x(t));
+      dot.setAttribute("cy", y(v));
+      dot.setAttribute("r", 2.5);
+      svg.append(dot);
+    }
+    return svg;
   }
 
   function zoomInText(layer) {
@@ -497,22 +1024,58 @@
 
   // ---------------------------------------------------------------- search
 
-  /** The STAC search body of the panel (POST /stac/search; without limit, POST /searches). */
+  // the keys of a search body the panel shows; the others (ids, sortby, intersects, query...)
+  // of the search shown are kept as they are when it searches again
+  const PANEL_KEYS = ["collections", "datetime", "bbox", "filter", "filter-lang", "limit"];
+
+  /** The STAC search body of the panel (POST /stac/search; without limit, POST /searches):
+   * the shown search's body, edited by the panel. Its filter keeps every term but the cloud
+   * limit the panel shows; what is unchanged is sent as it was, so the same search keeps
+   * its id. */
   function searchBody() {
-    const body = { collections: [ui.product.value] };
+    const base = state.searchBase || {};
+    const body = {};
+    for (const [key, value] of Object.entries(base)) if (!PANEL_KEYS.includes(key)) body[key] = value;
+    const product = ui.product.value;
+    body.collections = (base.collections || []).includes(product) ? [...base.collections]
+      : [product];
     const start = ui.searchStart.value;
     const end = ui.searchEnd.value;
-    if (start || end) {
+    const [baseStart, baseEnd] = datesOf(base.datetime);
+    if (base.datetime && start === baseStart && end === baseEnd) {
+      body.datetime = base.datetime;
+    } else if (start || end) {
       body.datetime = `${start ? `${start}T00:00:00Z` : ".."}/${end ? `${end}T23:59:59Z` : ".."}`;
     }
     if (state.box) body.bbox = [...state.box];
+    const { cloud: baseCloud, rest } = splitFilter(base.filter);
+    const terms = [...rest];
     const cloud = ui.searchCloud.value.trim();
     if (cloud !== "") {
-      body.filter = { op: "<=", args: [{ property: "eo:cloud_cover" }, Number(cloud)] };
+      const limit = Number(cloud);
+      const op = baseCloud && baseCloud.value === limit ? baseCloud.op : "<=";
+      terms.push({ op, args: [{ property: "eo:cloud_cover" }, limit] });
+    }
+    if (terms.length) {
+      body.filter = terms.length === 1 ? terms[0] : { op: "and", args: terms };
       body["filter-lang"] = "cql2-json";
     }
     body.limit = SEARCH_LIMIT;
     return body;
+  }
+
+  /** A filter (CQL2-JSON) as its cloud cover limit, if any, and its other terms. */
+  function splitFilter(filter) {
+    if (!filter) return { cloud: null, rest: [] };
+    const terms = filter.op === "and" && Array.isArray(filter.args) ? filter.args : [filter];
+    let cloud = null;
+    const rest = [];
+    for (const term of terms) {
+      const limit = cloud ? null : cloudLimit(term);
+      if (limit) cloud = limit;
+      else rest.push(term);
+    }
+    return { cloud, rest };
   }
 
   function validateSearch() {
@@ -553,6 +1116,7 @@
       }
       const registered = await postJSON("/searches", registration);
       if (searching !== state.searching) return;
+      state.searchBase = registration;
       showSearch(registered, results.numberMatched);
     } catch (err) {
       if (searching === state.searching) setStatus(`Cannot search: ${err.message}`, "error");
@@ -679,31 +1243,39 @@
     selectImage(imageId);
   }
 
-  /** Fill the panel from a registered search's body; the names of what it cannot show. */
+  /** Fill the panel from a registered search's body; the names of what it does not show. */
   function fillSearchForm(search) {
-    const [start, end] = (search.datetime || "").includes("/")
-      ? search.datetime.split("/") : [search.datetime, search.datetime];
-    ui.searchStart.value = dayOf(start);
-    ui.searchEnd.value = dayOf(end);
-    const cloud = cloudLimit(search.filter);
-    ui.searchCloud.value = cloud ?? "";
+    state.searchBase = search;
+    const [start, end] = datesOf(search.datetime);
+    ui.searchStart.value = start;
+    ui.searchEnd.value = end;
+    const { cloud, rest } = splitFilter(search.filter);
+    ui.searchCloud.value = cloud ? cloud.value : "";
     setBox(search.bbox || null);
-    const shown = ["collections", "datetime", "bbox", "filter", "filter-lang"];
-    const more = Object.keys(search).filter((key) => !shown.includes(key)); // ids, sortby...
-    if (search.filter && cloud === null) more.push("filter");
+    const more = Object.keys(search).filter((key) => !PANEL_KEYS.includes(key)); // ids, sortby...
+    if (rest.length) more.push("filter terms");
     if ((search.collections || []).length > 1) more.push("collections");
     return more;
+  }
+
+  /** The first and last day (YYYY-MM-DD, or "") of a STAC datetime. */
+  function datesOf(datetime) {
+    const [start, end] = (datetime || "").includes("/") ? datetime.split("/")
+      : [datetime, datetime];
+    return [dayOf(start), dayOf(end)];
   }
 
   function dayOf(text) {
     return /^\d{4}-\d\d-\d\d/.test(text || "") ? text.slice(0, 10) : "";
   }
 
-  /** The max cloud cover of a filter of the panel's simple form, else null. */
-  function cloudLimit(filter) {
-    if (!filter || filter.op !== "<=" || !Array.isArray(filter.args)) return null;
-    const [property, value] = filter.args;
-    return property?.property === "eo:cloud_cover" && typeof value === "number" ? value : null;
+  /** The cloud cover limit of a filter term `eo:cloud_cover < or <= N`: {op, value}, or null. */
+  function cloudLimit(term) {
+    if (!term || !["<", "<="].includes(term.op) || !Array.isArray(term.args)) return null;
+    if (term.args.length !== 2) return null;
+    const [property, value] = term.args;
+    return property?.property === "eo:cloud_cover" && typeof value === "number"
+      ? { op: term.op, value } : null;
   }
 
   /** Open a registered search by id: panel, list and mosaic (a /searches/{id}/map page). */
@@ -713,6 +1285,7 @@
     const results = await postJSON("/stac/search", { ...search, limit: SEARCH_LIMIT });
     const productId = search.collections?.[0] || results.features[0]?.collection;
     selectProduct(productId);
+    restoreRendering(INITIAL_QUERY, { mosaic: true });
     const more = fillSearchForm(search);
     setView("search", { render: false });
     await loadImages();
@@ -725,7 +1298,7 @@
     if (more.length) {
       const note = document.createElement("span");
       note.className = "hint";
-      note.textContent = ` · also ${more.join(", ")}: not shown here; Search replaces them`;
+      note.textContent = ` · also ${more.join(", ")}: not shown here, kept when you search`;
       ui.searchInfo.append(note);
     }
   }
@@ -839,8 +1412,12 @@
     event.preventDefault();
     clearTimeout(applyTimer);
     // Enter in a search field searches; anywhere else it applies the rendering
-    if (ui.searchPanel.contains(document.activeElement)) runSearch();
-    else apply();
+    if (ui.searchPanel.contains(document.activeElement)) {
+      runSearch();
+      return;
+    }
+    if (document.activeElement === ui.extraParams) readExtras();
+    apply();
   });
 
   for (const radio of ui.form.querySelectorAll('input[name="view"]')) {
@@ -848,6 +1425,7 @@
   }
 
   ui.product.addEventListener("change", async () => {
+    takeOver("bands", "expression"); // another product's band names
     selectProduct(ui.product.value);
     const searching = state.searching;
     setStatus("Loading images…", "loading");
@@ -877,7 +1455,42 @@
       setStatus("Drawing cancelled.", "info");
     }
   });
-  ui.pixelSelection.addEventListener("change", applySoon);
+  ui.pixelSelection.addEventListener("change", () => {
+    takeOver("pixel_selection");
+    applySoon();
+  });
+  ui.order.addEventListener("change", () => {
+    takeOver("sortby");
+    applySoon();
+  });
+  ui.preset.addEventListener("change", () => {
+    usePreset(ui.preset.value);
+    applySoon();
+  });
+  /** The typed "more parameters" (a query string) become the extras. */
+  function readExtras() {
+    const text = ui.extraParams.value.trim().replace(/^\?/, "");
+    state.extras = new URLSearchParams(text);
+    for (const key of PAGE_ONLY) state.extras.delete(key);
+    showExtras();
+  }
+
+  ui.extraParams.addEventListener("change", () => {
+    readExtras();
+    applySoon();
+  });
+  ui.basemap.addEventListener("change", () => {
+    showBasemap();
+    writeFragment();
+  });
+
+  map.on("click", (event) => {
+    if (!drawing.armed) showPoint(event.latlng);
+  });
+  map.on("moveend", () => {
+    writeFragment();
+    showDownloads();
+  });
 
   map.on("zoomend", () => {
     const layer = state.layer;
@@ -900,34 +1513,56 @@
 
   for (const radio of ui.form.querySelectorAll('input[name="mode"]')) {
     radio.addEventListener("change", () => {
+      takeOver("bands", "expression");
       showMode();
       applySoon();
     });
   }
 
-  for (const select of [ui.bandR, ui.bandG, ui.bandB, ui.colormap]) {
-    select.addEventListener("change", applySoon);
+  for (const select of [ui.bandR, ui.bandG, ui.bandB]) {
+    select.addEventListener("change", () => {
+      takeOver("bands", "expression");
+      applySoon();
+    });
   }
+  ui.colormap.addEventListener("change", () => {
+    takeOver("colormap_name", "colormap");
+    applySoon();
+  });
 
-  ui.scaling.addEventListener("change", () => {
+  function showScaling({ focus = false } = {}) {
     const custom = ui.scaling.value === "custom";
     ui.customScalingGroup.hidden = !custom;
     if (custom) {
       if (!ui.customScaling.value) ui.customScaling.value = displayRangeGuess();
-      ui.customScaling.focus();
+      if (focus) ui.customScaling.focus();
     }
+  }
+
+  ui.scaling.addEventListener("change", () => {
+    takeOver("scaling");
+    showScaling({ focus: true });
     applySoon();
   });
 
   // text fields apply on Enter (form submit) or when they lose focus after an edit
-  ui.expression.addEventListener("change", applySoon);
-  ui.customScaling.addEventListener("change", applySoon);
+  ui.expression.addEventListener("change", () => {
+    takeOver("bands", "expression");
+    applySoon();
+  });
+  ui.customScaling.addEventListener("change", () => {
+    takeOver("scaling");
+    applySoon();
+  });
 
-  ui.opacity.addEventListener("input", () => {
+  function showOpacity() {
     const value = Number(ui.opacity.value);
     ui.opacityValue.textContent = `${Math.round(value * 100)}%`;
     if (state.layer) state.layer.setOpacity(value);
-  });
+  }
+
+  ui.opacity.addEventListener("input", showOpacity);
+  ui.opacity.addEventListener("change", writeFragment);
 
   ui.copyUrl.addEventListener("click", copyXyzUrl);
   ui.xyzUrl.addEventListener("focus", () => ui.xyzUrl.select());
@@ -968,8 +1603,13 @@
 
   async function start() {
     showView();
+    readFragment();
+    showOpacity();
+    showBasemap();
     try {
+      const colormaps = loadColormaps();
       if (!(await loadProducts())) return;
+      await colormaps;
       if (INITIAL_SEARCH) {
         await openSearch(INITIAL_SEARCH);
         return;
@@ -977,6 +1617,7 @@
       let initial = null;
       if (INITIAL_IMAGE) initial = await getJSON(`/images/${idPath(INITIAL_IMAGE)}`);
       selectProduct(initial ? initial.product_id : state.products[0].id);
+      restoreRendering(INITIAL_QUERY, { mosaic: false });
       await loadImages();
       if (initial) {
         addImage(initial);
@@ -993,6 +1634,6 @@
   }
 
   // for debugging from the console
-  window.tileserverViewer = { map, state, apply, runSearch };
+  window.tileserverViewer = { map, state, apply, runSearch, presetsOf };
   start();
 })();

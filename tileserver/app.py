@@ -35,7 +35,7 @@ from tileserver.api import (
 from tileserver.api.auth import KeyAuth
 from tileserver.api.confine import Confine
 from tileserver.api.factory import MOSAIC_HEADERS
-from tileserver.api.templates import render_template, root_path
+from tileserver.api.templates import render_template, root_path, viewer_context
 from tileserver.blobs import BlobFiles
 from tileserver.cache import open_cache
 from tileserver.catalog.cql2sql import FilterError
@@ -226,7 +226,10 @@ def create_app(settings: Settings | None = None, store: CatalogStore | None = No
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def viewer(request: Request) -> HTMLResponse:
         """The web viewer."""
-        return HTMLResponse(render_template("viewer.html", image_id="", root=root_path(request)))
+        page = render_template(
+            "viewer.html", image_id="", **viewer_context(settings), root=root_path(request)
+        )
+        return HTMLResponse(page)
 
     app.include_router(health.router)
     app.include_router(catalog.router)

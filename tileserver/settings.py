@@ -168,6 +168,24 @@ class Settings(BaseSettings):
         description="one JSON line per request on the `tileserver.requests` logger (route, "
         "status, milliseconds, tile stage timings)",
     )
+    basemap_url: str | None = Field(
+        None,
+        description="an XYZ tile URL template ({z}/{x}/{y}, optionally {s} and {r}) the viewer "
+        "offers as a basemap, e.g. a self-hosted tile server on loopback; unset: no page loads "
+        "anything but this server's own tiles",
+    )
+    basemap_attribution: str = Field("", description="the basemap's attribution text")
+
+    @field_validator("basemap_url")
+    @classmethod
+    def _basemap(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if not re.match(r"^(https?://|/)", value) or not all(
+            part in value for part in ("{z}", "{x}", "{y}")
+        ):
+            raise ValueError("basemap_url is an http(s) or /path URL template with {z}, {x}, {y}")
+        return value
 
     @field_validator("import_grants")
     @classmethod

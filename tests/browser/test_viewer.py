@@ -161,6 +161,11 @@ class Viewer:
         return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
+def address_params(page) -> dict[str, str]:
+    """The query parameters of the page's address."""
+    return {k: v[0] for k, v in parse_qs(urlsplit(page.url).query).items()}
+
+
 def painted_fraction(pixels: numpy.ndarray) -> float:
     """The share of pixels that differ from the map's plain background."""
     diff = numpy.abs(pixels.astype(int) - numpy.array(MAP_BACKGROUND)).max(axis=-1)
@@ -276,7 +281,9 @@ def test_choosing_another_image_shows_its_tiles(viewer):
         "(id) => document.querySelector('#xyz-url').value.includes(id)", arg=other
     )
     viewer.wait_ready()
-    assert page.url.endswith(f"/images/{other}/map")  # the address follows, to be shared
+    # the address follows, to be shared: the map page of what is shown, and how
+    assert urlsplit(page.url).path == f"/images/{other}/map"
+    assert address_params(page) == {"bands": "B04,B03,B02", "scaling": "display"}
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
 
 
@@ -567,7 +574,7 @@ def test_search_map_page_fills_the_panel_and_shows_tiles(viewer):
     tiles = viewer.mosaic_tiles(search_id)
     assert tiles and all(t.status == 200 and t.content_type == "image/png" for t in tiles)
     assert not viewer.posted("/searches")  # shown as registered, not registered again
-    assert page.url.endswith(f"/searches/{search_id}/map")
+    assert urlsplit(page.url).path == f"/searches/{search_id}/map"
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
 
 
@@ -616,3 +623,289 @@ def test_viewer_with_a_key_in_its_address(chromium, demo_store, tmp_path):
         assert viewer.xyz_params()["api_key"] == token  # the XYZ URL works in QGIS as it is
         assert not viewer.problems.all(), viewer.problems
     store.close()
+
+
+# ---------------------------------------------------------------- values, legend, presets, address
+
+VALUES_SHOWN = "() => document.querySelector('#values').dataset.state === 'ready'"
+LEGEND_LOADED = """() => {
+    const img = document.querySelector('#legend');
+    return !document.querySelector('#legend-box').hidden && img.complete && img.naturalWidth > 0;
+}"""
+PAGE_PARAMS_ARE = """(expected) => {
+    const query = new URL(location.href).searchParams;
+    return [...query.keys()].length === Object.keys(expected).length
+        && Object.entries(expected).every(([k, v]) => query.get(k) === v);
+}"""
+
+
+def raster_value(store, image_id: str, band: str, lon: float, lat: float) -> float | None:
+    """A band's stored value at lon/lat, read from the image's file with rasterio alone
+    (its own grid, nodata as None): what the viewer must show there."""
+    import rasterio
+    from rasterio.warp import transform
+
+    image = store.get_image(image_id)
+    spec = next(b for b in store.get_product(image.product_id).bands if b.name == band)
+    with rasterio.open(image.files[spec.file_index].href) as dataset:
+        xs, ys = transform("EPSG:4326", dataset.crs, [lon], [lat])
+        row, col = dataset.index(xs[0], ys[0])
+        value = dataset.read(spec.band_index + 1, window=((row, row + 1), (col, col + 1)))[0, 0]
+    return None if value == dataset.nodata else float(value)
+
+
+def click_map(viewer: Viewer, lon: float, lat: float) -> tuple[float, float]:
+    """Click the map at lon/lat; the lon/lat the viewer asked the server about."""
+    page = viewer.page
+    x, y = page.evaluate(
+        "([lat, lon]) => { const p = window.tileserverViewer.map.latLngToContainerPoint("
+        "[lat, lon]); return [p.x, p.y]; }",
+        [lat, lon],
+    )
+    box = page.locator("#map").bounding_box()
+    with page.expect_response(lambda r: "/point/" in r.url) as answer:
+        page.mouse.click(box["x"] + x, box["y"] + y)
+    assert answer.value.status == 200, answer.value.text()
+    page.wait_for_function(VALUES_SHOWN)
+    asked = urlsplit(answer.value.url).path.rsplit("/", 1)[-1]
+    asked_lon, asked_lat = (float(v) for v in asked.split(","))
+    assert (asked_lon, asked_lat) == pytest.approx((lon, lat), abs=1e-3)
+    return asked_lon, asked_lat
+
+
+def test_a_map_address_renders_with_its_parameters_and_keeps_them(viewer, demo_store):
+    """A map page's query is the rendering: controls set from it, parameters without a
+    control sent as they are; the address follows changes and keeps those; a click shows
+    the raster's value there; the colormapped band has its legend."""
+    opened = {
+        "bands": "B08",
+        "colormap_name": "viridis",
+        "scaling": "0,5000",
+        "resampling": "bilinear",  # no control: kept
+    }
+    query = "&".join(f"{k}={v}" for k, v in opened.items())
+    viewer.open(f"/images/{DEMO_IMAGE}/map?{query}#map=13/52.29/15.06&basemap=grid")
+    page = viewer.page
+    assert page.is_checked('input[name="mode"][value="single"]')
+    assert page.input_value("#band-r") == "B08"
+    assert page.input_value("#colormap") == "viridis"
+    assert page.input_value("#scaling") == "custom"
+    assert page.input_value("#custom-scaling") == "0,5000"
+    assert page.input_value("#extra-params") == "resampling=bilinear"
+    assert viewer.xyz_params() == opened
+    assert viewer.tile_requests(**opened) and len(viewer.tile_requests(**opened)) == len(
+        viewer.requests
+    )
+    assert address_params(page) == opened
+    # the fragment: map view and basemap, restored; the grid is drawn here, nothing loaded
+    assert page.evaluate("() => window.tileserverViewer.map.getZoom()") == 13
+    center = page.evaluate("() => window.tileserverViewer.map.getCenter()")
+    assert (center["lat"], center["lng"]) == pytest.approx((52.29, 15.06), abs=1e-4)
+    assert page.input_value("#basemap") == "grid"
+    assert page.locator(".leaflet-tile-pane canvas.leaflet-tile").count() > 0
+
+    page.wait_for_function(LEGEND_LOADED)
+    legend = page.get_attribute("#legend", "src")
+    assert f"/images/{DEMO_IMAGE}/legend.png?" in legend and "colormap_name=viridis" in legend
+    assert page.evaluate("() => document.querySelector('#legend').naturalWidth") == 256
+
+    lon, lat = click_map(viewer, 15.055, 52.285)
+    expected = raster_value(demo_store, DEMO_IMAGE, "B08", lon, lat)
+    assert expected is not None
+    value = page.locator("#values table.image-values td").first
+    assert float(value.get_attribute("data-value")) == expected
+    assert page.locator("#values table.image-values tr").nth(1).locator("th").inner_text() == "B08"
+
+    # downloads of the view: the map's extent within the image, rendered as shown
+    png = httpx.get(viewer.base + page.get_attribute("#download-png", "href"))
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    with MemoryFile(png.content) as memfile, memfile.open() as picture:
+        assert max(picture.width, picture.height) <= 1024 and picture.count == 4
+        assert picture.read(4).mean() > 128  # mostly opaque: the view is inside the image
+    href = page.get_attribute("#download-tif", "href")
+    tif_query = {k: v[0] for k, v in parse_qs(urlsplit(href).query).items()}
+    assert urlsplit(href).path == f"/images/{DEMO_IMAGE}/download.tif"
+    assert tif_query == {**opened, "bbox": tif_query["bbox"]}
+    west, south, east, north = (float(v) for v in tif_query["bbox"].split(","))
+    shown = page.evaluate("() => window.tileserverViewer.map.getBounds().toBBoxString()")
+    view = [float(v) for v in shown.split(",")]
+    image = httpx.get(f"{viewer.base}/images/{DEMO_IMAGE}/tilejson.json").json()["bounds"]
+    clipped = [max(view[0], image[0]), max(view[1], image[1])]
+    clipped += [min(view[2], image[2]), min(view[3], image[3])]
+    assert [west, south, east, north] == pytest.approx(clipped, abs=1e-5)
+    tif = httpx.get(viewer.base + href)
+    assert tif.status_code == 200 and tif.headers["content-type"].startswith("image/tiff")
+
+    page.select_option("#colormap", "magma")
+    changed = {**opened, "colormap_name": "magma"}
+    viewer.wait_rendered(**changed)
+    page.wait_for_function(PAGE_PARAMS_ARE, arg=changed)
+    assert urlsplit(page.url).path == f"/images/{DEMO_IMAGE}/map"
+    assert "basemap=grid" in urlsplit(page.url).fragment
+    page.wait_for_function(LEGEND_LOADED)
+    assert "colormap_name=magma" in page.get_attribute("#legend", "src")
+
+    page.fill("#extra-params", "resampling=bilinear&nodata=0")  # typed: sent, and kept
+    page.press("#extra-params", "Enter")
+    typed = {**changed, "nodata": "0"}
+    viewer.wait_rendered(**typed)
+    page.wait_for_function(PAGE_PARAMS_ARE, arg=typed)
+    assert all(urlsplit(url).netloc == urlsplit(viewer.base).netloc for url in viewer.requests)
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_presets_come_from_the_bands_and_change_the_tiles(viewer):
+    """True colour, false colour and NDVI from the bands' wavelengths (or common names)."""
+    viewer.open("/")
+    page = viewer.page
+    presets = page.eval_on_selector_all("#preset option", "els => els.map((e) => e.value)")
+    assert presets == ["", "true-colour", "false-colour", "ndvi", "ndwi"]
+    assert page.input_value("#preset") == "true-colour"  # the product's default bands
+
+    with page.expect_request(lambda r: TILE_PATH in r.url and "B08%2CB04%2CB03" in r.url):
+        page.select_option("#preset", "false-colour")
+    viewer.wait_rendered(bands="B08,B04,B03", scaling="display")
+    assert page.is_hidden("#legend-box")
+
+    page.select_option("#preset", "ndvi")
+    ndvi = {"expression": "(B08-B04)/(B08+B04)", "colormap_name": "rdylgn", "scaling": "display"}
+    viewer.wait_rendered(**ndvi)
+    assert viewer.tile_requests(**ndvi)
+    page.wait_for_function(LEGEND_LOADED)
+    page.wait_for_function(PAGE_PARAMS_ARE, arg=ndvi)
+
+    page.check('input[name="mode"][value="rgb"]')
+    viewer.wait_rendered(bands="B08,B04,B03", scaling="display")
+    assert page.input_value("#preset") == "false-colour"
+    page.select_option("#band-r", "B11")  # a hand-made rendering is no preset
+    viewer.wait_rendered(bands="B11,B04,B03", scaling="display")
+    assert page.input_value("#preset") == ""
+
+    # another product's bands: by wavelength whatever their names, else by common name
+    derived = page.evaluate(
+        """() => window.tileserverViewer.presetsOf({bands: [
+            {name: "P0", wavelength_nm_min: 430, wavelength_nm_max: 550},
+            {name: "P1", wavelength_nm_center: 560},
+            {name: "P2", wavelength_nm_center: 655},
+            {name: "P3", wavelength_nm_center: 830},
+            {name: "MASK", type: "mask", is_alpha: true},
+        ]}).map((p) => [p.id, p.bands || p.expression])"""
+    )
+    assert derived == [
+        ["true-colour", ["P2", "P1", "P0"]],
+        ["false-colour", ["P3", "P2", "P1"]],
+        ["ndvi", "(P3-P2)/(P3+P2)"],
+        ["ndwi", "(P1-P3)/(P1+P3)"],
+    ]
+    named = page.evaluate(
+        """() => window.tileserverViewer.presetsOf({bands: [
+            {name: "red"}, {name: "nir08"}, {name: "coastal"}]}).map((p) => p.id)"""
+    )
+    assert named == ["ndvi"]  # no green nor blue: no colour composites
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def readme_search() -> dict:
+    """The search body of the README's mosaic example (`curl -X POST .../searches`)."""
+    import json
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = re.search(r"curl -X POST localhost:8000/searches .*?-d '(.*?)'", readme, re.S)
+    assert found, "the README's search example is gone"
+    return json.loads(found.group(1))
+
+
+def test_readme_search_keeps_its_filter_and_shows_values_in_cloud_order(viewer, demo_store):
+    """The README's example search, opened in the viewer with a least-cloudy order in its
+    address: panel filled (its `<` filter too), Search registers the very same search; a
+    click lists each image's value in that order and the mosaic's, from the rasters."""
+    body = readme_search()
+    assert body["filter"] == "eo:cloud_cover < 30"
+    registered = httpx.post(f"{viewer.base}/searches", json=body).json()
+    search_id = registered["id"]
+    clouds = demo_clouds(viewer.base)
+    start, end = body["datetime"].split("/")
+    matching = sorted(
+        (day for day, cover in clouds.items() if start <= day <= end and cover < 30),
+        reverse=True,
+    )
+    assert 0 < len(matching) < len([d for d in clouds if start <= d <= end])
+
+    page = viewer.page
+    order = "eo:cloud_cover,-datetime"
+    page.goto(f"{viewer.base}/searches/{search_id}/map?bands=B04&sortby={order}")
+    viewer.wait_mosaic(search_id)
+    assert page.input_value("#search-cloud") == "30"
+    assert page.input_value("#order") == order
+    assert [day for day, _ in listed(viewer)] == matching
+    tiles = viewer.mosaic_tiles(search_id)
+    assert tiles and all("sortby=eo%3Acloud_cover%2C-datetime" in t.url for t in tiles)
+    assert address_params(page) == {
+        "bands": "B04",
+        "scaling": "display",
+        "pixel_selection": "first",
+        "sortby": order,
+    }
+
+    with page.expect_response(is_search_post) as answer:
+        page.click("#search")
+    assert answer.value.json()["id"] == search_id  # the same search, filter and all
+    assert viewer.posted("/searches")[-1]["filter"] == {
+        "op": "<",
+        "args": [{"property": "eo:cloud_cover"}, 30],
+    }
+    viewer.wait_mosaic(search_id)
+    assert urlsplit(page.url).path == f"/searches/{search_id}/map"
+
+    lon, lat = click_map(viewer, 15.055, 52.285)
+    rows = page.locator("#values table.drill tr[data-image-id]")
+    drilled = [rows.nth(i).get_attribute("data-image-id") for i in range(rows.count())]
+    by_cloud = sorted(
+        drilled, key=lambda i: clouds[demo_store.get_image(i).acquired.date().isoformat()]
+    )
+    days = [demo_store.get_image(i).acquired.date().isoformat() for i in drilled]
+    assert drilled == by_cloud and len(drilled) >= 2 and set(days) <= set(matching)
+    values = [raster_value(demo_store, image_id, "B04", lon, lat) for image_id in drilled]
+    shown = [
+        rows.nth(i).locator("td").nth(1).get_attribute("data-value") for i in range(len(values))
+    ]
+    assert shown == ["" if v is None else str(int(v)) for v in values]
+    first = next(v for v in values if v is not None)  # pixel selection first, in this order
+    assert float(page.get_attribute("#values .shown-value", "data-value")) == first
+    assert page.locator("#values svg.drill-chart circle").count() == sum(
+        v is not None for v in values
+    )
+
+    page.select_option("#order", "")  # the search's own order: newest first
+    viewer.wait_rendered(bands="B04", scaling="display", pixel_selection="first")
+    page.wait_for_function(
+        PAGE_PARAMS_ARE, arg={"bands": "B04", "scaling": "display", "pixel_selection": "first"}
+    )
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_a_configured_basemap_loads_from_its_url(chromium, demo_dir, demo_store):
+    """TILESERVER_BASEMAP_URL (here this server's own false-colour tiles, a self-hosted
+    basemap) is offered, drawn under the imagery when chosen, its credit shown as text."""
+    from tests.conftest import LiveServer, make_settings
+    from tileserver.app import create_app
+
+    template = f"/images/{DEMO_IMAGE}/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png?bands=B08,B04,B03"
+    settings = make_settings(demo_dir, basemap_url=template, basemap_attribution="<b>own</b> map")
+    app = create_app(settings, store=demo_store)
+    with LiveServer(app) as server, open_viewer(chromium, server.url) as viewer:
+        viewer.open(f"/images/{DEMO_IMAGE}/map")
+        page = viewer.page
+        assert page.input_value("#basemap") == "none"
+        assert not viewer.tile_requests(bands="B08,B04,B03")
+        with page.expect_request(lambda r: TILE_PATH in r.url and "bands=B08,B04,B03" in r.url):
+            page.select_option("#basemap", "tiles")
+        assert "basemap=tiles" in urlsplit(page.url).fragment
+        assert page.inner_text(".leaflet-control-attribution").endswith("<b>own</b> map")
+        under, over = page.evaluate(
+            """() => { const s = window.tileserverViewer.state;
+                return [s.basemap, s.layer].map((l) => Number(l.getContainer().style.zIndex)); }"""
+        )
+        assert under < over  # the imagery stays on top
+        assert all(urlsplit(url).netloc == urlsplit(server.url).netloc for url in viewer.requests)
+        assert not viewer.problems.all(aborted_ok=True), viewer.problems

@@ -93,6 +93,9 @@ async def refuse_unknown_query(request: Request) -> None:
     if route is None or not hasattr(route, "dependant"):
         return
     known = route_query_names(route) | ALWAYS_ALLOWED
+    passed_to = getattr(route, "passes_query_to", None)  # a page handing its query on
+    if passed_to is not None:
+        known |= route_query_names(passed_to)
     unknown = sorted({k for k in request.query_params if k not in known})
     if not unknown:
         return

@@ -34,7 +34,7 @@ from tileserver.api.downloads import (
     file_response,
     info_response,
 )
-from tileserver.api.templates import render_template, root_path
+from tileserver.api.templates import render_template, root_path, viewer_context
 from tileserver.api.values import register_pictures, register_values
 from tileserver.cache import Cache, CachedTile, make_etag
 from tileserver.layers import ImageLayer, SearchLayer, Zooms
@@ -297,18 +297,24 @@ class LayerEndpoints:
                 zooms.snap,
             )
 
-        def layer_map(request: Request, layer: layer_dep) -> HTMLResponse:
-            """The web viewer opened on the layer."""
+        def layer_map(request: Request, layer: layer_dep, settings: SettingsDep) -> HTMLResponse:
+            """The web viewer opened on the layer. It takes the TileJSON's query parameters
+            (the rendering it shows) and hands them on unparsed: a bad one is the page's
+            status line, from the TileJSON's 400, not an error page."""
             if layer.kind == "image":
                 ids = {"image_id": layer.id}
             else:
                 ids = {"image_id": "", "search_id": layer.id}
-            return HTMLResponse(render_template("viewer.html", **ids, root=root_path(request)))
+            page = render_template(
+                "viewer.html", **ids, **viewer_context(settings), root=root_path(request)
+            )
+            return HTMLResponse(page)
 
         tags = self.tile_tags
         self.router.add_api_route(
             f"{self.prefix}/tilejson.json", layer_tilejson, name=f"{self.kind}_tilejson", tags=tags
         )
+        tilejson_route = self.router.routes[-1]
         self.router.add_api_route(
             f"{self.prefix}/WMTSCapabilities.xml",
             layer_wmts,
@@ -323,6 +329,7 @@ class LayerEndpoints:
             response_class=HTMLResponse,
             tags=tags,
         )
+        self.router.routes[-1].passes_query_to = tilejson_route  # see refuse_unknown_query
 
     def get_and_post(self, path: str, endpoint, name: str, **options) -> None:
         """GET, and POST with a GeoJSON geometry in its body: two operations."""

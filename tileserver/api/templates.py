@@ -18,6 +18,14 @@ def render_template(name: str, **context) -> str:
     return environment.get_template(name).render(**context)
 
 
+def viewer_context(settings) -> dict:
+    """What the viewer page needs of the settings: the optional basemap."""
+    return {
+        "basemap_url": settings.basemap_url or "",
+        "basemap_attribution": settings.basemap_attribution,
+    }
+
+
 def root_path(request: Request) -> str:
     """The URL prefix the app is mounted under (behind a proxy), without a trailing slash."""
     return request.scope.get("root_path", "").rstrip("/")
