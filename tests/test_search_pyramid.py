@@ -173,7 +173,8 @@ def test_tiles_answer_503_with_retry_after_while_another_worker_builds(pyramid_a
     client, app, store, tmp = pyramid_app
     search = store.register_search(SearchQuery(collections=["pyr"])).id  # no build started
     pyramid = PyramidFile(tmp / "pyramids" / f"{search}.db")
-    assert pyramid.take("another-worker")  # a live builder elsewhere holds the lock
+    # a live builder elsewhere (another machine sharing the catalog) holds the lease
+    assert store.take_lease(pyramid.lease, "another-worker", 60)
     started = time.monotonic()
     response = client.get(f"/searches/{search}/tiles/WebMercatorQuad/3/4/2.png")
     assert response.status_code == 503, response.text
@@ -182,8 +183,8 @@ def test_tiles_answer_503_with_retry_after_while_another_worker_builds(pyramid_a
     app.state.pyramids.wait()  # our builder found the lock taken and left
     low = client.get(f"/searches/{search}").json()["low_zooms"]
     assert low["state"] == "building" and not low["up_to_date"], low
-    assert not pyramid.take(app.state.pyramids.owner)  # still the other worker's
-    pyramid.release("another-worker")
+    assert store.lease_holder(pyramid.lease) == "another-worker"  # still theirs
+    store.release_lease(pyramid.lease, "another-worker")
     client.get(f"/searches/{search}")  # now this worker may build it
     app.state.pyramids.wait()
     low = client.get(f"/searches/{search}").json()["low_zooms"]
