@@ -206,3 +206,102 @@ def test_requests_a_pyramid_cannot_honour_are_composited_and_say_so(pyramid_app)
     assert int(mean.headers["x-mosaic-images"]) > 0
     first = client.get(url)
     assert first.headers["x-mosaic-pyramid"].startswith("g")
+
+
+@pytest.mark.slow
+def test_two_workers_on_pgstac_build_once_serve_both_and_update(tmp_path, pgstac_url):
+    """Two app instances (two workers, e.g. on two machines) on one pgSTAC catalog and one
+    DATA_DIR: one builds (the lease in the catalog), both serve its tiles, and a scene
+    added later updates only its area, whichever worker notices."""
+    import threading
+
+    from tileserver.catalog.store import open_store
+
+    write_scenes(tmp_path / "all")
+    newest = newest_first()
+    late = scenes().index(newest[len(newest) // 2])  # a scene in the middle of the order
+    (tmp_path / "later").mkdir()
+    for path in (tmp_path / "all").glob("*.tif"):
+        folder = "later" if path.name.startswith(f"s{late:02d}_") else "in"
+        (tmp_path / folder).mkdir(exist_ok=True)
+        path.rename(tmp_path / folder / path.name)
+    stores = [open_store(pgstac_url), open_store(pgstac_url)]
+    confinement = Confinement(data_dir=tmp_path)
+
+    def import_folder(folder: str) -> None:
+        request = ImportRequest(
+            cloud_provider="file", bucket_name=str(tmp_path / folder), product="pyr"
+        )
+        with confined(confinement), reading(confinement.operator()):
+            result = run_import(stores[0], request, tmp_path, confinement=confinement)
+        assert not result.failed, result.failed
+
+    import_folder("in")
+    settings = make_settings(tmp_path, catalog_url=pgstac_url, cache_max_bytes=0)
+    apps = [create_app(settings, store=store) for store in stores]
+    try:
+        with TestClient(apps[0]) as one, TestClient(apps[1]) as two:
+            search = one.post("/searches", json={"collections": ["pyr"]}).json()["id"]
+            # both workers are asked at once: each starts a builder, one gets the lease
+            asked = [
+                threading.Thread(target=c.get, args=(f"/searches/{search}",)) for c in (one, two)
+            ]
+            for thread in asked:
+                thread.start()
+            for thread in asked:
+                thread.join()
+            for app in apps:
+                app.state.pyramids.wait()
+            pyramid = PyramidFile(tmp_path / "pyramids" / f"{search}.db")
+            meta = pyramid.meta()
+            assert meta["version"] == 1, meta  # built once, not once per worker
+            assert meta["builder"] in {a.state.pyramids.owner for a in apps}
+            assert stores[0].lease_holder(pyramid.lease) is None  # released
+            for client in (one, two):
+                low = client.get(f"/searches/{search}").json()["low_zooms"]
+                assert low["state"] == "ready" and low["up_to_date"], low
+                assert low["images"] == GRID * GRID - 1
+            base = meta["base"]
+            bounds = one.get(f"/searches/{search}/tilejson.json").json()["bounds"]
+            mosaic = painted(newest_first({late}))
+            for z in (0, base - 1, base):
+                for tile in WEB.tiles(*bounds, [z]):
+                    got = [tile_pixels(c, search, z, tile.x, tile.y) for c in (one, two)]
+                    want = reference_tile(mosaic, z, tile.x, tile.y)
+                    if got[0] is None:
+                        assert got[1] is None and not want.any()
+                        continue
+                    assert numpy.array_equal(got[0], got[1])  # both serve the same pyramid
+                    assert agreement(got[0], want)[0] >= 0.99, (z, tile)
+            with pyramid.connect() as db:
+                before = {(z, x, y): b for z, x, y, b in db.execute("SELECT * FROM tiles")}
+
+            import_folder("later")  # a write through the catalog both workers share
+            two.get(f"/searches/{search}")  # the other worker notices and updates
+            for app in apps:
+                app.state.pyramids.wait()
+            meta = pyramid.meta()
+            assert meta["version"] == 2 and meta["builder"] == apps[1].state.pyramids.owner
+            images = stores[0].list_images("pyr", limit=100).images
+            added = next(i for i in images if f"s{late:02d}_" in i.id)
+            touched = {(z, t.x, t.y) for z in range(base + 1) for t in WEB.tiles(*added.bbox, [z])}
+            assert meta["last_redone"] == len({(x, y) for z, x, y in touched if z == base})
+            with pyramid.connect() as db:
+                after = {(z, x, y): b for z, x, y, b in db.execute("SELECT * FROM tiles")}
+            for key, blob in before.items():
+                if key not in touched:
+                    assert after.get(key) == blob, key  # outside the new scene: same bytes
+            mosaic = painted(newest_first())
+            for z, x, y in touched:
+                for client in (one, two):
+                    low = client.get(f"/searches/{search}").json()["low_zooms"]
+                    assert low["up_to_date"] and low["images"] == GRID * GRID
+                    got = tile_pixels(client, search, z, x, y)
+                    want = reference_tile(mosaic, z, x, y)
+                    if got is None:
+                        assert not want.any()
+                        continue
+                    assert agreement(got, want)[0] >= 0.99, (z, x, y)
+    finally:
+        for store in stores:
+            store.close()

@@ -372,6 +372,7 @@ class Pyramids:
                 first_build=False,
                 last_redone=redone,
                 version=int(meta.get("version", 0)) + 1,
+                builder=self.owner,  # which worker built this version
                 error=None,
             )
             db.execute("COMMIT")
