@@ -208,6 +208,37 @@ def test_requests_a_pyramid_cannot_honour_are_composited_and_say_so(pyramid_app)
     assert first.headers["x-mosaic-pyramid"].startswith("g")
 
 
+def test_tilejson_and_wmts_advertise_exactly_the_zooms_that_answer(pyramid_app):
+    """WebMercatorQuad (pyramid): zoom 0 to the scenes' maxzoom, each answering 200 over the
+    data; a grid without pyramid advertises its native minzoom, and below it is refused."""
+    import re
+
+    from morecantile import tms as tms_registry
+
+    client, app, _, _ = pyramid_app
+    search = register(client, app)
+    tilejson = client.get(f"/searches/{search}/tilejson.json").json()
+    assert tilejson["minzoom"] == 0
+    wmts = client.get(f"/searches/{search}/WMTSCapabilities.xml").text
+    limits = re.findall(r"<TileMatrixLimits>\s*<TileMatrix>(\d+)</TileMatrix>", wmts)
+    assert [int(z) for z in limits] == list(range(tilejson["minzoom"], tilejson["maxzoom"] + 1))
+    west, south, east, north = tilejson["bounds"]
+    centre = ((west + east) / 2, (south + north) / 2)
+    for z in range(tilejson["minzoom"], tilejson["maxzoom"] + 1):
+        tile = WEB.tile(*centre, z)
+        response = client.get(f"/searches/{search}/tiles/WebMercatorQuad/{z}/{tile.x}/{tile.y}.png")
+        assert response.status_code == 200, (z, response.text)
+    crs84 = tms_registry.get("WorldCRS84Quad")
+    other = client.get(f"/searches/{search}/tilejson.json", params={"tms": "WorldCRS84Quad"}).json()
+    assert 0 < other["minzoom"] <= other["maxzoom"]
+    for z, answers in ((other["minzoom"] - 1, False), (other["minzoom"], True)):
+        tile = crs84.tile(*centre, z)
+        response = client.get(f"/searches/{search}/tiles/WorldCRS84Quad/{z}/{tile.x}/{tile.y}.png")
+        assert (response.status_code == 200) == answers, (z, response.status_code)
+        if not answers:
+            assert response.status_code == 400 and "minzoom" in response.json()["detail"]
+
+
 @pytest.mark.slow
 def test_two_workers_on_pgstac_build_once_serve_both_and_update(tmp_path, pgstac_url):
     """Two app instances (two workers, e.g. on two machines) on one pgSTAC catalog and one
