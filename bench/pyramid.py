@@ -75,6 +75,15 @@ PGSTAC_PYTHON = Path(
 )
 
 
+def installed_version(python: Path, package: str) -> str | None:
+    """A package's version in another environment (bench/remote.py's, without its imports)."""
+    import subprocess
+
+    code = f"import importlib.metadata as m; print(m.version({package!r}))"
+    result = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    return result.stdout.strip() or None
+
+
 def import_scenes(catalog: str, folder: Path, data_dir: Path) -> tuple[float, int]:
     """`run_import` of the scenes in `folder` into the pgSTAC catalog: seconds, count."""
     from tileserver.catalog.store import open_store
@@ -284,6 +293,7 @@ def main(argv: list[str] | None = None) -> None:
                 "query": TILESERVER_QUERY,
                 "titiler_pgstac_query": PGSTAC_QUERY,
             },
+            "versions": {"titiler.pgstac": installed_version(PGSTAC_PYTHON, "titiler.pgstac")},
             "import_seconds_per_100": round(seconds / count * 100, 1),
             "servers": {},
         }
