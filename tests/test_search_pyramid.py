@@ -179,7 +179,7 @@ def test_tiles_answer_503_with_retry_after_while_another_worker_builds(pyramid_a
     response = client.get(f"/searches/{search}/tiles/WebMercatorQuad/3/4/2.png")
     assert response.status_code == 503, response.text
     assert int(response.headers["retry-after"]) > 0
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # at once, not after a build (2 s when idle)
     app.state.pyramids.wait()  # our builder found the lock taken and left
     low = client.get(f"/searches/{search}").json()["low_zooms"]
     assert low["state"] == "building" and not low["up_to_date"], low
