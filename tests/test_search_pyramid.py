@@ -193,6 +193,23 @@ def test_tiles_answer_503_with_retry_after_while_another_worker_builds(pyramid_a
     assert response.status_code == 200 and response.headers["x-mosaic-pyramid"].startswith("g")
 
 
+def test_a_builder_whose_lease_lapsed_and_was_taken_over_stops_before_writing(pyramid_app):
+    from types import SimpleNamespace
+
+    client, app, store, tmp = pyramid_app
+    search = store.register_search(SearchQuery(collections=["pyr"])).id
+    pyramids = app.state.pyramids
+    pyramid = PyramidFile(tmp / "pyramids" / f"{search}.db")
+    layer = SimpleNamespace(store=store)
+    assert store.take_lease(pyramid.lease, pyramids.owner, 60)
+    pyramids._renew(layer, pyramid)  # ours: renewed
+    assert store.take_lease(pyramid.lease, pyramids.owner, -1)  # a stall: it lapsed
+    assert store.take_lease(pyramid.lease, "another-worker", 60)  # and was taken over
+    with pytest.raises(InterruptedError):
+        pyramids._renew(layer, pyramid)
+    assert store.lease_holder(pyramid.lease) == "another-worker"
+
+
 def test_requests_a_pyramid_cannot_honour_are_composited_and_say_so(pyramid_app):
     client, app, _, _ = pyramid_app
     search = register(client, app)

@@ -15,7 +15,7 @@ parent from its 4 children, 2 x 2 nearest) and brings it up to date when the cat
 generation of the search's products moves: the images added, changed or removed since the
 last build (diffed against the list the pyramid keeps, so deletions count too) give the
 base tiles to redo and their ancestors. A lease in the catalog (store.take_lease: owner,
-expiry by the catalog's clock, renewed every batch) makes one worker of all those sharing
+expiry by the catalog's clock, renewed between tiles) makes one worker of all those sharing
 the catalog, on any machine, build at a time; the others serve what exists. The pyramid's
 state stays in its file, written in the same transactions as its tiles, so state and
 tiles never disagree. A tile not built yet answers 503 with Retry-After at once (`PyramidBuilding`).
@@ -67,8 +67,8 @@ logger = logging.getLogger(__name__)
 
 TMS_ID = "WebMercatorQuad"  # the one grid a pyramid is kept on
 TILE = 256
-LEASE_SECONDS = 60.0  # a builder's lease: renewed every batch, taken over once it lapses
-BATCH = 16  # base tiles per transaction (and lease renewal); a batch takes a few seconds
+LEASE_SECONDS = 60.0  # a builder's lease: renewed between tiles; taken over once it lapses
+BATCH = 16  # base tiles per transaction
 RETRY_AFTER = 5  # seconds, the Retry-After of a tile still building
 # a processing level no band defines: read_image then keeps the values as stored
 STORED = "\x00stored"
@@ -210,6 +210,7 @@ class Pyramids:
         self.owner = f"{uuid.uuid4().hex[:12]}"
         self._threads: dict[Path, threading.Thread] = {}
         self._checked: dict[Path, int] = {}  # generation last found up to date
+        self._renewed: dict[Path, float] = {}  # when this process last renewed a lease
         self._files: LRUCache = LRUCache(maxsize=1024)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -382,11 +383,16 @@ class Pyramids:
         if self._stop.is_set():
             raise InterruptedError("the server is shutting down")
 
-    def _renew(self, layer: SearchLayer, pyramid: PyramidFile) -> None:
-        """Renew our lease before a write; stop when another worker took it over (ours
-        lapsed), so two builders never write the same pyramid."""
+    def _renew(self, layer: SearchLayer, pyramid: PyramidFile, due: bool = False) -> None:
+        """Renew our lease before a write (and, with `due`, between tiles once a sixth of it
+        has passed: a batch of slow tiles must not outlast it); stop when another worker
+        took it over (ours lapsed), so two builders never write the same pyramid."""
+        now = time.monotonic()
+        if due and now - self._renewed.get(pyramid.path, 0.0) < LEASE_SECONDS / 6:
+            return
         if not layer.store.renew_lease(pyramid.lease, self.owner, LEASE_SECONDS):
             raise InterruptedError("another worker took the pyramid's lease")
+        self._renewed[pyramid.path] = now
 
     def _base(
         self,
@@ -404,6 +410,7 @@ class Pyramids:
             self._check_stop()
             written = []
             for x, y in todo[start : start + BATCH]:
+                self._renew(layer, pyramid, due=True)
                 grid = Grid.of_tile(tms, x, y, z, TILE)
                 images = layer.tile_images(tms, x, y, z, MAX_IMAGES)
                 sources = []
@@ -436,6 +443,7 @@ class Pyramids:
             level = {(x // 2, y // 2) for x, y in level}
             written = []
             for x, y in sorted(level):
+                self._renew(layer, pyramid, due=True)
                 children = []
                 for dy in (0, 1):
                     for dx in (0, 1):
