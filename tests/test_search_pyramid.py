@@ -173,23 +173,41 @@ def test_tiles_answer_503_with_retry_after_while_another_worker_builds(pyramid_a
     client, app, store, tmp = pyramid_app
     search = store.register_search(SearchQuery(collections=["pyr"])).id  # no build started
     pyramid = PyramidFile(tmp / "pyramids" / f"{search}.db")
-    assert pyramid.take("another-worker")  # a live builder elsewhere holds the lock
+    # a live builder elsewhere (another machine sharing the catalog) holds the lease
+    assert store.take_lease(pyramid.lease, "another-worker", 60)
     started = time.monotonic()
     response = client.get(f"/searches/{search}/tiles/WebMercatorQuad/3/4/2.png")
     assert response.status_code == 503, response.text
     assert int(response.headers["retry-after"]) > 0
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 10  # at once, not after a build (2 s when idle)
     app.state.pyramids.wait()  # our builder found the lock taken and left
     low = client.get(f"/searches/{search}").json()["low_zooms"]
     assert low["state"] == "building" and not low["up_to_date"], low
-    assert not pyramid.take(app.state.pyramids.owner)  # still the other worker's
-    pyramid.release("another-worker")
+    assert store.lease_holder(pyramid.lease) == "another-worker"  # still theirs
+    store.release_lease(pyramid.lease, "another-worker")
     client.get(f"/searches/{search}")  # now this worker may build it
     app.state.pyramids.wait()
     low = client.get(f"/searches/{search}").json()["low_zooms"]
     assert low["state"] == "ready" and low["up_to_date"], low
     response = client.get(f"/searches/{search}/tiles/WebMercatorQuad/3/4/2.png")
     assert response.status_code == 200 and response.headers["x-mosaic-pyramid"].startswith("g")
+
+
+def test_a_builder_whose_lease_lapsed_and_was_taken_over_stops_before_writing(pyramid_app):
+    from types import SimpleNamespace
+
+    client, app, store, tmp = pyramid_app
+    search = store.register_search(SearchQuery(collections=["pyr"])).id
+    pyramids = app.state.pyramids
+    pyramid = PyramidFile(tmp / "pyramids" / f"{search}.db")
+    layer = SimpleNamespace(store=store)
+    assert store.take_lease(pyramid.lease, pyramids.owner, 60)
+    pyramids._renew(layer, pyramid)  # ours: renewed
+    assert store.take_lease(pyramid.lease, pyramids.owner, -1)  # a stall: it lapsed
+    assert store.take_lease(pyramid.lease, "another-worker", 60)  # and was taken over
+    with pytest.raises(InterruptedError):
+        pyramids._renew(layer, pyramid)
+    assert store.lease_holder(pyramid.lease) == "another-worker"
 
 
 def test_requests_a_pyramid_cannot_honour_are_composited_and_say_so(pyramid_app):
@@ -205,3 +223,133 @@ def test_requests_a_pyramid_cannot_honour_are_composited_and_say_so(pyramid_app)
     assert int(mean.headers["x-mosaic-images"]) > 0
     first = client.get(url)
     assert first.headers["x-mosaic-pyramid"].startswith("g")
+
+
+def test_tilejson_and_wmts_advertise_exactly_the_zooms_that_answer(pyramid_app):
+    """WebMercatorQuad (pyramid): zoom 0 to the scenes' maxzoom, each answering 200 over the
+    data; a grid without pyramid advertises its native minzoom, and below it is refused."""
+    import re
+
+    from morecantile import tms as tms_registry
+
+    client, app, _, _ = pyramid_app
+    search = register(client, app)
+    tilejson = client.get(f"/searches/{search}/tilejson.json").json()
+    assert tilejson["minzoom"] == 0
+    wmts = client.get(f"/searches/{search}/WMTSCapabilities.xml").text
+    limits = re.findall(r"<TileMatrixLimits>\s*<TileMatrix>(\d+)</TileMatrix>", wmts)
+    assert [int(z) for z in limits] == list(range(tilejson["minzoom"], tilejson["maxzoom"] + 1))
+    west, south, east, north = tilejson["bounds"]
+    centre = ((west + east) / 2, (south + north) / 2)
+    for z in range(tilejson["minzoom"], tilejson["maxzoom"] + 1):
+        tile = WEB.tile(*centre, z)
+        response = client.get(f"/searches/{search}/tiles/WebMercatorQuad/{z}/{tile.x}/{tile.y}.png")
+        assert response.status_code == 200, (z, response.text)
+    crs84 = tms_registry.get("WorldCRS84Quad")
+    other = client.get(f"/searches/{search}/tilejson.json", params={"tms": "WorldCRS84Quad"}).json()
+    assert 0 < other["minzoom"] <= other["maxzoom"]
+    for z, answers in ((other["minzoom"] - 1, False), (other["minzoom"], True)):
+        tile = crs84.tile(*centre, z)
+        response = client.get(f"/searches/{search}/tiles/WorldCRS84Quad/{z}/{tile.x}/{tile.y}.png")
+        assert (response.status_code == 200) == answers, (z, response.status_code)
+        if not answers:
+            assert response.status_code == 400 and "minzoom" in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_two_workers_on_pgstac_build_once_serve_both_and_update(tmp_path, pgstac_url):
+    """Two app instances (two workers, e.g. on two machines) on one pgSTAC catalog and one
+    DATA_DIR: one builds (the lease in the catalog), both serve its tiles, and a scene
+    added later updates only its area, whichever worker notices."""
+    import threading
+
+    from tileserver.catalog.store import open_store
+
+    write_scenes(tmp_path / "all")
+    newest = newest_first()
+    late = scenes().index(newest[len(newest) // 2])  # a scene in the middle of the order
+    (tmp_path / "later").mkdir()
+    for path in (tmp_path / "all").glob("*.tif"):
+        folder = "later" if path.name.startswith(f"s{late:02d}_") else "in"
+        (tmp_path / folder).mkdir(exist_ok=True)
+        path.rename(tmp_path / folder / path.name)
+    stores = [open_store(pgstac_url), open_store(pgstac_url)]
+    confinement = Confinement(data_dir=tmp_path)
+
+    def import_folder(folder: str) -> None:
+        request = ImportRequest(
+            cloud_provider="file", bucket_name=str(tmp_path / folder), product="pyr"
+        )
+        with confined(confinement), reading(confinement.operator()):
+            result = run_import(stores[0], request, tmp_path, confinement=confinement)
+        assert not result.failed, result.failed
+
+    import_folder("in")
+    settings = make_settings(tmp_path, catalog_url=pgstac_url, cache_max_bytes=0)
+    apps = [create_app(settings, store=store) for store in stores]
+    try:
+        with TestClient(apps[0]) as one, TestClient(apps[1]) as two:
+            search = one.post("/searches", json={"collections": ["pyr"]}).json()["id"]
+            # both workers are asked at once: each starts a builder, one gets the lease
+            asked = [
+                threading.Thread(target=c.get, args=(f"/searches/{search}",)) for c in (one, two)
+            ]
+            for thread in asked:
+                thread.start()
+            for thread in asked:
+                thread.join()
+            for app in apps:
+                app.state.pyramids.wait()
+            pyramid = PyramidFile(tmp_path / "pyramids" / f"{search}.db")
+            meta = pyramid.meta()
+            assert meta["version"] == 1, meta  # built once, not once per worker
+            assert meta["builder"] in {a.state.pyramids.owner for a in apps}
+            assert stores[0].lease_holder(pyramid.lease) is None  # released
+            for client in (one, two):
+                low = client.get(f"/searches/{search}").json()["low_zooms"]
+                assert low["state"] == "ready" and low["up_to_date"], low
+                assert low["images"] == GRID * GRID - 1
+            base = meta["base"]
+            bounds = one.get(f"/searches/{search}/tilejson.json").json()["bounds"]
+            mosaic = painted(newest_first({late}))
+            for z in (0, base - 1, base):
+                for tile in WEB.tiles(*bounds, [z]):
+                    got = [tile_pixels(c, search, z, tile.x, tile.y) for c in (one, two)]
+                    want = reference_tile(mosaic, z, tile.x, tile.y)
+                    if got[0] is None:
+                        assert got[1] is None and not want.any()
+                        continue
+                    assert numpy.array_equal(got[0], got[1])  # both serve the same pyramid
+                    assert agreement(got[0], want)[0] >= 0.99, (z, tile)
+            with pyramid.connect() as db:
+                before = {(z, x, y): b for z, x, y, b in db.execute("SELECT * FROM tiles")}
+
+            import_folder("later")  # a write through the catalog both workers share
+            two.get(f"/searches/{search}")  # the other worker notices and updates
+            for app in apps:
+                app.state.pyramids.wait()
+            meta = pyramid.meta()
+            assert meta["version"] == 2 and meta["builder"] == apps[1].state.pyramids.owner
+            images = stores[0].list_images("pyr", limit=100).images
+            added = next(i for i in images if f"s{late:02d}_" in i.id)
+            touched = {(z, t.x, t.y) for z in range(base + 1) for t in WEB.tiles(*added.bbox, [z])}
+            assert meta["last_redone"] == len({(x, y) for z, x, y in touched if z == base})
+            with pyramid.connect() as db:
+                after = {(z, x, y): b for z, x, y, b in db.execute("SELECT * FROM tiles")}
+            for key, blob in before.items():
+                if key not in touched:
+                    assert after.get(key) == blob, key  # outside the new scene: same bytes
+            mosaic = painted(newest_first())
+            for z, x, y in touched:
+                for client in (one, two):
+                    low = client.get(f"/searches/{search}").json()["low_zooms"]
+                    assert low["up_to_date"] and low["images"] == GRID * GRID
+                    got = tile_pixels(client, search, z, x, y)
+                    want = reference_tile(mosaic, z, x, y)
+                    if got is None:
+                        assert not want.any()
+                        continue
+                    assert agreement(got, want)[0] >= 0.99, (z, x, y)
+    finally:
+        for store in stores:
+            store.close()

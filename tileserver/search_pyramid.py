@@ -14,9 +14,11 @@ A background thread per process builds it (base tiles composited from the images
 parent from its 4 children, 2 x 2 nearest) and brings it up to date when the catalog
 generation of the search's products moves: the images added, changed or removed since the
 last build (diffed against the list the pyramid keeps, so deletions count too) give the
-base tiles to redo and their ancestors. A lock row in the pyramid file (owner, heartbeat)
-makes one worker of all those sharing DATA_DIR build at a time; the others serve what
-exists. A tile not built yet answers 503 with Retry-After at once (`PyramidBuilding`).
+base tiles to redo and their ancestors. A lease in the catalog (store.take_lease: owner,
+expiry by the catalog's clock, renewed between tiles) makes one worker of all those sharing
+the catalog, on any machine, build at a time; the others serve what exists. The pyramid's
+state stays in its file, written in the same transactions as its tiles, so state and
+tiles never disagree. A tile not built yet answers 503 with Retry-After at once (`PyramidBuilding`).
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ logger = logging.getLogger(__name__)
 
 TMS_ID = "WebMercatorQuad"  # the one grid a pyramid is kept on
 TILE = 256
-HEARTBEAT_STALE = 60.0  # seconds without a heartbeat after which another worker takes over
-BATCH = 16  # base tiles per transaction (and heartbeat)
+LEASE_SECONDS = 60.0  # a builder's lease: renewed between tiles; taken over once it lapses
+BATCH = 16  # base tiles per transaction
 RETRY_AFTER = 5  # seconds, the Retry-After of a tile still building
 # a processing level no band defines: read_image then keeps the values as stored
 STORED = "\x00stored"
@@ -78,9 +80,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS tiles (
     z INTEGER, x INTEGER, y INTEGER, data BLOB NOT NULL, PRIMARY KEY (z, x, y));
 CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, modified TEXT, bbox TEXT);
-CREATE TABLE IF NOT EXISTS lock (id INTEGER PRIMARY KEY CHECK (id = 1), owner TEXT,
-    heartbeat REAL);
-INSERT OR IGNORE INTO lock (id, owner, heartbeat) VALUES (1, NULL, 0);
 """
 
 
@@ -96,10 +95,13 @@ def now_iso() -> str:
 
 
 class PyramidFile:
-    """The SQLite tile store of one pyramid; a connection per call (any thread)."""
+    """The SQLite tile store of one pyramid; a connection per call (any thread).
+
+    `lease` names its builder's lease in the catalog (the file name: search and scope)."""
 
     def __init__(self, path: Path):
         self.path = path
+        self.lease = f"pyramid:{path.stem}"
         path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as db:
             db.executescript(SCHEMA)
@@ -139,36 +141,6 @@ class PyramidFile:
         with self.connect() as db:
             rows = db.execute("SELECT id, modified, bbox FROM images").fetchall()
         return {i: (m, json.loads(b)) for i, m, b in rows}
-
-    # the lock: one builder among every process sharing the file
-
-    def take(self, owner: str) -> bool:
-        """Take the build lock (free, stale, or ours already): one conditional UPDATE."""
-        with self.connect() as db:
-            taken = db.execute(
-                "UPDATE lock SET owner=?, heartbeat=? WHERE id=1 AND "
-                "(owner IS NULL OR owner=? OR heartbeat < ?)",
-                (owner, time.time(), owner, time.time() - HEARTBEAT_STALE),
-            )
-            return taken.rowcount == 1
-
-    def beat(self, db: sqlite3.Connection, owner: str) -> bool:
-        """Renew our heartbeat; False when another worker took the lock from us."""
-        done = db.execute(
-            "UPDATE lock SET heartbeat=? WHERE id=1 AND owner=?", (time.time(), owner)
-        )
-        return done.rowcount == 1
-
-    def release(self, owner: str) -> None:
-        """Give the build lock back (only if still ours)."""
-        with self.connect() as db:
-            db.execute("UPDATE lock SET owner=NULL WHERE id=1 AND owner=?", (owner,))
-
-    def locked(self) -> bool:
-        """Whether a live builder (any process) holds the lock."""
-        with self.connect() as db:
-            owner, beat = db.execute("SELECT owner, heartbeat FROM lock WHERE id=1").fetchone()
-        return owner is not None and beat >= time.time() - HEARTBEAT_STALE
 
 
 def pack(data: numpy.ma.MaskedArray) -> bytes:
@@ -238,6 +210,7 @@ class Pyramids:
         self.owner = f"{uuid.uuid4().hex[:12]}"
         self._threads: dict[Path, threading.Thread] = {}
         self._checked: dict[Path, int] = {}  # generation last found up to date
+        self._renewed: dict[Path, float] = {}  # when this process last renewed a lease
         self._files: LRUCache = LRUCache(maxsize=1024)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -290,8 +263,8 @@ class Pyramids:
         return pyramid
 
     def start(self, layer: SearchLayer, pyramid: PyramidFile) -> None:
-        """A builder thread for the pyramid unless this process runs one (the lock in the
-        file keeps other processes out); it runs outside the request's deadline."""
+        """A builder thread for the pyramid unless this process runs one (the lease in the
+        catalog keeps other processes and machines out); it runs outside the request's deadline."""
         import contextvars
 
         with self._lock:
@@ -309,19 +282,20 @@ class Pyramids:
             thread.start()
 
     def _build(self, layer: SearchLayer, pyramid: PyramidFile) -> None:
+        store = layer.store
         with deadline.running(None):
-            if not pyramid.take(self.owner):
+            if not store.take_lease(pyramid.lease, self.owner, LEASE_SECONDS):
                 return  # another worker builds it; we serve what exists
             try:
                 self._update(layer, pyramid)
-            except InterruptedError as exc:  # shutdown, or the lock lost: resumed later
+            except InterruptedError as exc:  # shutdown, or the lease lost: resumed later
                 logger.info("pyramid of search %s stopped: %s", layer.id, exc)
             except Exception:  # a builder must not take the process down; retried later
                 logger.exception("pyramid of search %s failed", layer.id)
                 with pyramid.connect() as db:
                     pyramid.set_meta(db, error="the last build failed; it is retried")
             finally:
-                pyramid.release(self.owner)
+                store.release_lease(pyramid.lease, self.owner)
 
     def plan(self, layer: SearchLayer, tms: TileMatrixSet) -> Plan:
         """Base zoom, bands and stored type from the search's first image and product."""
@@ -380,7 +354,8 @@ class Pyramids:
         if plan.base >= 0 and boxes:
             todo = base_tiles(tms, boxes, plan.base)
             redone = self._base(layer, pyramid, tms, plan, sorted(todo))
-            self._parents(pyramid, plan, todo)
+            self._parents(layer, pyramid, plan, todo)
+        self._renew(layer, pyramid)
         with pyramid.connect() as db:
             db.execute("BEGIN")
             db.execute("DELETE FROM images")
@@ -398,6 +373,7 @@ class Pyramids:
                 first_build=False,
                 last_redone=redone,
                 version=int(meta.get("version", 0)) + 1,
+                builder=self.owner,  # which worker built this version
                 error=None,
             )
             db.execute("COMMIT")
@@ -406,6 +382,17 @@ class Pyramids:
     def _check_stop(self) -> None:
         if self._stop.is_set():
             raise InterruptedError("the server is shutting down")
+
+    def _renew(self, layer: SearchLayer, pyramid: PyramidFile, due: bool = False) -> None:
+        """Renew our lease before a write (and, with `due`, between tiles once a sixth of it
+        has passed: a batch of slow tiles must not outlast it); stop when another worker
+        took it over (ours lapsed), so two builders never write the same pyramid."""
+        now = time.monotonic()
+        if due and now - self._renewed.get(pyramid.path, 0.0) < LEASE_SECONDS / 6:
+            return
+        if not layer.store.renew_lease(pyramid.lease, self.owner, LEASE_SECONDS):
+            raise InterruptedError("another worker took the pyramid's lease")
+        self._renewed[pyramid.path] = now
 
     def _base(
         self,
@@ -423,6 +410,7 @@ class Pyramids:
             self._check_stop()
             written = []
             for x, y in todo[start : start + BATCH]:
+                self._renew(layer, pyramid, due=True)
                 grid = Grid.of_tile(tms, x, y, z, TILE)
                 images = layer.tile_images(tms, x, y, z, MAX_IMAGES)
                 sources = []
@@ -437,16 +425,16 @@ class Pyramids:
 
                 result = composite(sources, read, "first", grid.footprint_pixels, 1)
                 written.append((x, y, None if result.data is None else pack(result.data)))
+            self._renew(layer, pyramid)
             with pyramid.connect() as db:
                 db.execute("BEGIN")
-                if not pyramid.beat(db, self.owner):
-                    db.execute("ROLLBACK")
-                    raise InterruptedError("another worker took the pyramid's lock")
                 write(db, z, written)
                 db.execute("COMMIT")
         return len(todo)
 
-    def _parents(self, pyramid: PyramidFile, plan: Plan, todo: set[tuple[int, int]]) -> None:
+    def _parents(
+        self, layer: SearchLayer, pyramid: PyramidFile, plan: Plan, todo: set[tuple[int, int]]
+    ) -> None:
         """Each ancestor of the redone base tiles from its 4 children."""
         count = len(plan.names)
         level = todo
@@ -455,6 +443,7 @@ class Pyramids:
             level = {(x // 2, y // 2) for x, y in level}
             written = []
             for x, y in sorted(level):
+                self._renew(layer, pyramid, due=True)
                 children = []
                 for dy in (0, 1):
                     for dx in (0, 1):
@@ -462,9 +451,9 @@ class Pyramids:
                         children.append(None if blob is None else unpack(blob, count, plan.dtype))
                 parent = downsample(children, count, plan.dtype)
                 written.append((x, y, None if parent is None else pack(parent)))
+            self._renew(layer, pyramid)
             with pyramid.connect() as db:
                 db.execute("BEGIN")
-                pyramid.beat(db, self.owner)
                 write(db, z, written)
                 db.execute("COMMIT")
 
@@ -474,7 +463,8 @@ class Pyramids:
         """What GET /searches/{id} says of the pyramid (starting a build when behind)."""
         pyramid = self.ensure(layer)
         meta = pyramid.meta()
-        building = pyramid.locked() or meta.get("state") == "building" and self.building()
+        held = layer.store.lease_holder(pyramid.lease) is not None  # a builder, anywhere
+        building = held or meta.get("state") == "building" and self.building()
         base = meta.get("base")
         return {
             "served_by": "pyramid",

@@ -333,6 +333,24 @@ class ScopedStore:
         """
         return self.store.generation(self._readable_ids(product_ids))
 
+    # leases name server work (a pyramid's builder), never a caller's record: shared by all
+
+    def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """The wrapped store's lease (one table for every caller)."""
+        return self.store.take_lease(name, owner, seconds)
+
+    def renew_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """The wrapped store's."""
+        return self.store.renew_lease(name, owner, seconds)
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """The wrapped store's."""
+        self.store.release_lease(name, owner)
+
+    def lease_holder(self, name: str) -> str | None:
+        """The wrapped store's."""
+        return self.store.lease_holder(name)
+
     def ping(self) -> None:
         """The wrapped store's readiness check."""
         self.store.ping()

@@ -16,8 +16,9 @@ paged the same way, so both stores give the same answers. pgSTAC's own compiler 
 items differently (an interval item's `datetime` is its start, integers round, casei
 folds both sides...). Registered searches live in pgSTAC's search registry. Only what
 pgSTAC has no notion of lives in the `tileserver` schema: the properties each product's
-images carry (its queryables) and each product's write generation, which mosaic cache keys
-include. A registered search's last use is pgSTAC's own `lastused` column of its registry
+images carry (its queryables), each product's write generation, which mosaic cache keys
+include, and leases (one builder of a search's pyramid among every machine). A
+registered search's last use is pgSTAC's own `lastused` column of its registry
 row.
 """
 
@@ -80,6 +81,11 @@ CREATE TABLE IF NOT EXISTS tileserver.api_keys (
     id text PRIMARY KEY,
     created timestamptz NOT NULL,
     doc jsonb NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tileserver.leases (
+    name text PRIMARY KEY,
+    owner text NOT NULL,
+    expires float8 NOT NULL
 );
 CREATE INDEX IF NOT EXISTS items_tileserver_acquired ON pgstac.items
     (((content->'tileserver:times'->>'acquired')) COLLATE "C" DESC, id COLLATE "C" DESC,
@@ -572,6 +578,8 @@ class PgstacStore(SQLStore):
     PROPERTIES = "tileserver.properties"
     GENERATIONS = "tileserver.generations"
     API_KEYS = "tileserver.api_keys"
+    LEASES = "tileserver.leases"
+    NOW = "extract(epoch FROM clock_timestamp())::float8"  # the database's clock, one for all
     DOC = DOC
     PRODUCT = 'i.collection COLLATE "C"'
     TRUE = "true"

@@ -118,6 +118,15 @@ ALTER TABLE searches ADD COLUMN last_used REAL;
 UPDATE searches SET last_used = CAST(strftime('%s', 'now') AS REAL);
 CREATE INDEX IF NOT EXISTS searches_last_used ON searches (last_used);
 """
+# Version 6: leases (SQLStore.take_lease): one holder per name among every process sharing
+# the catalog, e.g. the builder of a search's low-zoom pyramid (search_pyramid.py)
+MIGRATIONS[6] = """
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL
+);
+"""
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -165,6 +174,8 @@ class SQLiteStore(SQLStore):
     PROPERTIES = "properties"
     GENERATIONS = "generations"
     API_KEYS = "api_keys"
+    LEASES = "leases"
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"  # the clock of the catalog's host
     DOC = "i.doc"
     PRODUCT = "i.product_id"
     TRUE = "1"

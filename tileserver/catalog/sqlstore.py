@@ -48,6 +48,8 @@ class SQLStore:
     PROPERTIES: ClassVar[str]  # (product_id, name, type) each product's images carry
     GENERATIONS: ClassVar[str]  # (product_id, value) moved by each write
     API_KEYS: ClassVar[str]  # (id, created, doc)
+    LEASES: ClassVar[str]  # (name, owner, expires): one holder per name (take_lease)
+    NOW: ClassVar[str]  # the database's clock, seconds since the epoch (leases expire by it)
     DOC: ClassVar[str]  # an image's document, as JSON text
     PRODUCT: ClassVar[str]  # an image's product id, sorting byte-wise
     TRUE: ClassVar[str]  # a WHERE clause matching every row
@@ -335,6 +337,48 @@ class SQLStore:
         """Whether any key was ever created."""
         with self._conn() as db:
             return db.execute(f"SELECT 1 FROM {self.API_KEYS} LIMIT 1").fetchone() is not None
+
+    # leases: one holder per name among every process and machine sharing the catalog
+
+    def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Hold `name` for `seconds` if it is free, expired or ours already: one atomic
+        upsert, so of workers racing for it exactly one wins. Times are the database's."""
+        p, now = self.P, self.NOW
+        with self._transaction() as db:
+            taken = db.execute(
+                f"INSERT INTO {self.LEASES} AS l (name, owner, expires)"
+                f" VALUES ({p}, {p}, {now} + {p}) ON CONFLICT (name) DO UPDATE"
+                " SET owner = excluded.owner, expires = excluded.expires"
+                f" WHERE l.owner = excluded.owner OR l.expires < {now}",
+                (name, owner, float(seconds)),
+            )
+            return taken.rowcount == 1
+
+    def renew_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Extend our lease; False when it is no longer ours (taken over after expiry)."""
+        p = self.P
+        with self._transaction() as db:
+            renewed = db.execute(
+                f"UPDATE {self.LEASES} SET expires = {self.NOW} + {p}"
+                f" WHERE name = {p} AND owner = {p}",
+                (float(seconds), name, owner),
+            )
+            return renewed.rowcount == 1
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease back (only if still ours)."""
+        p = self.P
+        with self._transaction() as db:
+            db.execute(f"DELETE FROM {self.LEASES} WHERE name = {p} AND owner = {p}", (name, owner))
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds `name` now (None: free or expired)."""
+        with self._conn() as db:
+            row = db.execute(
+                f"SELECT owner FROM {self.LEASES} WHERE name = {self.P} AND expires >= {self.NOW}",
+                (name,),
+            ).fetchone()
+        return None if row is None else row[0]
 
     # search
 

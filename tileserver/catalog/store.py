@@ -136,6 +136,20 @@ class CatalogStore(Protocol):
         Generations only grow, so the sum over a set moves with any write to one of them.
         """
 
+    def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Hold the named lease for `seconds` if it is free, expired or `owner`'s already;
+        atomic across every process and machine sharing the catalog (one wins a race).
+        Expiry is by the catalog's clock, so workers' clocks need not agree."""
+
+    def renew_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Extend `owner`'s lease by `seconds` from now; False when another took it over."""
+
+    def release_lease(self, name: str, owner: str) -> None:
+        """Free the lease if `owner` still holds it."""
+
+    def lease_holder(self, name: str) -> str | None:
+        """The owner of a live lease; None when it is free or expired."""
+
     def parcels(self) -> ParcelStore | None:
         """The parcel layers kept with this catalog; None where the backend keeps none."""
 
