@@ -21,7 +21,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -938,15 +938,16 @@ class SQLParcelStore(ParcelStore):
                 read=len(rows),
             )
 
-    def _candidates(self, db, layer: str, bounds: tuple, limit: int | None = None):
-        """Rows of the layer whose bbox meets `bounds` (through the spatial index), by fid."""
+    def _candidates(self, db, layer: str, bounds: tuple):
+        """Rows of the layer whose bbox meets `bounds` (through the spatial index), by fid;
+        something iterable with a close()."""
         raise NotImplementedError
 
     def at(self, layer: str, lon: float, lat: float, geometry: bool = False) -> Parcel:
         """The parcel covering lon/lat; the first loaded wins where parcels overlap."""
         self.get_layer(layer)
-        with self._conn() as db:
-            for row in self._candidates(db, layer, (lon, lat, lon, lat)):
+        with self._conn() as db, closing(self._candidates(db, layer, (lon, lat, lon, lat))) as rows:
+            for row in rows:
                 if shapely.intersects_xy(shapely.from_wkb(bytes(row[-2])), lon, lat):
                     return _parcel(row, geometry)
         raise NotFound(f"no parcel of layer '{layer}' at lon {lon}, lat {lat}")
@@ -959,8 +960,8 @@ class SQLParcelStore(ParcelStore):
         self.get_layer(layer)
         shapely.prepare(area)
         found: list[Parcel] = []
-        with self._conn() as db:
-            for row in self._candidates(db, layer, area.bounds):
+        with self._conn() as db, closing(self._candidates(db, layer, area.bounds)) as rows:
+            for row in rows:
                 if area.intersects(shapely.from_wkb(bytes(row[-2]))):
                     found.append(_parcel(row, geometry))
                     if len(found) >= limit:

@@ -99,7 +99,7 @@ class SQLiteParcelStore(SQLParcelStore):
         db.execute("DROP TABLE temp.parcel_load_ids")
         return (rows[0][2] if rows else 0), [(pid, n) for pid, n, _ in rows]
 
-    def _candidates(self, db: sqlite3.Connection, layer: str, bounds: tuple, limit=None):
+    def _candidates(self, db: sqlite3.Connection, layer: str, bounds: tuple):
         minx, miny, maxx, maxy = bounds
         return db.execute(
             f"SELECT {self.parcel_columns} FROM parcels_rtree r JOIN parcels p ON p.fid = r.id"
