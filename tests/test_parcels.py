@@ -25,7 +25,7 @@ from tests.conftest import make_settings
 from tests.synthetic import write_raster
 from tileserver.app import create_app
 from tileserver.catalog.acquisitions import acquisitions
-from tileserver.catalog.parcels import LoadError, read_parcels
+from tileserver.catalog.parcels import Dataset, LoadError, read_parcels
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.catalog.store import open_store
 from tileserver.cli import cli
@@ -715,3 +715,50 @@ def test_every_catalog_keeps_parcels(catalog_client, catalog_url):
     assert answer.status_code == 200 and answer.json() == {"layers": []}
     missing = catalog_client.get("/parcels/fields/at?lon=1&lat=2")
     assert missing.status_code == 404 and "none loaded" in missing.json()["detail"]
+
+
+def all_parcels(store, layer: str) -> list[dict]:
+    """Every parcel of a layer with its geometry, by id (through the store's own reads)."""
+    ids = [pid for chunk in store.parcels().export(layer, batch=2) for pid in chunk.ids]
+    return [store.parcels().get(layer, pid, geometry=True).model_dump() for pid in sorted(ids)]
+
+
+def test_migrate_catalog_copies_parcel_layers(tmp_path, pgstac_url):
+    """SQLite -> PostgreSQL -> SQLite: layers arrive with their records and every parcel."""
+    source_url = f"sqlite:///{tmp_path / 'source.db'}"
+    source = open_store(source_url)
+    features = good_features() + [feature({"pid": "D", "crop_type": "rye"}, None)]
+    path = write_geojson(tmp_path / "fields.geojson", features)
+    source.parcels().load(None, path, dataset=Dataset("nl", 2024, "b"))
+    utm = [from_wgs84(g, 32633) for g in (FIELD_A, FIELD_B, FIELD_C)]
+    gpkg = write_vector(
+        tmp_path / "utm.gpkg",
+        utm,
+        {"parcel_id": numpy.array([101, 102, 103]), "CropName": ["oats", "beet", "oats"]},
+        "EPSG:32633",
+        "GPKG",
+    )
+    source.parcels().load("utm", gpkg)
+    expected_layers = [layer.model_dump() for layer in source.parcels().layers()]
+    expected = {name: all_parcels(source, name) for name in ("nl_2024_b", "utm")}
+    source.close()
+    assert expected_layers[0]["skipped"] == {"no geometry": 1}
+
+    env = {"TILESERVER_DATA_DIR": str(tmp_path)}
+    back_url = f"sqlite:///{tmp_path / 'back.db'}"
+    for src, dst in ((source_url, pgstac_url), (pgstac_url, back_url)):
+        result = CliRunner(env=env).invoke(
+            cli, ["migrate-catalog", src, dst, "--quiet", "--batch", "2"]
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert (report["parcel_layers"], report["parcels"]) == (2, 6)
+        copy = open_store(dst)
+        try:
+            assert [layer.model_dump() for layer in copy.parcels().layers()] == expected_layers
+            for name, parcels in expected.items():
+                assert all_parcels(copy, name) == parcels
+            found = copy.parcels().find_layer("nl", 2024, "b")
+            assert copy.parcels().at(found.name, 15.0095, 52.3035).id == "B"
+        finally:
+            copy.close()
