@@ -513,14 +513,26 @@ class Tally:
 def ellipsoid_area(geometry: BaseGeometry) -> float:
     """Area in m2 on the WGS84 ellipsoid of a lon/lat (multi)polygon, holes subtracted
     whatever the rings' orientation (pyproj's geometry_area_perimeter relies on it)."""
+    return float(ellipsoid_areas(numpy.array([geometry], dtype=object))[0])
 
-    def ring(coords) -> float:
-        return abs(GEOD.polygon_area_perimeter(*coords.xy)[0])
 
-    return sum(
-        ring(part.exterior) - sum(ring(hole) for hole in part.interiors)
-        for part in getattr(geometry, "geoms", [geometry])
-    )
+def ellipsoid_areas(geometries: numpy.ndarray) -> numpy.ndarray:
+    """ellipsoid_area of each geometry: the rings' coordinates taken out in bulk, one
+    pyproj call per ring (the per-geometry shapely overhead dominated large loads)."""
+    parts, owner = shapely.get_parts(geometries, return_index=True)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+    ends = numpy.searchsorted(ring_of, numpy.arange(len(rings) + 1))
+    part_area = numpy.zeros(len(parts))
+    exterior = numpy.ones(len(rings), dtype=bool)
+    exterior[1:] = ring_part[1:] != ring_part[:-1]  # a polygon's first ring is its shell
+    for n in range(len(rings)):
+        xy = coords[ends[n] : ends[n + 1]]
+        area = abs(GEOD.polygon_area_perimeter(xy[:, 0], xy[:, 1])[0])
+        part_area[ring_part[n]] += area if exterior[n] else -area
+    out = numpy.zeros(len(geometries))
+    numpy.add.at(out, owner, part_area)
+    return out
 
 
 def utm_epsg(lon: float, lat: float) -> int:
@@ -737,19 +749,20 @@ def check_layer_name(name: str) -> None:
         raise LoadError(f"layer name '{name}' must be letters, digits, '.', '_' or '-'")
 
 
-def parcel_rows(chunk: ParcelSource) -> list[tuple]:
+def parcel_rows(chunk: ParcelSource, encode: Callable = shapely.to_wkb) -> list[tuple]:
     """A batch as table rows: pid, crop, year, area (m2, ellipsoid), centroid lon/lat, bbox,
-    WKB geometry, the other attributes as JSON text."""
+    the geometry as `encode` writes an array of them (WKB), the other attributes as JSON."""
     geometries = chunk.geometries
     bounds = shapely.bounds(geometries)
     middle = centroids(geometries)
-    wkb = shapely.to_wkb(geometries)
+    wkb = encode(geometries)
+    areas = ellipsoid_areas(geometries)
     return [
         (
             chunk.ids[i],
             chunk.crops[i],
             chunk.years[i],
-            ellipsoid_area(geometries[i]),
+            float(areas[i]),
             float(middle[i, 0]),
             float(middle[i, 1]),
             *(float(v) for v in bounds[i]),
@@ -777,6 +790,7 @@ class SQLParcelStore(ParcelStore):
     """
 
     P: str  # parameter placeholder
+    ENCODE: Callable = staticmethod(shapely.to_wkb)  # geometries as the batch writer takes them
     LAYERS: str  # the layers table
     PARCELS: str  # the parcels table
     WKB: str  # SQL reading the geometry of parcels row `p` as WKB
@@ -851,7 +865,7 @@ class SQLParcelStore(ParcelStore):
             for chunk in chunks:
                 tally.add(chunk)
                 if chunk.ids:
-                    self._insert(db, name, parcel_rows(chunk))
+                    self._insert(db, name, parcel_rows(chunk, self.ENCODE))
                 bar.update(chunk.read or len(chunk.ids))
             if not tally.count:
                 raise nothing_error(file.path, dict(tally.skipped))

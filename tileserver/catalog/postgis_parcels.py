@@ -60,6 +60,11 @@ COPY = (
 )
 
 
+def _ewkb(geometries):
+    """Geometries as hex EWKB with SRID 4326: COPY's text form of a PostGIS geometry."""
+    return shapely.to_wkb(shapely.set_srid(geometries, 4326), hex=True, include_srid=True)
+
+
 class PostgisParcelStore(SQLParcelStore):
     """Parcel layers in PostGIS tables, through the pgSTAC store's connection pool."""
 
@@ -67,6 +72,7 @@ class PostgisParcelStore(SQLParcelStore):
     LAYERS = "tileserver.parcel_layers"
     PARCELS = "tileserver.parcels"
     WKB = "ST_AsBinary(p.geom)"
+    ENCODE = staticmethod(_ewkb)
 
     def put_layer(self, name, file, chunks, progress=False, dataset=None, copy_of=None):
         """As SQLParcelStore's, then fresh planner statistics: the planner chooses between
@@ -78,13 +84,8 @@ class PostgisParcelStore(SQLParcelStore):
 
     def _insert(self, db, name: str, rows: list[tuple]) -> None:
         with db.cursor() as cursor, cursor.copy(COPY) as copy:
-            for pid, crop, year, area, clon, clat, minx, miny, maxx, maxy, wkb, props in rows:
-                ewkb = shapely.to_wkb(
-                    shapely.set_srid(shapely.from_wkb(wkb), 4326), hex=True, include_srid=True
-                )
-                copy.write_row(
-                    (name, pid, crop, year, area, clon, clat, minx, miny, maxx, maxy, ewkb, props)
-                )
+            for row in rows:
+                copy.write_row((name, *row))
 
     def _duplicates(self, db, name: str) -> tuple[int, list[tuple[str, int]]]:
         rows = db.execute(
