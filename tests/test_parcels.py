@@ -762,3 +762,35 @@ def test_migrate_catalog_copies_parcel_layers(tmp_path, pgstac_url):
             assert copy.parcels().at(found.name, 15.0095, 52.3035).id == "B"
         finally:
             copy.close()
+
+
+def test_query_time_series_of_any_product_all_bands_with_scl(catalog_client, synthetic, tmp_path):
+    """/query/parcelTimeSeries on a product that is not the demo's: every value band per
+    date in one call, each date's SCL histogram beside it (issue 23 part 4), both stores."""
+    arrays, inside10, inside20 = synthetic
+    path = write_geojson(
+        tmp_path / "plots.geojson",
+        [feature({"pid": 7, "crop": "wheat"}, to_wgs84(POLYGON_UTM, 32633))],
+    )
+    catalog_client.app.state.parcels.load(None, path, dataset=Dataset("xx", 2024))
+    params = {"aoi": "xx", "year": 2024, "pid": 7, "product": "synth", "ref": "True",
+              "start_date": "2024-06-01", "end_date": "2024-06-30"}  # fmt: skip
+    answer = catalog_client.get("/query/parcelTimeSeries", params=params)
+    assert answer.status_code == 200, answer.text
+    table = answer.json()
+    assert list(table) == ["date_part", "band", "count", "mean", "std", "min", "p25", "p50",
+                           "p75", "max", "hist", "reference"]  # fmt: skip
+    assert table["band"] == ["B04", "B04"] and table["reference"] == ["d0", "d1"]
+    assert table["date_part"] == [1717236000, 1718100000]  # 2024-06-01/11 10:00 UTC
+    for n, name in enumerate(["d0", "d1"]):
+        b04, scl = arrays[name]
+        want = expected_values(b04, inside10, nodata=0)
+        assert table["count"][n] == want["count"]
+        for key in ("mean", "std", "min", "p25", "p50", "p75", "max"):
+            assert table[key][n] == pytest.approx(want[key]), key
+        assert table["hist"][n] == expected_classes(scl, inside20)["classes"]
+    scl_only = catalog_client.get("/query/parcelTimeSeries", params={**params, "tstype": "scl"})
+    assert scl_only.json()["hist"] == table["hist"]
+    assert list(scl_only.json()) == ["date_part", "hist", "reference"]
+    no_hist = catalog_client.get("/query/parcelTimeSeries", params={**params, "scl": "False"})
+    assert "hist" not in no_hist.json() and no_hist.json()["mean"] == table["mean"]
