@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from tileserver.catalog.models import NAME_PATTERN
 from tileserver.catalog.store import NotFound
+from tileserver.deadline import check
 
 # attribute names tried, case-insensitively and in this order, when no field is named
 ID_FIELDS = ("id", "pid", "parcel_id", "parcelid", "parcel", "field_id")
@@ -561,6 +562,7 @@ def centroids(geometries: numpy.ndarray) -> numpy.ndarray:
 
 NO_PARCELS = "this catalog keeps no parcel layers"
 MAX_CANDIDATES = 10_000  # parcels a peer search may examine around its parcel
+CHECK_EVERY = 1000  # candidates examined between two deadline checks
 AOI_PATTERN = r"^[A-Za-z0-9]{1,20}$"
 PTYPE_PATTERN = r"^[A-Za-z0-9]{1,20}$"
 
@@ -961,9 +963,11 @@ class SQLParcelStore(ParcelStore):
         """The parcel covering lon/lat; the first loaded wins where parcels overlap."""
         self.get_layer(layer)
         with self._conn() as db, closing(self._candidates(db, layer, (lon, lat, lon, lat))) as rows:
-            for row in rows:
+            for n, row in enumerate(rows, 1):
                 if shapely.intersects_xy(shapely.from_wkb(bytes(row[-2])), lon, lat):
                     return _parcel(row, geometry)
+                if n % CHECK_EVERY == 0:
+                    check()  # a request's deadline bounds a walk through many candidates
         raise NotFound(f"no parcel of layer '{layer}' at lon {lon}, lat {lat}")
 
     def intersecting(
@@ -975,11 +979,13 @@ class SQLParcelStore(ParcelStore):
         shapely.prepare(area)
         found: list[Parcel] = []
         with self._conn() as db, closing(self._candidates(db, layer, area.bounds)) as rows:
-            for row in rows:
+            for n, row in enumerate(rows, 1):
                 if area.intersects(shapely.from_wkb(bytes(row[-2]))):
                     found.append(_parcel(row, geometry))
                     if len(found) >= limit:
                         break
+                if n % CHECK_EVERY == 0:
+                    check()
         return found
 
 
