@@ -8,7 +8,9 @@ JRC CbM dataset of an area of interest, a year and a parcel type (`aoi`, `year`,
 which is how the /query/ services address it.
 
 Load rules: one transaction per load, so reloading a layer replaces it atomically (readers
-see the old layer until the commit). Features without a geometry, with an empty or a
+see the old layer until the commit). The file is read, checked and written BATCH features at
+a time, so memory holds one batch whatever the file's size; ids repeating across batches
+are found by the database once every row is written. Features without a geometry, with an empty or a
 non-polygonal geometry, with an invalid polygon (unless `make_valid`) or without an id are
 skipped and counted per reason (`strict` refuses the load instead); duplicate ids refuse
 the load, since which one is meant cannot be known.
