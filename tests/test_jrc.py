@@ -7,6 +7,9 @@ plain HTTP with `requests` and HTTP Basic credentials to a live server over the 
 S2-like demo product. Its per-date histograms are compared with ones computed here from
 the demo's own SCL files (pixel centres inside the parcel on the file grid).
 `timeseries_client` does the same through parcelTimeSeries.
+
+Every test runs on each catalog store: SQLite, and PostgreSQL (the demo catalog copied with
+`copy_catalog`, the parcels in PostGIS).
 """
 
 from __future__ import annotations
