@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from tileserver.catalog.parcels import ParcelFile
+from tileserver.catalog.parcels import layer_file
 from tileserver.catalog.store import CatalogStore
 
 
@@ -146,17 +146,8 @@ def copy_parcels(
     for layer in layers:
         if layer.name in state.parcel_layers:
             continue
-        file = ParcelFile(
-            path=layer.source,
-            source_layer=layer.source_layer,
-            source_crs=layer.source_crs or "EPSG:4326",
-            id_field=layer.id_field,
-            crop_field=layer.crop_field,
-            year_field=layer.year_field,
-            features=layer.count,
-        )
         chunks = src.export(layer.name, batch)
-        dst.put_layer(layer.name, file, chunks, progress=progress, copy_of=layer)
+        dst.put_layer(layer.name, layer_file(layer), chunks, progress=progress, copy_of=layer)
         report.parcel_layers += 1
         report.parcels += layer.count
         state.parcel_layers.append(layer.name)

@@ -286,6 +286,31 @@ class ParcelFile:
     features: int | None = None  # as the driver counts them (None: unknown)
 
 
+def header(file: ParcelFile) -> dict[str, Any]:
+    """What every batch of a file repeats: where it came from and which fields were used."""
+    return {
+        "path": file.path,
+        "source_layer": file.source_layer,
+        "source_crs": file.source_crs,
+        "id_field": file.id_field,
+        "crop_field": file.crop_field,
+        "year_field": file.year_field,
+    }
+
+
+def layer_file(layer: ParcelLayer) -> ParcelFile:
+    """The file a stored layer was loaded from, as its record tells (copies between stores)."""
+    return ParcelFile(
+        path=layer.source,
+        source_layer=layer.source_layer,
+        source_crs=layer.source_crs or "EPSG:4326",
+        id_field=layer.id_field,
+        crop_field=layer.crop_field,
+        year_field=layer.year_field,
+        features=layer.count,
+    )
+
+
 def open_parcels(
     path: str | Path,
     id_field: str | None = None,
@@ -411,12 +436,7 @@ def _checked(
     used = {file.id_field, crop_name, year_name}
     others = [name for name in values if name not in used]
     return ParcelSource(
-        path=file.path,
-        source_layer=file.source_layer,
-        source_crs=file.source_crs,
-        id_field=file.id_field,
-        crop_field=crop_name,
-        year_field=year_name,
+        **header(file),
         ids=ids,
         crops=[_text_id(values[crop_name][i]) if crop_name else None for i in kept],
         years=[
@@ -466,12 +486,7 @@ def read_parcels(
     if not tally.count:
         raise nothing_error(file.path, tally.skipped)
     return ParcelSource(
-        path=file.path,
-        source_layer=file.source_layer,
-        source_crs=file.source_crs,
-        id_field=file.id_field,
-        crop_field=file.crop_field,
-        year_field=file.year_field,
+        **header(file),
         ids=[p for c in chunks for p in c.ids],
         crops=[p for c in chunks for p in c.crops],
         years=[p for c in chunks for p in c.years],
@@ -928,7 +943,7 @@ class SQLParcelStore(ParcelStore):
 
     def export(self, layer: str, batch: int = BATCH) -> Iterator[ParcelSource]:
         """A layer's parcels in load order, `batch` at a time (keyset paging on fid)."""
-        found = self.get_layer(layer)
+        file = layer_file(self.get_layer(layer))
         after = -1
         while True:
             with self._conn() as db:
@@ -942,12 +957,7 @@ class SQLParcelStore(ParcelStore):
                 return
             after = rows[-1][0]
             yield ParcelSource(
-                path=found.source,
-                source_layer=found.source_layer,
-                source_crs=found.source_crs or "EPSG:4326",
-                id_field=found.id_field,
-                crop_field=found.crop_field,
-                year_field=found.year_field,
+                **header(file),
                 ids=[r[1] for r in rows],
                 crops=[r[2] for r in rows],
                 years=[r[3] for r in rows],
