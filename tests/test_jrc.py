@@ -7,6 +7,9 @@ plain HTTP with `requests` and HTTP Basic credentials to a live server over the 
 S2-like demo product. Its per-date histograms are compared with ones computed here from
 the demo's own SCL files (pixel centres inside the parcel on the file grid).
 `timeseries_client` does the same through parcelTimeSeries.
+
+Every test runs on each catalog store: SQLite, and PostgreSQL (the demo catalog copied with
+`copy_catalog`, the parcels in PostGIS).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import shapely
 from rasterio.windows import Window
 from shapely.geometry import mapping, shape
 
-from tests.conftest import LiveServer, make_settings
+from tests.conftest import STORES, LiveServer, make_settings
+from tests.postgres import drop_database, new_database
 from tests.test_parcels import (
     centres_inside,
     expected_classes,
@@ -38,8 +42,10 @@ from tests.test_parcels import (
 from tileserver.app import create_app
 from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.keys import new_key
+from tileserver.catalog.migrate import copy_catalog
 from tileserver.catalog.parcels import Dataset
 from tileserver.catalog.sqlite import SQLiteStore
+from tileserver.catalog.store import open_store
 from tileserver.demo import PRODUCT_ID
 
 START, END = date(2024, 5, 1), date(2024, 7, 31)
@@ -53,14 +59,32 @@ SMALL_UTM = shapely.box(505103, 5796007, 505147, 5796043)  # wheat, below 3000 m
 MAIZE_UTM = shapely.box(501003, 5795007, 501497, 5795993)  # 490 m west, maize
 
 
-@pytest.fixture(scope="module")
-def jrc(demo_dir, demo_store, tmp_path_factory):
-    """A live server over a copy of the demo catalog with two keys (org `agency` reads the
-    demo product, org `other` reads nothing) and dataset nl/2024 of five fields."""
+@pytest.fixture(scope="module", params=STORES)
+def jrc_store(request, demo_store, tmp_path_factory):
+    """A copy of the demo catalog in each store (SQLite file copy, or pgSTAC database)."""
     folder = tmp_path_factory.mktemp("jrc")
-    with sqlite3.connect(folder / "catalog.db") as copy:
-        sqlite3.connect(demo_store.path).backup(copy)
-    store = SQLiteStore(folder / "catalog.db")
+    if request.param == "sqlite":
+        with sqlite3.connect(folder / "catalog.db") as copy:
+            sqlite3.connect(demo_store.path).backup(copy)
+        store = SQLiteStore(folder / "catalog.db")
+        yield folder, store
+        store.close()
+        return
+    admin = request.getfixturevalue("postgres_admin")
+    url = new_database(admin)
+    store = open_store(url)
+    copy_catalog(demo_store, store, folder / "checkpoint.json", progress=False)
+    yield folder, store
+    store.close()
+    drop_database(admin, url)
+
+
+@pytest.fixture(scope="module")
+def jrc(demo_dir, jrc_store):
+    """A live server over a copy of the demo catalog (each store) with two keys (org
+    `agency` reads the demo product, org `other` reads nothing) and dataset nl/2024 of five
+    fields."""
+    folder, store = jrc_store
     product = store.get_product(PRODUCT_ID)
     store.put_product(product.model_copy(update={"readers": ["org:agency"]}))
     fields = [
@@ -88,7 +112,6 @@ def jrc(demo_dir, demo_store, tmp_path_factory):
     with LiveServer(create_app(settings, store=store)) as server:
         server.keys, server.store = keys, store
         yield server
-    store.close()
 
 
 def independent_scl(store, polygon_utm) -> dict[str, dict]:

@@ -25,8 +25,9 @@ from tests.conftest import make_settings
 from tests.synthetic import write_raster
 from tileserver.app import create_app
 from tileserver.catalog.acquisitions import acquisitions
-from tileserver.catalog.parcels import NO_PARCELS, LoadError, read_parcels
+from tileserver.catalog.parcels import Dataset, LoadError, read_parcels
 from tileserver.catalog.sqlite import SQLiteStore
+from tileserver.catalog.store import open_store
 from tileserver.cli import cli
 from tileserver.demo import PRODUCT_ID, SCL_CLASSES
 
@@ -137,7 +138,7 @@ def good_features() -> list[dict]:
     ]
 
 
-def test_cli_loads_geojson_skipping_bad_features(tmp_path):
+def test_cli_loads_geojson_skipping_bad_features(tmp_path, catalog_url):
     features = good_features() + [
         feature({"pid": "D", "crop_type": "rye", "year": 2024, "farm": "x"}, None),
         feature({"pid": "E", "crop_type": "rye", "year": 2024, "farm": "x"}, BOWTIE),
@@ -145,7 +146,7 @@ def test_cli_loads_geojson_skipping_bad_features(tmp_path):
         feature({"pid": None, "crop_type": "rye", "year": 2024, "farm": "x"}, FIELD_A),
     ]
     path = write_geojson(tmp_path / "fields.geojson", features)
-    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    catalog = catalog_url
     result = run("parcels", "load", str(path), "--name", "fields", "--catalog", catalog, "--quiet")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -167,7 +168,7 @@ def test_cli_loads_geojson_skipping_bad_features(tmp_path):
     )
     assert listed[0]["bbox"] == pytest.approx([15.0, 52.3, 15.015, 52.304])
 
-    store = SQLiteStore(tmp_path / "catalog.db")
+    store = open_store(catalog)
     parcels = store.parcels()
     b = parcels.get("fields", "B", geometry=True)
     assert (b.crop_type, b.year, b.properties) == ("maize", 2024, {"farm": "south"})
@@ -204,7 +205,7 @@ def test_cli_loads_geojson_skipping_bad_features(tmp_path):
 
 
 @pytest.mark.parametrize(("driver", "suffix"), [("GPKG", "gpkg"), ("FlatGeobuf", "fgb")])
-def test_utm_files_load_in_wgs84_and_reload_replaces(tmp_path, driver, suffix):
+def test_utm_files_load_in_wgs84_and_reload_replaces(tmp_path, store, driver, suffix):
     utm = [from_wgs84(g, 32633) for g in (FIELD_A, FIELD_B, FIELD_C)]
     path = write_vector(
         tmp_path / f"fields.{suffix}",
@@ -213,7 +214,6 @@ def test_utm_files_load_in_wgs84_and_reload_replaces(tmp_path, driver, suffix):
         "EPSG:32633",
         driver,
     )
-    store = SQLiteStore(tmp_path / "catalog.db")
     parcels = store.parcels()
     report = parcels.load("utm", path)
     assert (report.layer.count, report.layer.id_field, report.layer.crop_field) == (
@@ -241,10 +241,9 @@ def test_utm_files_load_in_wgs84_and_reload_replaces(tmp_path, driver, suffix):
     assert parcels.get("utm", "7").crop_type == "flax"
     with pytest.raises(Exception, match="parcel '102' not found in layer 'utm'"):
         parcels.get("utm", "102")
-    store.close()
 
 
-def test_bad_parcel_files_give_clear_errors(tmp_path):
+def test_bad_parcel_files_give_clear_errors(tmp_path, catalog_url):
     no_id = write_geojson(tmp_path / "noid.geojson", [feature({"name": "x"}, FIELD_A)])
     with pytest.raises(LoadError, match="no parcel id field .* fields: name"):
         read_parcels(no_id)
@@ -256,12 +255,15 @@ def test_bad_parcel_files_give_clear_errors(tmp_path):
         tmp_path / "dupes.geojson",
         [feature({"id": 5}, FIELD_A), feature({"id": 5.0}, FIELD_B), feature({"id": 6}, FIELD_C)],
     )
-    result = run(
-        "parcels", "load", str(dupes), "--name", "d", "--catalog",
-        f"sqlite:///{tmp_path / 'c.db'}", "--quiet",
-    )  # fmt: skip
+    result = run("parcels", "load", str(dupes), "--name", "d", "--catalog", catalog_url, "--quiet")
     assert result.exit_code == 1
     assert "1 parcel ids appear more than once in field 'id', e.g. '5' (2x)" in result.output
+    # in batches, ids repeating across batches are found too, and nothing is stored
+    store = open_store(catalog_url)
+    with pytest.raises(LoadError, match=r"1 parcel ids .* e.g. '5' \(2x\)"):
+        store.parcels().load("d", dupes, batch=1)
+    assert store.parcels().layers() == []
+    store.close()
 
     only_bad = write_geojson(tmp_path / "bad.geojson", [feature({"id": 1}, None)])
     with pytest.raises(LoadError, match=r"no parcel to load \(1 no geometry\)"):
@@ -280,13 +282,16 @@ def test_bad_parcel_files_give_clear_errors(tmp_path):
     with pytest.raises(LoadError, match="cannot read"):
         read_parcels(garbage)
 
-    store = SQLiteStore(tmp_path / "catalog.db")
+    store = open_store(catalog_url)
     with pytest.raises(LoadError, match="layer name 'bad name'"):
         store.parcels().load("bad name", no_id, id_field="name")
+    with pytest.raises(LoadError, match=r"holds no parcel to load \(1 no geometry\)"):
+        store.parcels().load("bad", only_bad)
     store.close()
 
 
-def test_parcel_by_location_and_id(empty_client, tmp_path):
+def test_parcel_by_location_and_id(catalog_client, tmp_path):
+    empty_client = catalog_client
     path = write_geojson(tmp_path / "fields.geojson", good_features())
     empty_client.app.state.parcels.load("fields", path)
 
@@ -379,8 +384,9 @@ def register(client: TestClient, product: str, name: str, when: str, hrefs, epsg
 
 
 @pytest.fixture()
-def synthetic(empty_client, tmp_path):
+def synthetic(catalog_client, tmp_path):
     """Two dates of B04 (10 m, nodata in a corner) and SCL (20 m, clouds on date one)."""
+    empty_client = catalog_client
     assert empty_client.post("/products", json=synthetic_product()).status_code == 201
     rng = numpy.random.default_rng(7)
     t10 = Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
@@ -414,7 +420,8 @@ def load_polygon_layer(client: TestClient, tmp_path: Path) -> None:
     client.app.state.parcels.load("plots", path)
 
 
-def test_value_band_statistics_per_date(empty_client, synthetic, tmp_path):
+def test_value_band_statistics_per_date(catalog_client, synthetic, tmp_path):
+    empty_client = catalog_client
     arrays, inside10, _ = synthetic
     load_polygon_layer(empty_client, tmp_path)
     params = {
@@ -460,7 +467,8 @@ def test_value_band_statistics_per_date(empty_client, synthetic, tmp_path):
     assert posted["rows"] == series["rows"] and posted["parcel"] is None
 
 
-def test_class_band_histograms_and_cloud_free(empty_client, synthetic):
+def test_class_band_histograms_and_cloud_free(catalog_client, synthetic):
+    empty_client = catalog_client
     arrays, _, inside20 = synthetic
     body = {
         "geometry": mapping(to_wgs84(POLYGON_UTM, 32633)),
@@ -533,7 +541,8 @@ def test_parcel_straddling_two_utm_zones(empty_client, tmp_path):
     assert counts[0] != counts[1]  # the grids differ, and so do the pixels counted
 
 
-def test_time_series_refusals(empty_client, synthetic, tmp_path):
+def test_time_series_refusals(catalog_client, synthetic, tmp_path):
+    empty_client = catalog_client
     load_polygon_layer(empty_client, tmp_path)
     params = {
         "product": "synth",
@@ -609,8 +618,9 @@ def test_too_many_acquisitions_is_refused_naming_the_count(tmp_path):
     store.close()
 
 
-def test_demo_scl_time_series_matches_acquisitions(client, demo_store):
+def test_demo_scl_time_series_matches_acquisitions(any_client, any_demo_store, tmp_path):
     """End to end on the demo: dates are acquisitions(), histograms match the SCL files."""
+    client, demo_store = any_client, any_demo_store
     polygon_utm = shapely.Polygon(
         [(502013, 5796987), (504991, 5797023), (505017, 5794993), (503511, 5794007),
          (501987, 5795013)]
@@ -621,7 +631,7 @@ def test_demo_scl_time_series_matches_acquisitions(client, demo_store):
     assert len(images) >= 6
 
     parcels = demo_store.parcels()
-    path = Path(demo_store.path).parent / "demo_parcels.geojson"
+    path = tmp_path / "demo_parcels.geojson"
     write_geojson(path, [feature({"pid": "demo-1", "crop": "wheat"}, polygon)])
     parcels.load("demo-parcels", path)
     try:
@@ -660,7 +670,8 @@ def test_demo_scl_time_series_matches_acquisitions(client, demo_store):
     assert any(r["nodata"] for r in rows)  # shifted dates end inside the polygon
 
 
-def test_odd_parcel_requests_never_500(client, demo_store, tmp_path):
+def test_odd_parcel_requests_never_500(any_client, any_demo_store, tmp_path):
+    client, demo_store = any_client, any_demo_store
     path = write_geojson(tmp_path / "fields.geojson", good_features())
     parcels = demo_store.parcels()
     parcels.load("odd-fields", path)
@@ -698,11 +709,88 @@ def test_odd_parcel_requests_never_500(client, demo_store, tmp_path):
         parcels.delete("odd-fields")
 
 
-def test_only_the_sqlite_catalog_keeps_parcels(catalog_client, catalog_url):
-    """The parcel store is made with the app; pgSTAC has none yet and says so with a 501."""
+def test_every_catalog_keeps_parcels(catalog_client, catalog_url):
+    """The parcel store is made with the catalog store: SQLite tables or PostGIS tables."""
     answer = catalog_client.get("/parcels")
-    if catalog_url.startswith("sqlite"):
-        assert answer.status_code == 200 and answer.json() == {"layers": []}
-    else:
-        assert answer.status_code == 501 and answer.json()["detail"] == NO_PARCELS
-        assert catalog_client.get("/parcels/fields/at?lon=1&lat=2").status_code == 501
+    assert answer.status_code == 200 and answer.json() == {"layers": []}
+    missing = catalog_client.get("/parcels/fields/at?lon=1&lat=2")
+    assert missing.status_code == 404 and "none loaded" in missing.json()["detail"]
+
+
+def all_parcels(store, layer: str) -> list[dict]:
+    """Every parcel of a layer with its geometry, by id (through the store's own reads)."""
+    ids = [pid for chunk in store.parcels().export(layer, batch=2) for pid in chunk.ids]
+    return [store.parcels().get(layer, pid, geometry=True).model_dump() for pid in sorted(ids)]
+
+
+def test_migrate_catalog_copies_parcel_layers(tmp_path, pgstac_url):
+    """SQLite -> PostgreSQL -> SQLite: layers arrive with their records and every parcel."""
+    source_url = f"sqlite:///{tmp_path / 'source.db'}"
+    source = open_store(source_url)
+    features = good_features() + [feature({"pid": "D", "crop_type": "rye"}, None)]
+    path = write_geojson(tmp_path / "fields.geojson", features)
+    source.parcels().load(None, path, dataset=Dataset("nl", 2024, "b"))
+    utm = [from_wgs84(g, 32633) for g in (FIELD_A, FIELD_B, FIELD_C)]
+    gpkg = write_vector(
+        tmp_path / "utm.gpkg",
+        utm,
+        {"parcel_id": numpy.array([101, 102, 103]), "CropName": ["oats", "beet", "oats"]},
+        "EPSG:32633",
+        "GPKG",
+    )
+    source.parcels().load("utm", gpkg)
+    expected_layers = [layer.model_dump() for layer in source.parcels().layers()]
+    expected = {name: all_parcels(source, name) for name in ("nl_2024_b", "utm")}
+    source.close()
+    assert expected_layers[0]["skipped"] == {"no geometry": 1}
+
+    env = {"TILESERVER_DATA_DIR": str(tmp_path)}
+    back_url = f"sqlite:///{tmp_path / 'back.db'}"
+    for src, dst in ((source_url, pgstac_url), (pgstac_url, back_url)):
+        result = CliRunner(env=env).invoke(
+            cli, ["migrate-catalog", src, dst, "--quiet", "--batch", "2"]
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert (report["parcel_layers"], report["parcels"]) == (2, 6)
+        copy = open_store(dst)
+        try:
+            assert [layer.model_dump() for layer in copy.parcels().layers()] == expected_layers
+            for name, parcels in expected.items():
+                assert all_parcels(copy, name) == parcels
+            found = copy.parcels().find_layer("nl", 2024, "b")
+            assert copy.parcels().at(found.name, 15.0095, 52.3035).id == "B"
+        finally:
+            copy.close()
+
+
+def test_query_time_series_of_any_product_all_bands_with_scl(catalog_client, synthetic, tmp_path):
+    """/query/parcelTimeSeries on a product that is not the demo's: every value band per
+    date in one call, each date's SCL histogram beside it (issue 23 part 4), both stores."""
+    arrays, inside10, inside20 = synthetic
+    path = write_geojson(
+        tmp_path / "plots.geojson",
+        [feature({"pid": 7, "crop": "wheat"}, to_wgs84(POLYGON_UTM, 32633))],
+    )
+    catalog_client.app.state.parcels.load(None, path, dataset=Dataset("xx", 2024))
+    params = {"aoi": "xx", "year": 2024, "pid": 7, "product": "synth", "ref": "True",
+              "start_date": "2024-06-01", "end_date": "2024-06-30"}  # fmt: skip
+    answer = catalog_client.get("/query/parcelTimeSeries", params=params)
+    assert answer.status_code == 200, answer.text
+    table = answer.json()
+    assert list(table) == ["date_part", "band", "count", "mean", "std", "min", "p25", "p50",
+                           "p75", "max", "hist", "reference"]  # fmt: skip
+    assert table["band"] == ["B04", "B04"] and table["reference"] == ["d0", "d1"]
+    assert table["date_part"] == [1717236000, 1718100000]  # 2024-06-01/11 10:00 UTC
+    for n, name in enumerate(["d0", "d1"]):
+        b04, scl = arrays[name]
+        want = expected_values(b04, inside10, nodata=0)
+        assert table["count"][n] == want["count"]
+        for key in ("mean", "std", "min", "p25", "p50", "p75", "max"):
+            assert table[key][n] == pytest.approx(want[key]), key
+        assert table["hist"][n] == expected_classes(scl, inside20)["classes"]
+    scl_only = catalog_client.get("/query/parcelTimeSeries", params={**params, "tstype": "scl"})
+    assert scl_only.json()["hist"] == table["hist"]
+    assert list(scl_only.json()) == ["date_part", "hist", "reference"]
+    no_hist = catalog_client.get("/query/parcelTimeSeries", params={**params, "scl": "False"})
+    assert "hist" not in no_hist.json() and no_hist.json()["mean"] == table["mean"]

@@ -410,7 +410,8 @@ def keys_revoke(key_id: str, catalog: str | None) -> None:
 @click.option("--batch", default=1000, show_default=True, type=click.IntRange(1, 100_000))
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def migrate_catalog(source: str, destination: str, batch: int, quiet: bool) -> None:
-    """Copy every product, image and registered search from SOURCE to DESTINATION.
+    """Copy every product, image, registered search and parcel layer from SOURCE to
+    DESTINATION.
 
     Catalog URLs: sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB. Records keep
     their ids and times. Run it again after an interruption: it resumes.

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from tileserver.catalog.parcels import layer_file
 from tileserver.catalog.store import CatalogStore
 
 
@@ -27,6 +28,8 @@ class CopyReport(BaseModel):
     images: int = 0
     searches: int = 0
     keys: int = 0
+    parcel_layers: int = 0
+    parcels: int = 0
     resumed: bool = False
 
 
@@ -38,6 +41,7 @@ class Checkpoint(BaseModel):
     done: list[str] = []
     tokens: dict[str, str] = {}
     images: int = 0
+    parcel_layers: list[str] = []  # copied
 
 
 def checkpoint_path(folder: Path, source: str, destination: str) -> Path:
@@ -62,7 +66,8 @@ def copy_catalog(
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> CopyReport:
-    """Copy API keys, products, images and searches from `source` into `destination`.
+    """Copy API keys, products, images, searches and parcel layers from `source` into
+    `destination`.
 
     Keys go first: a destination that serves with the source's products also refuses
     whom the source refused.
@@ -113,5 +118,37 @@ def copy_catalog(
             report.searches += 1
     finally:
         bar.close()
+    copy_parcels(source, destination, state, report, checkpoint, batch, progress)
     checkpoint.unlink(missing_ok=True)
     return report
+
+
+def copy_parcels(
+    source: CatalogStore,
+    destination: CatalogStore,
+    state: Checkpoint,
+    report: CopyReport,
+    checkpoint: Path,
+    batch: int,
+    progress: bool,
+) -> None:
+    """Copy every parcel layer, each in one destination transaction, streamed in batches.
+
+    A layer keeps its name, load time, source, fields, skips and JRC dataset; a resumed copy
+    skips the layers the checkpoint lists as done.
+    """
+    src, dst = source.parcels(), destination.parcels()
+    if src is None:
+        return
+    layers = src.layers()
+    if layers and dst is None:
+        raise ValueError(f"the destination keeps no parcel layers ({len(layers)} to copy)")
+    for layer in layers:
+        if layer.name in state.parcel_layers:
+            continue
+        chunks = src.export(layer.name, batch)
+        dst.put_layer(layer.name, layer_file(layer), chunks, progress=progress, copy_of=layer)
+        report.parcel_layers += 1
+        report.parcels += layer.count
+        state.parcel_layers.append(layer.name)
+        _save(checkpoint, state)

@@ -8,7 +8,9 @@ JRC CbM dataset of an area of interest, a year and a parcel type (`aoi`, `year`,
 which is how the /query/ services address it.
 
 Load rules: one transaction per load, so reloading a layer replaces it atomically (readers
-see the old layer until the commit). Features without a geometry, with an empty or a
+see the old layer until the commit). The file is read, checked and written BATCH features at
+a time, so memory holds one batch whatever the file's size; ids repeating across batches
+are found by the database once every row is written. Features without a geometry, with an empty or a
 non-polygonal geometry, with an invalid polygon (unless `make_valid`) or without an id are
 skipped and counted per reason (`strict` refuses the load instead); duplicate ids refuse
 the load, since which one is meant cannot be known.
@@ -16,10 +18,12 @@ the load, since which one is meant cannot be known.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, closing
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
@@ -33,9 +37,13 @@ import shapely
 from pydantic import BaseModel, Field
 from pyproj import CRS, Geod, Transformer
 from pyproj.exceptions import CRSError
+from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
+from tqdm import tqdm
 
 from tileserver.catalog.models import NAME_PATTERN
+from tileserver.catalog.store import NotFound
+from tileserver.deadline import check
 
 # attribute names tried, case-insensitively and in this order, when no field is named
 ID_FIELDS = ("id", "pid", "parcel_id", "parcelid", "parcel", "field_id")
@@ -117,6 +125,7 @@ class ParcelSource:
     properties: list[dict[str, Any]]
     skipped: dict[str, int] = field(default_factory=dict)
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+    read: int = 0  # features of the file this batch covers, skipped ones included
 
 
 @dataclass(frozen=True)
@@ -260,26 +269,68 @@ def _skip_reason(geometry: BaseGeometry | None, make_valid: bool) -> tuple[str |
     return None, geometry
 
 
-def read_parcels(
+BATCH = 20_000  # features read, checked and written at a time: loads hold one batch
+
+
+@dataclass(frozen=True)
+class ParcelFile:
+    """A parcel file opened for reading: which layer and fields hold what, and its CRS."""
+
+    path: str
+    source_layer: str | None
+    source_crs: str
+    id_field: str
+    crop_field: str | None
+    year_field: str | None
+    use_fids: bool = False
+    features: int | None = None  # as the driver counts them (None: unknown)
+
+
+def header(file: ParcelFile) -> dict[str, Any]:
+    """What every batch of a file repeats: where it came from and which fields were used."""
+    return {
+        "path": file.path,
+        "source_layer": file.source_layer,
+        "source_crs": file.source_crs,
+        "id_field": file.id_field,
+        "crop_field": file.crop_field,
+        "year_field": file.year_field,
+    }
+
+
+def layer_file(layer: ParcelLayer) -> ParcelFile:
+    """The file a stored layer was loaded from, as its record tells (copies between stores)."""
+    return ParcelFile(
+        path=layer.source,
+        source_layer=layer.source_layer,
+        source_crs=layer.source_crs or "EPSG:4326",
+        id_field=layer.id_field,
+        crop_field=layer.crop_field,
+        year_field=layer.year_field,
+        features=layer.count,
+    )
+
+
+def open_parcels(
     path: str | Path,
     id_field: str | None = None,
     crop_field: str | None = None,
     year_field: str | None = None,
     source_layer: str | None = None,
     crs: str | None = None,
-    make_valid: bool = False,
-    strict: bool = False,
-) -> ParcelSource:
-    """Read a parcel file with pyogrio: WGS84 polygons, ids, crop types, years.
+) -> ParcelFile:
+    """Find a parcel file's layer, id / crop / year fields and CRS, reading no feature.
 
     Fields are found by name (any case) or among ID_FIELDS / CROP_FIELDS / YEAR_FIELDS;
     `id_field="fid"` uses the file's feature ids. `crs` is the file's CRS when it declares
-    none (or overrides the declared one). Skips are counted per reason; `strict` turns any
-    skip into a LoadError. Duplicate ids are always a LoadError.
+    none (or overrides the declared one).
     """
     path = str(path)
     layer = _source_layer(path, source_layer)
-    info = pyogrio.read_info(path, layer=layer)
+    try:
+        info = pyogrio.read_info(path, layer=layer)
+    except pyogrio.errors.DataSourceError as exc:
+        raise LoadError(f"cannot read {path}: {exc}") from None
     fields = [str(f) for f in info["fields"]]
     fid_column = info.get("fid_column") or ""
     use_fids = (
@@ -297,25 +348,71 @@ def read_parcels(
                 f"{', '.join(fields) or 'none'}): name one with --id-field, or --id-field fid "
                 "for the feature ids"
             )
-    crop_name = _pick_field(fields, crop_field, CROP_FIELDS, "crop", path)
-    year_name = _pick_field(fields, year_field, YEAR_FIELDS, "year", path)
-
-    try:
-        meta, fids, wkb, columns = pyogrio.raw.read(path, layer=layer, return_fids=True)
-    except pyogrio.errors.DataSourceError as exc:
-        raise LoadError(f"cannot read {path}: {exc}") from None
-    source_crs = crs or meta.get("crs")
+    source_crs = crs or info.get("crs")
     if not source_crs:
         raise LoadError(f"{path} declares no CRS: give it with --crs (e.g. EPSG:32633)")
     try:
         CRS.from_user_input(source_crs)
     except CRSError as exc:
         raise LoadError(f"unknown CRS '{source_crs}': {exc}") from None
-    values = dict(zip([str(f) for f in meta["fields"]], columns, strict=True))
-    raw_ids = fids if use_fids else values[id_name]
-    geometries = shapely.force_2d(shapely.from_wkb(numpy.asarray(wkb, dtype=object)))
-    geometries = reproject_to_wgs84(geometries, str(source_crs))
+    features = info.get("features")
+    return ParcelFile(
+        path=str(Path(path).resolve()) if Path(path).exists() else path,
+        source_layer=layer,
+        source_crs=str(source_crs),
+        id_field=id_name,
+        crop_field=_pick_field(fields, crop_field, CROP_FIELDS, "crop", path),
+        year_field=_pick_field(fields, year_field, YEAR_FIELDS, "year", path),
+        use_fids=use_fids,
+        features=features if isinstance(features, int) and features >= 0 else None,
+    )
 
+
+def read_batches(
+    file: ParcelFile, make_valid: bool = False, strict: bool = False, batch: int = BATCH
+) -> Iterator[ParcelSource]:
+    """The file's parcels, `batch` features at a time: WGS84 polygons, ids, crops, years.
+
+    Each batch counts what it skipped per reason; `strict` turns the first skip into a
+    LoadError. Ids are not compared across batches here: the stores check duplicates in
+    their database once the layer is written (`ParcelStore.put_layer`).
+    """
+    offset = 0
+    while True:
+        try:
+            meta, fids, wkb, columns = pyogrio.raw.read(
+                file.path,
+                layer=file.source_layer,
+                return_fids=True,
+                skip_features=offset,
+                max_features=batch,
+            )
+        except pyogrio.errors.DataSourceError as exc:
+            raise LoadError(f"cannot read {file.path}: {exc}") from None
+        if len(wkb) == 0:
+            return
+        chunk = _checked(file, meta, fids, wkb, columns, offset, make_valid)
+        if strict and chunk.skipped:
+            problems = "; ".join(
+                f"{n} {reason} (e.g. {', '.join(chunk.skipped_examples[reason])})"
+                for reason, n in chunk.skipped.items()
+            )
+            raise LoadError(f"{file.path}: refusing to skip features (strict): {problems}")
+        chunk.read = len(wkb)
+        yield chunk
+        offset += len(wkb)
+        if len(wkb) < batch:
+            return
+
+
+def _checked(
+    file: ParcelFile, meta: dict, fids, wkb, columns, offset: int, make_valid: bool
+) -> ParcelSource:
+    """One batch of features as storable parcels, the others counted per skip reason."""
+    values = dict(zip([str(f) for f in meta["fields"]], columns, strict=True))
+    raw_ids = fids if file.use_fids else values[file.id_field]
+    geometries = shapely.force_2d(shapely.from_wkb(numpy.asarray(wkb, dtype=object)))
+    geometries = reproject_to_wgs84(geometries, file.source_crs)
     skipped: Counter[str] = Counter()
     examples: dict[str, list[str]] = {}
     kept: list[int] = []
@@ -330,36 +427,16 @@ def read_parcels(
             skipped[reason] += 1
             named = examples.setdefault(reason, [])
             if len(named) < EXAMPLES:
-                named.append(pid if pid is not None else f"feature #{index}")
+                named.append(pid if pid is not None else f"feature #{offset + index}")
             continue
         kept.append(index)
         ids.append(pid)
         polygons.append(polygon)
-    if strict and skipped:
-        problems = "; ".join(
-            f"{n} {reason} (e.g. {', '.join(examples[reason])})" for reason, n in skipped.items()
-        )
-        raise LoadError(f"{path}: refusing to skip features (strict): {problems}")
-    repeats = {pid: n for pid, n in Counter(ids).items() if n > 1}
-    if repeats:
-        some = ", ".join(f"'{pid}' ({n}x)" for pid, n in list(repeats.items())[:EXAMPLES])
-        raise LoadError(
-            f"{path}: {len(repeats)} parcel ids appear more than once in field '{id_name}', "
-            f"e.g. {some}; ids must be unique (choose another field with --id-field)"
-        )
-    if not kept:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "no features"
-        raise LoadError(f"{path} holds no parcel to load ({reasons})")
-
-    used = {id_name, crop_name, year_name}
+    crop_name, year_name = file.crop_field, file.year_field
+    used = {file.id_field, crop_name, year_name}
     others = [name for name in values if name not in used]
     return ParcelSource(
-        path=str(Path(path).resolve()) if Path(path).exists() else path,
-        source_layer=layer,
-        source_crs=str(source_crs),
-        id_field=id_name,
-        crop_field=crop_name,
-        year_field=year_name,
+        **header(file),
         ids=ids,
         crops=[_text_id(values[crop_name][i]) if crop_name else None for i in kept],
         years=[
@@ -373,20 +450,107 @@ def read_parcels(
     )
 
 
+def duplicates_error(path: str, id_field: str, repeats: int, examples) -> LoadError:
+    """The refusal of a file whose ids repeat: how many, and some with their counts."""
+    some = ", ".join(f"'{pid}' ({n}x)" for pid, n in examples[:EXAMPLES])
+    return LoadError(
+        f"{path}: {repeats} parcel ids appear more than once in field '{id_field}', "
+        f"e.g. {some}; ids must be unique (choose another field with --id-field)"
+    )
+
+
+def nothing_error(path: str, skipped: dict[str, int]) -> LoadError:
+    """The refusal of a file with no storable parcel."""
+    reasons = ", ".join(f"{n} {reason}" for reason, n in skipped.items()) or "no features"
+    return LoadError(f"{path} holds no parcel to load ({reasons})")
+
+
+def read_parcels(
+    path: str | Path,
+    id_field: str | None = None,
+    crop_field: str | None = None,
+    year_field: str | None = None,
+    source_layer: str | None = None,
+    crs: str | None = None,
+    make_valid: bool = False,
+    strict: bool = False,
+) -> ParcelSource:
+    """A whole parcel file in memory, checked as a load checks it (small files and tests;
+    loads stream it with open_parcels + read_batches)."""
+    file = open_parcels(path, id_field, crop_field, year_field, source_layer, crs)
+    tally = Tally()
+    chunks = [tally.add(chunk) for chunk in read_batches(file, make_valid, strict)]
+    repeats = {pid: n for pid, n in Counter(p for c in chunks for p in c.ids).items() if n > 1}
+    if repeats:
+        raise duplicates_error(file.path, file.id_field, len(repeats), list(repeats.items()))
+    if not tally.count:
+        raise nothing_error(file.path, tally.skipped)
+    return ParcelSource(
+        **header(file),
+        ids=[p for c in chunks for p in c.ids],
+        crops=[p for c in chunks for p in c.crops],
+        years=[p for c in chunks for p in c.years],
+        geometries=numpy.concatenate([c.geometries for c in chunks]),
+        properties=[p for c in chunks for p in c.properties],
+        skipped=dict(tally.skipped),
+        skipped_examples=tally.examples,
+    )
+
+
+class Tally:
+    """What a load has stored so far: parcels, their bbox, skips per reason."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bbox: list[float] = [math.inf, math.inf, -math.inf, -math.inf]
+        self.skipped: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}
+
+    def add(self, chunk: ParcelSource) -> ParcelSource:
+        """Count a batch in; the batch itself back."""
+        self.count += len(chunk.ids)
+        if len(chunk.ids):
+            bounds = shapely.bounds(chunk.geometries)
+            low, high = bounds[:, :2].min(axis=0), bounds[:, 2:].max(axis=0)
+            self.bbox = [
+                min(self.bbox[0], float(low[0])),
+                min(self.bbox[1], float(low[1])),
+                max(self.bbox[2], float(high[0])),
+                max(self.bbox[3], float(high[1])),
+            ]
+        self.skipped.update(chunk.skipped)
+        for reason, named in chunk.skipped_examples.items():
+            room = EXAMPLES - len(self.examples.setdefault(reason, []))
+            self.examples[reason].extend(named[:room])
+        return chunk
+
+
 # measures
 
 
 def ellipsoid_area(geometry: BaseGeometry) -> float:
     """Area in m2 on the WGS84 ellipsoid of a lon/lat (multi)polygon, holes subtracted
     whatever the rings' orientation (pyproj's geometry_area_perimeter relies on it)."""
+    return float(ellipsoid_areas(numpy.array([geometry], dtype=object))[0])
 
-    def ring(coords) -> float:
-        return abs(GEOD.polygon_area_perimeter(*coords.xy)[0])
 
-    return sum(
-        ring(part.exterior) - sum(ring(hole) for hole in part.interiors)
-        for part in getattr(geometry, "geoms", [geometry])
-    )
+def ellipsoid_areas(geometries: numpy.ndarray) -> numpy.ndarray:
+    """ellipsoid_area of each geometry: the rings' coordinates taken out in bulk, one
+    pyproj call per ring (the per-geometry shapely overhead dominated large loads)."""
+    parts, owner = shapely.get_parts(geometries, return_index=True)
+    rings, ring_part = shapely.get_rings(parts, return_index=True)
+    coords, ring_of = shapely.get_coordinates(rings, return_index=True)
+    ends = numpy.searchsorted(ring_of, numpy.arange(len(rings) + 1))
+    part_area = numpy.zeros(len(parts))
+    exterior = numpy.ones(len(rings), dtype=bool)
+    exterior[1:] = ring_part[1:] != ring_part[:-1]  # a polygon's first ring is its shell
+    for n in range(len(rings)):
+        xy = coords[ends[n] : ends[n + 1]]
+        area = abs(GEOD.polygon_area_perimeter(xy[:, 0], xy[:, 1])[0])
+        part_area[ring_part[n]] += area if exterior[n] else -area
+    out = numpy.zeros(len(geometries))
+    numpy.add.at(out, owner, part_area)
+    return out
 
 
 def utm_epsg(lon: float, lat: float) -> int:
@@ -415,6 +579,7 @@ def centroids(geometries: numpy.ndarray) -> numpy.ndarray:
 
 NO_PARCELS = "this catalog keeps no parcel layers"
 MAX_CANDIDATES = 10_000  # parcels a peer search may examine around its parcel
+CHECK_EVERY = 1000  # candidates examined between two deadline checks
 AOI_PATTERN = r"^[A-Za-z0-9]{1,20}$"
 PTYPE_PATTERN = r"^[A-Za-z0-9]{1,20}$"
 
@@ -484,23 +649,37 @@ class ParcelStore:
                     + (f", ptype {dataset.ptype}" if dataset.ptype else "")
                     + ": delete it or load under its name"
                 )
-        return self.put_layer(name, read_parcels(path, **options), progress, dataset)
+        make_valid = options.pop("make_valid", False)
+        strict = options.pop("strict", False)
+        batch = options.pop("batch", BATCH)
+        file = open_parcels(path, **options)
+        chunks = read_batches(file, make_valid=make_valid, strict=strict, batch=batch)
+        return self.put_layer(name, file, chunks, progress, dataset)
 
     def put_layer(
         self,
         name: str,
-        source: ParcelSource,
+        file: ParcelFile,
+        chunks: Iterable[ParcelSource],
         progress: bool = False,
         dataset: Dataset | None = None,
+        copy_of: ParcelLayer | None = None,
     ) -> LoadReport:
-        """Store parcels as layer `name` in one transaction; an existing layer is replaced."""
+        """Store parcels read in batches as layer `name`, in one transaction, replacing it.
+
+        Memory holds one batch. Refused (and nothing changed) when no parcel was stored or
+        ids repeat. `copy_of`: a layer of another catalog this one copies (its load time,
+        skips and dataset are kept).
+        """
+        raise NotImplementedError
+
+    def export(self, layer: str, batch: int = BATCH) -> Iterator[ParcelSource]:
+        """A layer's parcels in load order, `batch` at a time (for copies between stores)."""
         raise NotImplementedError
 
     def find_layer(self, aoi: str, year: int | None = None, ptype: str = "") -> ParcelLayer:
         """The layer loaded as dataset aoi/year/ptype. Without a year, the only layer of
         that aoi and ptype; NotFound when none matches, AmbiguousLayer when several do."""
-        from tileserver.catalog.store import NotFound
-
         found = [
             layer
             for layer in self.layers()
@@ -587,3 +766,275 @@ def check_layer_name(name: str) -> None:
     """A layer name is a path segment of the API: letters, digits, '.', '_' or '-'."""
     if not re.match(NAME_PATTERN, name) or len(name) > 200:
         raise LoadError(f"layer name '{name}' must be letters, digits, '.', '_' or '-'")
+
+
+def parcel_rows(chunk: ParcelSource, encode: Callable = shapely.to_wkb) -> list[tuple]:
+    """A batch as table rows: pid, crop, year, area (m2, ellipsoid), centroid lon/lat, bbox,
+    the geometry as `encode` writes an array of them (WKB), the other attributes as JSON."""
+    geometries = chunk.geometries
+    bounds = shapely.bounds(geometries)
+    middle = centroids(geometries)
+    wkb = encode(geometries)
+    areas = ellipsoid_areas(geometries)
+    return [
+        (
+            chunk.ids[i],
+            chunk.crops[i],
+            chunk.years[i],
+            float(areas[i]),
+            float(middle[i, 0]),
+            float(middle[i, 1]),
+            *(float(v) for v in bounds[i]),
+            wkb[i],
+            json.dumps(chunk.properties[i]),
+        )
+        for i in range(len(chunk.ids))
+    ]
+
+
+LAYER_COLUMNS = (
+    "name, source, source_layer, source_crs, id_field, crop_field, year_field, count,"
+    " minx, miny, maxx, maxy, skipped, loaded, aoi, year, ptype"
+)
+
+
+class SQLParcelStore(ParcelStore):
+    """What the SQLite and PostGIS parcel stores share: layer records, loads in batches,
+    lookups by id. Subclasses give the dialect (placeholder, tables, geometry columns),
+    writing a batch, the spatial queries and the duplicate check.
+
+    Both keep `parcel_layers` (one row per layer) and `parcels` (one row per parcel: layer,
+    pid, crop, year, area, centroid, bbox, geometry, the other attributes as JSON text) with
+    a spatial index; a parcel's `fid` gives the load order.
+    """
+
+    P: str  # parameter placeholder
+    ENCODE: Callable = staticmethod(shapely.to_wkb)  # geometries as the batch writer takes them
+    LAYERS: str  # the layers table
+    PARCELS: str  # the parcels table
+    WKB: str  # SQL reading the geometry of parcels row `p` as WKB
+
+    def __init__(
+        self,
+        connection: Callable[[], AbstractContextManager[Any]],
+        transaction: Callable[[], AbstractContextManager[Any]],
+    ):
+        # the catalog store's own: a connection for reads, one in a write transaction (which
+        # moves no image generation, so parcel loads leave cached mosaics valid)
+        self._conn, self._transaction = connection, transaction
+
+    @property
+    def parcel_columns(self) -> str:
+        """The columns `_parcel` reads, of parcels row `p`."""
+        return (
+            "p.layer, p.pid, p.crop, p.year, p.area, p.clon, p.clat,"
+            f" p.minx, p.miny, p.maxx, p.maxy, {self.WKB}, p.properties"
+        )
+
+    # dialect hooks
+
+    def _insert(self, db, name: str, rows: list[tuple]) -> None:
+        """Write a batch of parcel_rows of layer `name`."""
+        raise NotImplementedError
+
+    def _duplicates(self, db, name: str) -> tuple[int, list[tuple[str, int]]]:
+        """How many ids of the layer being written repeat, and the first few with counts."""
+        raise NotImplementedError
+
+    # writes
+
+    def put_layer(
+        self,
+        name: str,
+        file: ParcelFile,
+        chunks: Iterable[ParcelSource],
+        progress: bool = False,
+        dataset: Dataset | None = None,
+        copy_of: ParcelLayer | None = None,
+    ) -> LoadReport:
+        """Store parcels read in batches as layer `name`, in one transaction, replacing it."""
+        from tileserver.catalog.models import sortable_time, utcnow
+
+        check_layer_name(name)
+        tally = Tally()
+        P = self.P
+        with (
+            self._transaction() as db,
+            tqdm(
+                total=file.features, desc=f"parcels {name}", unit="feature", disable=not progress
+            ) as bar,
+        ):
+            row = db.execute(f"SELECT 1 FROM {self.LAYERS} WHERE name = {P}", (name,)).fetchone()
+            replaced = row is not None
+            db.execute(f"DELETE FROM {self.PARCELS} WHERE layer = {P}", (name,))
+            db.execute(f"DELETE FROM {self.LAYERS} WHERE name = {P}", (name,))
+            if copy_of is not None:
+                loaded, aoi, year, ptype = copy_of.loaded, copy_of.aoi, copy_of.year, copy_of.ptype
+            else:
+                loaded = sortable_time(utcnow())
+                aoi, year = (dataset.aoi, dataset.year) if dataset else (None, None)
+                ptype = (dataset.ptype or None) if dataset else None
+            values = (
+                name, file.path, file.source_layer, file.source_crs, file.id_field,
+                file.crop_field, file.year_field, 0, None, None, None, None, "{}", loaded,
+                aoi, year, ptype,
+            )  # fmt: skip
+            marks = ", ".join([P] * len(values))
+            db.execute(f"INSERT INTO {self.LAYERS} ({LAYER_COLUMNS}) VALUES ({marks})", values)
+            for chunk in chunks:
+                tally.add(chunk)
+                if chunk.ids:
+                    self._insert(db, name, parcel_rows(chunk, self.ENCODE))
+                bar.update(chunk.read or len(chunk.ids))
+            if not tally.count:
+                raise nothing_error(file.path, dict(tally.skipped))
+            repeats, examples = self._duplicates(db, name)
+            if repeats:
+                raise duplicates_error(file.path, file.id_field, repeats, examples)
+            skipped = copy_of.skipped if copy_of is not None else dict(tally.skipped)
+            db.execute(
+                f"UPDATE {self.LAYERS} SET count = {P}, minx = {P}, miny = {P}, maxx = {P},"
+                f" maxy = {P}, skipped = {P} WHERE name = {P}",
+                (tally.count, *tally.bbox, json.dumps(skipped), name),
+            )
+        return LoadReport(self.get_layer(name), replaced, tally.examples)
+
+    def delete(self, name: str) -> int:
+        """Delete a layer and its parcels; returns how many parcels went."""
+        P = self.P
+        with self._transaction() as db:
+            if not db.execute(f"SELECT 1 FROM {self.LAYERS} WHERE name = {P}", (name,)).fetchone():
+                raise NotFound(f"parcel layer '{name}' not found")
+            gone = db.execute(f"DELETE FROM {self.PARCELS} WHERE layer = {P}", (name,)).rowcount
+            db.execute(f"DELETE FROM {self.LAYERS} WHERE name = {P}", (name,))
+        return gone
+
+    # reads
+
+    def layers(self) -> list[ParcelLayer]:
+        """Every layer, by name."""
+        with self._conn() as db:
+            rows = db.execute(f"SELECT {LAYER_COLUMNS} FROM {self.LAYERS} ORDER BY name").fetchall()
+        return [_layer(row) for row in rows]
+
+    def get_layer(self, name: str) -> ParcelLayer:
+        """One layer; NotFound names the known ones."""
+        with self._conn() as db:
+            row = db.execute(
+                f"SELECT {LAYER_COLUMNS} FROM {self.LAYERS} WHERE name = {self.P}", (name,)
+            ).fetchone()
+        if row is None:
+            known = ", ".join(layer.name for layer in self.layers()) or "none loaded"
+            raise NotFound(f"parcel layer '{name}' not found (layers: {known})")
+        return _layer(row)
+
+    def get(self, layer: str, pid: str, geometry: bool = False) -> Parcel:
+        """A parcel by id; NotFound when the layer or the id is unknown."""
+        self.get_layer(layer)
+        with self._conn() as db:
+            row = db.execute(
+                f"SELECT {self.parcel_columns} FROM {self.PARCELS} p"
+                f" WHERE p.layer = {self.P} AND p.pid = {self.P}",
+                (layer, pid),
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"parcel '{pid}' not found in layer '{layer}'")
+        return _parcel(row, geometry)
+
+    def export(self, layer: str, batch: int = BATCH) -> Iterator[ParcelSource]:
+        """A layer's parcels in load order, `batch` at a time (keyset paging on fid)."""
+        file = layer_file(self.get_layer(layer))
+        after = -1
+        while True:
+            with self._conn() as db:
+                rows = db.execute(
+                    f"SELECT p.fid, p.pid, p.crop, p.year, {self.WKB}, p.properties"
+                    f" FROM {self.PARCELS} p WHERE p.layer = {self.P} AND p.fid > {self.P}"
+                    f" ORDER BY p.fid LIMIT {self.P}",
+                    (layer, after, batch),
+                ).fetchall()
+            if not rows:
+                return
+            after = rows[-1][0]
+            yield ParcelSource(
+                **header(file),
+                ids=[r[1] for r in rows],
+                crops=[r[2] for r in rows],
+                years=[r[3] for r in rows],
+                geometries=shapely.from_wkb([bytes(r[4]) for r in rows]),
+                properties=[json.loads(r[5]) for r in rows],
+                read=len(rows),
+            )
+
+    def _candidates(self, db, layer: str, bounds: tuple):
+        """Rows of the layer whose bbox meets `bounds` (through the spatial index), by fid;
+        something iterable with a close()."""
+        raise NotImplementedError
+
+    def at(self, layer: str, lon: float, lat: float, geometry: bool = False) -> Parcel:
+        """The parcel covering lon/lat; the first loaded wins where parcels overlap."""
+        self.get_layer(layer)
+        with self._conn() as db, closing(self._candidates(db, layer, (lon, lat, lon, lat))) as rows:
+            for n, row in enumerate(rows, 1):
+                if shapely.intersects_xy(shapely.from_wkb(bytes(row[-2])), lon, lat):
+                    return _parcel(row, geometry)
+                if n % CHECK_EVERY == 0:
+                    check()  # a request's deadline bounds a walk through many candidates
+        raise NotFound(f"no parcel of layer '{layer}' at lon {lon}, lat {lat}")
+
+    def intersecting(
+        self, layer: str, area: BaseGeometry, limit: int, geometry: bool = False
+    ) -> list[Parcel]:
+        """Parcels meeting `area` (WGS84), in load order, at most `limit`: candidates from the
+        spatial index, each decided by shapely (the same GEOS in both stores)."""
+        self.get_layer(layer)
+        shapely.prepare(area)
+        found: list[Parcel] = []
+        with self._conn() as db, closing(self._candidates(db, layer, area.bounds)) as rows:
+            for n, row in enumerate(rows, 1):
+                if area.intersects(shapely.from_wkb(bytes(row[-2]))):
+                    found.append(_parcel(row, geometry))
+                    if len(found) >= limit:
+                        break
+                if n % CHECK_EVERY == 0:
+                    check()
+        return found
+
+
+def _layer(row: tuple) -> ParcelLayer:
+    (
+        name, source, source_layer, source_crs, id_field, crop_field, year_field, count,
+        minx, miny, maxx, maxy, skipped, loaded, aoi, year, ptype,
+    ) = row  # fmt: skip
+    return ParcelLayer(
+        name=name,
+        count=count,
+        source=source,
+        source_layer=source_layer,
+        source_crs=source_crs,
+        id_field=id_field,
+        crop_field=crop_field,
+        year_field=year_field,
+        bbox=(minx, miny, maxx, maxy) if minx is not None else None,
+        skipped=json.loads(skipped),
+        loaded=loaded,
+        aoi=aoi,
+        year=year,
+        ptype=ptype,
+    )
+
+
+def _parcel(row: tuple, geometry: bool) -> Parcel:
+    layer, pid, crop, year, area, clon, clat, minx, miny, maxx, maxy, wkb, props = row
+    return Parcel(
+        layer=layer,
+        id=pid,
+        crop_type=crop,
+        year=year,
+        area_m2=area,
+        centroid_lon=clon,
+        centroid_lat=clat,
+        bbox=(minx, miny, maxx, maxy),
+        properties=json.loads(props),
+        geometry=mapping(shapely.from_wkb(bytes(wkb))) if geometry else None,
+    )

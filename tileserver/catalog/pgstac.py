@@ -53,6 +53,8 @@ from tileserver.catalog.models import (
     sortable_time,
     utcnow,
 )
+from tileserver.catalog.postgis_parcels import SCHEMA as PARCEL_SCHEMA
+from tileserver.catalog.postgis_parcels import PostgisParcelStore
 from tileserver.catalog.queryables import CORE_QUERYABLES, image_properties
 from tileserver.catalog.search import (
     RegisteredSearch,
@@ -237,6 +239,7 @@ def migrate(dsn: str) -> str:
                 version = Migrate(db).run_migration()
             conn.execute(SCHEMA)
             conn.execute(BLOBS_SCHEMA)
+            conn.execute(PARCEL_SCHEMA)
             conn.execute(_functions(conn))
             conn.execute(LAST_USED_SINCE)
             _backfill(conn)
@@ -611,6 +614,7 @@ class PgstacStore(SQLStore):
             open=True,
         )
         self._parsed = ParsedDocs()  # as text (jsonb prints one way), parsed once
+        self._parcels = PostgisParcelStore(self._conn, self._transaction)
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
@@ -622,6 +626,10 @@ class PgstacStore(SQLStore):
         """One write transaction."""
         with self._pool.connection() as conn, conn.transaction():
             yield conn
+
+    def parcels(self) -> PostgisParcelStore:
+        """The parcel layers kept in PostGIS tables of this database (made with the store)."""
+        return self._parcels
 
     def _bump(self, conn, product_ids: Iterable[str]) -> None:
         """In id order, so two transactions bumping the same products cannot deadlock."""

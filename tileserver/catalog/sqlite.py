@@ -31,7 +31,7 @@ from tileserver.catalog.models import (
 )
 from tileserver.catalog.queryables import image_properties
 from tileserver.catalog.search import RegisteredSearch, SearchLimits, SearchQuery, SortBy
-from tileserver.catalog.sqlite_parcels import SQLiteParcelStore
+from tileserver.catalog.sqlite_parcels import SQLiteParcelStore, create_schema
 from tileserver.catalog.sqlstore import SQLStore
 from tileserver.catalog.store import NotFound
 
@@ -199,6 +199,9 @@ class SQLiteStore(SQLStore):
         self._connection().executescript(SCHEMA)
         self._migrate()
         self._blobs = SQLiteBlobStore(self._conn, self._transaction)  # its table, if new
+        with self._transaction() as db:
+            create_schema(db)
+        self._parcels = SQLiteParcelStore(self._conn, self._transaction)
 
     def _migrate(self) -> None:
         """Bring an older catalog file up to SCHEMA_VERSION, one transaction per version."""
@@ -275,8 +278,8 @@ class SQLiteStore(SQLStore):
         return self._blobs
 
     def parcels(self) -> SQLiteParcelStore:
-        """The parcel layers kept in this catalog's file."""
-        return SQLiteParcelStore(self._connection, self._transaction)
+        """The parcel layers kept in this catalog's file (made with the store)."""
+        return self._parcels
 
     def _bump(self, db: sqlite3.Connection, product_ids: Iterable[str]) -> None:
         db.executemany(
