@@ -10,6 +10,7 @@ import numpy
 import pytest
 
 from tests.synthetic import TILE, WEB_MERCATOR, write
+from tests.test_values import tile_lonlat
 
 Z, X, Y = TILE.z, TILE.x, TILE.y
 CLOUDY = [3, 8, 9, 10]
@@ -151,3 +152,23 @@ def test_a_product_without_a_class_band_has_no_default(empty_client, tmp_path):
     assert answer.status_code == 400 and "declares no cloud mask" in answer.json()["detail"]
     answer = tile(empty_client, "/images/plain:p", cloud_mask="SCL:3")
     assert answer.status_code == 400 and "'SCL'" in answer.json()["detail"]
+
+
+def test_point_values_take_the_cloud_mask(scenes):
+    """The point routes read through the same read_bands: a cloudy pixel of the top image
+    has no value, and the mosaic's value there is the lower image's."""
+    client, (low_v1, low_scl), (top_v1, top_scl) = scenes
+    top_cloud, low_cloud = numpy.isin(top_scl, CLOUDY), numpy.isin(low_scl, CLOUDY)
+    row, col = map(int, numpy.argwhere(top_cloud & ~low_cloud)[0])
+    lon, lat = tile_lonlat(row, col)
+    params = {"bands": "v1", "cloud_mask": "SCL:3,8,9,10"}
+    image = client.get(f"/images/cm:top/point/{lon},{lat}", params=params)
+    assert image.status_code == 200, image.text
+    assert image.json()["values"] == [None]
+    assert client.get(f"/images/cm:top/point/{lon},{lat}", params={"bands": "v1"}).json()[
+        "values"
+    ] == [float(top_v1[row, col])]
+    search_id = client.post("/searches", json={"collections": ["cm"]}).json()["id"]
+    mosaic = client.get(f"/searches/{search_id}/point/{lon},{lat}", params=params)
+    assert mosaic.status_code == 200, mosaic.text
+    assert mosaic.json()["mosaic"]["values"] == [float(low_v1[row, col])]
