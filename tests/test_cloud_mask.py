@@ -172,3 +172,20 @@ def test_point_values_take_the_cloud_mask(scenes):
     mosaic = client.get(f"/searches/{search_id}/point/{lon},{lat}", params=params)
     assert mosaic.status_code == 200, mosaic.text
     assert mosaic.json()["mosaic"]["values"] == [float(low_v1[row, col])]
+
+
+def test_mosaic_download_takes_the_cloud_mask(scenes):
+    """Downloads read through render/mosaic.py read_image too: the file's pixels under the
+    top image's clouds are the lower image's."""
+    client, (low_v1, low_scl), (top_v1, top_scl) = scenes
+    search_id = client.post("/searches", json={"collections": ["cm"]}).json()["id"]
+    answer = client.get(
+        f"/searches/{search_id}/mosaic.npy", params={"bands": "v1", "cloud_mask": "default"}
+    )
+    pixels = npy(answer)  # one band, nodata 0 where no image has a pixel
+    top_cloud, low_cloud = numpy.isin(top_scl, CLOUDY), numpy.isin(low_scl, CLOUDY)
+    expected = numpy.where(top_cloud, low_v1, top_v1)
+    shown = ~(top_cloud & low_cloud)
+    assert pixels.shape[-2:] == (256, 256)
+    assert numpy.array_equal(pixels[0][shown], expected[shown])
+    assert (pixels[0][~shown] == 0).all()  # cloudy in both: the band's nodata
