@@ -52,6 +52,8 @@
     order: $("order"),
     preset: $("preset"),
     extraParams: $("extra-params"),
+    cloudMask: $("cloud-mask"),
+    cloudMaskGroup: $("cloud-mask-group"),
     legendBox: $("legend-box"),
     legend: $("legend"),
     basemap: $("basemap"),
@@ -338,8 +340,18 @@
 
   // ---------------------------------------------------------------- bands and modes
 
+  /** Whether the product has a cloud band `cloud_mask=default` uses: a class band tagged
+   * `cloud_mask:...` or named SCL (tileserver/render/pipeline.py product_cloud_mask). */
+  function hasCloudBand(product) {
+    return (product.bands || []).some((b) => b.type === "class" && (
+      (b.name || "").toUpperCase() === "SCL"
+      || (b.tags || []).some((t) => t.startsWith("cloud_mask:"))));
+  }
+
   function fillBands(product) {
     fillPresets(product);
+    ui.cloudMaskGroup.hidden = !hasCloudBand(product);
+    if (ui.cloudMaskGroup.hidden) ui.cloudMask.checked = false;
     const names = (product.bands || []).filter((b) => !b.is_alpha).map((b) => b.name);
     for (const select of [ui.bandR, ui.bandG, ui.bandB]) {
       select.replaceChildren(...names.map((n) => option(n, n)));
@@ -551,6 +563,7 @@
       ensureOption(ui.order, sortby);
       ui.order.value = sortby;
     }
+    ui.cloudMask.checked = !ui.cloudMaskGroup.hidden && q.get("cloud_mask") === "default";
     // every parameter the controls do not reproduce exactly is sent as it came
     state.extras = new URLSearchParams();
     const produced = renderParams({ mosaic });
@@ -595,6 +608,7 @@
       const ranges = text.startsWith("{") ? [text] : text.split(";");
       for (const range of ranges) if (range.trim()) params.append("scaling", range.trim());
     }
+    if (ui.cloudMask.checked && !ui.cloudMaskGroup.hidden) params.set("cloud_mask", "default");
     if (mosaic) {
       params.set("pixel_selection", ui.pixelSelection.value);
       if (ui.order.value) params.set("sortby", ui.order.value);
@@ -1461,6 +1475,10 @@
   });
   ui.order.addEventListener("change", () => {
     takeOver("sortby");
+    applySoon();
+  });
+  ui.cloudMask.addEventListener("change", () => {
+    takeOver("cloud_mask");
     applySoon();
   });
   ui.preset.addEventListener("change", () => {

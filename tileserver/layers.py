@@ -41,7 +41,7 @@ from tileserver.render.download import (
 from tileserver.render.errors import RenderError
 from tileserver.render.grid import Grid
 from tileserver.render.mosaic import Layer, mosaic_bands, mosaic_tile
-from tileserver.render.pipeline import RenderParams, render_image, request_bands
+from tileserver.render.pipeline import RenderParams, cloud_read, render_image, request_bands
 from tileserver.render.reader import read_bands, tile_reader, zoom_range
 from tileserver.settings import Settings
 from tileserver.timings import timed
@@ -196,8 +196,10 @@ class ImageLayer(BaseLayer):
         return tuple(self.image.bbox)
 
     def check(self, params: RenderParams) -> None:
-        """Bad bands are one RenderError, before any tile is asked for."""
+        """Bad bands (and a cloud mask band it lacks) are one RenderError, before any tile
+        is asked for."""
         request_bands(self.product, params)
+        cloud_read(self.product, params)
 
     def zooms(self, tms: TileMatrixSet) -> Zooms:
         """The TMS's own minzoom (a tile far below the image's resolution reads only the few
@@ -218,7 +220,8 @@ class ImageLayer(BaseLayer):
         """One rendered tile; `auto` scaling uses the image's stored statistics."""
         bands, alpha = request_bands(self.product, params)
         read = tile_reader(x, y, z, size, params.resampling)
-        img = read_bands(self.image, bands, read, tms, params.nodata, self.threads, alpha)
+        cloud = cloud_read(self.product, params)
+        img = read_bands(self.image, bands, read, tms, params.nodata, self.threads, alpha, cloud)
         return render_image(img, bands, params, stats=self.image.band_stats, alpha_band=alpha)
 
     def download(
@@ -367,8 +370,10 @@ class SearchLayer(BaseLayer):
         return self._cached("bounds", lambda: self.store.summary(self.query).bbox)
 
     def check(self, params: RenderParams) -> None:
-        """Bad bands or selections are one RenderError, before any tile is asked for."""
+        """Bad bands or selections (or a cloud mask band the search's product lacks) are
+        one RenderError, before any tile is asked for."""
         mosaic_bands(self.product, params, self.mosaic.pixel_selection)
+        cloud_read(self.product, params)
 
     def native_zooms(self, tms: TileMatrixSet) -> tuple[int, int]:
         """The first image's zooms, from its resolution and overviews."""

@@ -490,6 +490,8 @@ class Pyramids:
             return "nodata"
         if params.resampling != "nearest":
             return f"resampling={params.resampling}"
+        if params.cloud_mask is not None:
+            return "cloud_mask"  # the pyramid stores unmasked pixels
         return None
 
     def tile(

@@ -55,22 +55,23 @@ from tileserver.render.download import grid_reader, image_grid, inside_pixels
 from tileserver.render.errors import RenderError
 from tileserver.render.grid import WGS84, Grid
 from tileserver.render.pipeline import (
+    CloudMask,
     RenderParams,
     apply_processing_level,
     check_expression,
     expression_bands,
     expression_blocks,
+    product_cloud_mask,  # noqa: F401 (the time series' name for it, tests import it here)
+    resolve_cloud_mask,
 )
 from tileserver.render.reader import read_bands, resolve_bands
 from tileserver.render.statistics import StatisticsOptions, band_statistics
-from tileserver.render.zonal import CLOUDY_CLASSES, MAX_ZONE_PIXELS, grid_window, is_scl
+from tileserver.render.zonal import MAX_ZONE_PIXELS, grid_window
 from tileserver.threads import ContextPool
 from tileserver.values import evaluate_expression
 
 SERIES_PERCENTILES = (25, 50, 75)
 MAX_SERIES_BANDS = 16  # bands of one series: each is read for every date
-MAX_CLOUD_CLASSES = 256
-CLOUD_TAG = "cloud_mask:"  # a class band's tag declaring the product's cloud classes
 CLOUDY_MODES = ("drop", "flag")
 
 
@@ -79,74 +80,6 @@ class SeriesError(RenderError):
 
 
 # ----------------------------------------------------------------------------- cloud masks
-
-
-@dataclass(frozen=True)
-class CloudMask:
-    """A class band and the classes of it that are cloud."""
-
-    band: str
-    classes: frozenset[int]
-    source: str = "request"  # or "product": the product's declared default
-
-    @classmethod
-    def parse(cls, text: str) -> CloudMask:
-        """`BAND:c1,c2,...`; SeriesError naming `cloud_mask` when it is not that."""
-        name, sep, listed = text.partition(":")
-        if not sep or not name.strip() or not listed.strip():
-            raise SeriesError(
-                f"cloud_mask '{text[:80]}' is not BAND:classes (e.g. SCL:3,8,9,10) nor 'default'"
-            )
-        return cls(name.strip(), _classes(listed, "cloud_mask"))
-
-
-def _classes(listed: str, what: str) -> frozenset[int]:
-    parts = [p.strip() for p in listed.split(",") if p.strip()]
-    if len(parts) > MAX_CLOUD_CLASSES:
-        raise SeriesError(f"{what} names more than {MAX_CLOUD_CLASSES} classes")
-    try:
-        classes = frozenset(int(p) for p in parts)
-    except ValueError:
-        raise SeriesError(f"{what} classes must be integers, e.g. SCL:3,8,9,10") from None
-    if not classes:
-        raise SeriesError(f"{what} names no class")
-    return classes
-
-
-def product_cloud_mask(product: Product) -> CloudMask | None:
-    """The cloud mask a product declares: a class band tagged `cloud_mask:c1,c2,...`, else a
-    Sentinel-2 SCL class band with its cloudy classes (SEMANTICS.md section 3)."""
-    for band in product.bands:
-        for tag in band.tags:
-            if band.type == "class" and tag.startswith(CLOUD_TAG):
-                return CloudMask(band.name, _classes(tag[len(CLOUD_TAG) :], tag), "product")
-    for band in product.bands:
-        if is_scl(band):
-            return CloudMask(band.name, CLOUDY_CLASSES, "product")
-    return None
-
-
-def resolve_cloud_mask(product: Product, text: str | None) -> CloudMask | None:
-    """The request's `cloud_mask` (None, 'none', 'default' or BAND:classes) for `product`."""
-    if text is None or text.strip().lower() in ("", "none"):
-        return None
-    if text.strip().lower() == "default":
-        mask = product_cloud_mask(product)
-        if mask is None:
-            raise SeriesError(
-                f"product '{product.id}' declares no cloud mask (no class band tagged "
-                f"'{CLOUD_TAG}...' nor an SCL band): give cloud_mask=BAND:classes"
-            )
-        return mask
-    mask = CloudMask.parse(text)
-    band = product.band(mask.band)
-    if band is None or band.type != "class":
-        classes = ", ".join(b.name for b in product.bands if b.type == "class") or "none"
-        raise SeriesError(
-            f"cloud_mask band '{mask.band}' is not a class band of product '{product.id}' "
-            f"(class bands: {classes})"
-        )
-    return mask
 
 
 # ----------------------------------------------------------------------------- requests

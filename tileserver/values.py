@@ -61,6 +61,7 @@ from tileserver.render.pipeline import (
     Rendered,
     RenderParams,
     apply_processing_level,
+    cloud_read,
     expression_blocks,
     output_scaling,
     render_array,
@@ -169,7 +170,8 @@ def sample(
     """
     bands = resolve_bands(product, names)
     alpha = resolve_bands(product, [alpha_name])[0] if alpha_name else product.alpha_band()
-    img = read_bands(image, bands, point_reader(point), None, params.nodata, 1, alpha)
+    cloud = cloud_read(product, params)
+    img = read_bands(image, bands, point_reader(point), None, params.nodata, 1, alpha, cloud)
     invalid = numpy.logical_or.reduce(numpy.ma.getmaskarray(img.array), axis=0)
     raw = numpy.ma.MaskedArray(
         img.array.data, mask=numpy.broadcast_to(invalid, img.array.shape).copy()

@@ -909,3 +909,32 @@ def test_a_configured_basemap_loads_from_its_url(chromium, demo_dir, demo_store)
         assert under < over  # the imagery stays on top
         assert all(urlsplit(url).netloc == urlsplit(server.url).netloc for url in viewer.requests)
         assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_mask_clouds_checkbox_masks_the_mosaic_and_stays_in_the_address(viewer):
+    """The demo product has an SCL band: the checkbox shows, asks for cloud_mask=default
+    tiles (which differ from the unmasked ones), keeps it in the address, and a reload of
+    that address restores it."""
+    viewer.open("/")
+    search_id = run_search(viewer, start=DATES[0].date().isoformat())
+    page = viewer.page
+    assert page.is_visible("#cloud-mask") and not page.is_checked("#cloud-mask")
+    before = viewer.map_pixels()
+
+    def masked(r) -> bool:
+        return f"/searches/{search_id}/tiles/" in r.url and "cloud_mask=default" in r.url
+
+    with page.expect_request(masked):
+        page.check("#cloud-mask")
+    viewer.wait_rendered(
+        bands="B04,B03,B02", scaling="display", pixel_selection="first", cloud_mask="default"
+    )
+    tiles = [t for t in viewer.mosaic_tiles(search_id) if "cloud_mask=default" in t.url]
+    assert tiles and all(t.status == 200 for t in tiles)
+    assert not numpy.array_equal(viewer.map_pixels(), before)  # the clouds changed
+    assert address_params(page).get("cloud_mask") == "default"
+
+    viewer.open(urlsplit(page.url).path + "?" + urlsplit(page.url).query)
+    assert page.is_checked("#cloud-mask")
+    assert "cloud_mask=default" in page.input_value("#xyz-url")
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems

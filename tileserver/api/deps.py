@@ -27,7 +27,7 @@ from tileserver.render.colors import ColorError, check_color_formula, parse_colo
 from tileserver.render.download import DownloadError, parse_crs
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
-from tileserver.render.pipeline import RenderParams, check_expression
+from tileserver.render.pipeline import RenderParams, check_expression, parse_cloud_mask
 from tileserver.render.scaling import MAX_SCALING_ENTRIES, Scaling
 from tileserver.render.statistics import StatisticsError, StatisticsOptions
 from tileserver.scaling_rules import ScalingError
@@ -167,6 +167,13 @@ async def render_params(
             "'gamma rgb 1.3, sigmoidal rgb 10 0.15, saturation 1.2'"
         ),
     ] = None,
+    cloud_mask: Annotated[
+        str | None,
+        Query(
+            description="make a class band's classes transparent: BAND:classes (e.g. "
+            "SCL:3,8,9,10), 'default' (the product's cloud classes) or 'none'"
+        ),
+    ] = None,
 ) -> RenderParams:
     """Every pixel-changing parameter, parsed once."""
     names = None
@@ -195,7 +202,8 @@ async def render_params(
         raise bad_request(str(exc)) from None
     try:
         parsed = Scaling.parse(scaling)
-    except ScalingError as exc:
+        cloud = parse_cloud_mask(cloud_mask)
+    except (ScalingError, RenderError) as exc:
         raise bad_request(str(exc)) from None
     return RenderParams(
         bands=names,
@@ -207,6 +215,7 @@ async def render_params(
         nodata=nodata,
         resampling=resampling,
         color_formula=color_formula or None,
+        cloud_mask=cloud,
     )
 
 

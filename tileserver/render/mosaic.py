@@ -30,6 +30,7 @@ from tileserver.render.pipeline import (
     Rendered,
     RenderParams,
     apply_processing_level,
+    cloud_read,
     render_array,
     request_bands,
 )
@@ -72,7 +73,8 @@ def read_image(
     else:
         read, tms = grid, None
     try:
-        img = read_bands(image, bands, read, tms, params.nodata, threads=1, alpha=alpha)
+        cloud = cloud_read(product, params)  # each image by its own product's class band
+        img = read_bands(image, bands, read, tms, params.nodata, 1, alpha, cloud)
     except TileOutsideBounds:
         return None
     array = img.array

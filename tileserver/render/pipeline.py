@@ -9,7 +9,7 @@ import ast
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy
 from rasterio.crs import CRS
@@ -23,6 +23,7 @@ from tileserver.render.colors import apply_color_formula
 from tileserver.render.errors import RenderError, UnknownBand
 from tileserver.render.reader import resolve_bands
 from tileserver.render.scaling import Scaling, scale_array
+from tileserver.render.zonal import CLOUDY_CLASSES, is_scl
 from tileserver.scaling_rules import (
     Scale,
     ScalingError,
@@ -89,6 +90,8 @@ class RenderParams:
     nodata: float | None = None
     resampling: str = "nearest"
     color_formula: str | None = None  # rio-color operations on Byte output (render/colors.py)
+    # classes of a class band made transparent: BAND:classes, or the product's ("default")
+    cloud_mask: CloudMask | Literal["default"] | None = None
 
 
 @dataclass
@@ -115,6 +118,103 @@ class Rendered:
             assets=assets,
             metadata={"colormap": self.colormap, **extra},
         )
+
+
+# ----------------------------------------------------------------------------- cloud masks
+
+MAX_CLOUD_CLASSES = 256
+CLOUD_TAG = "cloud_mask:"  # a class band's tag declaring the product's cloud classes
+
+
+@dataclass(frozen=True)
+class CloudMask:
+    """A class band and the classes of it that are cloud."""
+
+    band: str
+    classes: frozenset[int]
+    source: str = "request"  # or "product": the product's declared default
+
+    @classmethod
+    def parse(cls, text: str) -> CloudMask:
+        """`BAND:c1,c2,...`; RenderError naming `cloud_mask` when it is not that."""
+        name, sep, listed = text.partition(":")
+        if not sep or not name.strip() or not listed.strip():
+            raise RenderError(
+                f"cloud_mask '{text[:80]}' is not BAND:classes (e.g. SCL:3,8,9,10) nor 'default'"
+            )
+        return cls(name.strip(), _classes(listed, "cloud_mask"))
+
+
+def _classes(listed: str, what: str) -> frozenset[int]:
+    parts = [p.strip() for p in listed.split(",") if p.strip()]
+    if len(parts) > MAX_CLOUD_CLASSES:
+        raise RenderError(f"{what} names more than {MAX_CLOUD_CLASSES} classes")
+    try:
+        classes = frozenset(int(p) for p in parts)
+    except ValueError:
+        raise RenderError(f"{what} classes must be integers, e.g. SCL:3,8,9,10") from None
+    if not classes:
+        raise RenderError(f"{what} names no class")
+    return classes
+
+
+def product_cloud_mask(product: Product) -> CloudMask | None:
+    """The cloud mask a product declares: a class band tagged `cloud_mask:c1,c2,...`, else a
+    Sentinel-2 SCL class band with its cloudy classes (SEMANTICS.md section 3)."""
+    for band in product.bands:
+        for tag in band.tags:
+            if band.type == "class" and tag.startswith(CLOUD_TAG):
+                return CloudMask(band.name, _classes(tag[len(CLOUD_TAG) :], tag), "product")
+    for band in product.bands:
+        if is_scl(band):
+            return CloudMask(band.name, CLOUDY_CLASSES, "product")
+    return None
+
+
+def parse_cloud_mask(text: str | None) -> CloudMask | Literal["default"] | None:
+    """A request's `cloud_mask`: None / 'none' (no mask), 'default' (the product's, resolved
+    per product) or BAND:classes. The one parser of it (render_params, the time series)."""
+    if text is None or text.strip().lower() in ("", "none"):
+        return None
+    if text.strip().lower() == "default":
+        return "default"
+    return CloudMask.parse(text)
+
+
+def resolve_cloud_mask(
+    product: Product, mask: str | CloudMask | Literal["default"] | None
+) -> CloudMask | None:
+    """The request's cloud mask (as text or parsed) for `product`; RenderError naming the
+    band when the product has no such class band (a mosaic checks each image's product)."""
+    if isinstance(mask, str):
+        mask = parse_cloud_mask(mask)
+    if mask is None:
+        return None
+    if mask == "default":
+        mask = product_cloud_mask(product)
+        if mask is None:
+            raise RenderError(
+                f"product '{product.id}' declares no cloud mask (no class band tagged "
+                f"'{CLOUD_TAG}...' nor an SCL band): give cloud_mask=BAND:classes"
+            )
+        return mask
+    band = product.band(mask.band)
+    if band is None or band.type != "class":
+        classes = ", ".join(b.name for b in product.bands if b.type == "class") or "none"
+        raise RenderError(
+            f"cloud_mask band '{mask.band}' is not a class band of product '{product.id}' "
+            f"(class bands: {classes})"
+        )
+    return mask
+
+
+def cloud_read(product: Product, params: RenderParams) -> tuple[Band, frozenset[int]] | None:
+    """The class band and classes `params.cloud_mask` masks in `product`'s images (for
+    render/reader.py read_bands), or None without a mask."""
+    mask = resolve_cloud_mask(product, params.cloud_mask)
+    if mask is None:
+        return None
+    return resolve_bands(product, [mask.band])[0], mask.classes
 
 
 def expression_blocks(expression: str) -> list[str]:

@@ -208,6 +208,7 @@ def read_bands(
     nodata: float | None = None,
     threads: int = 4,
     alpha: Band | None = None,
+    cloud: tuple[Band, frozenset[int]] | None = None,
 ) -> ImageData:
     """Read `bands` of `image` with `read(reader, file_read)` per file; one masked stack.
 
@@ -215,7 +216,14 @@ def read_bands(
     mask (internal nodata, alpha, mask band) applies too. `alpha`, a mask band of the
     product (0 is transparent), is read with them and folded into every band's mask: the
     one place a product's alpha band applies. A requested band is never also the alpha.
+    `cloud`, a class band and classes (a request's `cloud_mask`), is read on the same grid
+    with nearest resampling (classes are not averaged) and folded in the same way.
     """
+    if cloud is not None:
+        img = read_bands(image, bands, read, tms, nodata, threads, alpha)
+        nearest = replace(read, resampling="nearest") if isinstance(read, TileRead) else read
+        classes = read_bands(image, [cloud[0]], nearest, tms, None, 1).array
+        return fold_classes(img, classes, cloud[1])
     to_read = [*bands, alpha] if alpha is not None and alpha not in bands else list(bands)
     reads = plan_reads(image, to_read, nodata)
 
@@ -262,6 +270,17 @@ def fold_alpha(img: ImageData) -> ImageData:
     bands = array[:-1]
     mask = numpy.ma.getmaskarray(bands) | ~opaque
     return ImageData(numpy.ma.MaskedArray(bands.data, mask=mask), bounds=img.bounds, crs=img.crs)
+
+
+def fold_classes(
+    img: ImageData, classes: numpy.ma.MaskedArray, masked: frozenset[int]
+) -> ImageData:
+    """`img` also masked where the (1, h, w) class band holds one of the `masked` classes
+    (a class pixel without a value masks nothing)."""
+    hit = ~numpy.ma.getmaskarray(classes[0]) & numpy.isin(classes.data[0], list(masked))
+    mask = numpy.ma.getmaskarray(img.array) | hit
+    array = numpy.ma.MaskedArray(img.array.data, mask=mask)
+    return ImageData(array, bounds=img.bounds, crs=img.crs)
 
 
 @dataclass(frozen=True)
