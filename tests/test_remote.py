@@ -10,6 +10,7 @@ import numpy
 import pytest
 import rasterio
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.proxy import start as start_proxy
 from tests.buckets import S3Bucket, s3_environment
@@ -20,6 +21,7 @@ from tileserver.app import create_app
 from tileserver.catalog.sqlite import SQLiteStore
 
 Z, X, Y = TILE.z, TILE.x, TILE.y
+TOKEN = "metrics-token-0123456789"
 
 
 def write_cog(path, data: numpy.ndarray) -> None:
@@ -59,7 +61,9 @@ def remote(tmp_path, s3_server, monkeypatch):
     write_cog(local, stack)
     bucket.client.upload_file(str(local), bucket.name, "cogs/scene.tif")
     store = SQLiteStore(tmp_path / "catalog.db")
-    settings = make_settings(tmp_path, import_grants={"admin": [f"s3://{bucket.name}/"]})
+    settings = make_settings(
+        tmp_path, import_grants={"admin": [f"s3://{bucket.name}/"]}, metrics_token=TOKEN
+    )
     with TestClient(create_app(settings, store=store)) as client:
         register(client, PRODUCT, f"s3://{bucket.name}/cogs/scene.tif", name="remote")
         register(client, {**PRODUCT, "id": "localcopy"}, local, name="local")
@@ -99,3 +103,28 @@ def test_remote_tile_pixels_match_the_local_file(remote):
     again = client.get(f"{url}.png", params={"scaling": "0,5000"})
     assert again.status_code == 200
     assert stats(port)["total_requests"] == 0
+
+
+def test_metrics_count_what_gdal_fetched_from_the_bucket(remote):
+    """tileserver_remote_requests_total / _bytes_total agree with the proxy's own count."""
+    client, proxy, port, stack = remote
+
+    def scrape() -> dict:
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    before = scrape()
+    proxy.stats.reset()
+    tile = client.get(f"/images/synth:remote/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png")
+    assert tile.status_code == 200, tile.text
+    after, counted = scrape(), stats(port)
+    assert counted["total_requests"] >= 2  # the open and the blocks, at least
+    for method, count in counted["requests"].items():
+        key = ("tileserver_remote_requests_total", (("method", method),))
+        assert after.get(key, 0) - before.get(key, 0) == count, method
+    key = ("tileserver_remote_bytes_total", ())
+    assert after[key] - before.get(key, 0) == counted["bytes_down"]

@@ -97,8 +97,10 @@ class RemoteReads:
         self.bytes_up = 0
 
     def enable(self) -> None:
-        """Let GDAL count (before its first remote read)."""
+        """Let GDAL count. GDAL reads the option once, and again at each reset: the fold
+        makes it count even after remote reads made before this call."""
         os.environ.setdefault(NETWORK_STATS, "YES")
+        self.fold()
 
     def fold(self) -> None:
         """Add what GDAL counted since the last fold, and reset GDAL's counts."""
