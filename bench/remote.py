@@ -448,12 +448,18 @@ def main(argv: list[str] | None = None) -> None:
                 for service in (tileserver, peer):
                     paths = paths_for(service.name, kind, ids, tiles)
                     print(f"{kind} {service.name} {clients} client(s) ...", file=sys.stderr)
-                    case[service.name] = run_case(service, proxy, paths, clients)
-                case["ratio"] = {
-                    phase: ratio(case["tileserver"][phase], case[peer.name][phase])
-                    for phase in ("cold", "warm")
-                }
+                    try:
+                        case[service.name] = run_case(service, proxy, paths, clients)
+                    except RuntimeError as exc:  # a failed tile: recorded, the run goes on
+                        case[service.name] = {"error": str(exc)[:500]}
+                        print(f"  failed: {exc}", file=sys.stderr)
+                if all("error" not in case[s.name] for s in (tileserver, peer)):
+                    case["ratio"] = {
+                        phase: ratio(case["tileserver"][phase], case[peer.name][phase])
+                        for phase in ("cold", "warm")
+                    }
                 results["cases"][f"{kind}_{clients}c"] = case
+                Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
         results["seconds"] = round(time.perf_counter() - started, 1)
         Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
         print_table(results)
@@ -473,12 +479,15 @@ def print_table(results: dict) -> None:
         for server, phases in case.items():
             if server == "ratio":
                 continue
+            if "error" in phases:
+                print(f"{name:<14}{server:<16}failed: {phases['error'][:100]}")
+                continue
             for phase, f in phases.items():
                 print(
                     f"{name:<14}{server:<16}{phase:<6}{f['p50_ms']:>8.1f}{f['p95_ms']:>8.1f}"
                     f"{f['tiles_per_s']:>7.1f}{f['requests_per_tile']:>7.2f}{f['kib_per_tile']:>8.1f}"
                 )
-        for phase, r in case["ratio"].items():
+        for phase, r in case.get("ratio", {}).items():
             print(
                 f"{name:<14}{'ratio':<16}{phase:<6} tiles/s x{r['tiles_per_s']}, "
                 f"p50 x{r['p50_speedup']}, req/tile {r['requests_per_tile']}"

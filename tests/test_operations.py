@@ -188,7 +188,7 @@ def test_metrics_show_gdal_cache_and_remote_read_slots(ops):
     assert sample(samples, "tileserver_gdal_block_cache_max_bytes") >= sample(
         samples, "tileserver_gdal_block_cache_bytes"
     )
-    assert sample(samples, "tileserver_remote_reads_max") == 8  # the default bound
+    assert sample(samples, "tileserver_remote_reads_max") == 32  # the default bound
     assert sample(samples, "tileserver_remote_reads_in_progress") == 0  # nothing reading now
     assert ("tileserver_remote_reads_refused_total", ()) in samples
 

@@ -38,7 +38,7 @@ from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REMOTE_READS = 8
+DEFAULT_REMOTE_READS = 32
 DEFAULT_REMOTE_WAIT = 2.0
 # what a GDAL path or URL reads over the network (nested paths like /vsizip//vsicurl/ too)
 REMOTE_MARKERS = (
