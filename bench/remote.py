@@ -200,7 +200,7 @@ class Proxy:
 
     def stats(self, reset: bool = False) -> dict:
         path = "reset" if reset else "stats"
-        return httpx.get(f"http://127.0.0.1:{self.port}/__proxy__/{path}").json()
+        return httpx.get(f"http://127.0.0.1:{self.port}/__proxy__/{path}", timeout=60).json()
 
     def stop(self) -> None:
         self.process.terminate()
@@ -273,10 +273,12 @@ def ingest(catalog: str, moto_port: int, out: Path) -> None:
 
 def catalog_ids(catalog: str, tileserver_url: str) -> dict:
     """The single image's id, tileserver's search over the scenes, pgSTAC's hash of it."""
-    images = httpx.get(f"{tileserver_url}/products/{SINGLE_PRODUCT}/images").json()
+    images = httpx.get(f"{tileserver_url}/products/{SINGLE_PRODUCT}/images", timeout=120).json()
     image_id = images["images"][0]["id"]
-    scenes = httpx.get(f"{tileserver_url}/products/{SCENE_PRODUCT}").json()
-    search = httpx.post(f"{tileserver_url}/searches", json={"collections": [SCENE_PRODUCT]})
+    scenes = httpx.get(f"{tileserver_url}/products/{SCENE_PRODUCT}", timeout=120).json()
+    search = httpx.post(
+        f"{tileserver_url}/searches", json={"collections": [SCENE_PRODUCT]}, timeout=120
+    )
     search.raise_for_status()
     with psycopg.connect(catalog) as conn:
         ((search_hash,),) = conn.execute(
