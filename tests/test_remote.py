@@ -141,7 +141,6 @@ def band_product(product_id: str) -> dict:
     return {"id": product_id, "bands": bands}
 
 
-@pytest.mark.slow
 def test_remote_per_band_mosaic_equals_the_local_one(remote, tmp_path):
     """A search over two scenes of one file per band, read from the bucket (an image's files
     at once, images at once), paints what the same search over local copies paints."""
