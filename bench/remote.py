@@ -200,7 +200,7 @@ class Proxy:
 
     def stats(self, reset: bool = False) -> dict:
         path = "reset" if reset else "stats"
-        return httpx.get(f"http://127.0.0.1:{self.port}/__proxy__/{path}").json()
+        return httpx.get(f"http://127.0.0.1:{self.port}/__proxy__/{path}", timeout=60).json()
 
     def stop(self) -> None:
         self.process.terminate()
@@ -273,10 +273,12 @@ def ingest(catalog: str, moto_port: int, out: Path) -> None:
 
 def catalog_ids(catalog: str, tileserver_url: str) -> dict:
     """The single image's id, tileserver's search over the scenes, pgSTAC's hash of it."""
-    images = httpx.get(f"{tileserver_url}/products/{SINGLE_PRODUCT}/images").json()
+    images = httpx.get(f"{tileserver_url}/products/{SINGLE_PRODUCT}/images", timeout=120).json()
     image_id = images["images"][0]["id"]
-    scenes = httpx.get(f"{tileserver_url}/products/{SCENE_PRODUCT}").json()
-    search = httpx.post(f"{tileserver_url}/searches", json={"collections": [SCENE_PRODUCT]})
+    scenes = httpx.get(f"{tileserver_url}/products/{SCENE_PRODUCT}", timeout=120).json()
+    search = httpx.post(
+        f"{tileserver_url}/searches", json={"collections": [SCENE_PRODUCT]}, timeout=120
+    )
     search.raise_for_status()
     with psycopg.connect(catalog) as conn:
         ((search_hash,),) = conn.execute(
@@ -448,12 +450,18 @@ def main(argv: list[str] | None = None) -> None:
                 for service in (tileserver, peer):
                     paths = paths_for(service.name, kind, ids, tiles)
                     print(f"{kind} {service.name} {clients} client(s) ...", file=sys.stderr)
-                    case[service.name] = run_case(service, proxy, paths, clients)
-                case["ratio"] = {
-                    phase: ratio(case["tileserver"][phase], case[peer.name][phase])
-                    for phase in ("cold", "warm")
-                }
+                    try:
+                        case[service.name] = run_case(service, proxy, paths, clients)
+                    except RuntimeError as exc:  # a failed tile: recorded, the run goes on
+                        case[service.name] = {"error": str(exc)[:500]}
+                        print(f"  failed: {exc}", file=sys.stderr)
+                if all("error" not in case[s.name] for s in (tileserver, peer)):
+                    case["ratio"] = {
+                        phase: ratio(case["tileserver"][phase], case[peer.name][phase])
+                        for phase in ("cold", "warm")
+                    }
                 results["cases"][f"{kind}_{clients}c"] = case
+                Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
         results["seconds"] = round(time.perf_counter() - started, 1)
         Path(args.json).write_text(json.dumps(results, indent=1, default=str) + "\n")
         print_table(results)
@@ -473,12 +481,15 @@ def print_table(results: dict) -> None:
         for server, phases in case.items():
             if server == "ratio":
                 continue
+            if "error" in phases:
+                print(f"{name:<14}{server:<16}failed: {phases['error'][:100]}")
+                continue
             for phase, f in phases.items():
                 print(
                     f"{name:<14}{server:<16}{phase:<6}{f['p50_ms']:>8.1f}{f['p95_ms']:>8.1f}"
                     f"{f['tiles_per_s']:>7.1f}{f['requests_per_tile']:>7.2f}{f['kib_per_tile']:>8.1f}"
                 )
-        for phase, r in case["ratio"].items():
+        for phase, r in case.get("ratio", {}).items():
             print(
                 f"{name:<14}{'ratio':<16}{phase:<6} tiles/s x{r['tiles_per_s']}, "
                 f"p50 x{r['p50_speedup']}, req/tile {r['requests_per_tile']}"

@@ -1116,7 +1116,9 @@ def run(args: argparse.Namespace, out: Path) -> dict:
     with ExitStack() as stack:
         stack.enter_context(titiler)
         stack.enter_context(uncached)
-        response = httpx.post(f"{uncached.url}/searches", json={"collections": [MOSAIC_PRODUCT]})
+        response = httpx.post(
+            f"{uncached.url}/searches", json={"collections": [MOSAIC_PRODUCT]}, timeout=120
+        )
         if response.status_code not in (200, 201):
             raise RuntimeError(f"POST /searches -> {response.status_code}: {response.text}")
         ts.search_id = response.json()["id"]

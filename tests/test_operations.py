@@ -179,3 +179,73 @@ def test_timings_count_overlapping_threads_once():
             t.join()
     assert 0.05 <= timings.seconds["read"] < 0.15  # wall time, not 4 x 0.05
     assert Timings().header() == ""
+
+
+def test_metrics_show_gdal_cache_and_remote_read_slots(ops):
+    ops.get(TILE_PATH + "?scaling=0,4000")  # a render: GDAL holds decoded blocks
+    samples = scrape(ops)
+    assert sample(samples, "tileserver_gdal_block_cache_bytes") > 0
+    assert sample(samples, "tileserver_gdal_block_cache_max_bytes") >= sample(
+        samples, "tileserver_gdal_block_cache_bytes"
+    )
+    assert sample(samples, "tileserver_remote_reads_max") == 32  # the default bound
+    assert sample(samples, "tileserver_remote_reads_in_progress") == 0  # nothing reading now
+    assert ("tileserver_remote_reads_refused_total", ()) in samples
+
+
+def test_metrics_count_mosaic_images_read(ops, tmp_path):
+    for name in ("two", "three"):  # newer than "one" and with no hole: `first` needs one
+        path = write(tmp_path / f"{name}.tif", numpy.full((4, 256, 256), 255, "uint16"))
+        body = {
+            "name": name,
+            "product_id": PRODUCT["id"],
+            "acquired": "2024-01-02T00:00:00Z",
+            "geometry": ops.get("/images/synth:one").json()["geometry"],
+            "files": [{"href": str(path)}],
+        }
+        assert ops.put(f"/images/synth:{name}", json=body).status_code == 200
+    search = ops.post("/searches", json={"collections": [PRODUCT["id"]]}).json()["id"]
+    before = scrape(ops)
+    tile = f"/searches/{search}/tiles/WebMercatorQuad/{Z}/{X}/{Y}.png"
+    mean = ops.get(tile, params={"pixel_selection": "mean"})  # reads every image
+    first = ops.get(tile, params={"pixel_selection": "first"})  # the top one fills the tile
+    assert mean.status_code == first.status_code == 200
+    after = scrape(ops)
+
+    def delta(name):
+        return sample(after, name) - sample(before, name)
+
+    assert delta("tileserver_mosaic_images_read_count") == 2
+    assert delta("tileserver_mosaic_images_read_sum") == 3 + 1
+
+
+def test_metrics_count_import_outcomes(tmp_path):
+    folder = tmp_path / "imports" / "scenes"
+    write(folder / "scene_20240201.tif", numpy.full((1, 256, 256), 7, "uint16"))
+    (folder / "broken_20240202.tif").write_bytes(b"not a tiff")
+    store = SQLiteStore(tmp_path / "catalog.db")
+    settings = make_settings(
+        tmp_path,
+        metrics_token=TOKEN,
+        import_roots=[tmp_path / "imports"],
+        import_grants={"admin": [str(tmp_path / "imports")]},
+    )
+    request = {"cloud_provider": "file", "bucket_name": str(tmp_path / "imports")}
+    with TestClient(create_app(settings, store=store)) as client:
+        before = scrape(client)
+        done = client.post("/imports", json={**request, "prefix": "scenes", "product": "imp"})
+        elsewhere = {**request, "bucket_name": str(tmp_path / "elsewhere"), "product": "imp"}
+        refused = client.post("/imports", json=elsewhere)  # outside the caller's grants
+        after = scrape(client)
+    store.close()
+
+    def delta(name, **labels):
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert done.status_code == 200, done.text
+    assert len(done.json()["features"]) == 1 and len(done.json()["failed"]) == 1
+    assert refused.status_code == 403, refused.text
+    assert delta("tileserver_import_scenes_total", outcome="registered") == 1
+    assert delta("tileserver_import_scenes_total", outcome="failed") == 1
+    assert delta("tileserver_imports_total", outcome="done") == 1
+    assert delta("tileserver_imports_total", outcome="refused") == 1

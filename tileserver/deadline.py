@@ -38,7 +38,7 @@ from contextlib import contextmanager
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REMOTE_READS = 8
+DEFAULT_REMOTE_READS = 32
 DEFAULT_REMOTE_WAIT = 2.0
 # what a GDAL path or URL reads over the network (nested paths like /vsizip//vsicurl/ too)
 REMOTE_MARKERS = (
@@ -169,6 +169,8 @@ class RemoteSlots:
     """At most `size` remote reads at once in this process; a caller waits `wait` s at most."""
 
     def __init__(self, size: int = DEFAULT_REMOTE_READS, wait: float = DEFAULT_REMOTE_WAIT):
+        self._held = 0  # slots held now, across reconfigurations
+        self._count = threading.Lock()
         self.configure(size, wait)
 
     def configure(self, size: int, wait: float) -> None:
@@ -176,6 +178,10 @@ class RemoteSlots:
         self.size, self.wait = size, wait
         self._slots = threading.BoundedSemaphore(size)
         self.refused = 0  # requests answered 503 since start (tests and diagnostics)
+
+    def in_use(self) -> int:
+        """Remote reads holding a slot now (metrics)."""
+        return self._held
 
     @contextmanager
     def slot(self, href: str) -> Iterator[None]:
@@ -193,9 +199,13 @@ class RemoteSlots:
                 f"all {self.size} remote reads of this server are busy (a bucket or server "
                 "is slow to answer); try again shortly"
             )
+        with self._count:
+            self._held += 1
         try:
             yield
         finally:
+            with self._count:
+                self._held -= 1
             slots.release()
 
 

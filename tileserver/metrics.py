@@ -97,8 +97,10 @@ class RemoteReads:
         self.bytes_up = 0
 
     def enable(self) -> None:
-        """Let GDAL count (before its first remote read)."""
+        """Let GDAL count. GDAL reads the option once, and again at each reset: the fold
+        makes it count even after remote reads made before this call."""
         os.environ.setdefault(NETWORK_STATS, "YES")
+        self.fold()
 
     def fold(self) -> None:
         """Add what GDAL counted since the last fold, and reset GDAL's counts."""
@@ -142,6 +144,8 @@ class ServerCollector(Collector):
         )
         opened.add_metric([], DATASETS.opened)
         yield opened
+        yield from gdal_cache()
+        yield from remote_slots()
         if os.environ.get(NETWORK_STATS, "").upper() not in ("YES", "TRUE", "ON", "1"):
             return
         REMOTE.fold()
@@ -158,6 +162,45 @@ class ServerCollector(Collector):
         )
         down.add_metric([], REMOTE.bytes_down)
         yield down
+
+
+def gdal_cache() -> Iterable:
+    """GDAL's block cache: bytes of decoded blocks held, and its cap (GDAL_CACHEMAX)."""
+    used = _gdal("GDALGetCacheUsed64", ctypes.c_int64)
+    cap = _gdal("GDALGetCacheMax64", ctypes.c_int64)
+    if used is None or cap is None:
+        return
+    held = GaugeMetricFamily(
+        "tileserver_gdal_block_cache_bytes", "bytes of decoded blocks in GDAL's block cache"
+    )
+    held.add_metric([], used())
+    yield held
+    limit = GaugeMetricFamily(
+        "tileserver_gdal_block_cache_max_bytes", "the block cache's cap (GDAL_CACHEMAX)"
+    )
+    limit.add_metric([], cap())
+    yield limit
+
+
+def remote_slots() -> Iterable:
+    """The remote-read bound (deadline.REMOTE_READS): slots in use, its size, refusals."""
+    from tileserver.deadline import REMOTE_READS
+
+    busy = GaugeMetricFamily(
+        "tileserver_remote_reads_in_progress",
+        "remote files being read now (bounded by TILESERVER_REMOTE_READS)",
+    )
+    busy.add_metric([], REMOTE_READS.in_use())
+    yield busy
+    size = GaugeMetricFamily("tileserver_remote_reads_max", "the bound on remote reads at once")
+    size.add_metric([], REMOTE_READS.size)
+    yield size
+    refused = CounterMetricFamily(
+        "tileserver_remote_reads_refused",
+        "remote reads refused (503) because every slot stayed busy",
+    )
+    refused.add_metric([], REMOTE_READS.refused)
+    yield refused
 
 
 REGISTRY.register(ServerCollector())

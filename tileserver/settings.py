@@ -141,10 +141,11 @@ class Settings(BaseSettings):
         "at its next checkpoint (also when the client disconnects)",
     )
     remote_reads: int = Field(
-        8,
+        32,
         ge=1,
         description="most reads of remote files (buckets, URLs) at once per process, so a "
-        "bucket that hangs cannot take every thread",
+        "bucket that hangs cannot take every thread (a mosaic tile of per-band files reads "
+        "up to reader_threads files at once: 4 clients of such tiles needed more than 8)",
     )
     remote_read_wait: float = Field(
         2.0,

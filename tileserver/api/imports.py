@@ -78,7 +78,11 @@ def create_import(
     """List the prefix, filter the scenes by their metadata, register them."""
     confinement = http.app.state.confinement
     caller = confinement.for_caller(principal.user, principal.org, principal.admin)
-    base = check_root(request, caller)
+    try:
+        base = check_root(request, caller)
+    except HTTPException:
+        IMPORT_REQUESTS.labels("refused").inc()  # a folder or bucket the caller may not import
+        raise
     roots = [Path(r) for r in caller.roots]
     try:
         result = run_import(

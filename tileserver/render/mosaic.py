@@ -58,12 +58,14 @@ def read_image(
     grid: Grid | ReadFile,
     params: RenderParams,
     dtype: str,
+    threads: int = 1,
 ) -> numpy.ma.MaskedArray | None:
     """The image's pixels for `names` with one mask for all bands; None if outside it.
 
     `grid` is a map tile's grid, or any `read` callback of read_bands (a download grid).
     A pixel is invalid where any band is masked or the alpha band (`alpha_name`, else
-    the product's own alpha band) is 0.
+    the product's own alpha band) is 0. `threads` read the image's files at once (one
+    file per band, as Sentinel-2 in buckets: each file costs round trips, not CPU).
     """
     bands = resolve_bands(product, names)
     alpha = resolve_bands(product, [alpha_name])[0] if alpha_name else product.alpha_band()
@@ -74,7 +76,9 @@ def read_image(
         read, tms = grid, None
     try:
         cloud = cloud_read(product, params)  # each image by its own product's class band
-        img = read_bands(image, bands, read, tms, params.nodata, 1, alpha, cloud)
+        img = read_bands(
+            image, bands, read, tms, params.nodata, threads=threads, alpha=alpha, cloud=cloud
+        )
     except TileOutsideBounds:
         return None
     array = img.array
@@ -186,8 +190,10 @@ def composite(
     used: list[Image] = []
     pending = list(layers)
     read_count = 0
-    # more threads than cores only make the reads of one grid compete
-    workers = max(1, min(threads, os.cpu_count() or 1))
+    # local files: more threads than cores only make the reads of one grid compete; remote
+    # files wait on round trips, not cores (deadline.REMOTE_READS bounds them per process)
+    remote = any(deadline.is_remote(f.href) for image, _ in layers for f in image.files)
+    workers = max(1, threads if remote else min(threads, os.cpu_count() or 1))
 
     def next_batch() -> list[Layer]:
         """`first`: the top image alone, then images not hidden under painted pixels."""
@@ -295,7 +301,10 @@ def mosaic_tile(
     alpha_name = alpha_band.name if alpha_band is not None else None
 
     def read(layer: Layer) -> numpy.ma.MaskedArray | None:
-        return read_image(layer[0], layer[1], names, alpha_name, grid, params, own.dtype)
+        image = layer[0]
+        # an image's remote files at once; local files one after the other (CPU-bound)
+        files = threads if any(deadline.is_remote(f.href) for f in image.files) else 1
+        return read_image(image, layer[1], names, alpha_name, grid, params, own.dtype, files)
 
     result = composite(layers, read, pixel_selection, grid.footprint_pixels, threads)
     if result.data is None:
