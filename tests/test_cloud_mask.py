@@ -174,14 +174,15 @@ def test_point_values_take_the_cloud_mask(scenes):
     assert mosaic.json()["mosaic"]["values"] == [float(low_v1[row, col])]
 
 
-def test_mosaic_download_takes_the_cloud_mask(scenes):
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
+def test_mosaic_download_takes_the_cloud_mask(scenes, resampling):
     """Downloads read through render/mosaic.py read_image too: the file's pixels under the
-    top image's clouds are the lower image's."""
+    top image's clouds are the lower image's. The half-resolution SCL is warped onto the
+    download's grid with nearest whatever the request's resampling (v1 is on the grid)."""
     client, (low_v1, low_scl), (top_v1, top_scl) = scenes
     search_id = client.post("/searches", json={"collections": ["cm"]}).json()["id"]
-    answer = client.get(
-        f"/searches/{search_id}/mosaic.npy", params={"bands": "v1", "cloud_mask": "default"}
-    )
+    params = {"bands": "v1", "cloud_mask": "default", "resampling": resampling}
+    answer = client.get(f"/searches/{search_id}/mosaic.npy", params=params)
     pixels = npy(answer)  # one band, nodata 0 where no image has a pixel
     top_cloud, low_cloud = numpy.isin(top_scl, CLOUDY), numpy.isin(low_scl, CLOUDY)
     expected = numpy.where(top_cloud, low_v1, top_v1)

@@ -386,15 +386,21 @@ def aligned_window(grid: Grid, crs: CRS, transform: Affine) -> Window | None:
     return Window(round(col), round(row), grid.width, grid.height)
 
 
-def grid_reader(grid: Grid, resampling: str):
+@dataclass(frozen=True)
+class GridRead:
     """A `read` for read_bands that reads a file onto `grid`.
 
     A file already on the grid is read by window (its pixels unchanged, boundless outside
     it); any other is warped with a WarpedVRT whose transform and size are the grid's.
+    `resampling` is a field so read_bands can read a class band with nearest instead.
     """
 
-    def read(reader: Reader, file_read: FileRead) -> ImageData:
-        src = reader.dataset
+    grid: Grid
+    resampling: str
+
+    def __call__(self, reader: Reader, file_read: FileRead) -> ImageData:
+        """The grid's pixels of the file's bands `file_read` names."""
+        grid, src = self.grid, reader.dataset
         window = aligned_window(grid, src.crs, src.transform)
         if window is not None:
             return reader.read(indexes=file_read.indexes, window=window)
@@ -402,11 +408,14 @@ def grid_reader(grid: Grid, resampling: str):
         return reader.read(
             indexes=file_read.indexes,
             vrt_options={**vrt, "height": grid.height},
-            resampling_method=resampling,
-            reproject_method=resampling,
+            resampling_method=self.resampling,
+            reproject_method=self.resampling,
         )
 
-    return read
+
+def grid_reader(grid: Grid, resampling: str) -> GridRead:
+    """A `read` for read_bands that reads a file onto `grid` (see GridRead)."""
+    return GridRead(grid, resampling)
 
 
 # ----------------------------------------------------------------------------- planning

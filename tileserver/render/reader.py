@@ -221,7 +221,8 @@ def read_bands(
     """
     if cloud is not None:
         img = read_bands(image, bands, read, tms, nodata, threads, alpha)
-        nearest = replace(read, resampling="nearest") if isinstance(read, TileRead) else read
+        # tile and grid reads carry their resampling; point and chip reads are nearest already
+        nearest = replace(read, resampling="nearest") if hasattr(read, "resampling") else read
         classes = read_bands(image, [cloud[0]], nearest, tms, None, 1).array
         return fold_classes(img, classes, cloud[1])
     to_read = [*bands, alpha] if alpha is not None and alpha not in bands else list(bands)
