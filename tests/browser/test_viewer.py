@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import math
 import os
 import re
@@ -966,3 +967,39 @@ def test_a_drawn_area_gets_its_time_series_plotted(viewer):
     # the plotted series has dates in it
     assert httpx.post(f"{viewer.base}/timeseries", json=body).json()["rows"]
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_a_picked_parcel_gets_its_time_series_plotted(viewer, demo_store):
+    """With a parcel layer, a click in "Pick parcel" mode asks that parcel's series."""
+    west, south, east, north = demo_store.get_image(DEMO_IMAGE).bbox
+    lon, lat = (west + east) / 2, (south + north) / 2
+    ring = [[lon - 0.005, lat - 0.004], [lon + 0.005, lat - 0.004], [lon + 0.005, lat + 0.004],
+            [lon - 0.005, lat + 0.004], [lon - 0.005, lat - 0.004]]  # fmt: skip
+    path = Path(demo_store.path).parent / "viewer_parcels.geojson"
+    field_ = {"type": "Feature", "properties": {"pid": "field-7"},
+              "geometry": {"type": "Polygon", "coordinates": [ring]}}  # fmt: skip
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [field_]}))
+    demo_store.parcels().load("viewer-fields", path)
+    try:
+        viewer.open("/")
+        page = viewer.page
+        page.wait_for_selector("#series-pick:not([hidden])")
+        page.click("#series-pick")
+        x, y = page.evaluate(
+            "([lat, lon]) => { const p = window.tileserverViewer.map.latLngToContainerPoint("
+            "[lat, lon]); return [p.x, p.y]; }",
+            [lat, lon],
+        )
+        box = page.locator("#map").bounding_box()
+        with page.expect_response(lambda r: "/timeseries" in r.url) as answer:
+            page.mouse.click(box["x"] + x, box["y"] + y)
+        assert answer.value.status == 200, answer.value.text()
+        url = urlsplit(answer.value.url)
+        assert url.path == "/parcels/viewer-fields/field-7/timeseries"
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        assert query["format"] == "png" and query["expression"] == "(B08-B04)/(B08+B04)"
+        assert query["cloud_mask"] == "SCL:3,8,9,10"
+        page.wait_for_function("() => document.querySelector('#series-plot').naturalWidth === 800")
+        assert not viewer.problems.all(aborted_ok=True), viewer.problems
+    finally:
+        demo_store.parcels().delete("viewer-fields")
