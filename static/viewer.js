@@ -1414,7 +1414,7 @@
     start: $("series-start"), end: $("series-end"), mask: $("series-mask"),
     maskLabel: $("series-mask-label"), draw: $("series-draw"), pick: $("series-pick"),
     layer: $("series-layer"), info: $("series-info"), box: $("series-box"),
-    plot: $("series-plot"), csv: $("series-csv"),
+    plot: $("series-plot"), open: $("series-open"), csv: $("series-csv"),
   };
 
   /** What to plot: the shown expression, else the NDVI preset's, else the first band. */
@@ -1552,6 +1552,7 @@
     if (series.plotUrl) URL.revokeObjectURL(series.plotUrl);
     series.plotUrl = URL.createObjectURL(blob);
     seriesUi.plot.src = series.plotUrl;
+    seriesUi.open.href = series.plotUrl;
     seriesUi.box.hidden = false;
     seriesUi.csv.hidden = false;
     const what = seriesWhat();
