@@ -352,6 +352,7 @@
     fillPresets(product);
     ui.cloudMaskGroup.hidden = !hasCloudBand(product);
     if (ui.cloudMaskGroup.hidden) ui.cloudMask.checked = false;
+    showSeriesMask();
     const names = (product.bands || []).filter((b) => !b.is_alpha).map((b) => b.name);
     for (const select of [ui.bandR, ui.bandG, ui.bandB]) {
       select.replaceChildren(...names.map((n) => option(n, n)));
@@ -1414,6 +1415,216 @@
     ui.boxInfo.textContent = `${f(west)}, ${f(south)} to ${f(east)}, ${f(north)}`;
   }
 
+  // ---------------------------------------------------------------- time series
+
+  /* A drawn area (two clicks: opposite corners) or a picked parcel: the mean per date of the
+   * shown expression (else the NDVI preset's, else the first shown band) of the shown
+   * product, as the server's PNG plot, with a CSV of the same series on request. */
+  const series = { mode: null, corner: null, outline: null, shape: null, asked: 0,
+    plotUrl: null, path: null, body: null, query: null, layers: [] };
+  const SERIES_STYLE = { color: "#7048e8", weight: 2, fillOpacity: 0.08, interactive: false };
+  const CLOUD_MASK = "SCL:3,8,9,10";
+  const seriesUi = {
+    start: $("series-start"), end: $("series-end"), mask: $("series-mask"),
+    maskLabel: $("series-mask-label"), draw: $("series-draw"), pick: $("series-pick"),
+    layer: $("series-layer"), info: $("series-info"), box: $("series-box"),
+    plot: $("series-plot"), open: $("series-open"), csv: $("series-csv"),
+  };
+
+  /** What to plot: the shown expression, else the NDVI preset's, else the first band. */
+  function seriesWhat() {
+    const params = state.params || new URLSearchParams();
+    if (params.get("expression")) return { expression: params.get("expression") };
+    const ndvi = state.presets.find((p) => p.id === "ndvi");
+    if (ndvi) return { expression: ndvi.expression };
+    const band = (params.get("bands") || "").split(",")[0];
+    return band ? { bands: [band] } : null;
+  }
+
+  function hasScl() {
+    return (state.product?.bands || []).some((b) => b.name === "SCL" && b.type === "class");
+  }
+
+  /** Dates default to the year of the shown image (or the search's dates). */
+  function seriesDates() {
+    if (!seriesUi.start.value || !seriesUi.end.value) {
+      const image = state.images.get(ui.image.value);
+      const year = (image?.acquired || new Date().toISOString()).slice(0, 4);
+      seriesUi.start.value ||= ui.searchStart.value || `${year}-01-01`;
+      seriesUi.end.value ||= ui.searchEnd.value || `${year}-12-31`;
+    }
+    return [seriesUi.start.value, seriesUi.end.value];
+  }
+
+  function armSeries(mode) {
+    disarmSeries();
+    series.mode = mode;
+    (mode === "draw" ? seriesUi.draw : seriesUi.pick).setAttribute("aria-pressed", "true");
+    map.getContainer().classList.add("drawing-box");
+    seriesUi.info.textContent = mode === "draw"
+      ? "Click one corner of the area, then the opposite one (Esc cancels)."
+      : "Click a parcel on the map (Esc cancels).";
+  }
+
+  function disarmSeries() {
+    series.mode = null;
+    series.corner = null;
+    seriesUi.draw.setAttribute("aria-pressed", "false");
+    seriesUi.pick.setAttribute("aria-pressed", "false");
+    map.getContainer().classList.remove("drawing-box");
+    map.off("mousemove", onSeriesMove);
+  }
+
+  function showOutline(layer) {
+    if (series.outline) map.removeLayer(series.outline);
+    series.outline = layer ? layer.addTo(map) : null;
+  }
+
+  function onSeriesMove(event) {
+    if (series.corner) series.outline.setBounds(L.latLngBounds(series.corner, event.latlng));
+  }
+
+  /** A map click while drawing or picking; true when it was one. */
+  function seriesClick(latlng) {
+    if (series.mode === "pick") {
+      disarmSeries();
+      pickParcel(latlng.wrap());
+      return true;
+    }
+    if (series.mode !== "draw") return false;
+    if (!series.corner) {
+      series.corner = latlng;
+      showOutline(L.rectangle(L.latLngBounds(latlng, latlng), SERIES_STYLE));
+      map.on("mousemove", onSeriesMove);
+      return true;
+    }
+    const bounds = L.latLngBounds(series.corner, latlng);
+    disarmSeries();
+    series.outline.setBounds(bounds);
+    const [west, south, east, north] = boxOf(bounds);
+    if (!(west < east && south < north)) {
+      seriesUi.info.textContent = "That area is empty: draw it again.";
+      return true;
+    }
+    series.shape = { type: "Polygon", coordinates: [[[west, south], [east, south],
+      [east, north], [west, north], [west, south]]] };
+    series.path = "/timeseries";
+    series.query = null;
+    plotSeries();
+    return true;
+  }
+
+  async function pickParcel(where) {
+    const layer = seriesUi.layer.value;
+    const at = new URLSearchParams({ lon: where.lng.toFixed(6), lat: where.lat.toFixed(6),
+      geometry: "true" });
+    let parcel;
+    try {
+      parcel = await getJSON(`/parcels/${encodeURIComponent(layer)}/at?${at}`);
+    } catch (err) {
+      seriesUi.info.textContent = `No parcel there: ${err.message}`;
+      return;
+    }
+    showOutline(L.geoJSON(parcel.geometry, { style: SERIES_STYLE, interactive: false }));
+    series.shape = null;
+    series.path = `/parcels/${encodeURIComponent(layer)}/${encodeURIComponent(parcel.id)}`
+      + "/timeseries";
+    plotSeries();
+  }
+
+  /** The series request: a POST body for a drawn area, a query for a parcel. */
+  function seriesRequest(format) {
+    const what = seriesWhat();
+    const [start, end] = seriesDates();
+    const request = { product: state.product.id, start_date: start, end_date: end, ...what };
+    if (hasScl() && seriesUi.mask.checked) request.cloud_mask = CLOUD_MASK;
+    if (series.shape) {
+      return fetch(apiUrl(`${series.path}?format=${format}`), {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ geometry: series.shape, ...request }),
+      });
+    }
+    const query = new URLSearchParams({ ...request, format });
+    if (what.bands) query.set("bands", what.bands.join(","));
+    return fetch(apiUrl(`${series.path}?${query}`));
+  }
+
+  async function plotSeries() {
+    if (!series.path || !state.product || !seriesWhat()) return;
+    const asked = ++series.asked;
+    seriesUi.info.textContent = "Computing the time series…";
+    let blob;
+    try {
+      const response = await seriesRequest("png");
+      if (!response.ok) throw new Error(await errorText(response));
+      blob = await response.blob();
+    } catch (err) {
+      if (asked === series.asked) seriesUi.info.textContent = `No time series: ${err.message}`;
+      return;
+    }
+    if (asked !== series.asked) return;
+    if (series.plotUrl) URL.revokeObjectURL(series.plotUrl);
+    series.plotUrl = URL.createObjectURL(blob);
+    seriesUi.plot.src = series.plotUrl;
+    seriesUi.open.href = series.plotUrl;
+    seriesUi.box.hidden = false;
+    seriesUi.csv.hidden = false;
+    const what = seriesWhat();
+    seriesUi.info.textContent = `Mean of ${what.expression || what.bands[0]} per date`
+      + (hasScl() && seriesUi.mask.checked ? ", clouds masked." : ".");
+  }
+
+  async function downloadSeriesCsv() {
+    let blob;
+    try {
+      const response = await seriesRequest("csv");
+      if (!response.ok) throw new Error(await errorText(response));
+      blob = await response.blob();
+    } catch (err) {
+      seriesUi.info.textContent = `No CSV: ${err.message}`;
+      return;
+    }
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(blob);
+    link.download = `timeseries_${state.product.id}.csv`;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  }
+
+  /** Parcel layers, if the server has any: then a parcel can be picked. */
+  async function loadParcelLayers() {
+    try {
+      series.layers = (await getJSON("/parcels")).layers || [];
+    } catch {
+      series.layers = [];
+    }
+    const names = series.layers.map((layer) => layer.name);
+    seriesUi.layer.replaceChildren(...names.map((name) => option(name, name)));
+    seriesUi.layer.hidden = names.length === 0;
+    seriesUi.pick.hidden = names.length === 0;
+  }
+
+  function showSeriesMask() {
+    seriesUi.maskLabel.hidden = !hasScl();
+  }
+
+  seriesUi.draw.addEventListener("click", () => (series.mode === "draw" ? disarmSeries()
+    : armSeries("draw")));
+  seriesUi.pick.addEventListener("click", () => (series.mode === "pick" ? disarmSeries()
+    : armSeries("pick")));
+  seriesUi.csv.addEventListener("click", downloadSeriesCsv);
+  for (const input of [seriesUi.start, seriesUi.end, seriesUi.mask]) {
+    input.addEventListener("change", plotSeries);
+  }
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && series.mode) {
+      const halfDrawn = series.corner !== null;
+      disarmSeries();
+      if (halfDrawn) showOutline(null);
+      seriesUi.info.textContent = "Cancelled.";
+    }
+  });
+
   // ---------------------------------------------------------------- events
 
   let applyTimer = null;
@@ -1503,7 +1714,7 @@
   });
 
   map.on("click", (event) => {
-    if (!drawing.armed) showPoint(event.latlng);
+    if (!drawing.armed && !seriesClick(event.latlng)) showPoint(event.latlng);
   });
   map.on("moveend", () => {
     writeFragment();
@@ -1626,6 +1837,7 @@
     showBasemap();
     try {
       const colormaps = loadColormaps();
+      loadParcelLayers();
       if (!(await loadProducts())) return;
       await colormaps;
       if (INITIAL_SEARCH) {
@@ -1652,6 +1864,6 @@
   }
 
   // for debugging from the console
-  window.tileserverViewer = { map, state, apply, runSearch, presetsOf };
+  window.tileserverViewer = { map, state, apply, runSearch, presetsOf, series };
   start();
 })();

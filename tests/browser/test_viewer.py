@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import math
 import os
 import re
@@ -66,11 +68,20 @@ BOX_BOUNDS = """() => {
     const b = window.tileserverViewer.state.boxLayer.getBounds();
     return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];
 }"""
+SERIES_BOUNDS = """() => {
+    const b = window.tileserverViewer.series.outline.getBounds();
+    return [b.getWest(), b.getSouth(), b.getEast(), b.getNorth()];
+}"""
 BOX_PIXELS = """([west, south, east, north]) => {
     const map = window.tileserverViewer.map;
     const nw = map.latLngToContainerPoint([north, west]);
     const se = map.latLngToContainerPoint([south, east]);
     return [nw.x, nw.y, se.x, se.y];
+}"""
+SHOWN_PNG = """async () => {
+    const blob = await (await fetch(document.querySelector('#series-plot').src)).blob();
+    const bytes = new Uint8Array(await blob.arrayBuffer());
+    return btoa(Array.from(bytes, (b) => String.fromCharCode(b)).join(''));
 }"""
 XYZ_PARAMS_ARE = """(expected) => {
     const value = document.querySelector('#xyz-url').value;
@@ -938,3 +949,86 @@ def test_mask_clouds_checkbox_masks_the_mosaic_and_stays_in_the_address(viewer):
     assert page.is_checked("#cloud-mask")
     assert "cloud_mask=default" in page.input_value("#xyz-url")
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_a_drawn_area_gets_its_time_series_plotted(viewer):
+    """Two clicks draw an area: the server's PNG plot of its NDVI series shows, and the
+    request carried the drawn rectangle, the NDVI preset's expression and the SCL mask."""
+    viewer.open("/")
+    page = viewer.page
+    page.click("#series-draw")
+    area = page.locator("#map").bounding_box()
+    corners = [
+        (area["width"] * 0.4, area["height"] * 0.35),
+        (area["width"] * 0.6, area["height"] * 0.6),
+    ]
+    page.mouse.click(area["x"] + corners[0][0], area["y"] + corners[0][1])
+    with page.expect_response(lambda r: "/timeseries" in r.url) as answer:
+        page.mouse.click(area["x"] + corners[1][0], area["y"] + corners[1][1])
+    assert answer.value.status == 200, answer.value.text()
+    page.wait_for_function(
+        "() => { const img = document.querySelector('#series-plot');"
+        " return !document.querySelector('#series-box').hidden && img.complete"
+        " && img.naturalWidth === 800 && img.naturalHeight === 400; }"
+    )
+    # the bytes the page shows (its blob), decoded here
+    png = base64.b64decode(page.evaluate(SHOWN_PNG))
+    with MemoryFile(png) as memfile, memfile.open(driver="PNG") as dataset:
+        assert (dataset.width, dataset.height) == (800, 400)
+        assert colour_count(numpy.moveaxis(dataset.read()[:3], 0, -1)) > 10
+
+    # the outline spans the clicks; the posted ring is the outline (to 6 decimals)
+    west, south, east, north = page.evaluate(SERIES_BOUNDS)
+    assert page.evaluate(BOX_PIXELS, [west, south, east, north]) == pytest.approx(
+        [*corners[0], *corners[1]], abs=1.5
+    )
+    body = viewer.posted("/timeseries")[-1]
+    assert urlsplit(answer.value.url).query == "format=png"
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    assert body["geometry"]["type"] == "Polygon"
+    posted = [tuple(c) for c in body["geometry"]["coordinates"][0]]
+    assert numpy.allclose(posted, ring, atol=1e-6), (posted, ring)
+    assert body["expression"] == "(B08-B04)/(B08+B04)"
+    assert body["cloud_mask"] == "SCL:3,8,9,10"
+    assert body["product"] == PRODUCT_ID
+    assert (body["start_date"], body["end_date"]) == ("2024-01-01", "2024-12-31")
+    assert not page.is_hidden("#series-csv")
+    # the plotted series has dates in it
+    assert httpx.post(f"{viewer.base}/timeseries", json=body).json()["rows"]
+    assert not viewer.problems.all(aborted_ok=True), viewer.problems
+
+
+def test_a_picked_parcel_gets_its_time_series_plotted(viewer, demo_store):
+    """With a parcel layer, a click in "Pick parcel" mode asks that parcel's series."""
+    west, south, east, north = demo_store.get_image(DEMO_IMAGE).bbox
+    lon, lat = (west + east) / 2, (south + north) / 2
+    ring = [[lon - 0.005, lat - 0.004], [lon + 0.005, lat - 0.004], [lon + 0.005, lat + 0.004],
+            [lon - 0.005, lat + 0.004], [lon - 0.005, lat - 0.004]]  # fmt: skip
+    path = Path(demo_store.path).parent / "viewer_parcels.geojson"
+    field_ = {"type": "Feature", "properties": {"pid": "field-7"},
+              "geometry": {"type": "Polygon", "coordinates": [ring]}}  # fmt: skip
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [field_]}))
+    demo_store.parcels().load("viewer-fields", path)
+    try:
+        viewer.open("/")
+        page = viewer.page
+        page.wait_for_selector("#series-pick:not([hidden])")
+        page.click("#series-pick")
+        x, y = page.evaluate(
+            "([lat, lon]) => { const p = window.tileserverViewer.map.latLngToContainerPoint("
+            "[lat, lon]); return [p.x, p.y]; }",
+            [lat, lon],
+        )
+        box = page.locator("#map").bounding_box()
+        with page.expect_response(lambda r: "/timeseries" in r.url) as answer:
+            page.mouse.click(box["x"] + x, box["y"] + y)
+        assert answer.value.status == 200, answer.value.text()
+        url = urlsplit(answer.value.url)
+        assert url.path == "/parcels/viewer-fields/field-7/timeseries"
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        assert query["format"] == "png" and query["expression"] == "(B08-B04)/(B08+B04)"
+        assert query["cloud_mask"] == "SCL:3,8,9,10"
+        page.wait_for_function("() => document.querySelector('#series-plot').naturalWidth === 800")
+        assert not viewer.problems.all(aborted_ok=True), viewer.problems
+    finally:
+        demo_store.parcels().delete("viewer-fields")
