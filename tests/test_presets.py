@@ -214,3 +214,17 @@ def test_stac_collection_has_the_render_extension(world):
     assert renders["nir"]["rescale"] == [[4800.0, 5200.0]]
     assert renders["ndvi"]["expression"] == NDVI["expression"]
     assert renders["ndvi"]["colormap_name"] == "rdylgn"
+
+
+@pytest.mark.parametrize("layer", ["image", "search"])
+def test_a_changed_preset_changes_the_cached_tile(world, layer):
+    admin, _, search = world
+    prefix = "/images/lv:west" if layer == "image" else f"/searches/{search}"
+    url = f"{prefix}/{TILE_PATH}"
+    before = png(admin, url, preset="nir")  # now in the tile cache
+    product = admin.get("/products/lv").json()
+    product["presets"]["nir"]["scaling"] = ["0,10000"]
+    assert admin.put("/products/lv", json=product).status_code == 200
+    after = png(admin, url, preset="nir")
+    assert after != before
+    assert after == png(admin, url, bands="B08", scaling="0,10000")
