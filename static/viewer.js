@@ -1,7 +1,8 @@
 /* tileserver web viewer: pick a product, an image and how to render it; show our own tiles.
  * Or search the catalog (dates, cloud cover, a box drawn on the map) and show the mosaic
  * of the matching images. Click the map for the values there; a one-band colormapped view
- * has a legend; presets come from the product's bands (wavelengths, else common names).
+ * has a legend; presets are the product's stored ones, then those its bands allow
+ * (wavelengths, else common names).
  *
  * The address holds the state: the path names the image or search, the query its rendering
  * (every tile parameter, those without a control kept as they are), the fragment the map
@@ -442,8 +443,18 @@
     return best ? best.name : null;
   }
 
-  /** Renderings a product's bands allow: true colour, false colour, NDVI, NDWI. */
+  /** The product's stored presets (GET /products/{id}: `presets`) first, then the
+   * renderings its bands allow: true colour, false colour, NDVI, NDWI. */
   function presetsOf(product) {
+    const stored = Object.entries(product.presets || {}).map(([name, p]) => ({
+      id: name, label: p.title || name, bands: p.bands || undefined,
+      expression: p.expression || undefined, colormap: p.colormap_name || "",
+      scaling: p.scaling || undefined,
+    })).filter((p) => p.expression || (p.bands && p.bands.length === 3));
+    return [...stored, ...derivedPresets(product).filter((d) => !stored.some((p) => p.id === d.id))];
+  }
+
+  function derivedPresets(product) {
     const bands = (product.bands || []).filter(
       (b) => !b.is_alpha && (b.type || "spectral") === "spectral"
     );
@@ -489,7 +500,13 @@
     }
     ensureOption(ui.colormap, preset.colormap || "");
     ui.colormap.value = preset.colormap || "";
-    ui.scaling.value = "display";
+    const scaling = preset.scaling || ["display"];
+    if (scaling.length === 1 && STANDARD_SCALINGS.includes(scaling[0])) {
+      ui.scaling.value = scaling[0];
+    } else {
+      ui.scaling.value = "custom";
+      ui.customScaling.value = scaling.join(";");
+    }
     showScaling();
   }
 

@@ -813,6 +813,16 @@ def test_presets_come_from_the_bands_and_change_the_tiles(viewer):
             {name: "red"}, {name: "nir08"}, {name: "coastal"}]}).map((p) => p.id)"""
     )
     assert named == ["ndvi"]  # no green nor blue: no colour composites
+    stored = page.evaluate(
+        """() => window.tileserverViewer.presetsOf({bands: [
+            {name: "red"}, {name: "nir08"}, {name: "coastal"}],
+            presets: {ndvi: {title: "Stored NDVI", expression: "(nir08-red)/(nir08+red)",
+                             scaling: ["-0.2,0.8"], colormap_name: "viridis"},
+                      pale: {bands: ["red", "red", "coastal"]},
+                      one: {bands: ["red"]}}}).map((p) => [p.id, p.label, p.scaling || null])"""
+    )
+    # stored ones first (a stored name replaces the derived one); one band has no control
+    assert stored == [["ndvi", "Stored NDVI", ["-0.2,0.8"]], ["pale", "pale", None]]
     assert not viewer.problems.all(aborted_ok=True), viewer.problems
 
 

@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
-from tileserver.api.deps import StoreDep
+from tileserver.api.deps import StoreDep, check_presets
 from tileserver.api.stac import base_url
 from tileserver.catalog.access import ScopedStore, check_files, sees_files
 from tileserver.catalog.geojson import geometry_problem
-from tileserver.catalog.models import Image, Product, split_image_id
+from tileserver.catalog.models import Image, Product, RenderPreset, split_image_id
 from tileserver.catalog.stac import shown_files
 from tileserver.catalog.store import ImagePage
 
@@ -38,7 +38,9 @@ def list_products(store: StoreDep) -> ProductList:
 
 @router.post("/products", response_model=Product, status_code=201)
 def create_product(product: Product, store: StoreDep) -> Product:
-    """Create a product (409 when the id is taken)."""
+    """Create a product (409 when the id is taken); 400 names a preset a tile request
+    would refuse."""
+    check_presets(product)
     return store.create_product(product)
 
 
@@ -48,11 +50,19 @@ def get_product(product_id: str, store: StoreDep) -> Product:
     return store.get_product(product_id)
 
 
+@router.get("/products/{product_id}/presets", response_model=dict[str, RenderPreset])
+def get_presets(product_id: str, store: StoreDep) -> dict[str, RenderPreset]:
+    """The product's render presets, each usable as `?preset=NAME` on the rendering routes of
+    its images and searches."""
+    return store.get_product(product_id).presets
+
+
 @router.put("/products/{product_id}", response_model=Product)
 def put_product(product_id: str, product: Product, store: StoreDep) -> Product:
     """Create or replace a product; the body's id must match the path."""
     if product.id != product_id:
         raise HTTPException(400, f"body id '{product.id}' differs from path id '{product_id}'")
+    check_presets(product)
     return store.put_product(product)
 
 

@@ -20,6 +20,7 @@ from rio_tiler.types import RIOResampling, WarpResampling
 
 from tileserver.api.auth import QUERY_KEY
 from tileserver.catalog.access import OPEN, Principal, ScopedStore
+from tileserver.catalog.models import Product
 from tileserver.catalog.search import parse_sortby
 from tileserver.catalog.store import CatalogStore
 from tileserver.layers import ImageLayer, MosaicParams, SearchLayer
@@ -132,6 +133,8 @@ def bad_request(message: str) -> HTTPException:
 
 
 async def render_params(
+    request: Request,
+    store: Annotated[CatalogStore, Depends(get_store)],
     bands: Annotated[
         str | None,
         Query(description="comma-separated band names (default: the product's RGB)"),
@@ -174,8 +177,108 @@ async def render_params(
             "SCL:3,8,9,10), 'default' (the product's cloud classes) or 'none'"
         ),
     ] = None,
+    preset: Annotated[
+        str | None,
+        Query(
+            description="a render preset of the product (GET /products/{id}/presets): its "
+            "parameters are the defaults, those given here override them"
+        ),
+    ] = None,
 ) -> RenderParams:
-    """Every pixel-changing parameter, parsed once."""
+    """Every pixel-changing parameter, parsed once (a preset's filling those not given)."""
+    given = {
+        "bands": bands,
+        "scaling": scaling,
+        "data_type": data_type,
+        "processing_level": processing_level,
+        "expression": expression,
+        "colormap_name": colormap_name,
+        "nodata": nodata,
+        "resampling": resampling if "resampling" in request.query_params else None,
+        "colormap": colormap,
+        "color_formula": color_formula,
+        "cloud_mask": cloud_mask,
+    }
+    if preset is not None:
+        given = with_preset(given, preset_of(layer_product(request, store), preset))
+    return parse_render(**given)
+
+
+# a preset's parameters that go together: one given in the request replaces the preset's others
+PRESET_GROUPS = ({"bands", "expression"}, {"colormap_name", "colormap"})
+
+
+def with_preset(given: dict[str, Any], preset: dict[str, Any]) -> dict[str, Any]:
+    """The request's parameters, with the preset's where the request gives none."""
+    merged = dict(given)
+    for name, value in preset.items():
+        if merged.get(name) is not None:
+            continue
+        group = next((g for g in PRESET_GROUPS if name in g), {name})
+        if any(given.get(other) is not None for other in group):
+            continue
+        merged[name] = [value] if name == "scaling" and isinstance(value, str) else value
+    return merged
+
+
+def preset_of(product: Product, name: str) -> dict[str, Any]:
+    """The preset's parameters; 400 naming the product's presets when it has none so called."""
+    found = product.presets.get(name)
+    if found is None:
+        known = ", ".join(sorted(product.presets)) or "none"
+        raise bad_request(f"unknown preset '{name[:100]}' (product '{product.id}' has: {known})")
+    return found.query()
+
+
+def layer_product(request: Request, store: CatalogStore) -> Product:
+    """The product whose presets a layer's route uses: the image's, or the search's (its
+    first collection, else its first image's, as SearchLayer.product). A hidden image or
+    search is the same 404 as its layer's."""
+    image_id = request.path_params.get("image_id")
+    if image_id:
+        return store.get_product(store.get_image(image_id).product_id)
+    search_id = request.path_params.get("search_id")
+    if search_id:
+        query = store.get_search(search_id).search
+        if query.collections:
+            return store.get_product(query.collections[0])
+        first = store.search(query.model_copy(update={"limit": 1, "token": None}), count=False)
+        if first.images:
+            return store.get_product(first.images[0].product_id)
+    raise bad_request("preset: this route has no product to take presets from")
+
+
+def check_presets(product: Product) -> None:
+    """400 naming the first preset whose parameters a tile request would refuse."""
+    for name, preset in product.presets.items():
+        query = preset.query()
+        if isinstance(query.get("scaling"), str):
+            query["scaling"] = [query["scaling"]]
+        try:
+            parse_render(**query)
+        except HTTPException as exc:
+            raise bad_request(f"preset '{name}': {exc.detail}") from None
+
+
+def parse_render(
+    bands: str | None = None,
+    scaling: list[str] | None = None,
+    data_type: str | None = None,
+    processing_level: str | None = None,
+    expression: str | None = None,
+    colormap_name: str | None = None,
+    nodata: float | None = None,
+    resampling: str | None = None,
+    colormap: str | None = None,
+    color_formula: str | None = None,
+    cloud_mask: str | None = None,
+) -> RenderParams:
+    """The rendering parameters as typed values; 400 names the bad one."""
+    if resampling is None:
+        resampling = "nearest"
+    elif resampling not in get_args(Resampling):
+        known = ", ".join(get_args(Resampling))
+        raise bad_request(f"unknown resampling '{resampling[:50]}' (known: {known})")
     names = None
     if bands is not None:
         names = tuple(b.strip() for b in bands.split(",") if b.strip())

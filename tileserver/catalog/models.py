@@ -134,6 +134,44 @@ class Band(BaseModel):
         return self
 
 
+MAX_PRESETS = 32  # render presets of one product
+MAX_PRESET_TEXT = 4096  # characters of a preset's expression, colormap or colour formula
+PRESET_BANDS = 64  # band names in a preset (as render_params' MAX_BANDS)
+PresetText = Annotated[str, Field(min_length=1, max_length=MAX_PRESET_TEXT)]
+
+
+class RenderPreset(BaseModel):
+    """A named rendering of a product (`?preset=NAME`): the tile routes' query parameters,
+    as the query gives them; the request's own parameters override them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, max_length=200)
+    description: str | None = Field(None, max_length=2000)
+    bands: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, min_length=1, max_length=PRESET_BANDS
+    )
+    expression: PresetText | None = None
+    scaling: list[Annotated[str, Field(max_length=MAX_PRESET_TEXT)]] | None = Field(
+        None, min_length=1, max_length=PRESET_BANDS
+    )
+    data_type: DataType | None = None
+    processing_level: str | None = Field(None, max_length=200)
+    colormap_name: str | None = Field(None, max_length=200)
+    colormap: PresetText | None = Field(None, description="JSON, as the `colormap` parameter")
+    color_formula: PresetText | None = None
+    nodata: float | None = None
+    resampling: str | None = Field(None, max_length=50)
+    cloud_mask: str | None = Field(None, max_length=200, description="as `cloud_mask`")
+
+    def query(self) -> dict[str, Any]:
+        """The preset's parameters as render_params takes them (unset ones left out)."""
+        given = self.model_dump(exclude_none=True, exclude={"title", "description"})
+        if "bands" in given:
+            given["bands"] = ",".join(given["bands"])
+        return given
+
+
 class Product(BaseModel):
     """A product (STAC collection): a family of images with the same bands."""
 
@@ -153,6 +191,9 @@ class Product(BaseModel):
     writers: list[str] = Field([], description="user:NAME or org:NAME: read, write images")
     properties: dict[str, Any] = {}
     bands: list[Band] = []
+    presets: dict[Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)], RenderPreset] = (
+        Field({}, description="named renderings (true colour, NDVI...), used as ?preset=NAME")
+    )
     created: datetime | None = None
     modified: datetime | None = None
 
@@ -182,6 +223,12 @@ class Product(BaseModel):
             missing = [b for b in self.default_bands if self.band(b) is None]
             if missing:
                 raise ValueError(f"default_bands names unknown bands: {', '.join(missing)}")
+        if len(self.presets) > MAX_PRESETS:
+            raise ValueError(f"{len(self.presets)} presets, more than {MAX_PRESETS}")
+        for name, preset in self.presets.items():
+            missing = [b for b in preset.bands or [] if self.band(b) is None]
+            if missing:
+                raise ValueError(f"preset '{name}' names unknown bands: {', '.join(missing)}")
         return self
 
     def band(self, name: str) -> Band | None:

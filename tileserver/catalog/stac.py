@@ -19,6 +19,7 @@ EXTENSIONS = [
     "https://stac-extensions.github.io/eo/v2.0.0/schema.json",
     "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
 ]
+RENDER_EXTENSION = "https://stac-extensions.github.io/render/v2.0.0/schema.json"
 GEOTIFF = "image/tiff; application=geotiff"
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 THUMBNAIL_MAX_ZOOM = 14  # a thumbnail tile of a smaller image shows it smaller
@@ -174,15 +175,56 @@ def thumbnail_tile(bbox: tuple[float, float, float, float]) -> tuple[int, int, i
     return 0, 0, 0
 
 
+def _rescale(scaling: list[str]) -> list[list[float]] | None:
+    """The render extension's `rescale` of a preset's `lo,hi` scalings (None for others)."""
+    ranges = []
+    for entry in scaling:
+        parts = entry.split(",")
+        try:
+            ranges.append([float(parts[0]), float(parts[1])])
+        except (ValueError, IndexError):
+            return None
+        if len(parts) != 2:
+            return None
+    return ranges
+
+
+def renders(product: Product) -> dict:
+    """The product's presets as the STAC render extension's `renders`: band names are its
+    `assets`; `tileserver:preset` keeps the parameters as `?preset=` applies them."""
+    out = {}
+    for name, preset in product.presets.items():
+        render: dict = {"title": preset.title or name, "tileserver:preset": preset.query()}
+        if preset.bands:
+            render["assets"] = list(preset.bands)
+        else:
+            render["assets"] = product.display_bands() if not preset.expression else []
+        rescale = _rescale(preset.scaling) if preset.scaling else None
+        if rescale is not None:
+            render["rescale"] = rescale
+        for field in ("expression", "colormap_name", "color_formula", "resampling", "nodata"):
+            value = getattr(preset, field)
+            if value is not None:
+                render[field] = value
+        if preset.colormap is not None:
+            try:
+                render["colormap"] = json.loads(preset.colormap)
+            except ValueError:
+                pass  # refused on write; an older record keeps it in tileserver:preset only
+        out[name] = render
+    return out
+
+
 def collection(product: Product, summary: Summary, root: str) -> dict:
     """The STAC collection of a product; its extent comes from the images' summary."""
     stac = f"{root}/stac"
     url = f"{stac}/collections/{product.id}"
     bbox = list(summary.bbox) if summary.bbox else [-180.0, -90.0, 180.0, 90.0]
+    extra = {"renders": renders(product)} if product.presets else {}
     return {
         "type": "Collection",
         "stac_version": STAC_VERSION,
-        "stac_extensions": EXTENSIONS,
+        "stac_extensions": [*EXTENSIONS, RENDER_EXTENSION] if extra else EXTENSIONS,
         "id": product.id,
         "title": product.name or product.id,
         "description": product.description or product.name or product.id,
@@ -210,6 +252,7 @@ def collection(product: Product, summary: Summary, root: str) -> dict:
             },
         ],
         "tileserver:images": summary.count,
+        **extra,
     }
 
 
