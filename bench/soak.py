@@ -94,6 +94,10 @@ SEED = 20261121
 AREA = (15.075, 52.265, 15.14, 52.345)  # west, south, east, north (WGS84)
 IMAGE_ZOOMS = range(10, 17)  # the images' own range is 11..13: clients overzoom
 MOSAIC_MAX_ZOOM = 16
+# mosaic tiles from the images' own zooms down to here: the dynamic compositing path. Lower
+# zooms come from each search's pyramid, built once in the background (503 + Retry-After
+# until then); tests/test_search_pyramid.py and bench/pyramid.py exercise those.
+MOSAIC_MIN_ZOOM = 11  # the demo images own 11..13
 WEB_MERCATOR = morecantile.tms.get("WebMercatorQuad")
 WARMUP_SHARE = 0.2
 TRACEBACK = "Traceback (most recent call last)"
@@ -245,7 +249,7 @@ class Workload:
 
     def mosaic_tile(self, rng: random.Random) -> Call:
         search = self.s.searches[rng.choice(list(self.s.searches))]
-        zooms = [z for z in self.s.mosaic_tiles if z >= search["minzoom"]]
+        zooms = [z for z in self.s.mosaic_tiles if z >= max(search["minzoom"], MOSAIC_MIN_ZOOM)]
         tile = rng.choice(self.s.mosaic_tiles[rng.choice(zooms)])
         fmt, params = rendering(rng, MOSAIC_RENDERINGS)
         selection = rng.choice(PIXEL_SELECTIONS)
@@ -1037,7 +1041,7 @@ def setup(url: str, headers: dict, parcels: list[str], seed: int) -> Setup:
         (round(rng.uniform(AREA[0], AREA[2]), 4), round(rng.uniform(AREA[1], AREA[3]), 4))
         for _ in range(30)
     ]
-    minzoom = min(s["minzoom"] for s in searches.values())
+    minzoom = max(MOSAIC_MIN_ZOOM, min(s["minzoom"] for s in searches.values()))
     if layer.get("count", len(parcels)) != len(parcels):
         raise RuntimeError(f"setup: parcel layer {PARCEL_LAYER} holds {layer}")
     return Setup(

@@ -100,6 +100,7 @@ def test_presets_are_stored_and_listed(world):
                 "color_formula",
                 "nodata",
                 "resampling",
+                "cloud_mask",
             ]
         ),
         **PRESETS["nir"],

@@ -29,7 +29,7 @@ from tileserver.catalog.search import SearchQuery
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.ingest.imports import ImportRequest, run_import
 from tileserver.opener import Confinement, confined, reading
-from tileserver.search_pyramid import PyramidFile
+from tileserver.search_pyramid import MAX_BUILDERS, PyramidFile
 
 FRAME = 8
 
@@ -353,3 +353,25 @@ def test_two_workers_on_pgstac_build_once_serve_both_and_update(tmp_path, pgstac
     finally:
         for store in stores:
             store.close()
+
+
+def test_builds_are_queued_beyond_the_builder_bound_and_run_when_asked_again(pyramid_app):
+    """Registering is cheap, building is not: five searches registered at once run at most
+    MAX_BUILDERS builders; the others start when their state or tiles are asked for."""
+    client, app, _, _ = pyramid_app
+    pyramids = app.state.pyramids
+    # five bodies (five searches), each matching every scene
+    bodies = [{"collections": ["pyr"], "datetime": f"200{n}-01-01T00:00:00Z/.."} for n in range(5)]
+    searches = [client.post("/searches", json=body).json()["id"] for body in bodies]
+    alive = sum(t.is_alive() for t in pyramids._threads.values())
+    assert 1 <= alive <= MAX_BUILDERS
+    ready, deadline = set(), time.monotonic() + 300
+    while len(ready) < len(searches) and time.monotonic() < deadline:
+        for search in searches:  # what a viewer's retries do: each ask starts a queued build
+            if client.get(f"/searches/{search}").json()["low_zooms"]["state"] == "ready":
+                ready.add(search)
+        assert sum(t.is_alive() for t in pyramids._threads.values()) <= MAX_BUILDERS
+        pyramids.wait(timeout=5)
+    assert ready == set(searches)
+    for search in searches:
+        assert client.get(f"/searches/{search}").json()["low_zooms"]["images"] == GRID * GRID

@@ -161,7 +161,9 @@ def test_an_other_tenants_writes_and_searches_leave_my_mosaics_cached(tenants):
     for search_id in (own, readable):
         assert carol.get(f"/searches/{search_id}/tilejson.json").status_code == 200
     assert len(tenants.renders) == rendered  # both served from the tile cache
-    assert tenants.layer_keys() == warm  # and their first-image lookups from the layer cache
+    # and their first-image lookups from the layer cache (mallory's registrations add their
+    # own: each answer reports its search's pyramid)
+    assert warm <= tenants.layer_keys()
 
     # a write into a product a mosaic includes invalidates it: correctness first
     assert top(admin, everything) == 150  # the admin's mosaic includes a

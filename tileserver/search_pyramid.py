@@ -73,6 +73,9 @@ RETRY_AFTER = 5  # seconds, the Retry-After of a tile still building
 # a processing level no band defines: read_image then keeps the values as stored
 STORED = "\x00stored"
 MAX_IMAGES = 10000  # most images a pyramid includes (the catalog's page limit)
+# builders one process runs at once: registering a search is cheap, building its pyramid is
+# not, so a caller registering many searches queues builds instead of taking every core
+MAX_BUILDERS = 2
 SAFE_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 
 SCHEMA = """
@@ -271,6 +274,9 @@ class Pyramids:
             running = self._threads.get(pyramid.path)
             if running is not None and running.is_alive():
                 return
+            if sum(t.is_alive() for t in self._threads.values()) >= MAX_BUILDERS:
+                return  # queued: the next request that finds it behind starts it
+            self._threads = {k: t for k, t in self._threads.items() if t.is_alive()}
             context = contextvars.copy_context()  # the request's file confinement
             thread = threading.Thread(
                 target=context.run,
