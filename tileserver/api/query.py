@@ -44,9 +44,11 @@ from tileserver.api.chips import (
     RawParams,
     chip_file,
     chip_images,
+    chip_location,
     chip_window,
     gallery,
     gallery_params,
+    parcel_location,
     parse_date,
     raw_chips,
     raw_params,
@@ -414,32 +416,6 @@ def parcel_time_series(
 # --- chips -----------------------------------------------------------------------------
 
 
-def location(
-    store: CatalogStore, lon: float, lat: float, start_date: str, end_date: str, product, plevel
-) -> ChipLocation:
-    """A chip location from the CbM parameters."""
-    start, end, found = chip_window(store, start_date, end_date, product, plevel)
-    return ChipLocation(lon, lat, start, end, found, plevel)
-
-
-def parcel_location(
-    store: CatalogStore,
-    parcels: ParcelStore,
-    layer: str,
-    pid: str,
-    start_date: str,
-    end_date: str,
-    product,
-    plevel,
-) -> ChipLocation:
-    """Chips of a parcel: at its centroid, its outline drawn on gallery chips."""
-    parcel = parcels.get(layer, pid, geometry=True)
-    where = location(
-        store, parcel.centroid_lon, parcel.centroid_lat, start_date, end_date, product, plevel
-    )
-    return ChipLocation(**{**where.__dict__, "outline": parcel.geometry})
-
-
 def jrc_gallery(
     request: Request,
     store: CatalogStore,
@@ -477,7 +453,7 @@ def chips_by_location(
     product: ProductQuery = None,
 ) -> Response:
     """An HTML table of 128 x 128 3-band chips centred on lon/lat, one per date."""
-    where = location(store, lon, lat, start_date, end_date, product, plevel)
+    where = chip_location(store, lon, lat, start_date, end_date, product, plevel)
     title = f"Chips of {where.product.id}"
     return jrc_gallery(request, store, settings, chips, where, bands, lut, title)
 
@@ -599,7 +575,7 @@ def raw_chip_by_location(
 ) -> dict:
     """Full-resolution single-band GeoTIFF chips centred on lon/lat, one per date:
     `{"dates": ["YYYYmmddTHHMMSS", ...], "chips": ["/query/chips/..._B04.tif", ...]}`."""
-    where = location(store, lon, lat, start_date, end_date, product, plevel)
+    where = chip_location(store, lon, lat, start_date, end_date, product, plevel)
     return raw_answer(request, store, settings, chips, where, band, chipsize)
 
 
