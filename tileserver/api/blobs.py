@@ -11,7 +11,6 @@ request deadline buffers or cuts (`DATA_PATH`): counted against TILESERVER_MAX_B
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import datetime
 from typing import Annotated
@@ -22,7 +21,7 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
-from tileserver.api.deps import KnownQuery, PrincipalDep, bad_request
+from tileserver.api.deps import KnownQuery, PrincipalDep, bad_request, receive_body
 from tileserver.blobs import BlobError, BlobFiles, TooLarge
 from tileserver.catalog.blobs import (
     MAX_PAGE,
@@ -123,14 +122,8 @@ async def put_blob_data(blob_id: str, request: Request, principal: PrincipalDep)
     if length is not None and length > files.max_bytes:
         raise HTTPException(413, files.too_large())
     receiver = await anyio.to_thread.run_sync(files.receiver, blob)
-    chunks = request.stream()
     try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(anext(chunks), IDLE_SECONDS)
-            except StopAsyncIteration:
-                break
-            await anyio.to_thread.run_sync(receiver.write, chunk)
+        await receive_body(request, receiver.write, IDLE_SECONDS)
     except TooLarge as exc:
         raise HTTPException(413, str(exc)) from None
     except TimeoutError:

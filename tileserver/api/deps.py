@@ -6,12 +6,14 @@ its thread pool, and two thread hand-offs per dependency cost more than a cached
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlencode
 
+import anyio.to_thread
 import morecantile
 from fastapi import Depends, HTTPException, Query, Request
 from morecantile import TileMatrixSet
@@ -130,6 +132,21 @@ async def get_settings(request: Request) -> Settings:
 def bad_request(message: str) -> HTTPException:
     """A 400 whose detail names the problem."""
     return HTTPException(status_code=400, detail=message)
+
+
+async def receive_body(request: Request, write, idle_seconds: float) -> None:
+    """Hand a streamed body (uploads, blobs) to `write` chunk by chunk, in a worker thread.
+
+    TimeoutError when no chunk comes for `idle_seconds`; ClientDisconnect when the client
+    goes; `write`'s own errors pass through. The caller decides what each costs its receiver.
+    """
+    chunks = request.stream()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(chunks), idle_seconds)
+        except StopAsyncIteration:
+            return
+        await anyio.to_thread.run_sync(write, chunk)
 
 
 async def render_params(

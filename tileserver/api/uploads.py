@@ -12,7 +12,6 @@ there.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from typing import Annotated
 
@@ -21,7 +20,7 @@ from fastapi import APIRouter, Body, HTTPException, Query, Request
 from pydantic import BaseModel
 from starlette.requests import ClientDisconnect
 
-from tileserver.api.deps import PrincipalDep, StoreDep
+from tileserver.api.deps import PrincipalDep, StoreDep, receive_body
 from tileserver.catalog.access import ScopedStore
 from tileserver.catalog.store import NotFound
 from tileserver.uploads import Upload, UploadError, UploadRequest, Uploads
@@ -105,14 +104,8 @@ async def upload_data(upload_id: str, request: Request, principal: PrincipalDep)
     uploads = uploads_of(request)
     upload = visible(request, principal, upload_id)
     receiver = uploads.start_receiving(upload)
-    chunks = request.stream()
     try:
-        while True:
-            try:
-                chunk = await asyncio.wait_for(anext(chunks), IDLE_SECONDS)
-            except StopAsyncIteration:
-                break
-            await anyio.to_thread.run_sync(receiver.write, chunk)
+        await receive_body(request, receiver.write, IDLE_SECONDS)
     except UploadError as exc:
         raise HTTPException(413, str(exc)) from None
     except TimeoutError:
