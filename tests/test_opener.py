@@ -322,3 +322,30 @@ def test_our_vrts_take_zip_members_exactly_as_direct_opens_do(rules, tmp_path):
             numpy.testing.assert_array_equal(through_vrt, direct)
         outcomes.append(direct is not None)
     assert outcomes == [True, True] + [False] * 7
+
+
+def test_gdal_environments_build_no_boto3_session_when_aws_keys_are_set(monkeypatch):
+    """rasterio would make a boto3 session for every environment (and so every warp call of
+    every tile read) when boto3 is importable and AWS keys are set; the server leaves the
+    keys to GDAL (opener.leave_credentials_to_gdal)."""
+    import boto3  # installed with the test extras: the case this guards
+    import rasterio
+    from rasterio.session import DummySession
+    from rasterio.warp import calculate_default_transform
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "tileserver-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+    made = []
+    original = boto3.Session.__init__
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.Session, "__init__", counting)
+    with rasterio.Env() as env:
+        assert isinstance(env.session, DummySession)
+    calculate_default_transform(
+        "EPSG:32633", "EPSG:3857", 100, 100, left=5e5, bottom=5e6, right=501000, top=5001000
+    )
+    assert made == []

@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 import rasterio
 import rasterio._base
+import rasterio.session
 from cachetools import TTLCache
 from defusedxml import ElementTree
 from rasterio.errors import RasterioIOError
@@ -483,6 +484,23 @@ def _gdal():
     library.VSIGetLastErrorMsg.restype = ctypes.c_char_p
     return identify, short_name, library
 
+
+def leave_credentials_to_gdal() -> None:
+    """Stop rasterio from building a boto3 session for every GDAL environment it enters.
+
+    When boto3 is importable and AWS keys are in the environment, rasterio makes a boto3
+    session (~8 ms of CPU holding the interpreter lock) for each `rasterio.Env()`, and so
+    for each warp or features call (rio-tiler's reads make several per file per tile), only
+    to copy the same keys into GDAL's options. That was half the CPU of a remote mosaic tile
+    (bench/README.md, "Remote"). GDAL reads the keys, profiles and instance roles itself,
+    and the opener hands rasterio `/vsis3/` paths, never `s3://` URLs, so nothing else needs
+    that session; without boto3, rasterio uses the dummy session it uses here after this.
+    """
+    if getattr(rasterio.session, "boto3", None) is not None:
+        rasterio.session.boto3 = None
+
+
+leave_credentials_to_gdal()
 
 VSI_STAT_EXISTS_FLAG, VSI_STAT_SET_ERROR_FLAG = 0x1, 0x8
 
