@@ -196,11 +196,28 @@ def composite(
     workers = max(1, threads if remote else min(threads, os.cpu_count() or 1))
 
     def next_batch() -> list[Layer]:
-        """`first`: the top image alone, then images not hidden under painted pixels."""
+        """`first`: at the start, the images whose footprints reach pixels the footprints
+        above them leave open (a tile inside the top image's footprint reads it alone; one
+        on an edge reads the images that fill it at once, not one round trip after
+        another); then images not hidden under painted pixels."""
         if not first:
             return [pending.pop(0) for _ in range(min(workers, len(pending)))]
-        if method.mosaic is None or footprint is None:
+        if footprint is None:
             return [pending.pop(0)]
+        if method.mosaic is None:
+            covered = cutline.copy() if cutline is not None else None
+            batch = []
+            while pending and len(batch) < workers:
+                touched = footprint(pending[0][0].geometry)
+                if covered is None:
+                    covered = numpy.zeros_like(touched)
+                elif batch and covered[touched].all():
+                    break  # under the batch's footprints: read later if their pixels leave holes
+                batch.append(pending.pop(0))
+                covered |= touched
+                if covered.all():
+                    break
+            return batch
         painted = ~numpy.ma.getmaskarray(method.mosaic)[0]
         if cutline is not None:
             painted |= cutline
