@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 import rasterio
 import rasterio._base
+import rasterio.env
 import rasterio.session
 from cachetools import TTLCache
 from defusedxml import ElementTree
@@ -501,6 +502,19 @@ def leave_credentials_to_gdal() -> None:
 
 
 leave_credentials_to_gdal()
+
+
+def thread_gdal_env() -> None:
+    """Give the calling thread a rasterio environment for the rest of its life, if it has none.
+
+    Outside one, each rasterio warp or features call (rio-tiler's reads make several per
+    file per tile) starts and stops a whole GDAL environment, looking for GDAL's and PROJ's
+    data files on disk each time: 7 % of a loaded remote mosaic worker's samples. The
+    environment is the default one those calls would start; environments entered later in
+    the thread nest inside it and restore it when they exit.
+    """
+    if not rasterio.env.hasenv():
+        rasterio.Env.from_defaults().__enter__()
 
 VSI_STAT_EXISTS_FLAG, VSI_STAT_SET_ERROR_FLAG = 0x1, 0x8
 

@@ -22,7 +22,7 @@ import rasterio._base
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 
-from tileserver.opener import Reach, open_raster
+from tileserver.opener import Reach, open_raster, thread_gdal_env
 
 DEFAULT_MAX_IDLE = 64  # idle datasets per process (TILESERVER_OPEN_DATASETS)
 
@@ -114,6 +114,7 @@ class DatasetPool:
         exceptions (a tile outside the image) keep it.
         """
         allowed.check(href)
+        thread_gdal_env()  # for the warp calls rio-tiler makes with the dataset
         key = file_version(href, version)
         dataset = self._take(key)
         if dataset is None:

@@ -18,6 +18,8 @@ from rasterio.transform import array_bounds, from_bounds
 from rasterio.warp import transform as transform_points
 from rasterio.warp import transform_geom
 
+from tileserver.opener import thread_gdal_env
+
 WGS84 = CRS.from_epsg(4326)
 
 
@@ -76,6 +78,7 @@ class Grid:
     def footprint_pixels(self, geometry: dict) -> numpy.ndarray:
         """True on the grid pixels a footprint (WGS84 GeoJSON) touches: a `first` mosaic
         skips images whose footprint falls only on painted pixels."""
+        thread_gdal_env()
         projected = transform_geom(WGS84, self.crs, geometry)
         return rasterize(
             [(projected, 1)],
