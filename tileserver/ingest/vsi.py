@@ -133,6 +133,10 @@ GDAL_DEFAULTS = {
     "GDAL_HTTP_RETRY_DELAY": "0.5",
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": "5000000",
+    # remote ranges already downloaded, kept per process for every handle of a file (GDAL's
+    # default 16 MB holds the blocks of about 8 tiles of a 4-band COG; warm tiles fetched
+    # them again, bench/README.md "Remote")
+    "CPL_VSIL_CURL_CACHE_SIZE": str(128 * 1024 * 1024),
 }
 
 
