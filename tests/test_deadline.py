@@ -342,7 +342,9 @@ def mean_mosaic_url(client, base: str = "") -> str:
 def test_a_slow_request_ends_at_its_deadline_and_its_work_stops(
     demo_dir, demo_store, tmp_path, slow_reads
 ):
-    settings = make_settings(demo_dir, request_timeout=1.0, reader_threads=1)
+    settings = make_settings(
+        demo_dir, request_timeout=1.0, reader_threads=1, mosaic_pyramid=False
+    )  # the pyramid builder would read the images too, on its own thread
     with TestClient(create_app(settings, store=demo_store)) as client:
         url = mean_mosaic_url(client)
         started = time.monotonic()
@@ -358,7 +360,9 @@ def test_a_slow_request_ends_at_its_deadline_and_its_work_stops(
 
 
 def test_a_client_that_disconnects_stops_the_work(demo_dir, demo_store, slow_reads):
-    settings = make_settings(demo_dir, request_timeout=30, reader_threads=1)
+    settings = make_settings(
+        demo_dir, request_timeout=30, reader_threads=1, mosaic_pyramid=False
+    )  # the pyramid builder would read the images too, on its own thread
     with LiveServer(create_app(settings, store=demo_store)) as server:
         url = mean_mosaic_url(httpx.Client(), server.url)
         with pytest.raises(httpx.ReadTimeout):

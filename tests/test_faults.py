@@ -40,7 +40,8 @@ from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.catalog.store import NotFound
 from tileserver.ingest import vsi
 from tileserver.ingest.imports import ImportRequest, run_import
-from tileserver.render.datasets import DATASETS, forget_cached
+from tileserver.opener import forget_cached
+from tileserver.render.datasets import DATASETS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -483,7 +483,23 @@ def _gdal():
     stat.restype = ctypes.c_int
     library.VSIErrorReset.restype = None
     library.VSIGetLastErrorMsg.restype = ctypes.c_char_p
+    library.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
+    library.VSICurlPartialClearCache.restype = None
     return identify, short_name, library
+
+
+def forget_cached(prefix: str) -> None:
+    """Make GDAL ask the bucket again about the files under `prefix` (a /vsis3/... path).
+
+    GDAL keeps what it learnt of a remote file for the life of the process, failures
+    included: a file it could not reach while the bucket was down stays "does not exist"
+    after the bucket is back, until this is called.
+    """
+    if not prefix.startswith("/vsi") or prefix.startswith("/vsimem"):
+        return
+    _, _, library = _gdal()
+    with rasterio.Env():  # GDAL's complaints go to logging, not stderr
+        library.VSICurlPartialClearCache(prefix.encode())
 
 
 def leave_credentials_to_gdal() -> None:
@@ -516,6 +532,7 @@ def thread_gdal_env() -> None:
     if not rasterio.env.hasenv():
         rasterio.Env.from_defaults().__enter__()
 
+
 VSI_STAT_EXISTS_FLAG, VSI_STAT_SET_ERROR_FLAG = 0x1, 0x8
 
 
@@ -535,12 +552,23 @@ def storage_problem(path: str) -> str | None:
     missing): a bucket that is down is not a file that is not a raster."""
     _, _, library = _gdal()
     buffer = ctypes.create_string_buffer(512)  # larger than any VSIStatBufL
-    with rasterio.Env():
-        library.VSIErrorReset()
-        flags = VSI_STAT_EXISTS_FLAG | VSI_STAT_SET_ERROR_FLAG
-        missing = library.VSIStatExL(path.encode(), buffer, flags) != 0
-        said = (library.VSIGetLastErrorMsg() or b"").decode("utf-8", "replace")
-        library.VSIErrorReset()
+
+    def look() -> tuple[bool, str]:
+        with rasterio.Env():
+            library.VSIErrorReset()
+            flags = VSI_STAT_EXISTS_FLAG | VSI_STAT_SET_ERROR_FLAG
+            missing = library.VSIStatExL(path.encode(), buffer, flags) != 0
+            said = (library.VSIGetLastErrorMsg() or b"").decode("utf-8", "replace")
+            library.VSIErrorReset()
+        return missing, said
+
+    missing, said = look()
+    if missing and not said:
+        # GDAL answers "absent" without asking when an earlier look failed, an outage's
+        # included (a read that is not the dataset pool's, which forgets its own failures):
+        # ask the store itself once more before calling the file missing
+        forget_cached(path)
+        missing, said = look()
     return said if missing and said else None
 
 

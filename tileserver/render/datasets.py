@@ -22,7 +22,7 @@ import rasterio._base
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 
-from tileserver.opener import Reach, open_raster, thread_gdal_env
+from tileserver.opener import Reach, forget_cached, open_raster, thread_gdal_env
 
 DEFAULT_MAX_IDLE = 64  # idle datasets per process (TILESERVER_OPEN_DATASETS)
 
@@ -55,21 +55,6 @@ def gdal_function(name: str, *argtypes):
     function.argtypes = list(argtypes)
     function.restype = None
     return function
-
-
-def forget_cached(prefix: str) -> None:
-    """Make GDAL ask the bucket again about the files under `prefix` (a /vsis3/... path).
-
-    GDAL keeps what it learnt of a remote file for the life of the process, failures
-    included: a file it could not reach while the bucket was down stays "does not exist"
-    after the bucket is back, until this is called.
-    """
-    if not prefix.startswith("/vsi") or prefix.startswith("/vsimem"):
-        return
-    clear = gdal_function("VSICurlPartialClearCache", ctypes.c_char_p)
-    if clear is not None:
-        with rasterio.Env():  # GDAL's complaints go to logging, not stderr
-            clear(prefix.encode())
 
 
 def reset_gdal_errors() -> None:
