@@ -470,7 +470,8 @@ GDAL_OF_RASTER = 0x02
 @functools.cache
 def _gdal():
     """The GDAL functions rasterio does not bind, from the GDAL it runs on: driver
-    identification, a driver's name, and the thread's last error."""
+    identification, a driver's name, the thread's last error, and forgetting what the
+    remote file systems cached."""
     library = ctypes.CDLL(rasterio._base.__file__)
     identify = library.GDALIdentifyDriverEx
     identify.argtypes = [ctypes.c_char_p, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
@@ -485,6 +486,7 @@ def _gdal():
     library.VSIGetLastErrorMsg.restype = ctypes.c_char_p
     library.VSICurlPartialClearCache.argtypes = [ctypes.c_char_p]
     library.VSICurlPartialClearCache.restype = None
+    library.CPLErrorReset.restype = None
     return identify, short_name, library
 
 
@@ -500,6 +502,17 @@ def forget_cached(prefix: str) -> None:
     _, _, library = _gdal()
     with rasterio.Env():  # GDAL's complaints go to logging, not stderr
         library.VSICurlPartialClearCache(prefix.encode())
+
+
+def reset_gdal_errors() -> None:
+    """Clear GDAL's last error in this thread.
+
+    A failed tile read (rasterio 1.4) leaves its error set in the thread, and the next
+    tile read on an already open dataset in that thread raises it: a read of another,
+    healthy file would fail with the broken file's message (a 500).
+    """
+    _, _, library = _gdal()
+    library.CPLErrorReset()
 
 
 def leave_credentials_to_gdal() -> None:

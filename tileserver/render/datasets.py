@@ -9,20 +9,22 @@ threads at once, so the pool lends each dataset to one caller and takes it back 
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import rasterio
-import rasterio._base
 from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader
 
-from tileserver.opener import Reach, forget_cached, open_raster, thread_gdal_env
+from tileserver.opener import (
+    Reach,
+    forget_cached,
+    open_raster,
+    reset_gdal_errors,
+    thread_gdal_env,
+)
 
 DEFAULT_MAX_IDLE = 64  # idle datasets per process (TILESERVER_OPEN_DATASETS)
 
@@ -40,33 +42,6 @@ def file_version(href: str, version: str) -> tuple[str, ...]:
     except OSError:
         return (href, version)  # the open reports the problem
     return (href, version, str(stat.st_size), str(stat.st_mtime_ns))
-
-
-@functools.cache
-def gdal_function(name: str, *argtypes):
-    """A GDAL C function rasterio does not bind, from the GDAL rasterio runs on (or None).
-
-    The handle of rasterio's extension module resolves the symbols of its GDAL library.
-    """
-    try:
-        function = getattr(ctypes.CDLL(rasterio._base.__file__), name)
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = list(argtypes)
-    function.restype = None
-    return function
-
-
-def reset_gdal_errors() -> None:
-    """Clear GDAL's last error in this thread.
-
-    A failed tile read (rasterio 1.4) leaves its error set in the thread, and the next
-    tile read on an already open dataset in that thread raises it: a read of another,
-    healthy file would fail with the broken file's message (a 500).
-    """
-    reset = gdal_function("CPLErrorReset")
-    if reset is not None:
-        reset()
 
 
 def open_dataset(href: str, allowed: Reach) -> DatasetReader:
