@@ -24,7 +24,8 @@ from tests.conftest import DEMO_IMAGE
 PACKAGE = Path(tileserver.__file__).parent
 ARCHITECTURE = PACKAGE.parent / "docs" / "ARCHITECTURE.md"
 # Every request passes these (app.py's middleware and the key ring it consults); they are
-# not part of any one route's flow.
+# not part of any one route's flow. Rendering code marks its stages (`metrics.timed`) in
+# the recorder `metrics.RequestMetrics` keeps for each request, as it logs in `logs.py`.
 MIDDLEWARE = {
     "api/auth.py",
     "api/confine.py",
@@ -32,6 +33,7 @@ MIDDLEWARE = {
     "deadline.py",
     "limits.py",
     "logs.py",
+    "metrics.py",
 }
 # SQLite registers its CQL2 functions once per new connection (one per server thread); a
 # request on a thread the pool just made runs it.

@@ -16,7 +16,7 @@ from tests.test_tiles import PRODUCT, register
 from tileserver.app import create_app
 from tileserver.catalog.keys import new_key
 from tileserver.catalog.sqlite import SQLiteStore
-from tileserver.timings import Timings, recording, timed
+from tileserver.metrics import Timings, recording, timed
 
 Z, X, Y = TILE.z, TILE.x, TILE.y
 TOKEN = "metrics-token-0123456789"

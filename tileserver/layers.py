@@ -24,6 +24,7 @@ from tileserver.catalog.access import scope_of
 from tileserver.catalog.models import Image, Product, safe_name
 from tileserver.catalog.search import SearchQuery, SortBy, TileLookup
 from tileserver.catalog.store import CatalogStore, NotFound
+from tileserver.metrics import timed
 from tileserver.render.download import (
     GridRequest,
     Plan,
@@ -44,7 +45,6 @@ from tileserver.render.mosaic import Layer, mosaic_bands, mosaic_tile
 from tileserver.render.pipeline import RenderParams, cloud_read, render_image, request_bands
 from tileserver.render.reader import read_bands, tile_reader, zoom_range
 from tileserver.settings import Settings
-from tileserver.timings import timed
 
 if TYPE_CHECKING:
     from tileserver.search_pyramid import Pyramids

@@ -6,8 +6,16 @@ them all or run one worker per container). Labels are bounded: a route is its te
 matched is `unmatched`.
 
 `RequestMetrics` is the outermost ASGI middleware: it times every request, records a
-`timings.Timings` for it (the tile path marks its stages), and logs one JSON line per
-request on the `tileserver.requests` logger (through logs.RedactSecrets like every line).
+`Timings` for it, and logs one JSON line per request on the `tileserver.requests` logger
+(through logs.RedactSecrets like every line). Code that renders marks its stages with
+`timed("read")` and never needs the request; the middleware turns the stages of a
+rendered answer into its `Server-Timing` header (as titiler) and the stage histogram.
+
+A recorder lives in a context variable set per request (`recording`). Context variables
+follow the request into its worker threads (`opener.ContextPool` copies them), so reads
+of several files on several threads land in the same recorder. A stage counts wall-clock
+time while at least one thread is in it: four band reads overlapping for 40 ms are 40 ms
+of `read`, not 160.
 """
 
 from __future__ import annotations
@@ -18,16 +26,93 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tileserver.logs import scrub
-from tileserver.timings import STAGES, Timings, recording
 
 request_log = logging.getLogger("tileserver.requests")
+
+# Where a request's time went
+
+STAGES = ("catalog", "read", "render", "encode")  # a tile's stages, in the header's order
+
+
+class Timings:
+    """Milliseconds per stage of one request; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[str, tuple[int, float]] = {}  # stage -> (threads in it, since)
+        self.seconds: dict[str, float] = {}
+
+    def enter(self, stage: str) -> None:
+        """A thread starts `stage`; the clock runs from the first."""
+        now = time.perf_counter()
+        with self._lock:
+            count, since = self._active.get(stage, (0, now))
+            self._active[stage] = (count + 1, since if count else now)
+
+    def leave(self, stage: str) -> None:
+        """A thread ends `stage`; the time counts when the last one leaves."""
+        now = time.perf_counter()
+        with self._lock:
+            count, since = self._active[stage]
+            if count > 1:
+                self._active[stage] = (count - 1, since)
+                return
+            del self._active[stage]
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + now - since
+
+    def milliseconds(self) -> dict[str, float]:
+        """Finished stages in milliseconds, rounded to 0.01 ms."""
+        with self._lock:
+            return {stage: round(s * 1000, 2) for stage, s in self.seconds.items()}
+
+    def header(self) -> str:
+        """The `Server-Timing` value: `catalog;dur=1.2, read;dur=40.5, ...`."""
+        ms = self.milliseconds()
+        order = [s for s in STAGES if s in ms] + sorted(set(ms) - set(STAGES))
+        return ", ".join(f"{stage};dur={ms[stage]}" for stage in order)
+
+
+_CURRENT: ContextVar[Timings | None] = ContextVar("tileserver_timings", default=None)
+
+
+def current() -> Timings | None:
+    """The recorder of the request this code runs for (None outside a request)."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def recording(timings: Timings | None = None) -> Iterator[Timings]:
+    """Record the stages of the code inside (and of the threads it starts) in `timings`."""
+    timings = timings or Timings()
+    token = _CURRENT.set(timings)
+    try:
+        yield timings
+    finally:
+        _CURRENT.reset(token)
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Count the time inside as `stage` of the current request; nothing outside one."""
+    timings = _CURRENT.get()
+    if timings is None:
+        yield
+        return
+    timings.enter(stage)
+    try:
+        yield
+    finally:
+        timings.leave(stage)
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -40,7 +125,7 @@ LATENCY = Histogram(
 )
 STAGE_TIME = Histogram(
     "tileserver_tile_stage_seconds",
-    "time of each stage of rendered tiles (catalog, read, render, encode)",
+    "time of each stage of rendered answers (catalog, read, render, encode)",
     ["stage"],
     buckets=LATENCY_BUCKETS,
 )
@@ -58,13 +143,6 @@ IMPORTS = Counter(
 IMPORT_REQUESTS = Counter(
     "tileserver_imports", "POST /imports requests by outcome (done, refused)", ["outcome"]
 )
-
-
-def observe_stages(timings: Timings) -> None:
-    """Feed a rendered tile's stage times to the stage histogram."""
-    for stage, seconds in timings.seconds.items():
-        if stage in STAGES:
-            STAGE_TIME.labels(stage).observe(seconds)
 
 
 # GDAL's own count of its HTTP requests and bytes (/vsis3/, /vsicurl/, ...)
@@ -213,6 +291,17 @@ def route_of(scope: dict) -> str:
     return path if isinstance(path, str) else "unmatched"
 
 
+def timed_answer(start: dict, timings: Timings) -> bool:
+    """Give a successful answer that rendered (a stage was timed) its `Server-Timing`
+    header, unless the route set one (a cache hit: `cache;desc=hit`); True when it did."""
+    headers = start.setdefault("headers", [])
+    named = any(name.lower() == b"server-timing" for name, _ in headers)
+    if named or not timings.seconds or not 200 <= start["status"] < 300:
+        return False
+    headers.append((b"server-timing", timings.header().encode("latin-1")))
+    return True
+
+
 class RequestMetrics:
     """ASGI middleware: per-request metrics, a `Timings` recorder and a JSON log line."""
 
@@ -226,16 +315,22 @@ class RequestMetrics:
             return
         start = time.perf_counter()
         status = [500]  # an exception before any answer is a 500 to the client
+        rendered = [False]
 
         async def sending(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                rendered[0] = timed_answer(message, timings)
             await send(message)
 
         with recording() as timings:
             try:
                 await self.app(scope, receive, sending)
             finally:
+                if rendered[0]:
+                    for stage, seconds in timings.seconds.items():
+                        if stage in STAGES:
+                            STAGE_TIME.labels(stage).observe(seconds)
                 self.finish(scope, status[0], time.perf_counter() - start, timings)
 
     def finish(self, scope: dict, status: int, seconds: float, timings: Timings) -> None:

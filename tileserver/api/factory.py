@@ -38,9 +38,8 @@ from tileserver.api.templates import render_template, root_path, viewer_context
 from tileserver.api.values import register_pictures, register_values
 from tileserver.cache import Cache, CachedTile, make_etag
 from tileserver.layers import ImageLayer, SearchLayer, Zooms
-from tileserver.metrics import MOSAIC_IMAGES, TILE_CACHE, observe_stages
+from tileserver.metrics import MOSAIC_IMAGES, TILE_CACHE, timed
 from tileserver.render.encode import ImageFormat, encode_image
-from tileserver.timings import current, timed
 
 IMAGES_HEADER = "X-Mosaic-Images"
 CAP_HEADER = "X-Mosaic-Cap-Reached"
@@ -101,7 +100,7 @@ async def tile_response(
     cache: Cache = request.app.state.cache
     entry = await run_in_threadpool(cache.get, key) if cache.remote else cache.get(key)
     TILE_CACHE.labels("miss" if entry is None else "hit").inc()
-    timing = {"Server-Timing": "cache;desc=hit"}
+    timing = {"Server-Timing": "cache;desc=hit"}  # a render's: metrics.RequestMetrics
     if entry is None:
 
         def render_and_keep() -> CachedTile:
@@ -111,9 +110,7 @@ async def tile_response(
             return made
 
         entry = await run_in_threadpool(render_and_keep)
-        if (timings := current()) is not None:  # the request's stages (metrics.RequestMetrics)
-            observe_stages(timings)
-            timing = {"Server-Timing": timings.header()}
+        timing = {}
     headers = {**entry.headers, **timing, "ETag": entry.etag, "Cache-Control": cache_control}
     if entry.etag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)

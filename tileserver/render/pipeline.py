@@ -19,6 +19,7 @@ from rio_tiler.models import ImageData
 
 from tileserver.catalog.models import Band, BandStatistics, Product
 from tileserver.limits import parenthesis_depth
+from tileserver.metrics import timed
 from tileserver.render.colors import apply_color_formula
 from tileserver.render.errors import RenderError, UnknownBand
 from tileserver.render.reader import resolve_bands
@@ -31,7 +32,6 @@ from tileserver.scaling_rules import (
     multiproduct_scaling_parameters,
     scaling_parameters,
 )
-from tileserver.timings import timed
 
 # The band an expression produces: a float whose ranges suit normalized differences
 # such as NDVI; `scaling=lo,hi` adapts it to anything else.
