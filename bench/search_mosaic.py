@@ -1100,8 +1100,7 @@ def run_single_image(folder: Path, size: int) -> dict:
     cold tiles (no file kept open) at every zoom 0..max, in process, one client."""
     from tileserver.ingest.imports import ImportRequest, run_import
     from tileserver.layers import ImageLayer
-    from tileserver.opener import Confinement, confined, reading
-    from tileserver.render.datasets import DATASETS
+    from tileserver.opener import DATASETS, Confinement, confined, reading
     from tileserver.render.pipeline import RenderParams
     from tileserver.render.reader import zoom_range
 

@@ -42,10 +42,10 @@ from tileserver.catalog.models import ImageFile
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.ingest import vsi
 from tileserver.layers import ImageLayer
+from tileserver.opener import ContextPool
 from tileserver.render.encode import ImageFormat, encode_image
 from tileserver.render.pipeline import RenderParams
 from tileserver.render.reader import image_reader, read_tile
-from tileserver.threads import ContextPool
 
 WEB = tms_registry.get("WebMercatorQuad")
 ROOT = Path(__file__).resolve().parent.parent

@@ -40,8 +40,7 @@ from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.catalog.store import NotFound
 from tileserver.ingest import vsi
 from tileserver.ingest.imports import ImportRequest, run_import
-from tileserver.opener import forget_cached
-from tileserver.render.datasets import DATASETS
+from tileserver.opener import DATASETS, forget_cached
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -26,8 +26,7 @@ from tileserver import pyramids
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.cli import cli
 from tileserver.ingest.imports import ImportRequest, run_import
-from tileserver.opener import Confinement, confined, reading
-from tileserver.render.datasets import DATASETS
+from tileserver.opener import DATASETS, Confinement, confined, reading
 from tileserver.render.reader import read_bands, tile_reader, zoom_range
 
 WEB = tms_registry.get("WebMercatorQuad")

@@ -12,7 +12,7 @@ import rasterio
 from rasterio.io import MemoryFile
 
 from tests.synthetic import TILE, gradient, write
-from tileserver.render.datasets import DATASETS
+from tileserver.opener import DATASETS
 
 Z, X, Y = TILE.z, TILE.x, TILE.y
 PRODUCT = {

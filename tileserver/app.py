@@ -48,8 +48,7 @@ from tileserver.layers import LayerCache
 from tileserver.limits import BodyLimit
 from tileserver.memory import limit_arenas, trim_every
 from tileserver.metrics import REMOTE, RequestMetrics, fold_every
-from tileserver.opener import Refused, confinement_of
-from tileserver.render.datasets import DATASETS
+from tileserver.opener import DATASETS, Refused, confinement_of
 from tileserver.render.download import OutsideError, TooLarge
 from tileserver.render.errors import ImageNotReadable, RenderError, gdal_reason
 from tileserver.render.mosaic import EmptyTile

@@ -2,7 +2,7 @@
 
 A request's `Deadline` lives in a context variable set by `DeadlineMiddleware`; it reaches
 the threads that do the work because Starlette's `run_in_threadpool` and every pool of the
-server (threads.ContextPool) run their tasks in a copy of the request's context, and the
+server (opener.ContextPool) run their tasks in a copy of the request's context, and the
 copies share the one Deadline object. Blocking code cannot be interrupted from outside, so
 it calls `check()` between units of work (a file read, an image of a mosaic, a chip, a
 download window, a parcel): past the deadline, or once the client has gone, `check()`

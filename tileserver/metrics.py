@@ -210,7 +210,7 @@ class ServerCollector(Collector):
 
     def collect(self) -> Iterable:
         """The pool's idle and opened datasets, remote requests and bytes."""
-        from tileserver.render.datasets import DATASETS
+        from tileserver.opener import DATASETS
 
         idle = GaugeMetricFamily(
             "tileserver_open_datasets", "open datasets waiting in the pool for a request"

@@ -51,6 +51,7 @@ from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.models import Band, Image, Product
 from tileserver.catalog.store import CatalogStore
 from tileserver.deadline import check
+from tileserver.opener import ContextPool
 from tileserver.render.download import grid_reader, image_grid, inside_pixels
 from tileserver.render.errors import RenderError
 from tileserver.render.grid import WGS84, Grid
@@ -67,7 +68,6 @@ from tileserver.render.pipeline import (
 from tileserver.render.reader import read_bands, resolve_bands
 from tileserver.render.statistics import StatisticsOptions, band_statistics
 from tileserver.render.zonal import MAX_ZONE_PIXELS, grid_window
-from tileserver.threads import ContextPool
 from tileserver.values import evaluate_expression
 
 SERIES_PERCENTILES = (25, 50, 75)

@@ -41,6 +41,7 @@ from tileserver.catalog.models import Band, Image, Product
 from tileserver.catalog.store import CatalogStore, NotFound
 from tileserver.chipcache import ChipStore, FolderChips, chip_dir
 from tileserver.deadline import check
+from tileserver.opener import ContextPool
 from tileserver.render.chips import (
     Lut,
     band_grid,
@@ -57,7 +58,6 @@ from tileserver.render.errors import RenderError
 from tileserver.render.grid import Grid
 from tileserver.render.reader import resolve_bands
 from tileserver.settings import Settings
-from tileserver.threads import ContextPool
 
 router = APIRouter(tags=["chips"], dependencies=[KnownQuery])
 

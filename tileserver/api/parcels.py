@@ -40,12 +40,12 @@ from tileserver.catalog.models import NAME_PATTERN, Band, Image, Product, safe_n
 from tileserver.catalog.parcels import NO_PARCELS, Parcel, ParcelLayer, ParcelStore
 from tileserver.catalog.store import CatalogStore
 from tileserver.deadline import check
+from tileserver.opener import ContextPool
 from tileserver.render.plot import series_png
 from tileserver.render.reader import resolve_bands
 from tileserver.render.statistics import MAX_PERCENTILES
 from tileserver.render.zonal import CLOUDY_CLASSES, PERCENTILES, Zone, is_scl, read_zone
 from tileserver.settings import Settings
-from tileserver.threads import ContextPool
 from tileserver.timeseries import Area, Series, SeriesRequest, series, series_request
 from tileserver.timeseries import to_csv as series_csv
 

@@ -116,7 +116,7 @@ def _flag(name: str, default: bool) -> bool:
 # COGs). A block cache of 200 MB per process instead of 5 % of RAM keeps N workers'
 # memory bounded and flat; the rest makes remote reads fewer and larger. Not
 # GDAL_DISABLE_READDIR_ON_OPEN: it would hide external .ovr overviews of local GeoTIFFs,
-# and pooled datasets (render/datasets.py) open each file once anyway.
+# and pooled datasets (opener.py) open each file once anyway.
 # GDAL waits forever on a server that accepts a connection and never answers: the HTTP
 # timeouts bound every HTTP request (connect 5 s, whole request 10 s, one retry after 0.5 s on
 # 429/5xx and on timeouts), so a read of a dead server fails in about 20 s per request GDAL

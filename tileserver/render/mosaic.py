@@ -24,6 +24,7 @@ from rio_tiler.mosaic.methods import PixelSelectionMethod
 
 from tileserver import deadline
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, BandStatistics, Image, Product
+from tileserver.opener import ContextPool
 from tileserver.render.errors import RenderError
 from tileserver.render.grid import Grid
 from tileserver.render.pipeline import (
@@ -36,7 +37,6 @@ from tileserver.render.pipeline import (
 )
 from tileserver.render.reader import FileRead, read_bands, resolve_bands, tile_reader
 from tileserver.scaling_rules import ScalingError, common_data_type, level_steps
-from tileserver.threads import ContextPool
 
 PIXEL_SELECTIONS = tuple(m.name for m in PixelSelectionMethod)
 # selections whose output values are input values, so stored statistics still apply

@@ -27,9 +27,8 @@ from rio_tiler.utils import get_vrt_transform
 from tileserver import deadline, opener, pyramids
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.metrics import timed
-from tileserver.render.datasets import DATASETS
+from tileserver.opener import DATASETS, ContextPool
 from tileserver.render.errors import ImageNotReadable, RenderError, UnknownBand, gdal_reason
-from tileserver.threads import ContextPool
 
 # a file without overviews is read at coarse zooms through its reduced copy (pyramids.py),
 # and its own reads stay under twice its resolution: rio-tiler's warning on every open is noise

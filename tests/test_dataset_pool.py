@@ -12,8 +12,7 @@ from rasterio.errors import RasterioIOError
 from rio_tiler.errors import TileOutsideBounds
 
 from tests.synthetic import gradient, write
-from tileserver.opener import Confinement
-from tileserver.render.datasets import DatasetPool
+from tileserver.opener import Confinement, DatasetPool
 
 ANYWHERE = Confinement(data_dir=Path("/nonexistent")).operator()  # the operator's reach
 
