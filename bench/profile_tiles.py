@@ -11,7 +11,7 @@ twice with py-spy (`--rate 200`): every thread's active samples (where CPU time 
 `--gil` (what holds the interpreter lock, which one worker's threads share). Samples are
 put in the first stage whose frame they pass through, innermost first:
 
-    encode      tileserver/render/encode.py, rio_tiler.utils.render, Pillow
+    encode      tileserver/render/pipeline.py encode, rio_tiler.utils.render, Pillow
     open        rasterio.open, Reader construction
     read        rio-tiler's tile/part/read (GDAL warp and decode included)
     render      tileserver/render/pipeline.py, scaling.py (levels, band math, scaling)
@@ -50,10 +50,13 @@ from vs_titiler import (  # noqa: E402
 
 # (stage, markers): a frame whose text holds a marker belongs to the stage
 STAGES = [
-    ("encode", ("render/encode.py", "render (rio_tiler/utils.py", "PIL/")),
+    (
+        "encode",
+        ("encode_image (tileserver/", "encode (tileserver/", "render (rio_tiler/utils.py", "PIL/"),
+    ),
     ("open", ("rasterio/__init__.py", "Reader.__init__", "__attrs_post_init__")),
     ("read", ("rio_tiler/reader.py", "rio_tiler/io/rasterio.py")),
-    ("render", ("render/pipeline.py", "render/scaling.py")),
+    ("render", ("render/pipeline.py",)),
     ("catalog", ("tileserver/catalog/",)),
 ]
 

@@ -43,8 +43,7 @@ from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.ingest import vsi
 from tileserver.layers import ImageLayer
 from tileserver.opener import ContextPool
-from tileserver.render.encode import ImageFormat, encode_image
-from tileserver.render.pipeline import RenderParams
+from tileserver.render.pipeline import ImageFormat, RenderParams, encode_image
 from tileserver.render.reader import image_reader, read_tile
 
 WEB = tms_registry.get("WebMercatorQuad")

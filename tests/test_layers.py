@@ -35,12 +35,10 @@ from tileserver.render.download import (
     plan_download,
     render_layers,
 )
-from tileserver.render.encode import ImageFormat, encode_image
 from tileserver.render.errors import RenderError
 from tileserver.render.grid import Grid
 from tileserver.render.mosaic import mosaic_tile
-from tileserver.render.pipeline import RenderParams
-from tileserver.render.scaling import Scaling
+from tileserver.render.pipeline import ImageFormat, RenderParams, Scaling, encode_image
 from tileserver.scaling_rules import ScalingError
 from tileserver.settings import Settings
 

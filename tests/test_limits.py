@@ -50,8 +50,9 @@ from tileserver.render.pipeline import (
     MAX_EXPRESSION_LENGTH,
     MAX_EXPRESSION_OUTPUTS,
     MAX_EXPRESSION_TERMS,
+    MAX_SCALING_DEPTH,
+    MAX_SCALING_VALUES,
 )
-from tileserver.render.scaling import MAX_SCALING_DEPTH, MAX_SCALING_VALUES
 
 PRODUCT = DEMO_IMAGE.split(":")[0]
 LIMIT = 1024  # max_body_bytes of the body tests

@@ -3,7 +3,7 @@
 `scaling_parameters` turns a `scaling` and `data_type` into one GDAL-style scale per band plus
 the output data type; `multiproduct_scaling_parameters` does the same over several products;
 `level_steps` resolves a band's processing level (aliases followed). Shared by the server
-(`render/scaling.py` parses requests and applies the scales to pixels) and the Python client
+(`render/pipeline.py` parses requests and applies the scales to pixels) and the Python client
 (`tileserver.client` computes `scaling_parameters` without asking the server), so it imports
 nothing beyond the standard library. The rules agree case for case with the Catalog's
 reference client, except where that client slips (tests/render/test_scaling.py names each).

@@ -9,7 +9,7 @@ area (previews and crops) of a layer (layers.py), without FastAPI.
   `scaling=raw`: at the processing level, band math applied, never scaled), for an image,
   a search mosaic or each layer of a search stack.
 - `picture`: a rendered preview or crop (every rendering parameter) at most `max_size`
-  pixels on its longer side, as `ImageData` for render/encode.py.
+  pixels on its longer side, as `ImageData` for render/pipeline.py `encode_image`.
 
 Every read goes through the layer's download (render/download.py: the store the layer
 was given, the opener, the pixel budget) or render/reader.py read_bands.
@@ -60,6 +60,7 @@ from tileserver.render.pipeline import (
     EXPRESSION_BAND,
     Rendered,
     RenderParams,
+    Scaling,
     apply_processing_level,
     cloud_read,
     expression_blocks,
@@ -67,7 +68,6 @@ from tileserver.render.pipeline import (
     render_array,
 )
 from tileserver.render.reader import FileRead, read_bands, resolve_bands
-from tileserver.render.scaling import Scaling
 from tileserver.render.statistics import StatisticsOptions, layer_statistics
 
 POINT_SIZE = 1e-7  # degrees: the box a search looks images up with around a point

@@ -34,9 +34,8 @@ from tileserver.catalog.models import Band, ProcessingStep, Product
 from tileserver.ingest.beam_dimap import BeamDimapScene, is_entry, parse_time
 from tileserver.ingest.raster import IngestError
 from tileserver.render.errors import RenderError
-from tileserver.render.pipeline import RenderParams, apply_processing_level, render_array
+from tileserver.render.pipeline import RenderParams, Scaling, apply_processing_level, render_array
 from tileserver.render.reader import read_bands
-from tileserver.render.scaling import Scaling
 
 
 def build(dim: Path, tmp_path: Path, product: Product | None = None, name: str = "scene.vrt"):

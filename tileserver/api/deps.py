@@ -30,8 +30,13 @@ from tileserver.render.colors import ColorError, check_color_formula, parse_colo
 from tileserver.render.download import DownloadError, parse_crs
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import PIXEL_SELECTIONS
-from tileserver.render.pipeline import RenderParams, check_expression, parse_cloud_mask
-from tileserver.render.scaling import MAX_SCALING_ENTRIES, Scaling
+from tileserver.render.pipeline import (
+    MAX_SCALING_ENTRIES,
+    RenderParams,
+    Scaling,
+    check_expression,
+    parse_cloud_mask,
+)
 from tileserver.render.statistics import StatisticsError, StatisticsOptions
 from tileserver.scaling_rules import ScalingError
 from tileserver.settings import Settings
@@ -39,7 +44,7 @@ from tileserver.timeseries import SeriesRequest, series_request
 from tileserver.values import PictureSize
 
 # Request size limits: a product has a few dozen bands at most, and each band named is one
-# more read (3,000 names took 20 s); `scaling` (render/scaling.py) is one entry per band.
+# more read (3,000 names took 20 s); `scaling` (render/pipeline.py `Scaling`) is one entry per band.
 MAX_BANDS = MAX_SCALING_ENTRIES  # names in `bands` (repeats count)
 PixelSelection = Literal[PIXEL_SELECTIONS]  # rio-tiler's methods, as an enum in the API docs
 # one name serves reads and reprojection: rio-tiler's names valid for both (no gauss warp)

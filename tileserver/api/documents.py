@@ -14,7 +14,7 @@ from titiler.core.utils import tms_limits, tms_limits_to_xml, tms_to_xml
 from tileserver.api.auth import key_query
 from tileserver.api.deps import render_query
 from tileserver.api.templates import render_template
-from tileserver.render.encode import ImageFormat
+from tileserver.render.pipeline import ImageFormat
 
 WGS84 = CRS.from_epsg(4326)
 

@@ -39,7 +39,7 @@ from tileserver.api.values import register_pictures, register_values
 from tileserver.cache import Cache, CachedTile, make_etag
 from tileserver.layers import ImageLayer, SearchLayer, Zooms
 from tileserver.metrics import MOSAIC_IMAGES, TILE_CACHE, timed
-from tileserver.render.encode import ImageFormat, encode_image
+from tileserver.render.pipeline import ImageFormat, encode_image
 
 IMAGES_HEADER = "X-Mosaic-Images"
 CAP_HEADER = "X-Mosaic-Cap-Reached"

@@ -34,7 +34,7 @@ from tileserver.api.downloads import FlattenQuery, GridDep
 from tileserver.catalog.geojson import check_geometry, json_depth_problem
 from tileserver.render.colors import ColorError, colorbar_png, colormap_names
 from tileserver.render.download import GridRequest, parse_bbox
-from tileserver.render.encode import ImageFormat, encode_image
+from tileserver.render.pipeline import ImageFormat, encode_image
 from tileserver.values import Point, area_statistics, layer_legend, picture, point_values
 
 MAX_FEATURES = 100  # features of one statistics request

@@ -84,7 +84,7 @@ class ProcessingStep(BaseModel):
 
 
 # A processing level whose value names another level; followed when scaling and converting
-# pixels (tileserver.render.scaling.level_steps), where a loop or a dangling name is an error.
+# pixels (tileserver.scaling_rules.level_steps), where a loop or a dangling name is an error.
 LevelAlias = Annotated[str, Field(min_length=1, max_length=200)]
 
 

@@ -31,9 +31,9 @@ from shapely.geometry.base import BaseGeometry
 
 from tileserver.catalog.models import Band, Image
 from tileserver.deadline import check
-from tileserver.render.encode import ImageFormat, encode
 from tileserver.render.errors import ImageNotReadable, RenderError
 from tileserver.render.grid import Grid
+from tileserver.render.pipeline import ImageFormat, encode
 from tileserver.render.reader import FileRead, file_header, file_number, read_bands
 
 WGS84 = CRS.from_epsg(4326)

@@ -1,6 +1,9 @@
-"""From read pixels to the array a client asked for: processing level, band math, scaling.
+"""From read pixels to the bytes a client asked for: processing level, band math, scaling,
+colour, encoding.
 
-Pure functions over numpy arrays; the API parses parameters into `RenderParams` once.
+Pure functions over `ImageData` and numpy arrays; the API parses parameters into
+`RenderParams` (with its `Scaling`) once. As rio-tiler's `ImageData.render`, the last step
+encodes: png / jpeg / webp / tif / npy, refusing what a format cannot hold.
 """
 
 from __future__ import annotations
@@ -9,29 +12,201 @@ import ast
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
+from io import BytesIO
 from typing import Any, Literal
 
 import numpy
+from affine import Affine
+from PIL import Image as PILImage
 from rasterio.crs import CRS
+from rio_tiler.colormap import apply_cmap
 from rio_tiler.errors import InvalidExpression
 from rio_tiler.expression import apply_expression, validate_expression
 from rio_tiler.models import ImageData
+from rio_tiler.utils import render
 
-from tileserver.catalog.models import Band, BandStatistics, Product
+from tileserver.catalog.geojson import loads_bounded
+from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, BandStatistics, Product
 from tileserver.limits import parenthesis_depth
 from tileserver.metrics import timed
 from tileserver.render.colors import apply_color_formula
 from tileserver.render.errors import RenderError, UnknownBand
 from tileserver.render.reader import resolve_bands
-from tileserver.render.scaling import Scaling, scale_array
 from tileserver.render.zonal import CLOUDY_CLASSES, is_scl
 from tileserver.scaling_rules import (
+    AUTO_OUTPUT,
+    MODES,
+    TYPE_RANGES,
     Scale,
+    ScalingEntry,
     ScalingError,
+    ScalingForm,
+    canonical_type,
+    is_float_type,
     level_steps,
     multiproduct_scaling_parameters,
     scaling_parameters,
 )
+
+# Band scaling on the server: a request's `scaling` parsed once (`Scaling.parse`, bounded),
+# and `scale_array`, which applies the scales that `tileserver.scaling_rules` (the Catalog's
+# rules, shared with the Python client) computed to pixels. Both are pure.
+
+# What one request may say: a product has a few dozen bands at most, each band named is one
+# more read, and `scaling` is one entry per band.
+MAX_SCALING_ENTRIES = 64
+MAX_SCALING_VALUES = 4  # lo,hi or lo,hi,outlo,outhi
+MAX_SCALING_DEPTH = 2  # a JSON scaling is an object of band name -> list of numbers
+
+
+def _number(text: str) -> float | int:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """A request's `scaling`, parsed and checked once (`parse`); `form` is what
+    scaling_parameters takes, whose rules then hold it against the bands.
+
+    Equal scalings compare equal, so they serve as (part of) cache keys.
+    """
+
+    form: ScalingForm = None
+
+    @classmethod
+    def parse(cls, values: Sequence[str] | None) -> Scaling:
+        """The `scaling` query parameter: once for all bands, once per band, or a JSON object.
+
+        One mode applies to every band; one tuple is repeated for every band; several values
+        give one entry per band; `{"B04": [0, 3000], "default_": "display"}` maps band names
+        to entries. ScalingError names what is wrong.
+        """
+        if not values:
+            return cls()
+        if len(values) > MAX_SCALING_ENTRIES:
+            raise ScalingError(
+                f"scaling has {len(values)} entries, more than {MAX_SCALING_ENTRIES} (one per band)"
+            )
+        if len(values) == 1 and values[0].lstrip().startswith("{"):
+            return cls(_parse_mapping(values[0]))
+        entries = [parse_scaling_entry(v) for v in values]
+        return cls(entries[0] if len(entries) == 1 else entries)
+
+
+def _parse_mapping(text: str) -> dict[str, ScalingEntry]:
+    """A JSON scaling: an object of band name (or `default_`) -> entry."""
+    try:
+        mapping = loads_bounded(text, "scaling JSON", MAX_SCALING_DEPTH)
+    except ValueError as exc:
+        raise ScalingError(
+            f"{exc}: it is an object of band name -> entry, e.g. "
+            '{"B04": [0, 3000], "default_": "display"}'
+        ) from None
+    if not isinstance(mapping, dict):
+        raise ScalingError("scaling JSON must be an object of band name -> entry")
+    if len(mapping) > MAX_SCALING_ENTRIES + 1:
+        raise ScalingError(
+            f"scaling JSON has {len(mapping)} entries, more than {MAX_SCALING_ENTRIES} bands "
+            "and default_"
+        )
+    return {key: tuple(v) if isinstance(v, list) else v for key, v in mapping.items()}
+
+
+def parse_scaling_entry(text: str) -> ScalingEntry:
+    """One scaling entry: a mode, `none`, or comma-separated numbers / percents."""
+    text = text.strip()
+    if text.lower() in ("", "none", "null"):
+        return None
+    if text.lower() in MODES:
+        return text.lower()
+    parts = text.strip("()[]").split(",")
+    if len(parts) > MAX_SCALING_VALUES:
+        raise ScalingError(
+            f"scaling entry has {len(parts)} values, more than {MAX_SCALING_VALUES}: "
+            "an entry is lo,hi or lo,hi,outlo,outhi"
+        )
+    items = []
+    for item in parts:
+        item = item.strip()
+        try:
+            items.append(f"{_number(item[:-1])}%" if item.endswith("%") else _number(item))
+        except ValueError:
+            raise ScalingError(
+                f"scaling entry '{text}': '{item}' is neither a number nor a percent like 2%; "
+                f"an entry is one of {', '.join(MODES)} or lo,hi or lo,hi,outlo,outhi"
+            ) from None
+    return tuple(items)
+
+
+def _stretch(values: numpy.ndarray, scale: Sequence[float]) -> numpy.ndarray:
+    """Map in_lo..in_hi linearly onto out_lo..out_hi; a flat input range maps to out_lo."""
+    in_lo, in_hi, out_lo, out_hi = (float(v) for v in scale)
+    if in_hi == in_lo:
+        return numpy.full_like(values, out_lo)
+    return (values - in_lo) / (in_hi - in_lo) * (out_hi - out_lo) + out_lo
+
+
+def scale_array(
+    data: numpy.ndarray,
+    scales: Sequence[Scale] | None,
+    data_type: str,
+    auto_ranges: Sequence[Sequence[float] | None] | None = None,
+) -> numpy.ndarray:
+    """Apply `scales` to a (bands, rows, cols) array and return a new array of `data_type`.
+
+    Computes in float64, clips to the scale's output range and to the integer type's limits,
+    rounds half up for integer outputs (as GDAL does). Masked (and NaN) pixels are left out of
+    auto ranges and come out as 0. `auto_ranges[i]` (lo, hi) replaces band i's own min..max for
+    `()` scales, so that neighbouring tiles of one image get the same stretch.
+    """
+    data_type = canonical_type(data_type, "data_type")
+    values = numpy.ma.getdata(data)
+    if values.ndim != 3:
+        raise ValueError(f"scale_array needs a (bands, rows, cols) array, got {values.shape}")
+    count = values.shape[0]
+    invalid = numpy.ma.getmaskarray(data)
+    if numpy.issubdtype(values.dtype, numpy.floating):
+        invalid = invalid | numpy.isnan(values)
+    if scales is None:
+        scales = [None] * count
+    if len(scales) != count:
+        raise ScalingError(f"{len(scales)} scales for {count} bands")
+    if auto_ranges is not None and len(auto_ranges) != count:
+        raise ScalingError(f"{len(auto_ranges)} auto ranges for {count} bands")
+
+    is_int = not is_float_type(data_type)
+    out = numpy.zeros(values.shape, dtype=DATA_TYPE_TO_NUMPY[data_type])
+    for i, scale in enumerate(scales):
+        valid = ~invalid[i]
+        band = values[i].astype(numpy.float64)
+        if scale is None:
+            result, bounds = band, None
+        else:
+            if len(scale) == 0:
+                given = auto_ranges[i] if auto_ranges is not None else None
+                if given is not None:
+                    in_lo, in_hi = given
+                elif valid.any():
+                    in_lo, in_hi = band[valid].min(), band[valid].max()
+                else:
+                    continue  # nothing valid to stretch: all 0
+                scale = (in_lo, in_hi, *AUTO_OUTPUT)
+            elif len(scale) != 4:
+                raise ScalingError(f"Invalid scale {scale!r} for band {i}")
+            result = _stretch(band, scale)
+            bounds = sorted((float(scale[2]), float(scale[3])))
+        with numpy.errstate(invalid="ignore", over="ignore"):
+            if bounds is not None:
+                result = numpy.clip(result, *bounds)
+            if is_int:
+                result = numpy.clip(numpy.floor(result + 0.5), *TYPE_RANGES[data_type])
+            out[i][valid] = result[valid].astype(out.dtype)
+    return out
+
+
+# The pipeline
 
 # The band an expression produces: a float whose ranges suit normalized differences
 # such as NDVI; `scaling=lo,hi` adapts it to anything else.
@@ -103,7 +278,7 @@ class Rendered:
     colormap: dict | None
 
     def image(self, crs: CRS, bounds, assets: list[str] | None = None, **extra: Any) -> ImageData:
-        """The rendered pixels as rio-tiler's ImageData, ready for render.encode.encode_image.
+        """The rendered pixels as rio-tiler's ImageData, ready for render.pipeline.encode_image.
 
         The 0/255 validity travels as `alpha_mask` (the encoders' alpha band, 0/255 in the
         output type) and as the array's mask; the colormap in `metadata["colormap"]`;
@@ -277,7 +452,7 @@ def apply_processing_level(
     """Convert stored values to `level` with each band's steps, in order.
 
     With no `level` a band's `default` level applies, as it does to the ranges scaling uses
-    (tileserver.render.scaling.level_steps: aliases followed, a band without the level kept
+    (tileserver.scaling_rules.level_steps: aliases followed, a band without the level kept
     as stored). Steps: `linear` (parameter [gain, offset]: x * gain + offset) and `pow10`
     (10 ** x, for values stored as logarithms, like SNAP's LOG10_SCALED bands); None,
     `identity` and `dlsr` leave values as they are.
@@ -419,6 +594,157 @@ def render_image(
     alpha_band: Band | None = None,
 ) -> ImageData:
     """Read pixels (`img`, with its CRS and bounds) rendered as the request asks: the
-    ImageData render.encode.encode_image takes (render_array's rules)."""
+    ImageData render.pipeline.encode_image takes (render_array's rules)."""
     rendered = render_array(img.array, bands, params, stats=stats, alpha_band=alpha_band)
     return rendered.image(img.crs, img.bounds)
+
+
+# Encoding: png / jpeg / webp / tif / npy, refusing what a format can't hold
+
+
+class ImageFormat(StrEnum):
+    """Output formats of tiles; the value is the URL extension."""
+
+    png = "png"
+    jpeg = "jpeg"
+    jpg = "jpg"
+    webp = "webp"
+    tif = "tif"
+    npy = "npy"
+
+    @property
+    def media_type(self) -> str:
+        """The Content-Type of the encoded bytes."""
+        return MEDIA_TYPES[self]
+
+
+MEDIA_TYPES = {
+    ImageFormat.png: "image/png",
+    ImageFormat.jpeg: "image/jpeg",
+    ImageFormat.jpg: "image/jpeg",
+    ImageFormat.webp: "image/webp",
+    ImageFormat.tif: "image/tiff; application=geotiff",
+    ImageFormat.npy: "application/x-binary",
+}
+DRIVERS = {
+    ImageFormat.png: "PNG",
+    ImageFormat.jpeg: "JPEG",
+    ImageFormat.jpg: "JPEG",
+    ImageFormat.webp: "WEBP",
+    ImageFormat.tif: "GTiff",
+    ImageFormat.npy: "NPY",
+}
+# What each picture format can hold: numpy dtypes and band counts (before the alpha band).
+PICTURE_DTYPES = {
+    ImageFormat.png: ("uint8", "uint16"),
+    ImageFormat.jpeg: ("uint8",),
+    ImageFormat.jpg: ("uint8",),
+    ImageFormat.webp: ("uint8",),
+}
+PICTURE_BANDS = {
+    ImageFormat.png: (1, 2, 3),
+    ImageFormat.jpeg: (1, 3),
+    ImageFormat.jpg: (1, 3),
+    ImageFormat.webp: (1, 3),
+}
+CREATION_OPTIONS = {
+    ImageFormat.png: {"zlevel": 6},
+    ImageFormat.jpeg: {"quality": 85},
+    ImageFormat.jpg: {"quality": 85},
+    ImageFormat.webp: {"quality": 85},
+    ImageFormat.tif: {"compress": "deflate"},
+    ImageFormat.npy: {},
+}
+# Byte pictures go through Pillow: the same libpng/libjpeg/libwebp without a GDAL dataset
+# per tile, and PNG at zlib level 1, which costs a third of level 6 for 15-20 % more
+# bytes on imagery (bench/README.md). Everything else goes through GDAL (rio-tiler's render).
+PILLOW_FORMATS = {
+    ImageFormat.png: ("PNG", {"compress_level": 1}),
+    ImageFormat.jpeg: ("JPEG", {"quality": 85}),
+    ImageFormat.jpg: ("JPEG", {"quality": 85}),
+    ImageFormat.webp: ("WEBP", {"quality": 85}),
+}
+DATA_TYPE_NAMES = {v: k for k, v in DATA_TYPE_TO_NUMPY.items()}  # numpy -> catalog names
+
+
+def check_format(fmt: ImageFormat, dtype: str, count: int, colormap: bool = False) -> None:
+    """Raise RenderError when `fmt` cannot hold `count` bands of `dtype`."""
+    if colormap and count != 1:
+        raise RenderError(f"a colormap applies to one band, not {count}")
+    if fmt not in PICTURE_DTYPES:
+        return
+    if str(dtype) not in PICTURE_DTYPES[fmt]:
+        allowed = " or ".join(DATA_TYPE_NAMES[d] for d in PICTURE_DTYPES[fmt])
+        raise RenderError(
+            f"{fmt.value} cannot hold {DATA_TYPE_NAMES.get(str(dtype), dtype)} data "
+            f"(only {allowed}): ask for tif or npy, or scale to Byte "
+            "(e.g. scaling=display or data_type=Byte)"
+        )
+    if not colormap and count not in PICTURE_BANDS[fmt]:
+        raise RenderError(
+            f"{fmt.value} holds {' or '.join(map(str, PICTURE_BANDS[fmt]))} bands, "
+            f"not {count}: ask for fewer bands or for tif/npy"
+        )
+
+
+def encode(
+    data: numpy.ndarray,
+    mask: numpy.ndarray | None,
+    fmt: ImageFormat,
+    colormap: dict | None = None,
+    crs: CRS | None = None,
+    transform: Affine | None = None,
+) -> bytes:
+    """Encode (bands, rows, cols) `data`; `mask` (0 invalid, 255 valid) becomes alpha.
+
+    JPEG has no alpha; TIFF and NPY carry the mask as a last band, as rio-tiler does.
+    """
+    check_format(fmt, data.dtype, data.shape[0], colormap is not None)
+    if fmt in PILLOW_FORMATS and data.dtype == numpy.uint8:
+        return encode_picture(data, mask, fmt, colormap)
+    options = dict(CREATION_OPTIONS[fmt])
+    if fmt is ImageFormat.tif and crs is not None and transform is not None:
+        options.update(crs=crs, transform=transform)
+    if mask is not None:
+        mask = mask.astype(data.dtype)
+    return render(data, mask, img_format=DRIVERS[fmt], colormap=colormap, **options)
+
+
+def encode_image(image: ImageData, fmt: ImageFormat) -> bytes:
+    """Encode rendered ImageData (render.pipeline.Rendered.image): its pixels, its 0/255
+    alpha mask, its colormap, and for GeoTIFF its CRS and transform."""
+    mask = image.alpha_mask
+    return encode(
+        image.array.data,
+        mask.astype("uint8") if mask is not None else None,
+        fmt,
+        image.metadata.get("colormap"),
+        crs=image.crs,
+        transform=image.transform,
+    )
+
+
+def encode_picture(
+    data: numpy.ndarray, mask: numpy.ndarray | None, fmt: ImageFormat, colormap: dict | None
+) -> bytes:
+    """Byte png / jpeg / webp with Pillow, with the pixels rio-tiler's render would write.
+
+    As there: a colormap's alpha applies where `mask` is valid, JPEG drops the mask, and
+    WebP repeats a single band as RGB.
+    """
+    if colormap:
+        data, alpha = apply_cmap(data, colormap)
+        if mask is not None:
+            mask = numpy.where(mask != 0, alpha, 0).astype("uint8")
+    driver, options = PILLOW_FORMATS[fmt]
+    if driver == "JPEG":
+        mask = None
+    elif driver == "WEBP" and data.shape[0] == 1:
+        data = numpy.repeat(data, 3, axis=0)
+    layers = [data] if mask is None else [data, mask[numpy.newaxis].astype("uint8")]
+    pixels = numpy.ascontiguousarray(numpy.concatenate(layers).transpose(1, 2, 0))
+    if pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    out = BytesIO()  # Pillow reads the mode off the shape: L, LA, RGB or RGBA
+    PILImage.fromarray(pixels).save(out, driver, **options)
+    return out.getvalue()

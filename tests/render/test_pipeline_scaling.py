@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tileserver.catalog.models import Band, ProcessingStep
-from tileserver.render.scaling import scale_array
+from tileserver.render.pipeline import scale_array
 from tileserver.scaling_rules import (
     ScalingError,
     multiproduct_scaling_parameters,

@@ -11,7 +11,7 @@ from rasterio.io import MemoryFile
 from rio_tiler.colormap import cmap
 from rio_tiler.utils import render
 
-from tileserver.render.encode import ImageFormat, encode
+from tileserver.render.pipeline import ImageFormat, encode
 
 RNG = numpy.random.default_rng(7)
 MASK = numpy.where(numpy.add.outer(numpy.arange(64), numpy.arange(64)) % 7 == 0, 0, 255).astype(
