@@ -640,8 +640,8 @@ def count_reads(catalog: Path, search_id: str, tiles: list, threads: int) -> dic
     what it reports as read (X-Mosaic-Images) and the images that gave pixels."""
     from tileserver.api.deps import render_params
     from tileserver.render import mosaic
-    from tileserver.render.grid import Grid
     from tileserver.render.pipeline import ImageFormat, encode_image
+    from tileserver.render.reader import Grid
 
     store = SQLiteStore(catalog)
     query = store.get_search(search_id).search

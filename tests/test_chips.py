@@ -30,7 +30,7 @@ from tileserver.catalog.acquisitions import acquisitions
 from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.render.chips import Lut, gallery_chip, outline_pixels, parse_lut
 from tileserver.render.errors import RenderError
-from tileserver.render.grid import Grid
+from tileserver.render.reader import Grid
 
 LON, LAT = 15.1, 52.3
 UTM = "EPSG:32633"

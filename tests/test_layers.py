@@ -36,9 +36,9 @@ from tileserver.render.download import (
     render_layers,
 )
 from tileserver.render.errors import RenderError
-from tileserver.render.grid import Grid
 from tileserver.render.mosaic import mosaic_tile
 from tileserver.render.pipeline import ImageFormat, RenderParams, Scaling, encode_image
+from tileserver.render.reader import Grid
 from tileserver.scaling_rules import ScalingError
 from tileserver.settings import Settings
 

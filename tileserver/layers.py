@@ -40,10 +40,9 @@ from tileserver.render.download import (
     render_stack,
 )
 from tileserver.render.errors import RenderError
-from tileserver.render.grid import Grid
 from tileserver.render.mosaic import Layer, mosaic_bands, mosaic_tile
 from tileserver.render.pipeline import RenderParams, cloud_read, render_image, request_bands
-from tileserver.render.reader import read_bands, tile_reader, zoom_range
+from tileserver.render.reader import Grid, read_bands, tile_reader, zoom_range
 from tileserver.settings import Settings
 
 if TYPE_CHECKING:

@@ -50,7 +50,6 @@ from tileserver.catalog.models import BandStatistics, Image, Product
 from tileserver.catalog.store import NotFound
 from tileserver.deadline import RemoteBusy
 from tileserver.render.errors import RenderError
-from tileserver.render.grid import Grid
 from tileserver.render.mosaic import EmptyTile, composite, product_bands, read_image
 from tileserver.render.pipeline import (
     RenderParams,
@@ -58,6 +57,7 @@ from tileserver.render.pipeline import (
     render_array,
     request_bands,
 )
+from tileserver.render.reader import Grid
 from tileserver.scaling_rules import ScalingError, level_steps
 
 if TYPE_CHECKING:

@@ -54,7 +54,6 @@ from tileserver.deadline import check
 from tileserver.opener import ContextPool
 from tileserver.render.download import grid_reader, image_grid, inside_pixels
 from tileserver.render.errors import RenderError
-from tileserver.render.grid import WGS84, Grid
 from tileserver.render.pipeline import (
     CloudMask,
     RenderParams,
@@ -65,7 +64,7 @@ from tileserver.render.pipeline import (
     product_cloud_mask,  # noqa: F401 (the time series' name for it, tests import it here)
     resolve_cloud_mask,
 )
-from tileserver.render.reader import read_bands, resolve_bands
+from tileserver.render.reader import WGS84, Grid, read_bands, resolve_bands
 from tileserver.render.statistics import StatisticsOptions, band_statistics
 from tileserver.render.zonal import MAX_ZONE_PIXELS, grid_window
 from tileserver.values import evaluate_expression

@@ -48,7 +48,6 @@ from tileserver.render.download import (
     render_layers,
 )
 from tileserver.render.errors import RenderError
-from tileserver.render.grid import WGS84
 from tileserver.render.mosaic import (
     composite,
     mosaic_bands,
@@ -67,7 +66,7 @@ from tileserver.render.pipeline import (
     output_scaling,
     render_array,
 )
-from tileserver.render.reader import FileRead, read_bands, resolve_bands
+from tileserver.render.reader import WGS84, FileRead, read_bands, resolve_bands
 from tileserver.render.statistics import StatisticsOptions, layer_statistics
 
 POINT_SIZE = 1e-7  # degrees: the box a search looks images up with around a point

@@ -55,8 +55,7 @@ from tileserver.render.chips import (
     read_chip,
 )
 from tileserver.render.errors import RenderError
-from tileserver.render.grid import Grid
-from tileserver.render.reader import resolve_bands
+from tileserver.render.reader import Grid, resolve_bands
 from tileserver.settings import Settings
 
 router = APIRouter(tags=["chips"], dependencies=[KnownQuery])

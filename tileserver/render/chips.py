@@ -32,9 +32,8 @@ from shapely.geometry.base import BaseGeometry
 from tileserver.catalog.models import Band, Image
 from tileserver.deadline import check
 from tileserver.render.errors import ImageNotReadable, RenderError
-from tileserver.render.grid import Grid
 from tileserver.render.pipeline import ImageFormat, encode
-from tileserver.render.reader import FileRead, file_header, file_number, read_bands
+from tileserver.render.reader import FileRead, Grid, file_header, file_number, read_bands
 
 WGS84 = CRS.from_epsg(4326)
 OUTLINE_COLOR = (255, 255, 0)  # yellow: stands out on false-colour and true-colour chips

@@ -42,7 +42,6 @@ from shapely.geometry import shape
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.deadline import check
 from tileserver.render.errors import RenderError
-from tileserver.render.grid import WGS84, Grid
 from tileserver.render.mosaic import (
     VALUE_PRESERVING,
     Layer,
@@ -55,7 +54,9 @@ from tileserver.render.mosaic import (
 )
 from tileserver.render.pipeline import RenderParams, expression_blocks, output_scaling
 from tileserver.render.reader import (
+    WGS84,
     FileRead,
+    Grid,
     check_nodata,
     file_header,
     plan_reads,

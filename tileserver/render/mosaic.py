@@ -26,7 +26,6 @@ from tileserver import deadline
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, BandStatistics, Image, Product
 from tileserver.opener import ContextPool
 from tileserver.render.errors import RenderError
-from tileserver.render.grid import Grid
 from tileserver.render.pipeline import (
     Rendered,
     RenderParams,
@@ -35,7 +34,7 @@ from tileserver.render.pipeline import (
     render_array,
     request_bands,
 )
-from tileserver.render.reader import FileRead, read_bands, resolve_bands, tile_reader
+from tileserver.render.reader import FileRead, Grid, read_bands, resolve_bands, tile_reader
 from tileserver.scaling_rules import ScalingError, common_data_type, level_steps
 
 PIXEL_SELECTIONS = tuple(m.name for m in PixelSelectionMethod)

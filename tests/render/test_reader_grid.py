@@ -1,4 +1,4 @@
-"""The one grid type (render/grid.py) and the one place an alpha band masks pixels
+"""The one grid type (render/reader.py `Grid`) and the one place an alpha band masks pixels
 (render/reader.py fold_alpha), driven directly."""
 
 from __future__ import annotations
@@ -10,8 +10,7 @@ from morecantile import tms as morecantile_tms
 from rasterio.crs import CRS
 from rio_tiler.models import ImageData
 
-from tileserver.render.grid import Grid
-from tileserver.render.reader import fold_alpha
+from tileserver.render.reader import Grid, fold_alpha
 
 WEB = morecantile_tms.get("WebMercatorQuad")
 HALF_WORLD = 20037508.342789244
