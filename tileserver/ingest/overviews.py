@@ -89,7 +89,7 @@ def write_reduced(read_href: str, href: str, folder: Path) -> Path | None:
                         )
                         dst.write_mask(mask, window=out)
             staged = folder / (".staged-" + target.name)
-            with rasterio.open(strips) as small:
+            with open_raster(strips) as small:  # the confined opener: GTiff, own folder
                 rasterio.shutil.copy(
                     small,
                     str(staged),
