@@ -59,6 +59,7 @@ from tileserver.render.reader import (
     Grid,
     check_nodata,
     file_header,
+    holds,
     plan_reads,
     resolve_bands,
 )
@@ -430,13 +431,8 @@ def _shared_nodata(bands: Sequence[Band], params: RenderParams) -> float | None:
 
 
 def _holds(data_type: str, value: float | None) -> bool:
-    if value is None or math.isnan(value):
-        return False
-    dtype = numpy.dtype(DATA_TYPE_TO_NUMPY[data_type])
-    if dtype.kind == "f":
-        return True
-    info = numpy.iinfo(dtype)
-    return float(value).is_integer() and info.min <= value <= info.max
+    """A nodata worth keeping: a number the output type holds (NaN is the fallback)."""
+    return value is not None and not math.isnan(value) and holds(data_type, value)
 
 
 def output_nodata(

@@ -137,19 +137,30 @@ def resolve_bands(product: Product, names: Sequence[str]) -> list[Band]:
     return bands
 
 
+def holds(data_type: str, value: float) -> bool:
+    """Whether a band of `data_type` can hold `value` (a nodata GDAL compares pixels with):
+    integers in range for integer types, anything in range (or infinite) for floats."""
+    dtype = numpy.dtype(DATA_TYPE_TO_NUMPY[data_type])
+    if dtype.kind == "f":
+        info = numpy.finfo(dtype)
+        return math.isnan(value) or math.isinf(value) or float(info.min) <= value <= float(info.max)
+    info = numpy.iinfo(dtype)
+    return (
+        math.isfinite(value) and float(value).is_integer() and bool(info.min <= value <= info.max)
+    )
+
+
 def check_nodata(nodata: float | None, bands: Sequence[Band]) -> None:
     """Refuse a request `nodata` that a band's type cannot hold (GDAL cannot compare it)."""
     if nodata is None:
         return
     for band in bands:
-        dtype = numpy.dtype(DATA_TYPE_TO_NUMPY[band.data_type])
-        if dtype.kind == "f":
-            continue
-        info = numpy.iinfo(dtype)
-        if not (math.isfinite(nodata) and info.min <= nodata <= info.max):
+        if not holds(band.data_type, nodata):
+            dtype = numpy.dtype(DATA_TYPE_TO_NUMPY[band.data_type])
+            info = numpy.finfo(dtype) if dtype.kind == "f" else numpy.iinfo(dtype)
             raise RenderError(
                 f"nodata {nodata:g} is not a value of band '{band.name}' ({band.data_type}: "
-                f"{info.min}..{info.max})"
+                f"{info.min:g}..{info.max:g})"
             )
 
 
