@@ -293,6 +293,10 @@ def test_search_filters(any_server):
         lambda r: r["geometry"] is not None and shape(r["geometry"]).intersects(area)
     )
     assert len(names(intersects=json.dumps(mapping(area)))) == 3
+    # an open ring is closed as RFC 7946 writes it (PostGIS refuses it open)
+    ring = [[0.8, 0.8], [2, 0.8], [2, 2], [0.8, 2]]
+    opened = json.dumps({"type": "Polygon", "coordinates": [ring]})
+    assert names(intersects=opened) == names(intersects=json.dumps(mapping(area)))
     assert names(namespace="acme:owner", prefix="maps/s") == [("maps/sub/c.tif", "data")]
     assert names(namespace="acme") == []
     middle = records[2]["created"]
@@ -312,6 +316,7 @@ def test_search_filters(any_server):
     for params, word in (
         ({"intersects": "{"}, "intersects"),
         ({"intersects": json.dumps({"type": "Point", "coordinates": [500, 0]})}, "intersects"),
+        ({"intersects": json.dumps({"type": "Feature", "geometry": mapping(area)})}, "intersects"),
         ({"token": "nope"}, "token"),
         ({"tags": ["x" * 1001]}, "tags"),
         ({"limit": 0}, "limit"),

@@ -116,6 +116,10 @@ def test_mosaic_parameter_grid_never_500(client, selection):
         {"intersects": {"type": "Polygon", "coordinates": [[[0, 0], [1, 1], [0, 0]]]}},
         {"intersects": {"type": "Point", "coordinates": []}},
         {"datetime": "2024-13-45"},
+        {"datetime": "9999-12-31T23:59:59-01:00"},  # the year 10000 in UTC
+        {"datetime": "0001-01-01T00:00:00+01:00/.."},
+        {"intersects": {"type": "Feature", "properties": {}, "geometry": {"type": "Point"}}},
+        {"intersects": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1]]]}},
         {"bbox": [10, 50, 5, 40]},
         {"collections": "sentinel-2-l2a"},
         {"limit": 1000000},
@@ -171,3 +175,33 @@ def test_time_series_parameter_grid_never_500(client):
             sent["bands"] = chosen["bands"].split(",")
         response = client.post("/timeseries", params={"format": fmt}, json=sent)
         assert response.status_code < 500, (sent, response.text)
+
+
+@pytest.mark.parametrize(
+    "suffix, params",
+    [
+        ("@\u00b2x.png", {}),  # a superscript two: a digit int() refuses
+        ("@\u0663x.png", {}),  # an Arabic-Indic three
+        (".png", {"color_formula": "saturation 1e300", "scaling": "display"}),
+        (".png", {"color_formula": "saturation nan", "scaling": "display"}),
+        (".png", {"scaling": "nan,1"}),
+        (".png", {"scaling": "0,inf"}),
+    ],
+)
+def test_odd_tile_parameters_are_400s(client, suffix, params):
+    z, x, y = DEMO_TILE
+    response = client.get(
+        f"/images/{DEMO_IMAGE}/tiles/WebMercatorQuad/{z}/{x}/{y}{suffix}", params=params
+    )
+    assert response.status_code == 400, (suffix, params, response.text)
+    assert response.json()["detail"]
+
+
+@pytest.mark.parametrize("edges", ["0,nan", "5,nan,1", "0,inf"])
+def test_non_finite_histogram_edges_are_400s(client, edges):
+    z, x, y = DEMO_TILE
+    response = client.get(
+        f"/images/{DEMO_IMAGE}/statistics", params={"bands": "B04", "histogram_bins": edges}
+    )
+    assert response.status_code == 400, response.text
+    assert "histogram_bins" in response.json()["detail"]

@@ -145,6 +145,19 @@ def test_server_timing_on_rendered_and_cached_tiles(ops):
     assert "Server-Timing" in cors.headers["access-control-expose-headers"]
 
 
+def test_server_timing_on_other_answers_that_read_pixels(ops):
+    preview = ops.get("/images/synth:one/preview.png", params={"max_size": 64})
+    assert preview.status_code == 200, preview.text
+    assert {p.split(";")[0].strip() for p in preview.headers["server-timing"].split(",")} >= {
+        "read",
+        "render",
+    }
+    refused = ops.get("/images/synth:one/preview.png", params={"scaling": "nan,1"})
+    assert refused.status_code == 400
+    assert "server-timing" not in refused.headers  # a refusal rendered nothing worth timing
+    assert "server-timing" not in ops.get("/healthz").headers
+
+
 def test_request_log_is_one_json_line_with_timings(ops, caplog):
     with caplog.at_level(logging.INFO, logger="tileserver.requests"):
         ops.get(TILE_PATH + "?api_key=tsk_0123456789ab_secretsecret")

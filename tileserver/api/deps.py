@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any, Literal, get_args
@@ -471,9 +472,12 @@ async def coord_crs_query(
 
 def _numbers(text: str, what: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        numbers = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise bad_request(f"{what} '{text[:100]}' is not comma-separated numbers") from None
+        numbers = [math.nan]
+    if not all(math.isfinite(n) for n in numbers):  # nan defeats every order check after
+        raise bad_request(f"{what} '{text[:100]}' is not comma-separated finite numbers")
+    return numbers
 
 
 async def statistics_options(

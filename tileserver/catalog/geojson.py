@@ -11,7 +11,8 @@ iterative. The ValueError's message says what was wrong and the limit.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import shapely
@@ -108,19 +109,111 @@ def check_geometry_size(value: Any, what: str) -> None:
 
 
 POLYGONAL = ("Polygon", "MultiPolygon")
+GEOMETRY_TYPES = ("Point", "MultiPoint", "LineString", "MultiLineString", *POLYGONAL)
+
+
+def _position_problem(position: Any) -> str | None:
+    if not isinstance(position, list | tuple) or len(position) not in (2, 3):
+        return "a position is [x, y] or [x, y, z]"
+    if not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        for v in position
+    ):
+        return "a position's coordinates are finite numbers"
+    return None
+
+
+def _line_problem(kind: str, line: Any, ring: bool) -> str | None:
+    if not isinstance(line, list | tuple) or not line:
+        return f"a {kind} needs lists of positions"
+    for position in line:
+        if problem := _position_problem(position):
+            return problem
+    if ring and len(line) < (4 if list(line[0]) == list(line[-1]) else 3):
+        return "a polygon's ring has 3 or more corners"
+    if not ring and len(line) < 2:
+        return "a line has 2 or more positions"
+    return None
+
+
+def structure_problem(value: Any) -> str | None:
+    """What makes `value` not a GeoJSON geometry (a Feature, a ring of two corners, a boolean
+    coordinate), which shapely would read anyway and PostGIS would refuse."""
+    kind = value.get("type") if isinstance(value, Mapping) else None
+    if kind == "GeometryCollection":
+        members = value.get("geometries")
+        if not isinstance(members, list | tuple):
+            return "a GeometryCollection has a list of geometries"
+        return next(filter(None, map(structure_problem, members)), None)
+    if kind not in GEOMETRY_TYPES:
+        return f"{kind!r} is not a GeoJSON geometry type"
+    coordinates = value.get("coordinates")
+    if isinstance(coordinates, list | tuple) and not coordinates and kind != "Point":
+        return None  # an empty geometry: check_geometry says so
+    if kind == "Point":
+        return _position_problem(coordinates)
+    if kind == "MultiPoint":
+        if not isinstance(coordinates, list | tuple):
+            return "a MultiPoint has a list of positions"
+        return next(filter(None, map(_position_problem, coordinates)), None)
+    if kind == "LineString":
+        lines = [coordinates]
+    elif kind == "MultiPolygon":
+        if not isinstance(coordinates, list | tuple) or not all(
+            isinstance(p, list | tuple) for p in coordinates
+        ):
+            return "a MultiPolygon has a list of polygons, each a list of rings"
+        lines = [ring for polygon in coordinates for ring in polygon]
+    else:
+        lines = coordinates
+    if not isinstance(lines, list | tuple) or not lines:
+        return f"a {kind} has a list of {'rings' if kind in POLYGONAL else 'lines'}"
+    ring = kind in POLYGONAL
+    return next((p for line in lines if (p := _line_problem(kind, line, ring))), None)
+
+
+def closed_rings(value: Mapping) -> Mapping:
+    """`value` with each polygon ring that does not end where it starts closed, as RFC 7946
+    writes rings (shapely closes them when it reads; PostGIS refuses them open); `value`
+    itself when every ring is closed."""
+
+    def ring(line: Sequence) -> Sequence:
+        return line if list(line[0]) == list(line[-1]) else [*map(list, line), list(line[0])]
+
+    def rings(lines: Sequence) -> Sequence:
+        closed = [ring(line) for line in lines]
+        return lines if all(a is b for a, b in zip(closed, lines, strict=True)) else closed
+
+    kind = value.get("type")
+    if kind == "Polygon":
+        new = rings(value["coordinates"])
+    elif kind == "MultiPolygon":
+        new = [rings(polygon) for polygon in value["coordinates"]]
+    elif kind == "GeometryCollection":
+        new = [closed_rings(member) for member in value["geometries"]]
+    else:
+        return value
+    key = "geometries" if kind == "GeometryCollection" else "coordinates"
+    if new is value[key] or all(a is b for a, b in zip(new, value[key], strict=True)):
+        return value
+    return {**value, key: new}
 
 
 def check_geometry(value: Any, what: str, polygonal: bool = False, wgs84: bool = False) -> dict:
     """A GeoJSON geometry a caller sent, or ValueError naming `what` and the problem.
 
-    Checked in this order: size and depth (before shapely, which recurses per level), that it
-    reads as GeoJSON, its type (`polygonal`: a Polygon or MultiPolygon, as areas are), that it
-    is non-empty and valid, and (`wgs84`) that its coordinates are longitudes and latitudes.
+    Checked in this order: size and depth (before shapely, which recurses per level), its
+    GeoJSON structure (`structure_problem`), that it reads as GeoJSON, its type (`polygonal`:
+    a Polygon or MultiPolygon, as areas are), that it is non-empty and valid, and (`wgs84`)
+    that its coordinates are longitudes and latitudes. Returned with open rings closed.
     """
     check_geometry_size(value, what)
     kind = value.get("type") if isinstance(value, Mapping) else None
     if polygonal and kind not in POLYGONAL:
         raise ValueError(f"{what} must be a GeoJSON Polygon or MultiPolygon, not {kind}")
+    if problem := structure_problem(value):
+        raise ValueError(f"{what} is not a valid GeoJSON {kind or 'geometry'}: {problem}")
+    value = closed_rings(value)
     try:
         geometry = shapely.geometry.shape(value)
     except Exception as exc:  # shapely says little; the shape was wrong anyway

@@ -197,7 +197,10 @@ def parse_instant(text: str, end: bool = False) -> datetime:
             when = datetime.fromisoformat(text.replace("z", "Z").replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"'{text}' is not an RFC 3339 time such as 2024-05-03T10:20:31Z") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    try:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is in the year 10000 in UTC
+        raise ValueError(f"'{text}' is not a time in the years 1 to 9999 in UTC") from None
 
 
 def datetime_interval(value: str) -> tuple[str, str]:

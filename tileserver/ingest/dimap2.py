@@ -404,7 +404,7 @@ def _index_list(display: ET.Element | None) -> list[tuple[str, int | None, str |
         band_id = xmldoc.text(index, "BAND_ID")
         position = xmldoc.text(index, "BAND_INDEX")
         if band_id:
-            number = int(position) if position and position.isdigit() else None
+            number = int(position) if position and position.isdecimal() else None
             entries.append((band_id, number, xmldoc.text(index, "BAND_NAME")))
     return entries or None
 

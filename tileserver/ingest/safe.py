@@ -362,7 +362,7 @@ def _tile_box(tile: ET.Element, href: str) -> tuple[CRS, Polygon, int]:
         size = geocoding.find(f"Size[@resolution='{res}']")
         values = [xmldoc.number(position, k) for k in ("ULX", "ULY", "XDIM", "YDIM")]
         rows, cols = xmldoc.number(size, "NROWS"), xmldoc.number(size, "NCOLS")
-        if all(v is not None for v in values) and rows and cols and res.isdigit():
+        if all(v is not None for v in values) and rows and cols and res.isdecimal():
             if best is None or int(res) < best[1]:
                 x, y, dx, dy = values
                 best = ((x, y, x + cols * dx, y + rows * dy), int(res))  # type: ignore[operator]
@@ -452,7 +452,7 @@ class SafeScene:
             "mgrs:utm_zone": int(mgrs.group(1)[:2]) if mgrs else None,
             "mgrs:latitude_band": mgrs.group(1)[2] if mgrs else None,
             "mgrs:grid_square": mgrs.group(1)[3:] if mgrs else None,
-            "sat:relative_orbit": int(relative) if relative and relative.isdigit() else None,
+            "sat:relative_orbit": int(relative) if relative and relative.isdecimal() else None,
             "sat:absolute_orbit": int(orbit.group(1)) if orbit else None,
             "sat:orbit_state": direction.lower() if direction else None,
         }

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from io import BytesIO
@@ -34,6 +35,10 @@ MAX_LEGEND_SIZE = 2048  # pixels of a legend's longer side
 MAX_LEGEND_CLASSES = 64
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})([0-9a-fA-F]{2})?$")
 _OPERATION = re.compile(r"\b(gamma|sigmoidal|saturation)\b", re.IGNORECASE)
+
+
+# colours from black to white in every mix: what check_color_formula tries a formula on
+PROBE = (numpy.arange(48, dtype=numpy.uint16) * 5).astype(numpy.uint8).reshape(3, 4, 4)
 
 
 class ColorError(RenderError):
@@ -97,7 +102,8 @@ def parse_colormap(text: str) -> dict | list:
             raise ColorError("a colormap interval's bounds are two numbers [lo, hi]")
         if not bounds[0] < bounds[1]:
             raise ColorError("a colormap interval needs lo < hi")
-        intervals.append(((float(bounds[0]), float(bounds[1])), _color(entry[1], "interval")))
+        color = _color(entry[1], "colormap interval")
+        intervals.append(((float(bounds[0]), float(bounds[1])), color))
     return intervals
 
 
@@ -116,6 +122,21 @@ def check_color_formula(formula: str) -> None:
         ) from None
     if not operations:
         raise ColorError(f"color_formula '{formula}' has no operation")
+    for token in re.split(r"[\s,]+", formula):
+        try:
+            number = float(token)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            raise ColorError(f"color_formula '{formula}': '{token}' is not a finite number")
+    # a probe: parameters color-operations cannot compute with (saturation 1e300) fail here,
+    # when a request or a preset is parsed, rather than on its first tile
+    try:
+        with numpy.errstate(all="ignore"):
+            apply_color_formula(PROBE, formula)
+    except ColorError as exc:
+        reason = str(exc).split("): ", 1)[-1]
+        raise ColorError(f"color_formula '{formula}' cannot be computed: {reason}") from None
 
 
 def apply_color_formula(data: numpy.ndarray, formula: str) -> numpy.ndarray:
@@ -133,7 +154,7 @@ def apply_color_formula(data: numpy.ndarray, formula: str) -> numpy.ndarray:
     try:
         for operation in parse_operations(formula):
             out = scale_dtype(operation(to_math_type(out)), numpy.uint8)
-    except (ValueError, IndexError) as exc:
+    except (ValueError, IndexError, TypeError, ArithmeticError) as exc:  # its parameters' fault
         raise ColorError(
             f"color_formula '{formula}' cannot apply to {data.shape[0]} band(s): {exc}"
         ) from None

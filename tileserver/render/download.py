@@ -157,7 +157,7 @@ def parse_crs(value: str, what: str = "crs") -> CRS:
     """A CRS from `EPSG:xxxx`, a bare EPSG code, WKT or a PROJ string; DownloadError if not."""
     text = value.strip()
     try:
-        crs = CRS.from_epsg(int(text)) if text.isdigit() else CRS.from_user_input(text)
+        crs = CRS.from_epsg(int(text)) if text.isdecimal() else CRS.from_user_input(text)
     except (CRSError, ValueError) as exc:
         raise DownloadError(f"{what} '{value}' is not a coordinate system: {exc}") from None
     return crs

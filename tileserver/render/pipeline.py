@@ -9,6 +9,7 @@ encodes: png / jpeg / webp / tif / npy, refusing what a format cannot hold.
 from __future__ import annotations
 
 import ast
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ MAX_SCALING_DEPTH = 2  # a JSON scaling is an object of band name -> list of num
 
 def _number(text: str) -> float | int:
     value = float(text)
+    if not math.isfinite(value):  # nan is not equal to itself: no cache key, no preset
+        raise ValueError(text)
     return int(value) if value.is_integer() and "." not in text else value
 
 
@@ -134,8 +137,8 @@ def parse_scaling_entry(text: str) -> ScalingEntry:
             items.append(f"{_number(item[:-1])}%" if item.endswith("%") else _number(item))
         except ValueError:
             raise ScalingError(
-                f"scaling entry '{text}': '{item}' is neither a number nor a percent like 2%; "
-                f"an entry is one of {', '.join(MODES)} or lo,hi or lo,hi,outlo,outhi"
+                f"scaling entry '{text}': '{item}' is neither a finite number nor a percent "
+                f"like 2%; an entry is one of {', '.join(MODES)} or lo,hi or lo,hi,outlo,outhi"
             ) from None
     return tuple(items)
 
