@@ -84,11 +84,6 @@ class Timings:
 _CURRENT: ContextVar[Timings | None] = ContextVar("tileserver_timings", default=None)
 
 
-def current() -> Timings | None:
-    """The recorder of the request this code runs for (None outside a request)."""
-    return _CURRENT.get()
-
-
 @contextmanager
 def recording(timings: Timings | None = None) -> Iterator[Timings]:
     """Record the stages of the code inside (and of the threads it starts) in `timings`."""

@@ -100,7 +100,8 @@ async def tile_response(
     cache: Cache = request.app.state.cache
     entry = await run_in_threadpool(cache.get, key) if cache.remote else cache.get(key)
     TILE_CACHE.labels("miss" if entry is None else "hit").inc()
-    timing = {"Server-Timing": "cache;desc=hit"}  # a render's: metrics.RequestMetrics
+    # a hit says so; a render's stages become its header in metrics.RequestMetrics
+    timing = {"Server-Timing": "cache;desc=hit"}
     if entry is None:
 
         def render_and_keep() -> CachedTile:
