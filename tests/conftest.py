@@ -20,6 +20,7 @@ from tileserver.catalog.sqlite import SQLiteStore
 from tileserver.catalog.store import open_store
 from tileserver.demo import ensure_demo
 from tileserver.opener import Confinement, confined, reading
+from tileserver.search_pyramid import stop_builders
 from tileserver.settings import Settings
 
 # real servers: S3 and GCS for imports, Redis for the shared cache, PostgreSQL for pgSTAC
@@ -28,6 +29,14 @@ pytest_plugins = ["tests.buckets", "tests.redis_server", "tests.postgres"]
 DEMO_IMAGE = "sentinel-2-l2a:S2A_MSIL2A_20240612T102031_T33UVU"  # a clear date, no orbit edge
 DEMO_TILE = (12, 2219, 1347)  # a WebMercatorQuad z/x/y inside every demo footprint
 STORES = ["sqlite", "pgstac"]  # catalog, search and mosaic tests run on each
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item, nextitem) -> None:
+    """A test's apps have no lifespan to stop their pyramid builders: stop them before the
+    test's fixtures close the stores they write to (a SQLite connection closed under a
+    running statement crashes the process)."""
+    stop_builders()
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,7 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -204,6 +205,17 @@ class Plan:
     products: list[str]
 
 
+# every Pyramids of this process, for stop_builders
+_EVERY: weakref.WeakSet[Pyramids] = weakref.WeakSet()
+
+
+def stop_builders(timeout: float = 10.0) -> None:
+    """Stop the builders of every app of this process (tests: an app without a lifespan
+    must not leave a builder writing to a store its test is about to close)."""
+    for pyramids in list(_EVERY):
+        pyramids.stop(timeout)
+
+
 class Pyramids:
     """The pyramids of one app: where they live, the builder threads of this process."""
 
@@ -217,6 +229,7 @@ class Pyramids:
         self._files: LRUCache = LRUCache(maxsize=1024)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        _EVERY.add(self)
 
     def file(self, layer: SearchLayer) -> PyramidFile:
         """The pyramid of the layer's search as its caller sees it (a scope has its own)."""
