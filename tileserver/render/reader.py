@@ -146,7 +146,9 @@ def holds(data_type: str, value: float) -> bool:
         return math.isnan(value) or math.isinf(value) or float(info.min) <= value <= float(info.max)
     info = numpy.iinfo(dtype)
     return (
-        math.isfinite(value) and float(value).is_integer() and bool(info.min <= value <= info.max)
+        math.isfinite(value)
+        and float(value).is_integer()
+        and int(info.min) <= value <= int(info.max)
     )
 
 
