@@ -123,6 +123,13 @@ def test_equal_scalings_are_equal_hashable_keys():
         (["0,,1"], "is neither a finite number nor a percent"),
         (['{"B04": '], "scaling JSON is not valid JSON"),
         (["{1: 2}"], "scaling JSON is not valid JSON"),
+        # entries no band could take, refused when parsed (a preset too), not at a tile
+        (["5"], "Invalid scaling tuple (5,) for band '#1': must have 0, 2 or 4 items"),
+        (["raw", "1,2,3"], "Invalid scaling tuple (1, 2, 3) for band '#2'"),
+        (['{"B04": [1, 2, 3, 4, 5]}'], "Invalid scaling tuple (1, 2, 3, 4, 5) for band 'B04'"),
+        (['{"B04": "bogus"}'], "Invalid scaling mode 'bogus' for band 'B04'"),
+        (['{"B04": {"a": 1}}'], "Invalid scaling {'a': 1} for band 'B04'"),
+        (['{"B04": [0, true]}'], "Invalid scaling value True for band 'B04'"),
     ],
 )
 def test_bad_scaling_is_a_scaling_error(values, words):

@@ -242,6 +242,13 @@ def _item(value: Any, label: str) -> tuple[int | float, bool]:
     return number, pct
 
 
+def check_entry(entry: Any, label: str) -> None:
+    """ScalingError when `entry` could scale no band (a bad mode, a tuple of 3 items, a
+    value that is not a number): what a request or a preset says is refused when it is
+    parsed, not on the first tile of a band that uses it."""
+    _parse_entry(_Band(label, label, "spectral", "UInt16", (), (), ()), entry)
+
+
 def _parse_entry(band: _Band, entry: Any) -> _Spec:
     """Parse one band's scaling entry; the mode of a mask or class band is only a weak hint."""
     if entry is None:

@@ -44,6 +44,7 @@ from tileserver.scaling_rules import (
     ScalingError,
     ScalingForm,
     canonical_type,
+    check_entry,
     is_float_type,
     level_steps,
     multiproduct_scaling_parameters,
@@ -93,8 +94,13 @@ class Scaling:
                 f"scaling has {len(values)} entries, more than {MAX_SCALING_ENTRIES} (one per band)"
             )
         if len(values) == 1 and values[0].lstrip().startswith("{"):
-            return cls(_parse_mapping(values[0]))
+            mapping = _parse_mapping(values[0])
+            for name, entry in mapping.items():
+                check_entry(entry, name)
+            return cls(mapping)
         entries = [parse_scaling_entry(v) for v in values]
+        for position, entry in enumerate(entries, start=1):
+            check_entry(entry, f"#{position}")
         return cls(entries[0] if len(entries) == 1 else entries)
 
 
