@@ -335,6 +335,7 @@ def test_colormap_forms_parse_into_rgba():
         ('"x"', "colormap is a JSON object"),
         ('{"one": [0, 0, 0]}', "colormap key 'one' is not an integer"),
         ('{"1.5": [0, 0, 0]}', "colormap key '1.5' is not an integer"),
+        ('{"1": [0, 0, 0], "01": [9, 9, 9]}', "colormap key '01' names the value 1 twice"),
         ('{"1": [256, 0, 0]}', "colormap entry '1': a colour is"),
         ('{"1": [0, 0]}', "colormap entry '1': a colour is"),
         ('{"1": [true, 0, 0]}', "colormap entry '1': a colour is"),

@@ -89,6 +89,8 @@ def parse_colormap(text: str) -> dict | list:
                 raise ColorError(f"colormap key '{key}' is not an integer value") from None
             if abs(number) > MAX_COLORMAP_KEY:
                 raise ColorError(f"colormap key '{key}' is not an integer within +-2**53")
+            if number in result:  # "1" and "01": one would silently win
+                raise ColorError(f"colormap key '{key}' names the value {number} twice")
             result[number] = _color(color, f"colormap entry '{key}'")
         return result
     intervals = []
