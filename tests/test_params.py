@@ -775,6 +775,11 @@ def test_a_checked_geometry_is_the_geometry_sent():
             {},
             "area is not a valid GeoJSON Point: a position's coordinates are finite numbers",
         ),
+        (
+            {"type": "Point", "coordinates": [10**400, 0]},  # JSON's integers have no bound
+            {},
+            "area is not a valid GeoJSON Point: a position's coordinates are finite numbers",
+        ),
         ({"type": "Point", "coordinates": [180.5, 0]}, {"wgs84": True}, "must be WGS84"),
         ({"type": "Point", "coordinates": [0, -90.5]}, {"wgs84": True}, "must be WGS84"),
         ({"type": "Point", "coordinates": [1, 2, 3, 4, 5]}, {}, "a position of 5 numbers"),

@@ -115,12 +115,18 @@ GEOMETRY_TYPES = ("Point", "MultiPoint", "LineString", "MultiLineString", *POLYG
 def _position_problem(position: Any) -> str | None:
     if not isinstance(position, list | tuple) or len(position) not in (2, 3):
         return "a position is [x, y] or [x, y, z]"
-    if not all(
-        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        for v in position
-    ):
+    if not all(map(_finite, position)):
         return "a position's coordinates are finite numbers"
     return None
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer of 400 digits: no float holds it
+        return False
 
 
 def _line_problem(kind: str, line: Any, ring: bool) -> str | None:
