@@ -24,6 +24,7 @@ from tileserver.opener import (
     identify,
     locate,
     open_raster,
+    open_staged,
 )
 from tileserver.settings import Settings
 
@@ -349,3 +350,15 @@ def test_gdal_environments_build_no_boto3_session_when_aws_keys_are_set(monkeypa
         "EPSG:32633", "EPSG:3857", 100, 100, left=5e5, bottom=5e6, right=501000, top=5001000
     )
     assert made == []
+
+
+def test_a_staged_file_is_read_back_as_a_geotiff_only(tmp_path):
+    written = tmp_path / "out.tif.staging.tif"
+    write(written, numpy.full((1, 8, 8), 7, "uint16"))
+    with open_staged(written) as dataset:
+        assert dataset.driver == "GTiff" and int(dataset.read(1)[0, 0]) == 7
+    vrt = tmp_path / "other.staging.tif"  # a VRT under a GeoTIFF's name
+    vrt.write_text('<VRTDataset rasterXSize="1" rasterYSize="1"></VRTDataset>')
+    for refused in (vrt, "/vsis3/bucket/out.staging.tif", "/vsicurl/https://host/x.tif"):
+        with pytest.raises(Refused):
+            open_staged(refused)

@@ -58,6 +58,7 @@ from tileserver.catalog.models import Product
 # GDAL drivers a tenant's file may be opened with (GeoTIFF and COG, JPEG2000, ENVI raw)
 IMAGERY_DRIVERS = ("GTiff", "JP2OpenJPEG", "ENVI")
 OWN_VRT_DRIVERS = ("VRT",)  # only for VRTs the server wrote itself
+STAGED_DRIVERS = ("GTiff",)  # a staging file the server just wrote, read back to copy it
 REFUSED = "not a location this server may open for you"
 MAX_HREF = 4096
 MAX_VRT_BYTES = 8 * 1024 * 1024
@@ -691,6 +692,15 @@ def open_raster(href: str, allowed: Reach | None = None) -> DatasetReader:
         dataset.close()
         raise
     return dataset
+
+
+def open_staged(path: str | Path) -> DatasetReader:
+    """A GeoTIFF the server itself just wrote (the staging file of a download or a reduced
+    copy), read back to copy it into a COG: a local file, GTiff only, whatever it is named."""
+    location = locate(str(path))
+    if location.remote or location.archive:
+        raise Refused(str(path))
+    return _open(str(path), location, STAGED_DRIVERS)
 
 
 # Open datasets kept between requests, one per thread at a time.

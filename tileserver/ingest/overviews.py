@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from tileserver import pyramids
 from tileserver.catalog.models import Image
-from tileserver.opener import open_raster
+from tileserver.opener import open_raster, open_staged
 
 STRIP_ROWS = 512  # output rows read and written at a time (bounded memory on any size)
 
@@ -89,7 +89,7 @@ def write_reduced(read_href: str, href: str, folder: Path) -> Path | None:
                         )
                         dst.write_mask(mask, window=out)
             staged = folder / (".staged-" + target.name)
-            with open_raster(strips) as small:  # the confined opener: GTiff, own folder
+            with open_staged(strips) as small:  # the confined opener: GTiff only
                 rasterio.shutil.copy(
                     small,
                     str(staged),

@@ -41,6 +41,7 @@ from shapely.geometry import shape
 
 from tileserver.catalog.models import DATA_TYPE_TO_NUMPY, Band, Image, Product
 from tileserver.deadline import check
+from tileserver.opener import open_staged
 from tileserver.render.errors import RenderError
 from tileserver.render.mosaic import (
     VALUE_PRESERVING,
@@ -660,9 +661,14 @@ def write_geotiff(
             dst.write(data)
             for i, description in enumerate(plan.descriptions, start=1):
                 dst.set_band_description(i, description)
-        rasterio.shutil.copy(
-            staging, path, driver="COG", RESAMPLING=_resampling_name(resampling), **COG_OPTIONS
-        )
+        with open_staged(staging) as written:  # the confined opener: GTiff only
+            rasterio.shutil.copy(
+                written,
+                path,
+                driver="COG",
+                RESAMPLING=_resampling_name(resampling),
+                **COG_OPTIONS,
+            )
     finally:
         if os.path.exists(staging):
             os.remove(staging)
