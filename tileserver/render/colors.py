@@ -135,10 +135,9 @@ def check_color_formula(formula: str) -> None:
     # when a request or a preset is parsed, rather than on its first tile
     try:
         with numpy.errstate(all="ignore"):
-            apply_color_formula(PROBE, formula)
-    except ColorError as exc:
-        reason = str(exc).split("): ", 1)[-1]
-        raise ColorError(f"color_formula '{formula}' cannot be computed: {reason}") from None
+            _operate(PROBE, formula)
+    except OPERATION_ERRORS as exc:
+        raise ColorError(f"color_formula '{formula}' cannot be computed: {exc}") from None
 
 
 def apply_color_formula(data: numpy.ndarray, formula: str) -> numpy.ndarray:
@@ -152,14 +151,23 @@ def apply_color_formula(data: numpy.ndarray, formula: str) -> numpy.ndarray:
             "color_formula applies to Byte output: add scaling (e.g. scaling=display) or "
             "data_type=Byte"
         )
-    out = data
     try:
-        for operation in parse_operations(formula):
-            out = scale_dtype(operation(to_math_type(out)), numpy.uint8)
-    except (ValueError, IndexError, TypeError, ArithmeticError) as exc:  # its parameters' fault
+        return _operate(data, formula)
+    except OPERATION_ERRORS as exc:
         raise ColorError(
             f"color_formula '{formula}' cannot apply to {data.shape[0]} band(s): {exc}"
         ) from None
+
+
+# what color-operations raises when a formula's parameters do not suit the pixels
+OPERATION_ERRORS = (ValueError, IndexError, TypeError, ArithmeticError)
+
+
+def _operate(data: numpy.ndarray, formula: str) -> numpy.ndarray:
+    """Byte pixels through the formula's operations; color-operations' own exceptions."""
+    out = data
+    for operation in parse_operations(formula):
+        out = scale_dtype(operation(to_math_type(out)), numpy.uint8)
     return numpy.asarray(out, dtype=numpy.uint8)
 
 
